@@ -1,0 +1,224 @@
+// Raw kernels of the integer grid, vectorized across columns. Each takes pointers plus extents
+// (shapes in comments), never allocates, never throws. Every kernel is a template on a tag:
+// `simd_tag` runs xsimd batches, `scalar_tag` runs the identical arithmetic one element at a
+// time; tests compare the two.
+#ifndef INT4Q_DETAIL_KERNELS_HPP
+#define INT4Q_DETAIL_KERNELS_HPP
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#include <int4q/config.hpp>
+#include <int4q/detail/simd.hpp>
+
+namespace int4q {
+namespace detail {
+
+/// Widest column tile the kernels handle in one call (bounds their stack scratch).
+constexpr std::size_t max_tile_cols = 256;
+
+// ---------------------------------------------------------------------------------------------
+// minmax_columns: lo[j] = min_i w[i, j], hi[j] = max_i w[i, j] over `rows` rows.
+//   w  : [rows, ld] (first `n` columns used)     lo, hi : [n]
+// Returns false when any element is NaN or +-Inf (x * 0 is NaN exactly for those).
+// ---------------------------------------------------------------------------------------------
+template <class T>
+bool minmax_columns(scalar_tag, const T* w, std::size_t ld, std::size_t rows, std::size_t n, T* lo,
+                    T* hi) noexcept {
+  T probe = 0;
+  for (std::size_t j = 0; j < n; ++j) {
+    lo[j] = std::numeric_limits<T>::infinity();
+    hi[j] = -std::numeric_limits<T>::infinity();
+  }
+  for (std::size_t i = 0; i < rows; ++i) {
+    const T* row = w + i * ld;
+    for (std::size_t j = 0; j < n; ++j) {
+      lo[j] = std::min(lo[j], row[j]);
+      hi[j] = std::max(hi[j], row[j]);
+      probe += row[j] * T(0);
+    }
+  }
+  return probe == T(0);
+}
+
+template <class T>
+bool minmax_columns(simd_tag, const T* w, std::size_t ld, std::size_t rows, std::size_t n, T* lo,
+                    T* hi) noexcept {
+  using V = vec_ops<T>;
+  constexpr std::size_t W = V::width;
+  const std::size_t nv = n - n % W;
+  typename V::batch probe(T(0));
+  for (std::size_t j = 0; j < nv; j += W) {
+    typename V::batch l(std::numeric_limits<T>::infinity());
+    typename V::batch h(-std::numeric_limits<T>::infinity());
+    for (std::size_t i = 0; i < rows; ++i) {
+      const auto x = V::load(w + i * ld + j);
+      l = V::min(l, x);
+      h = V::max(h, x);
+      probe = probe + x * typename V::batch(T(0));
+    }
+    V::store(lo + j, l);
+    V::store(hi + j, h);
+  }
+  bool finite = true;
+  if (nv < n) {
+    finite = minmax_columns(scalar_tag{}, w + nv, ld, rows, n - nv, lo + nv, hi + nv);
+  }
+  alignas(64) T lanes[W];
+  V::store(lanes, probe);
+  for (std::size_t l = 0; l < W; ++l) finite = finite && lanes[l] == T(0);
+  return finite;
+}
+
+// ---------------------------------------------------------------------------------------------
+// quantize_columns: integer codes of `rows` rows against per-column parameters.
+//   w     : [rows, ld]      div, zp : [n] (div = scale, or 1/scale when reciprocal)
+//   codes : [rows, ldc]     qmax = 2^bits - 1
+// t = w / div  (or w * div);  before: code = round(clamp(t + zp, 0, qmax))
+//                              after : code = round(clamp(t, -zp, qmax - zp)) + zp
+// (clamping first equals clamping the rounded value because the bounds are integers)
+// ---------------------------------------------------------------------------------------------
+struct quantize_mode {
+  bool reciprocal = false;       // multiply by div instead of dividing
+  bool zp_before_round = false;  // add the zero point before rounding
+  bool half_even = true;         // ties to even, else away from zero
+};
+
+template <class T, bool Recip, bool Before, bool Even>
+inline T quantize_scalar(T x, T div, T zp, T qmax) noexcept {
+  T t = Recip ? x * div : x / div;
+  if (Before) {
+    t = std::min(std::max(t + zp, T(0)), qmax);
+    return Even ? round_half_even_scalar(t) : round_half_away_scalar(t);
+  }
+  t = std::min(std::max(t, -zp), qmax - zp);
+  return (Even ? round_half_even_scalar(t) : round_half_away_scalar(t)) + zp;
+}
+
+template <class T, bool Recip, bool Before, bool Even>
+void quantize_columns_impl(scalar_tag, const T* w, std::size_t ld, std::size_t rows, std::size_t n,
+                           const T* div, const T* zp, T qmax, std::uint8_t* codes,
+                           std::size_t ldc) noexcept {
+  for (std::size_t i = 0; i < rows; ++i) {
+    const T* row = w + i * ld;
+    std::uint8_t* out = codes + i * ldc;
+    for (std::size_t j = 0; j < n; ++j) {
+      out[j] = static_cast<std::uint8_t>(
+          quantize_scalar<T, Recip, Before, Even>(row[j], div[j], zp[j], qmax));
+    }
+  }
+}
+
+template <class T, bool Recip, bool Before, bool Even>
+void quantize_columns_impl(simd_tag, const T* w, std::size_t ld, std::size_t rows, std::size_t n,
+                           const T* div, const T* zp, T qmax, std::uint8_t* codes,
+                           std::size_t ldc) noexcept {
+  using V = vec_ops<T>;
+  using B = typename V::batch;
+  constexpr std::size_t W = V::width;
+  const std::size_t nv = n - n % W;
+  const B zero(T(0));
+  const B top(qmax);
+  alignas(64) T scratch[max_tile_cols];
+  for (std::size_t i = 0; i < rows; ++i) {
+    const T* row = w + i * ld;
+    for (std::size_t j = 0; j < nv; j += W) {
+      const B x = V::load(row + j);
+      const B d = V::load(div + j);
+      const B z = V::load(zp + j);
+      B t = Recip ? x * d : x / d;
+      B r;
+      if (Before) {
+        t = V::clamp(t + z, zero, top);
+        r = Even ? V::round_half_even(t) : V::round_half_away(t);
+      } else {
+        t = V::clamp(t, -z, top - z);
+        r = (Even ? V::round_half_even(t) : V::round_half_away(t)) + z;
+      }
+      V::store(scratch + j, r);
+    }
+    std::uint8_t* out = codes + i * ldc;
+    for (std::size_t j = 0; j < nv; ++j)
+      out[j] = static_cast<std::uint8_t>(static_cast<int>(scratch[j]));
+    for (std::size_t j = nv; j < n; ++j) {
+      out[j] = static_cast<std::uint8_t>(
+          quantize_scalar<T, Recip, Before, Even>(row[j], div[j], zp[j], qmax));
+    }
+  }
+}
+
+/// Dispatches the runtime mode to the compile-time kernel. `n` <= max_tile_cols.
+template <class Tag, class T>
+void quantize_columns(Tag tag, const T* w, std::size_t ld, std::size_t rows, std::size_t n,
+                      const T* div, const T* zp, T qmax, quantize_mode m, std::uint8_t* codes,
+                      std::size_t ldc) noexcept {
+  const int key = (m.reciprocal ? 4 : 0) | (m.zp_before_round ? 2 : 0) | (m.half_even ? 1 : 0);
+  switch (key) {
+    case 0:
+      return quantize_columns_impl<T, false, false, false>(tag, w, ld, rows, n, div, zp, qmax,
+                                                           codes, ldc);
+    case 1:
+      return quantize_columns_impl<T, false, false, true>(tag, w, ld, rows, n, div, zp, qmax, codes,
+                                                          ldc);
+    case 2:
+      return quantize_columns_impl<T, false, true, false>(tag, w, ld, rows, n, div, zp, qmax, codes,
+                                                          ldc);
+    case 3:
+      return quantize_columns_impl<T, false, true, true>(tag, w, ld, rows, n, div, zp, qmax, codes,
+                                                         ldc);
+    case 4:
+      return quantize_columns_impl<T, true, false, false>(tag, w, ld, rows, n, div, zp, qmax, codes,
+                                                          ldc);
+    case 5:
+      return quantize_columns_impl<T, true, false, true>(tag, w, ld, rows, n, div, zp, qmax, codes,
+                                                         ldc);
+    case 6:
+      return quantize_columns_impl<T, true, true, false>(tag, w, ld, rows, n, div, zp, qmax, codes,
+                                                         ldc);
+    default:
+      return quantize_columns_impl<T, true, true, true>(tag, w, ld, rows, n, div, zp, qmax, codes,
+                                                        ldc);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dequant_columns: out[i, j] = (codes[i, j] - zp[j]) * scale[j]
+//   codes : [rows, ldc]    scale, zp : [n]    out : [rows, ldo]
+// ---------------------------------------------------------------------------------------------
+template <class T>
+void dequant_columns(scalar_tag, const std::uint8_t* codes, std::size_t ldc, std::size_t rows,
+                     std::size_t n, const T* scale, const T* zp, T* out, std::size_t ldo) noexcept {
+  for (std::size_t i = 0; i < rows; ++i) {
+    const std::uint8_t* c = codes + i * ldc;
+    T* o = out + i * ldo;
+    for (std::size_t j = 0; j < n; ++j) o[j] = (static_cast<T>(c[j]) - zp[j]) * scale[j];
+  }
+}
+
+template <class T>
+void dequant_columns(simd_tag, const std::uint8_t* codes, std::size_t ldc, std::size_t rows,
+                     std::size_t n, const T* scale, const T* zp, T* out, std::size_t ldo) noexcept {
+  using V = vec_ops<T>;
+  using B = typename V::batch;
+  constexpr std::size_t W = V::width;
+  const std::size_t nv = n - n % W;
+  alignas(64) T widened[max_tile_cols];
+  for (std::size_t i = 0; i < rows; ++i) {
+    const std::uint8_t* c = codes + i * ldc;
+    T* o = out + i * ldo;
+    for (std::size_t j = 0; j < nv; ++j) widened[j] = static_cast<T>(c[j]);
+    for (std::size_t j = 0; j < nv; j += W) {
+      const B v = (V::load(widened + j) - V::load(zp + j)) * V::load(scale + j);
+      V::store(o + j, v);
+    }
+    for (std::size_t j = nv; j < n; ++j) o[j] = (static_cast<T>(c[j]) - zp[j]) * scale[j];
+  }
+}
+
+}  // namespace detail
+}  // namespace int4q
+
+#endif  // INT4Q_DETAIL_KERNELS_HPP

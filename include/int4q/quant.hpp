@@ -1,0 +1,28 @@
+// int4q: the umbrella header. `#include <int4q/quant.hpp>` gives the whole core:
+//   config.hpp        quant_config (bits, group, scheme, rounding, data type, scale type)
+//   quantize.hpp      quant_tensor, quant_weight_w_scale
+//   dequant.hpp       dequant, qdq
+//   clip_search.hpp   search_clip (search only; apply with quant_tensor)
+//   pad.hpp, pack.hpp pad/unpad, flat and MatMulNBits packing
+//   presets.hpp       ONNX Runtime, GPTQ, ModelOpt, INC grids
+//   metrics.hpp       error statistics
+#ifndef INT4Q_QUANT_HPP
+#define INT4Q_QUANT_HPP
+
+#include <int4q/bits.hpp>
+#include <int4q/clip_search.hpp>
+#include <int4q/config.hpp>
+#include <int4q/dequant.hpp>
+#include <int4q/error.hpp>
+#include <int4q/float16.hpp>
+#include <int4q/group_params.hpp>
+#include <int4q/metrics.hpp>
+#include <int4q/pack.hpp>
+#include <int4q/pad.hpp>
+#include <int4q/presets.hpp>
+#include <int4q/quantize.hpp>
+#include <int4q/quantized.hpp>
+#include <int4q/tables.hpp>
+#include <int4q/version.hpp>
+
+#endif  // INT4Q_QUANT_HPP
