@@ -81,7 +81,7 @@ enum class grouping {
 };
 
 /// The complete description of a quantization grid. Defaults: int4q's recommended 4-bit,
-/// group 128, asymmetric, half-to-even.
+/// group 128, asymmetric, half-to-even, w * (1 / scale).
 struct quant_config {
   int bits = 4;                            ///< 2 .. 8
   grouping granularity = grouping::group;  ///< group or per-channel
@@ -91,7 +91,9 @@ struct quant_config {
   enum data_type data_type = data_type::integer;
   enum scale_type scale_type = scale_type::native;
   enum zero_point_rounding zero_point_rounding = zero_point_rounding::after_rounding;
-  enum scale_division scale_division = scale_division::divide;
+  /// Default: reciprocal (a multiply instead of a divide per weight: the RTN pass is memory
+  /// bound only then). Presets of tools that divide set `divide`.
+  enum scale_division scale_division = scale_division::multiply_reciprocal;
   zero_range_policy zero_range = zero_range_policy::unit_scale;
   /// Asymmetric only: widen [min, max] to include 0 (every tool but ModelOpt does).
   bool range_includes_zero = true;

@@ -20,7 +20,8 @@ inline quant_config grouped(int bits, std::size_t group_size) {
 }
 }  // namespace detail
 
-/// int4q's own recommendation: asymmetric, half to even, all-zero groups get scale 1.
+/// int4q's own recommendation: asymmetric, half to even, w * (1/scale), all-zero groups get
+/// scale 1.
 inline quant_config int4q(int bits = 4, std::size_t group_size = 128) {
   return detail::grouped(bits, group_size);
 }
@@ -56,6 +57,7 @@ inline quant_config ort_qdq(int bits = 4, std::size_t group_size = 128, bool sym
 inline quant_config gptq(int bits = 4, std::size_t group_size = 128, bool symmetric = false) {
   quant_config c = detail::grouped(bits, group_size);
   c.scheme = symmetric ? scheme::symmetric_offset : scheme::asymmetric;
+  c.scale_division = scale_division::divide;
   c.zero_range = zero_range_policy::unit_range;
   return c;
 }
@@ -66,6 +68,7 @@ inline quant_config gptq(int bits = 4, std::size_t group_size = 128, bool symmet
 /// An all-zero symmetric group (ModelOpt divides by 0) gets scale 1 here.
 inline quant_config modelopt_int4(std::size_t group_size = 128, bool use_zero_point = false) {
   quant_config c = detail::grouped(4, group_size);
+  c.scale_division = scale_division::divide;
   if (use_zero_point) {
     c.scheme = scheme::asymmetric;
     c.range_includes_zero = false;
@@ -85,6 +88,7 @@ inline quant_config inc(int bits = 4, std::size_t group_size = 128, bool symmetr
   quant_config c = detail::grouped(bits, group_size);
   c.scheme = !symmetric ? scheme::asymmetric
                         : (full_range ? scheme::symmetric_full_range : scheme::symmetric);
+  c.scale_division = scale_division::divide;
   c.zero_range = zero_range_policy::unit_range;
   return c;
 }

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include <xtensor/xtensor.hpp>
 
@@ -172,18 +173,42 @@ void check_ratios(const xt::xtensor<T, 2>& r, std::size_t G, std::size_t N) {
   }
 }
 
+/// Shapes q for a [K, N] weight, keeping its buffers when the shapes already match.
+template <class T>
+void shape_quantized(quantized<T>& q, std::size_t K, std::size_t N, const quant_config& c) {
+  q.config = c;
+  const std::size_t G = c.num_groups(K);
+  if (q.codes.shape()[0] != K || q.codes.shape()[1] != N) q.codes.resize({K, N});
+  if (q.scales.shape()[0] != G || q.scales.shape()[1] != N) q.scales.resize({G, N});
+  if (q.zero_points.shape()[0] != G || q.zero_points.shape()[1] != N) q.zero_points.resize({G, N});
+}
+
 template <class T>
 quantized<T> allocate_quantized(std::size_t K, std::size_t N, const quant_config& c) {
   quantized<T> q;
-  q.config = c;
-  const std::size_t G = c.num_groups(K);
-  q.codes = xt::xtensor<std::uint8_t, 2>::from_shape({K, N});
-  q.scales = xt::xtensor<T, 2>::from_shape({G, N});
-  q.zero_points = xt::xtensor<std::uint8_t, 2>::from_shape({G, N});
+  shape_quantized(q, K, N, c);
   return q;
 }
 
 }  // namespace detail
+
+/// quant_tensor into `out`, reusing its buffers when the shapes match (no allocation and no
+/// fresh pages when quantizing many weights of one shape; the result is identical).
+template <class E, class T>
+void quant_tensor_into(const xt::xexpression<E>& w, const quant_config& config, quantized<T>& out,
+                       const quant_options& options = {}) {
+  static_assert(std::is_same<T, compute_type_t<typename E::value_type>>::value,
+                "quant_tensor_into: `out` must be quantized<compute type of the weight>");
+  validate(config);
+  const auto m = detail::as_matrix<T>(w, "weight");
+  detail::shape_quantized(out, m.rows, m.cols, config);
+  detail::quantize_sink<T> sink;
+  sink.codes = out.codes.data();
+  sink.scales = out.scales.data();
+  sink.zero_points = out.zero_points.data();
+  detail::quantize_matrix(detail::simd_tag{}, m.data, m.rows, m.cols, config,
+                          static_cast<const T*>(nullptr), options.threads, sink);
+}
 
 /// Round-to-nearest quantization of W[K, N] (K = reduction axis) with the grid of `config`.
 /// W: any 2-D expression of float, double, float16_t or bfloat16_t (views included).
@@ -191,16 +216,8 @@ quantized<T> allocate_quantized(std::size_t K, std::size_t N, const quant_config
 template <class E>
 auto quant_tensor(const xt::xexpression<E>& w, const quant_config& config,
                   const quant_options& options = {}) {
-  using T = compute_type_t<typename E::value_type>;
-  validate(config);
-  const auto m = detail::as_matrix<T>(w, "weight");
-  auto q = detail::allocate_quantized<T>(m.rows, m.cols, config);
-  detail::quantize_sink<T> sink;
-  sink.codes = q.codes.data();
-  sink.scales = q.scales.data();
-  sink.zero_points = q.zero_points.data();
-  detail::quantize_matrix(detail::simd_tag{}, m.data, m.rows, m.cols, config,
-                          static_cast<const T*>(nullptr), options.threads, sink);
+  quantized<compute_type_t<typename E::value_type>> q;
+  quant_tensor_into(w, config, q, options);
   return q;
 }
 

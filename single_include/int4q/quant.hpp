@@ -213,7 +213,7 @@ enum class grouping {
 };
 
 /// The complete description of a quantization grid. Defaults: int4q's recommended 4-bit,
-/// group 128, asymmetric, half-to-even.
+/// group 128, asymmetric, half-to-even, w * (1 / scale).
 struct quant_config {
   int bits = 4;                            ///< 2 .. 8
   grouping granularity = grouping::group;  ///< group or per-channel
@@ -223,7 +223,9 @@ struct quant_config {
   enum data_type data_type = data_type::integer;
   enum scale_type scale_type = scale_type::native;
   enum zero_point_rounding zero_point_rounding = zero_point_rounding::after_rounding;
-  enum scale_division scale_division = scale_division::divide;
+  /// Default: reciprocal (a multiply instead of a divide per weight: the RTN pass is memory
+  /// bound only then). Presets of tools that divide set `divide`.
+  enum scale_division scale_division = scale_division::multiply_reciprocal;
   zero_range_policy zero_range = zero_range_policy::unit_scale;
   /// Asymmetric only: widen [min, max] to include 0 (every tool but ModelOpt does).
   bool range_includes_zero = true;
@@ -615,29 +617,43 @@ bool minmax_columns(scalar_tag, const T* w, std::size_t ld, std::size_t rows, st
 template <class T>
 bool minmax_columns(simd_tag, const T* w, std::size_t ld, std::size_t rows, std::size_t n, T* lo,
                     T* hi) noexcept {
+  // Register-blocked: a chunk of U batches (one or two cache lines per row) is reduced over all
+  // rows with lo/hi in registers. NaN is caught by an OR of (x != x) (no add chain); +-Inf
+  // shows up in lo/hi themselves.
   using V = vec_ops<T>;
+  using B = typename V::batch;
+  using M = typename B::batch_bool_type;
   constexpr std::size_t W = V::width;
-  const std::size_t nv = n - n % W;
-  typename V::batch probe(T(0));
-  for (std::size_t j = 0; j < nv; j += W) {
-    typename V::batch l(std::numeric_limits<T>::infinity());
-    typename V::batch h(-std::numeric_limits<T>::infinity());
-    for (std::size_t i = 0; i < rows; ++i) {
-      const auto x = V::load(w + i * ld + j);
-      l = V::min(l, x);
-      h = V::max(h, x);
-      probe = probe + x * typename V::batch(T(0));
+  constexpr std::size_t U = 4;
+  const std::size_t nb = n - n % (W * U);
+  M nan(false);
+  for (std::size_t j = 0; j < nb; j += W * U) {
+    B l[U], h[U];
+    for (std::size_t u = 0; u < U; ++u) {
+      l[u] = B(std::numeric_limits<T>::infinity());
+      h[u] = B(-std::numeric_limits<T>::infinity());
     }
-    V::store(lo + j, l);
-    V::store(hi + j, h);
+    for (std::size_t i = 0; i < rows; ++i) {
+      const T* row = w + i * ld + j;
+      for (std::size_t u = 0; u < U; ++u) {
+        const B x = V::load(row + u * W);
+        l[u] = V::min(l[u], x);
+        h[u] = V::max(h[u], x);
+        nan = nan | (x != x);
+      }
+    }
+    for (std::size_t u = 0; u < U; ++u) {
+      V::store(lo + j + u * W, l[u]);
+      V::store(hi + j + u * W, h[u]);
+    }
   }
-  bool finite = true;
-  if (nv < n) {
-    finite = minmax_columns(scalar_tag{}, w + nv, ld, rows, n - nv, lo + nv, hi + nv);
+  bool finite = !xsimd::any(nan);
+  if (nb < n)
+    finite = minmax_columns(scalar_tag{}, w + nb, ld, rows, n - nb, lo + nb, hi + nb) && finite;
+  for (std::size_t j = 0; j < nb; ++j) {
+    finite = finite && lo[j] > -std::numeric_limits<T>::infinity() &&
+             hi[j] < std::numeric_limits<T>::infinity();
   }
-  alignas(64) T lanes[W];
-  V::store(lanes, probe);
-  for (std::size_t l = 0; l < W; ++l) finite = finite && lanes[l] == T(0);
   return finite;
 }
 
@@ -1099,6 +1115,7 @@ group_param<T> compute_group_param(T lo, T hi, T ratio, const quant_config& c) {
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include <xtensor/xtensor.hpp>
 
@@ -1301,18 +1318,42 @@ void check_ratios(const xt::xtensor<T, 2>& r, std::size_t G, std::size_t N) {
   }
 }
 
+/// Shapes q for a [K, N] weight, keeping its buffers when the shapes already match.
+template <class T>
+void shape_quantized(quantized<T>& q, std::size_t K, std::size_t N, const quant_config& c) {
+  q.config = c;
+  const std::size_t G = c.num_groups(K);
+  if (q.codes.shape()[0] != K || q.codes.shape()[1] != N) q.codes.resize({K, N});
+  if (q.scales.shape()[0] != G || q.scales.shape()[1] != N) q.scales.resize({G, N});
+  if (q.zero_points.shape()[0] != G || q.zero_points.shape()[1] != N) q.zero_points.resize({G, N});
+}
+
 template <class T>
 quantized<T> allocate_quantized(std::size_t K, std::size_t N, const quant_config& c) {
   quantized<T> q;
-  q.config = c;
-  const std::size_t G = c.num_groups(K);
-  q.codes = xt::xtensor<std::uint8_t, 2>::from_shape({K, N});
-  q.scales = xt::xtensor<T, 2>::from_shape({G, N});
-  q.zero_points = xt::xtensor<std::uint8_t, 2>::from_shape({G, N});
+  shape_quantized(q, K, N, c);
   return q;
 }
 
 }  // namespace detail
+
+/// quant_tensor into `out`, reusing its buffers when the shapes match (no allocation and no
+/// fresh pages when quantizing many weights of one shape; the result is identical).
+template <class E, class T>
+void quant_tensor_into(const xt::xexpression<E>& w, const quant_config& config, quantized<T>& out,
+                       const quant_options& options = {}) {
+  static_assert(std::is_same<T, compute_type_t<typename E::value_type>>::value,
+                "quant_tensor_into: `out` must be quantized<compute type of the weight>");
+  validate(config);
+  const auto m = detail::as_matrix<T>(w, "weight");
+  detail::shape_quantized(out, m.rows, m.cols, config);
+  detail::quantize_sink<T> sink;
+  sink.codes = out.codes.data();
+  sink.scales = out.scales.data();
+  sink.zero_points = out.zero_points.data();
+  detail::quantize_matrix(detail::simd_tag{}, m.data, m.rows, m.cols, config,
+                          static_cast<const T*>(nullptr), options.threads, sink);
+}
 
 /// Round-to-nearest quantization of W[K, N] (K = reduction axis) with the grid of `config`.
 /// W: any 2-D expression of float, double, float16_t or bfloat16_t (views included).
@@ -1320,16 +1361,8 @@ quantized<T> allocate_quantized(std::size_t K, std::size_t N, const quant_config
 template <class E>
 auto quant_tensor(const xt::xexpression<E>& w, const quant_config& config,
                   const quant_options& options = {}) {
-  using T = compute_type_t<typename E::value_type>;
-  validate(config);
-  const auto m = detail::as_matrix<T>(w, "weight");
-  auto q = detail::allocate_quantized<T>(m.rows, m.cols, config);
-  detail::quantize_sink<T> sink;
-  sink.codes = q.codes.data();
-  sink.scales = q.scales.data();
-  sink.zero_points = q.zero_points.data();
-  detail::quantize_matrix(detail::simd_tag{}, m.data, m.rows, m.cols, config,
-                          static_cast<const T*>(nullptr), options.threads, sink);
+  quantized<compute_type_t<typename E::value_type>> q;
+  quant_tensor_into(w, config, q, options);
   return q;
 }
 
@@ -2074,7 +2107,8 @@ inline quant_config grouped(int bits, std::size_t group_size) {
 }
 }  // namespace detail
 
-/// int4q's own recommendation: asymmetric, half to even, all-zero groups get scale 1.
+/// int4q's own recommendation: asymmetric, half to even, w * (1/scale), all-zero groups get
+/// scale 1.
 inline quant_config int4q(int bits = 4, std::size_t group_size = 128) {
   return detail::grouped(bits, group_size);
 }
@@ -2110,6 +2144,7 @@ inline quant_config ort_qdq(int bits = 4, std::size_t group_size = 128, bool sym
 inline quant_config gptq(int bits = 4, std::size_t group_size = 128, bool symmetric = false) {
   quant_config c = detail::grouped(bits, group_size);
   c.scheme = symmetric ? scheme::symmetric_offset : scheme::asymmetric;
+  c.scale_division = scale_division::divide;
   c.zero_range = zero_range_policy::unit_range;
   return c;
 }
@@ -2120,6 +2155,7 @@ inline quant_config gptq(int bits = 4, std::size_t group_size = 128, bool symmet
 /// An all-zero symmetric group (ModelOpt divides by 0) gets scale 1 here.
 inline quant_config modelopt_int4(std::size_t group_size = 128, bool use_zero_point = false) {
   quant_config c = detail::grouped(4, group_size);
+  c.scale_division = scale_division::divide;
   if (use_zero_point) {
     c.scheme = scheme::asymmetric;
     c.range_includes_zero = false;
@@ -2139,6 +2175,7 @@ inline quant_config inc(int bits = 4, std::size_t group_size = 128, bool symmetr
   quant_config c = detail::grouped(bits, group_size);
   c.scheme = !symmetric ? scheme::asymmetric
                         : (full_range ? scheme::symmetric_full_range : scheme::symmetric);
+  c.scale_division = scale_division::divide;
   c.zero_range = zero_range_policy::unit_range;
   return c;
 }

@@ -47,29 +47,43 @@ bool minmax_columns(scalar_tag, const T* w, std::size_t ld, std::size_t rows, st
 template <class T>
 bool minmax_columns(simd_tag, const T* w, std::size_t ld, std::size_t rows, std::size_t n, T* lo,
                     T* hi) noexcept {
+  // Register-blocked: a chunk of U batches (one or two cache lines per row) is reduced over all
+  // rows with lo/hi in registers. NaN is caught by an OR of (x != x) (no add chain); +-Inf
+  // shows up in lo/hi themselves.
   using V = vec_ops<T>;
+  using B = typename V::batch;
+  using M = typename B::batch_bool_type;
   constexpr std::size_t W = V::width;
-  const std::size_t nv = n - n % W;
-  typename V::batch probe(T(0));
-  for (std::size_t j = 0; j < nv; j += W) {
-    typename V::batch l(std::numeric_limits<T>::infinity());
-    typename V::batch h(-std::numeric_limits<T>::infinity());
-    for (std::size_t i = 0; i < rows; ++i) {
-      const auto x = V::load(w + i * ld + j);
-      l = V::min(l, x);
-      h = V::max(h, x);
-      probe = probe + x * typename V::batch(T(0));
+  constexpr std::size_t U = 4;
+  const std::size_t nb = n - n % (W * U);
+  M nan(false);
+  for (std::size_t j = 0; j < nb; j += W * U) {
+    B l[U], h[U];
+    for (std::size_t u = 0; u < U; ++u) {
+      l[u] = B(std::numeric_limits<T>::infinity());
+      h[u] = B(-std::numeric_limits<T>::infinity());
     }
-    V::store(lo + j, l);
-    V::store(hi + j, h);
+    for (std::size_t i = 0; i < rows; ++i) {
+      const T* row = w + i * ld + j;
+      for (std::size_t u = 0; u < U; ++u) {
+        const B x = V::load(row + u * W);
+        l[u] = V::min(l[u], x);
+        h[u] = V::max(h[u], x);
+        nan = nan | (x != x);
+      }
+    }
+    for (std::size_t u = 0; u < U; ++u) {
+      V::store(lo + j + u * W, l[u]);
+      V::store(hi + j + u * W, h[u]);
+    }
   }
-  bool finite = true;
-  if (nv < n) {
-    finite = minmax_columns(scalar_tag{}, w + nv, ld, rows, n - nv, lo + nv, hi + nv);
+  bool finite = !xsimd::any(nan);
+  if (nb < n)
+    finite = minmax_columns(scalar_tag{}, w + nb, ld, rows, n - nb, lo + nb, hi + nb) && finite;
+  for (std::size_t j = 0; j < nb; ++j) {
+    finite = finite && lo[j] > -std::numeric_limits<T>::infinity() &&
+             hi[j] < std::numeric_limits<T>::infinity();
   }
-  alignas(64) T lanes[W];
-  V::store(lanes, probe);
-  for (std::size_t l = 0; l < W; ++l) finite = finite && lanes[l] == T(0);
   return finite;
 }
 
