@@ -165,7 +165,11 @@ clip_search_result<T> search_clip_matrix(const T* w, std::size_t K, std::size_t 
     for (double v : best_loss) res.loss += v;
   }
   res.loss_at_max = 0;
-  for (double v : max_loss) res.loss_at_max += v;
+  if (combine) {  // summed like `loss`, so that loss <= loss_at_max holds exactly
+    for (std::size_t j = 0; j < N; ++j) res.loss_at_max += col_loss[j];
+  } else {
+    for (double v : max_loss) res.loss_at_max += v;
+  }
   return res;
 }
 

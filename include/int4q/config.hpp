@@ -23,7 +23,8 @@ namespace int4q {
 enum class scheme {
   /// scale = (max - min) / (2^b - 1), zero_point = round(-min / scale), codes [0, 2^b - 1].
   asymmetric,
-  /// Signed, restricted range: scale = amax / (2^(b-1) - 1); codes [-(2^(b-1)-1), 2^(b-1)-1].
+  /// Signed, restricted range: scale = amax / (2^(b-1) - 1); codes [-(2^(b-1)-1), 2^(b-1)-1]
+  /// (with clip_ratio < 1, clamped values may also use -2^(b-1), as ModelOpt and INC do).
   symmetric,
   /// Signed, full range: scale = extreme / -2^(b-1), where `extreme` is the signed value of
   /// largest magnitude, so it maps to -2^(b-1) exactly (the scale is negative when the extreme
@@ -67,7 +68,8 @@ enum class scale_division {
   multiply_reciprocal,  ///< w * (1 / scale), with 1/0 taken as 0 (ONNX Runtime MLAS)
 };
 
-/// What a group whose range is zero (all zeros; constant for a raw min/max range) gets.
+/// What a group whose range is zero (all zeros) gets. (A constant group under a raw min/max
+/// range without min_range is widened through zero instead, which keeps it exact.)
 enum class zero_range_policy {
   unit_scale,  ///< scale = 1 (codes decode to exact zeros); int4q's default
   zero_scale,  ///< scale = 0 and codes = zero_point (ONNX Runtime)
@@ -97,7 +99,8 @@ struct quant_config {
   zero_range_policy zero_range = zero_range_policy::unit_scale;
   /// Asymmetric only: widen [min, max] to include 0 (every tool but ModelOpt does).
   bool range_includes_zero = true;
-  /// Lower bound on (max - min) for asymmetric and on amax for symmetric schemes (ModelOpt: 1e-5).
+  /// Lower bound on the range: on (hi - lo) for asymmetric and symmetric_offset, on amax for
+  /// symmetric and symmetric_full_range, on amax for tables (ModelOpt: 1e-5).
   double min_range = 0.0;
   /// Range shrink factor in (0, 1]: max and min (or amax) are multiplied by it before the scale.
   double clip_ratio = 1.0;

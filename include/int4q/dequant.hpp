@@ -60,6 +60,15 @@ void check_quantized(const quantized<T>& q) {
                       std::to_string(N) + "] need scales and zero_points [" + std::to_string(G) +
                       ", " + std::to_string(N) + "]");
   }
+  if (q.config.data_type != data_type::integer) {  // codes index a 16-entry table
+    for (std::size_t i = 0; i < q.codes.size(); ++i) {
+      if (q.codes.data()[i] > 15) {
+        throw shape_error("table code " + std::to_string(q.codes.data()[i]) + " at [" +
+                          std::to_string(i / N) + ", " + std::to_string(i % N) +
+                          "] is outside the 16-entry table");
+      }
+    }
+  }
 }
 
 }  // namespace detail

@@ -22,14 +22,29 @@ struct group_param {
   std::uint8_t zero_point = 0;  ///< 2^(bits-1) for symmetric schemes, 0 for tables
 };
 
+namespace detail {
+/// `v` narrowed to float rounding to odd (an inexact result gets an odd last bit), so that a
+/// second rounding to fp16/bf16 equals the direct round-to-nearest-even of v (no double rounding).
+template <class T>
+float narrow_round_to_odd(T v) noexcept {
+  float f = static_cast<float>(v);
+  if (std::isfinite(f) && static_cast<T>(f) != v && (float_bits(f) & 1u) == 0u) {
+    f = std::nextafter(f, v > static_cast<T>(f) ? std::numeric_limits<float>::infinity()
+                                                : -std::numeric_limits<float>::infinity());
+  }
+  return f;
+}
+}  // namespace detail
+
 /// `v` rounded to the precision scales are stored in.
 template <class T>
 T round_scale(T v, scale_type st) noexcept {
   switch (st) {
     case scale_type::float16:
-      return static_cast<T>(half_bits_to_float(float_to_half_bits(static_cast<float>(v))));
+      return static_cast<T>(half_bits_to_float(float_to_half_bits(detail::narrow_round_to_odd(v))));
     case scale_type::bfloat16:
-      return static_cast<T>(bfloat16_bits_to_float(float_to_bfloat16_bits(static_cast<float>(v))));
+      return static_cast<T>(
+          bfloat16_bits_to_float(float_to_bfloat16_bits(detail::narrow_round_to_odd(v))));
     case scale_type::native: break;
   }
   return v;
@@ -47,8 +62,9 @@ T round_by(T v, rounding r) noexcept {
 /// the formulas are written, so that compatibility presets match their tools bit for bit.
 /// The zero point is derived from the unrounded scale; the scale is then rounded to
 /// config.scale_type (ONNX Runtime's order).
+namespace detail {
 template <class T>
-group_param<T> compute_group_param(T lo, T hi, T ratio, const quant_config& c) {
+group_param<T> compute_group_param_unchecked(T lo, T hi, T ratio, const quant_config& c) {
   group_param<T> p;
   const T qmax = static_cast<T>(c.qmax());
   const T mid = static_cast<T>(c.mid());
@@ -129,8 +145,27 @@ group_param<T> compute_group_param(T lo, T hi, T ratio, const quant_config& c) {
   if (zero_range && c.zero_range == zero_range_policy::unit_scale) scale = T(1);
   p.scale = round_scale(scale, c.scale_type);
   if (!std::isfinite(static_cast<double>(p.scale))) {
-    throw config_error("a group scale of " + std::to_string(static_cast<double>(scale)) +
-                       " does not fit the scale type: store scales in float (scale_type native)");
+    throw config_error(
+        "a group scale of " + std::to_string(static_cast<double>(scale)) +
+        (c.scale_type == scale_type::native
+             ? std::string(" overflows the compute type: the weight's range is too large")
+             : std::string(
+                   " does not fit the scale type: store scales in float (scale_type native)")));
+  }
+  return p;
+}
+}  // namespace detail
+
+/// Parameters of a group whose values span [lo, hi] (see compute_group_param_unchecked above
+/// for the formulas). A group whose stored scale is so small (subnormal) that 1/scale overflows
+/// under scale_division::multiply_reciprocal is treated as a zero-range group: its values
+/// (|w| < 1e-36) decode to exact zeros instead of to garbage.
+template <class T>
+group_param<T> compute_group_param(T lo, T hi, T ratio, const quant_config& c) {
+  group_param<T> p = detail::compute_group_param_unchecked(lo, hi, ratio, c);
+  if (c.scale_division == scale_division::multiply_reciprocal && p.scale != T(0) &&
+      !std::isfinite(T(1) / p.scale)) {
+    p = detail::compute_group_param_unchecked(T(0), T(0), ratio, c);
   }
   return p;
 }

@@ -131,6 +131,7 @@ inline xt::xtensor<std::uint8_t, 3> pack_matmulnbits_codes(
                         std::to_string(N) + "]");
     }
     detail::check_codes(codes.data(), codes.size(), bits);
+    detail::check_codes(pad_codes.data(), pad_codes.size(), bits);
     const std::size_t blob = group_size * bits / 8;
     xt::xtensor<std::uint8_t, 3> out = xt::zeros<std::uint8_t>({N, G, blob});
     std::vector<std::uint8_t> column(G * group_size);

@@ -25,7 +25,9 @@ namespace int4q {
 namespace detail {
 
 /// Throws non_finite_error for the first NaN/Inf (row-major) of rows [r0, r0+rows) x cols
-/// [c0, c0+n) of w[K, N]; used once a kernel reported a non-finite value in that tile.
+/// [c0, c0+n) of w[K, N]; used once a kernel reported a non-finite value in that tile. Over the
+/// whole weight the position reported is the first in (group, column tile) order, the same for
+/// any thread count.
 template <class T>
 [[noreturn]] void throw_non_finite(const T* w, std::size_t N, std::size_t r0, std::size_t rows,
                                    std::size_t c0, std::size_t n) {
@@ -212,7 +214,7 @@ void quant_tensor_into(const xt::xexpression<E>& w, const quant_config& config, 
 
 /// Round-to-nearest quantization of W[K, N] (K = reduction axis) with the grid of `config`.
 /// W: any 2-D expression of float, double, float16_t or bfloat16_t (views included).
-/// Throws config_error for an invalid config and non_finite_error naming the first NaN/Inf.
+/// Throws config_error for an invalid config and non_finite_error naming a NaN/Inf position.
 template <class E>
 auto quant_tensor(const xt::xexpression<E>& w, const quant_config& config,
                   const quant_options& options = {}) {
@@ -278,13 +280,21 @@ auto quant_weight_w_scale(const xt::xexpression<E>& w, const xt::xexpression<S>&
     std::fill(q.zero_points.begin(), q.zero_points.end(), fill);
   }
   for (std::size_t i = 0; i < q.scales.size(); ++i) {
-    if (!std::isfinite(static_cast<double>(q.scales.data()[i]))) {
+    const T scale = q.scales.data()[i];
+    const bool finite = std::isfinite(static_cast<double>(scale));
+    const bool reciprocal_overflows =
+        config.scale_division == scale_division::multiply_reciprocal && scale != T(0) &&
+        !std::isfinite(T(1) / scale);
+    if (!finite || reciprocal_overflows) {
       throw shape_error("scale at group " + std::to_string(i / m.cols) + ", column " +
-                        std::to_string(i % m.cols) + " is not finite");
+                        std::to_string(i % m.cols) +
+                        (finite ? " is so small that 1/scale overflows: use scale_division::divide"
+                                : " is not finite"));
     }
   }
   detail::encode_matrix(detail::simd_tag{}, m.data, m.rows, m.cols, config, q.scales.data(),
-                        q.zero_points.data(), options.threads, q.codes.data(), nullptr);
+                        q.zero_points.data(), options.threads, q.codes.data(),
+                        static_cast<T*>(nullptr));
   return q;
 }
 

@@ -155,7 +155,8 @@ namespace int4q {
 enum class scheme {
   /// scale = (max - min) / (2^b - 1), zero_point = round(-min / scale), codes [0, 2^b - 1].
   asymmetric,
-  /// Signed, restricted range: scale = amax / (2^(b-1) - 1); codes [-(2^(b-1)-1), 2^(b-1)-1].
+  /// Signed, restricted range: scale = amax / (2^(b-1) - 1); codes [-(2^(b-1)-1), 2^(b-1)-1]
+  /// (with clip_ratio < 1, clamped values may also use -2^(b-1), as ModelOpt and INC do).
   symmetric,
   /// Signed, full range: scale = extreme / -2^(b-1), where `extreme` is the signed value of
   /// largest magnitude, so it maps to -2^(b-1) exactly (the scale is negative when the extreme
@@ -199,7 +200,8 @@ enum class scale_division {
   multiply_reciprocal,  ///< w * (1 / scale), with 1/0 taken as 0 (ONNX Runtime MLAS)
 };
 
-/// What a group whose range is zero (all zeros; constant for a raw min/max range) gets.
+/// What a group whose range is zero (all zeros) gets. (A constant group under a raw min/max
+/// range without min_range is widened through zero instead, which keeps it exact.)
 enum class zero_range_policy {
   unit_scale,  ///< scale = 1 (codes decode to exact zeros); int4q's default
   zero_scale,  ///< scale = 0 and codes = zero_point (ONNX Runtime)
@@ -229,7 +231,8 @@ struct quant_config {
   zero_range_policy zero_range = zero_range_policy::unit_scale;
   /// Asymmetric only: widen [min, max] to include 0 (every tool but ModelOpt does).
   bool range_includes_zero = true;
-  /// Lower bound on (max - min) for asymmetric and on amax for symmetric schemes (ModelOpt: 1e-5).
+  /// Lower bound on the range: on (hi - lo) for asymmetric and symmetric_offset, on amax for
+  /// symmetric and symmetric_full_range, on amax for tables (ModelOpt: 1e-5).
   double min_range = 0.0;
   /// Range shrink factor in (0, 1]: max and min (or amax) are multiplied by it before the scale.
   double clip_ratio = 1.0;
@@ -618,7 +621,7 @@ template <class T>
 bool minmax_columns(simd_tag, const T* w, std::size_t ld, std::size_t rows, std::size_t n, T* lo,
                     T* hi) noexcept {
   // Register-blocked: a chunk of U batches (one or two cache lines per row) is reduced over all
-  // rows with lo/hi in registers. NaN is caught by an OR of (x != x) (no add chain); +-Inf
+  // rows with lo/hi in registers. NaN is caught by an OR of isnan(x) (no add chain); +-Inf
   // shows up in lo/hi themselves.
   using V = vec_ops<T>;
   using B = typename V::batch;
@@ -639,7 +642,7 @@ bool minmax_columns(simd_tag, const T* w, std::size_t ld, std::size_t rows, std:
         const B x = V::load(row + u * W);
         l[u] = V::min(l[u], x);
         h[u] = V::max(h[u], x);
-        nan = nan | (x != x);
+        nan = nan | xsimd::isnan(x);  // unordered compare: xsimd's AVX/AVX-512 != misses NaN
       }
     }
     for (std::size_t u = 0; u < U; ++u) {
@@ -986,14 +989,29 @@ struct group_param {
   std::uint8_t zero_point = 0;  ///< 2^(bits-1) for symmetric schemes, 0 for tables
 };
 
+namespace detail {
+/// `v` narrowed to float rounding to odd (an inexact result gets an odd last bit), so that a
+/// second rounding to fp16/bf16 equals the direct round-to-nearest-even of v (no double rounding).
+template <class T>
+float narrow_round_to_odd(T v) noexcept {
+  float f = static_cast<float>(v);
+  if (std::isfinite(f) && static_cast<T>(f) != v && (float_bits(f) & 1u) == 0u) {
+    f = std::nextafter(f, v > static_cast<T>(f) ? std::numeric_limits<float>::infinity()
+                                                : -std::numeric_limits<float>::infinity());
+  }
+  return f;
+}
+}  // namespace detail
+
 /// `v` rounded to the precision scales are stored in.
 template <class T>
 T round_scale(T v, scale_type st) noexcept {
   switch (st) {
     case scale_type::float16:
-      return static_cast<T>(half_bits_to_float(float_to_half_bits(static_cast<float>(v))));
+      return static_cast<T>(half_bits_to_float(float_to_half_bits(detail::narrow_round_to_odd(v))));
     case scale_type::bfloat16:
-      return static_cast<T>(bfloat16_bits_to_float(float_to_bfloat16_bits(static_cast<float>(v))));
+      return static_cast<T>(
+          bfloat16_bits_to_float(float_to_bfloat16_bits(detail::narrow_round_to_odd(v))));
     case scale_type::native: break;
   }
   return v;
@@ -1011,8 +1029,9 @@ T round_by(T v, rounding r) noexcept {
 /// the formulas are written, so that compatibility presets match their tools bit for bit.
 /// The zero point is derived from the unrounded scale; the scale is then rounded to
 /// config.scale_type (ONNX Runtime's order).
+namespace detail {
 template <class T>
-group_param<T> compute_group_param(T lo, T hi, T ratio, const quant_config& c) {
+group_param<T> compute_group_param_unchecked(T lo, T hi, T ratio, const quant_config& c) {
   group_param<T> p;
   const T qmax = static_cast<T>(c.qmax());
   const T mid = static_cast<T>(c.mid());
@@ -1093,8 +1112,27 @@ group_param<T> compute_group_param(T lo, T hi, T ratio, const quant_config& c) {
   if (zero_range && c.zero_range == zero_range_policy::unit_scale) scale = T(1);
   p.scale = round_scale(scale, c.scale_type);
   if (!std::isfinite(static_cast<double>(p.scale))) {
-    throw config_error("a group scale of " + std::to_string(static_cast<double>(scale)) +
-                       " does not fit the scale type: store scales in float (scale_type native)");
+    throw config_error(
+        "a group scale of " + std::to_string(static_cast<double>(scale)) +
+        (c.scale_type == scale_type::native
+             ? std::string(" overflows the compute type: the weight's range is too large")
+             : std::string(
+                   " does not fit the scale type: store scales in float (scale_type native)")));
+  }
+  return p;
+}
+}  // namespace detail
+
+/// Parameters of a group whose values span [lo, hi] (see compute_group_param_unchecked above
+/// for the formulas). A group whose stored scale is so small (subnormal) that 1/scale overflows
+/// under scale_division::multiply_reciprocal is treated as a zero-range group: its values
+/// (|w| < 1e-36) decode to exact zeros instead of to garbage.
+template <class T>
+group_param<T> compute_group_param(T lo, T hi, T ratio, const quant_config& c) {
+  group_param<T> p = detail::compute_group_param_unchecked(lo, hi, ratio, c);
+  if (c.scale_division == scale_division::multiply_reciprocal && p.scale != T(0) &&
+      !std::isfinite(T(1) / p.scale)) {
+    p = detail::compute_group_param_unchecked(T(0), T(0), ratio, c);
   }
   return p;
 }
@@ -1170,7 +1208,9 @@ namespace int4q {
 namespace detail {
 
 /// Throws non_finite_error for the first NaN/Inf (row-major) of rows [r0, r0+rows) x cols
-/// [c0, c0+n) of w[K, N]; used once a kernel reported a non-finite value in that tile.
+/// [c0, c0+n) of w[K, N]; used once a kernel reported a non-finite value in that tile. Over the
+/// whole weight the position reported is the first in (group, column tile) order, the same for
+/// any thread count.
 template <class T>
 [[noreturn]] void throw_non_finite(const T* w, std::size_t N, std::size_t r0, std::size_t rows,
                                    std::size_t c0, std::size_t n) {
@@ -1357,7 +1397,7 @@ void quant_tensor_into(const xt::xexpression<E>& w, const quant_config& config, 
 
 /// Round-to-nearest quantization of W[K, N] (K = reduction axis) with the grid of `config`.
 /// W: any 2-D expression of float, double, float16_t or bfloat16_t (views included).
-/// Throws config_error for an invalid config and non_finite_error naming the first NaN/Inf.
+/// Throws config_error for an invalid config and non_finite_error naming a NaN/Inf position.
 template <class E>
 auto quant_tensor(const xt::xexpression<E>& w, const quant_config& config,
                   const quant_options& options = {}) {
@@ -1423,13 +1463,21 @@ auto quant_weight_w_scale(const xt::xexpression<E>& w, const xt::xexpression<S>&
     std::fill(q.zero_points.begin(), q.zero_points.end(), fill);
   }
   for (std::size_t i = 0; i < q.scales.size(); ++i) {
-    if (!std::isfinite(static_cast<double>(q.scales.data()[i]))) {
+    const T scale = q.scales.data()[i];
+    const bool finite = std::isfinite(static_cast<double>(scale));
+    const bool reciprocal_overflows =
+        config.scale_division == scale_division::multiply_reciprocal && scale != T(0) &&
+        !std::isfinite(T(1) / scale);
+    if (!finite || reciprocal_overflows) {
       throw shape_error("scale at group " + std::to_string(i / m.cols) + ", column " +
-                        std::to_string(i % m.cols) + " is not finite");
+                        std::to_string(i % m.cols) +
+                        (finite ? " is so small that 1/scale overflows: use scale_division::divide"
+                                : " is not finite"));
     }
   }
   detail::encode_matrix(detail::simd_tag{}, m.data, m.rows, m.cols, config, q.scales.data(),
-                        q.zero_points.data(), options.threads, q.codes.data(), nullptr);
+                        q.zero_points.data(), options.threads, q.codes.data(),
+                        static_cast<T*>(nullptr));
   return q;
 }
 
@@ -1585,7 +1633,11 @@ clip_search_result<T> search_clip_matrix(const T* w, std::size_t K, std::size_t 
     for (double v : best_loss) res.loss += v;
   }
   res.loss_at_max = 0;
-  for (double v : max_loss) res.loss_at_max += v;
+  if (combine) {  // summed like `loss`, so that loss <= loss_at_max holds exactly
+    for (std::size_t j = 0; j < N; ++j) res.loss_at_max += col_loss[j];
+  } else {
+    for (double v : max_loss) res.loss_at_max += v;
+  }
   return res;
 }
 
@@ -1691,6 +1743,15 @@ void check_quantized(const quantized<T>& q) {
     throw shape_error("quantized weight is inconsistent: codes [" + std::to_string(K) + ", " +
                       std::to_string(N) + "] need scales and zero_points [" + std::to_string(G) +
                       ", " + std::to_string(N) + "]");
+  }
+  if (q.config.data_type != data_type::integer) {  // codes index a 16-entry table
+    for (std::size_t i = 0; i < q.codes.size(); ++i) {
+      if (q.codes.data()[i] > 15) {
+        throw shape_error("table code " + std::to_string(q.codes.data()[i]) + " at [" +
+                          std::to_string(i / N) + ", " + std::to_string(i % N) +
+                          "] is outside the 16-entry table");
+      }
+    }
   }
 }
 
@@ -1925,6 +1986,7 @@ inline xt::xtensor<std::uint8_t, 3> pack_matmulnbits_codes(
                         std::to_string(N) + "]");
     }
     detail::check_codes(codes.data(), codes.size(), bits);
+    detail::check_codes(pad_codes.data(), pad_codes.size(), bits);
     const std::size_t blob = group_size * bits / 8;
     xt::xtensor<std::uint8_t, 3> out = xt::zeros<std::uint8_t>({N, G, blob});
     std::vector<std::uint8_t> column(G * group_size);

@@ -48,7 +48,7 @@ template <class T>
 bool minmax_columns(simd_tag, const T* w, std::size_t ld, std::size_t rows, std::size_t n, T* lo,
                     T* hi) noexcept {
   // Register-blocked: a chunk of U batches (one or two cache lines per row) is reduced over all
-  // rows with lo/hi in registers. NaN is caught by an OR of (x != x) (no add chain); +-Inf
+  // rows with lo/hi in registers. NaN is caught by an OR of isnan(x) (no add chain); +-Inf
   // shows up in lo/hi themselves.
   using V = vec_ops<T>;
   using B = typename V::batch;
@@ -69,7 +69,7 @@ bool minmax_columns(simd_tag, const T* w, std::size_t ld, std::size_t rows, std:
         const B x = V::load(row + u * W);
         l[u] = V::min(l[u], x);
         h[u] = V::max(h[u], x);
-        nan = nan | (x != x);
+        nan = nan | xsimd::isnan(x);  // unordered compare: xsimd's AVX/AVX-512 != misses NaN
       }
     }
     for (std::size_t u = 0; u < U; ++u) {
