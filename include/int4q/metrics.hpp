@@ -9,6 +9,7 @@
 
 #include <xtensor/xexpression.hpp>
 
+#include <int4q/detail/input.hpp>
 #include <int4q/error.hpp>
 
 namespace int4q {
@@ -34,15 +35,26 @@ error_stats measure_error(const xt::xexpression<E1>& reference, const xt::xexpre
   }
   error_stats s;
   double sig = 0, err = 0;
-  auto a = w.begin();
-  auto b = q.begin();
-  for (; a != w.end(); ++a, ++b) {
-    const double x = static_cast<double>(*a);
-    const double d = x - static_cast<double>(*b);
+  auto accumulate = [&](double x, double y) {
+    const double d = x - y;
     sig += x * x;
     err += d * d;
     s.max_abs = std::max(s.max_abs, std::abs(d));
-    ++s.count;
+  };
+  if constexpr (detail::has_contiguous_data<E1>::value && detail::has_contiguous_data<E2>::value) {
+    if (w.layout() == q.layout() && w.layout() != xt::layout_type::dynamic) {
+      const auto* a = w.data();  // same shape and layout: element i matches element i
+      const auto* b = q.data();
+      s.count = w.size();
+      for (std::size_t i = 0; i < s.count; ++i)
+        accumulate(static_cast<double>(a[i]), static_cast<double>(b[i]));
+    }
+  }
+  if (s.count == 0) {
+    auto a = w.begin();
+    auto b = q.begin();
+    for (; a != w.end(); ++a, ++b, ++s.count)
+      accumulate(static_cast<double>(*a), static_cast<double>(*b));
   }
   s.mse = s.count ? err / static_cast<double>(s.count) : 0.0;
   s.rmse = std::sqrt(s.mse);

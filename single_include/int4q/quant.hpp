@@ -1806,6 +1806,7 @@ auto qdq(const xt::xexpression<E>& w, const quant_config& config,
 
 #include <xtensor/xexpression.hpp>
 
+// #include <int4q/detail/input.hpp> (inlined above)
 // #include <int4q/error.hpp> (inlined above)
 
 namespace int4q {
@@ -1831,15 +1832,26 @@ error_stats measure_error(const xt::xexpression<E1>& reference, const xt::xexpre
   }
   error_stats s;
   double sig = 0, err = 0;
-  auto a = w.begin();
-  auto b = q.begin();
-  for (; a != w.end(); ++a, ++b) {
-    const double x = static_cast<double>(*a);
-    const double d = x - static_cast<double>(*b);
+  auto accumulate = [&](double x, double y) {
+    const double d = x - y;
     sig += x * x;
     err += d * d;
     s.max_abs = std::max(s.max_abs, std::abs(d));
-    ++s.count;
+  };
+  if constexpr (detail::has_contiguous_data<E1>::value && detail::has_contiguous_data<E2>::value) {
+    if (w.layout() == q.layout() && w.layout() != xt::layout_type::dynamic) {
+      const auto* a = w.data();  // same shape and layout: element i matches element i
+      const auto* b = q.data();
+      s.count = w.size();
+      for (std::size_t i = 0; i < s.count; ++i)
+        accumulate(static_cast<double>(a[i]), static_cast<double>(b[i]));
+    }
+  }
+  if (s.count == 0) {
+    auto a = w.begin();
+    auto b = q.begin();
+    for (; a != w.end(); ++a, ++b, ++s.count)
+      accumulate(static_cast<double>(*a), static_cast<double>(*b));
   }
   s.mse = s.count ? err / static_cast<double>(s.count) : 0.0;
   s.rmse = std::sqrt(s.mse);
@@ -1870,6 +1882,7 @@ error_stats measure_error(const xt::xexpression<E1>& reference, const xt::xexpre
 #ifndef INT4Q_PACK_HPP
 #define INT4Q_PACK_HPP
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -1927,9 +1940,13 @@ inline std::uint8_t sign_flip(int bits, code_sign s) noexcept {
 }
 
 inline void check_codes(const std::uint8_t* codes, std::size_t count, int bits) {
-  const int qmax = (1 << bits) - 1;
+  // One vectorizable pass: any bit above `bits` set somewhere? Only then find where.
+  const std::uint8_t high = static_cast<std::uint8_t>(~((1u << bits) - 1u));
+  std::uint8_t any = 0;
+  for (std::size_t i = 0; i < count; ++i) any = static_cast<std::uint8_t>(any | (codes[i] & high));
+  if (any == 0) return;
   for (std::size_t i = 0; i < count; ++i) {
-    if (codes[i] > qmax) {
+    if (codes[i] & high) {
       throw shape_error("code " + std::to_string(codes[i]) + " at flat index " + std::to_string(i) +
                         " does not fit in " + std::to_string(bits) + " bits");
     }
@@ -1974,6 +1991,8 @@ inline xt::xtensor<std::uint8_t, 3> pack_matmulnbits_codes(
     const xt::xtensor<std::uint8_t, 2>& codes, std::size_t group_size, int bits,
     const xt::xtensor<std::uint8_t, 2>& pad_codes) {
   return dispatch_packed_bits(bits, [&](auto traits) {
+    using Traits = decltype(traits);
+    constexpr int per = Traits::codes_per_byte;
     const std::size_t K = codes.shape()[0], N = codes.shape()[1];
     if (group_size == 0 || (group_size * bits) % 8 != 0) {
       throw config_error(
@@ -1988,14 +2007,33 @@ inline xt::xtensor<std::uint8_t, 3> pack_matmulnbits_codes(
     detail::check_codes(codes.data(), codes.size(), bits);
     detail::check_codes(pad_codes.data(), pad_codes.size(), bits);
     const std::size_t blob = group_size * bits / 8;
-    xt::xtensor<std::uint8_t, 3> out = xt::zeros<std::uint8_t>({N, G, blob});
-    std::vector<std::uint8_t> column(G * group_size);
-    for (std::size_t n = 0; n < N; ++n) {
-      for (std::size_t k = 0; k < G * group_size; ++k) {
-        column[k] = k < K ? codes.data()[k * N + n] : pad_codes.data()[(k / group_size) * N + n];
+    auto out = xt::xtensor<std::uint8_t, 3>::from_shape({N, G, blob});
+    // Byte b of (n, g) holds rows g*gs + b*per + j, j < per, at bits j*B. Rows are read
+    // contiguously across a block of columns; the block's strided output lines stay in L1.
+    // The bytes of a block of columns are assembled in `tile` [block, blob] (in L1), then each
+    // column's blob is copied out contiguously.
+    constexpr std::size_t block = 64;
+    std::vector<std::uint8_t> tile(block * blob);
+    std::uint8_t acc[block];
+    for (std::size_t g = 0; g < G; ++g) {
+      for (std::size_t n0 = 0; n0 < N; n0 += block) {
+        const std::size_t nb = std::min(block, N - n0);
+        for (std::size_t b = 0; b < blob; ++b) {
+          std::fill(acc, acc + nb, std::uint8_t(0));
+          for (int j = 0; j < per; ++j) {
+            const std::size_t k = g * group_size + b * per + static_cast<std::size_t>(j);
+            const std::uint8_t* row =
+                k < K ? codes.data() + k * N + n0 : pad_codes.data() + g * N + n0;
+            const int shift = j * Traits::bits;
+            for (std::size_t i = 0; i < nb; ++i)
+              acc[i] = static_cast<std::uint8_t>(acc[i] | (row[i] << shift));
+          }
+          for (std::size_t i = 0; i < nb; ++i) tile[i * blob + b] = acc[i];
+        }
+        for (std::size_t i = 0; i < nb; ++i) {
+          std::copy_n(tile.data() + i * blob, blob, out.data() + ((n0 + i) * G + g) * blob);
+        }
       }
-      detail::pack_stream<decltype(traits)>(column.data(), 1, column.size(), 0,
-                                            out.data() + n * G * blob);
     }
     return out;
   });

@@ -1,0 +1,282 @@
+#include "cli_common.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <system_error>
+
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace int4q {
+namespace cli {
+
+namespace fs = std::filesystem;
+using int4q::onnx::model_error;
+
+const char* exit_codes_text() noexcept {
+  return "Exit codes:\n"
+         "  0  success\n"
+         "  1  internal error (a bug in int4q: please report it)\n"
+         "  2  usage: unknown option, bad value, bad --config file, an option the chosen\n"
+         "     --format cannot hold (e.g. --group-size 48 with matmulnbits), -o equal to the "
+         "input\n"
+         "  3  a file cannot be read or written: missing input or --config file, missing\n"
+         "     external data file, output directory missing or not writable\n"
+         "  4  the input is not a valid ONNX model (not ONNX, truncated, inconsistent tensors,\n"
+         "     a NaN/Inf weight)\n"
+         "  5  the model has a form int4q cannot handle (the message names the node and the fix)\n"
+         "On failure int4q prints one line \"int4q: error: ...\" on stderr and writes no output.";
+}
+
+void require_readable_file(const fs::path& path, const std::string& what) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (!fs::exists(st)) {
+    throw model_error(model_error::kind::io,
+                      what + " '" + path.string() + "' does not exist; check the path");
+  }
+  if (fs::is_directory(st)) {
+    throw model_error(model_error::kind::io,
+                      what + " '" + path.string() + "' is a directory; pass the path of a file");
+  }
+  if (::access(path.c_str(), R_OK) != 0) {
+    throw model_error(model_error::kind::io,
+                      "cannot read " + what + " '" + path.string() + "': " + std::strerror(errno));
+  }
+}
+
+void require_writable_path(const fs::path& path, const std::string& option) {
+  std::error_code ec;
+  if (path.empty()) {
+    throw usage_error(option + " needs a file name");
+  }
+  if (fs::is_directory(path, ec)) {
+    throw model_error(model_error::kind::io,
+                      option + " '" + path.string() + "' is a directory; name the file to write");
+  }
+  fs::path dir = path.parent_path();
+  if (dir.empty()) dir = ".";
+  const fs::file_status st = fs::status(dir, ec);
+  if (!fs::exists(st)) {
+    throw model_error(model_error::kind::io, "cannot write " + option + " '" + path.string() +
+                                                 "': directory '" + dir.string() +
+                                                 "' does not exist; create it first");
+  }
+  if (!fs::is_directory(st)) {
+    throw model_error(model_error::kind::io, "cannot write " + option + " '" + path.string() +
+                                                 "': '" + dir.string() + "' is not a directory");
+  }
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) {
+    throw model_error(model_error::kind::io, "cannot write " + option + " '" + path.string() +
+                                                 "': directory '" + dir.string() +
+                                                 "' is not writable (" + std::strerror(errno) +
+                                                 "); choose another location");
+  }
+}
+
+bool same_file(const fs::path& a, const fs::path& b) noexcept {
+  std::error_code ec;
+  if (!fs::exists(a, ec) || !fs::exists(b, ec)) return false;
+  const bool same = fs::equivalent(a, b, ec);
+  return !ec && same;
+}
+
+namespace {
+
+void add_external_location(const int4q::onnx::model& m, const ::onnx::TensorProto& t,
+                           std::set<fs::path>& out) {
+  if (!int4q::onnx::is_external(t)) return;
+  for (const auto& entry : t.external_data()) {
+    if (entry.key() == "location") out.insert(m.base_dir / entry.value());
+  }
+}
+
+}  // namespace
+
+std::vector<fs::path> external_data_files(const int4q::onnx::model& m) {
+  std::set<fs::path> files;
+  const auto& graph = m.proto.graph();
+  for (const auto& t : graph.initializer()) add_external_location(m, t, files);
+  for (const auto& node : graph.node()) {
+    for (const auto& attr : node.attribute()) {
+      if (attr.has_t()) add_external_location(m, attr.t(), files);
+    }
+  }
+  return {files.begin(), files.end()};
+}
+
+std::uint64_t file_bytes(const fs::path& path) noexcept {
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  return ec ? 0 : static_cast<std::uint64_t>(size);
+}
+
+std::uint64_t model_bytes_on_disk(const int4q::onnx::model& m) {
+  std::uint64_t total = m.path.empty() ? 0 : file_bytes(m.path);
+  for (const auto& f : external_data_files(m)) total += file_bytes(f);
+  return total;
+}
+
+std::optional<std::uint64_t> peak_rss_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      std::istringstream fields(line.substr(6));
+      std::uint64_t kib = 0;
+      if (fields >> kib) return kib * 1024;
+    }
+  }
+  return std::nullopt;
+}
+
+std::string format_bytes(std::uint64_t bytes) {
+  static const char* const units[] = {"B", "kB", "MB", "GB", "TB"};
+  double value = static_cast<double>(bytes);
+  std::size_t unit = 0;
+  while (value >= 1000.0 && unit + 1 < sizeof(units) / sizeof(units[0])) {
+    value /= 1000.0;
+    ++unit;
+  }
+  char buffer[32];
+  if (unit == 0) {
+    std::snprintf(buffer, sizeof(buffer), "%llu B", static_cast<unsigned long long>(bytes));
+  } else {
+    std::snprintf(buffer, sizeof(buffer), "%.1f %s", value, units[unit]);
+  }
+  return buffer;
+}
+
+std::string format_seconds(double seconds) {
+  char buffer[48];
+  if (!(seconds >= 0)) seconds = 0;
+  if (seconds < 60.0) {
+    std::snprintf(buffer, sizeof(buffer), seconds < 10.0 ? "%.2f s" : "%.1f s", seconds);
+  } else {
+    const auto total = static_cast<long long>(std::llround(seconds));
+    if (total < 3600) {
+      std::snprintf(buffer, sizeof(buffer), "%lld min %02lld s", total / 60, total % 60);
+    } else {
+      std::snprintf(buffer, sizeof(buffer), "%lld h %02lld min", total / 3600, (total / 60) % 60);
+    }
+  }
+  return buffer;
+}
+
+std::string onnx_type_name(int t) {
+  using T = ::onnx::TensorProto;
+  switch (t) {
+    case T::FLOAT: return "float32";
+    case T::UINT8: return "uint8";
+    case T::INT8: return "int8";
+    case T::UINT16: return "uint16";
+    case T::INT16: return "int16";
+    case T::INT32: return "int32";
+    case T::INT64: return "int64";
+    case T::STRING: return "string";
+    case T::BOOL: return "bool";
+    case T::FLOAT16: return "float16";
+    case T::DOUBLE: return "float64";
+    case T::UINT32: return "uint32";
+    case T::UINT64: return "uint64";
+    case T::COMPLEX64: return "complex64";
+    case T::COMPLEX128: return "complex128";
+    case T::BFLOAT16: return "bfloat16";
+    // Types newer than libonnx 1.12's enum, by their numbers in onnx.proto.
+    case 17: return "float8e4m3fn";
+    case 18: return "float8e4m3fnuz";
+    case 19: return "float8e5m2";
+    case 20: return "float8e5m2fnuz";
+    case 21: return "uint4";
+    case 22: return "int4";
+    case 23: return "float4e2m1";
+    case T::UNDEFINED: return "undefined";
+    default: return "type" + std::to_string(t);
+  }
+}
+
+void write_file_atomically(const fs::path& path, const std::string& content) {
+  fs::path dir = path.parent_path();
+  if (dir.empty()) dir = ".";
+  std::string pattern = (dir / ("." + path.filename().string() + ".tmp-XXXXXX")).string();
+  std::vector<char> name(pattern.begin(), pattern.end());
+  name.push_back('\0');
+  const int fd = ::mkstemp(name.data());
+  if (fd < 0) {
+    throw model_error(model_error::kind::io,
+                      "cannot write '" + path.string() + "': " + std::strerror(errno));
+  }
+  const fs::path temp(name.data());
+  bool ok = true;
+  std::size_t done = 0;
+  while (ok && done < content.size()) {
+    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    ok = n > 0;
+    if (ok) done += static_cast<std::size_t>(n);
+  }
+  const int write_errno = errno;
+  ok = (::close(fd) == 0) && ok;
+  std::error_code ec;
+  if (ok) {
+    // mkstemp creates the file 0600; give it the usual permissions (umask applies).
+    const mode_t mask = ::umask(0);
+    ::umask(mask);
+    fs::permissions(temp, static_cast<fs::perms>(0666 & ~mask), ec);
+    fs::rename(temp, path, ec);
+    ok = !ec;
+  }
+  if (!ok) {
+    fs::remove(temp, ec);
+    throw model_error(model_error::kind::io, "cannot write '" + path.string() + "': " +
+                                                 std::strerror(write_errno ? write_errno : EIO));
+  }
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) noexcept {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+bool stderr_is_terminal() noexcept { return ::isatty(STDERR_FILENO) == 1; }
+
+progress_line::progress_line(bool enabled)
+    : enabled_(enabled), start_(std::chrono::steady_clock::now()), last_draw_() {}
+
+progress_line::~progress_line() { finish(); }
+
+void progress_line::update(std::size_t k, std::size_t n, const std::string& name) {
+  if (!enabled_ || n == 0) return;
+  const auto now = std::chrono::steady_clock::now();
+  // Redraw at most 10 times a second (and always for the last weight).
+  if (drawn_ && k < n && now - last_draw_ < std::chrono::milliseconds(100)) return;
+  last_draw_ = now;
+  const double elapsed = seconds_since(start_);
+  const double eta = k == 0 ? 0.0 : elapsed / static_cast<double>(k) * static_cast<double>(n - k);
+  std::string line = "[" + std::to_string(k) + "/" + std::to_string(n) + "] " + name +
+                     "  elapsed " + format_seconds(elapsed) + "  ETA " + format_seconds(eta);
+  winsize ws{};
+  if (::ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 && line.size() >= ws.ws_col) {
+    line.resize(ws.ws_col - 1);
+  }
+  std::fprintf(stderr, "\r%s\033[K", line.c_str());
+  std::fflush(stderr);
+  drawn_ = true;
+}
+
+void progress_line::finish() {
+  if (!drawn_) return;
+  std::fprintf(stderr, "\r\033[K");
+  std::fflush(stderr);
+  drawn_ = false;
+}
+
+}  // namespace cli
+}  // namespace int4q

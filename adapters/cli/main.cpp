@@ -1,0 +1,66 @@
+// int4q: quantize the MatMul/Gemm weights of ONNX models. Each subcommand lives in its own file
+// (<name>_command.cpp: an options struct, setup_<name>(CLI::App&), run_<name>(options)); main maps
+// every failure to one line on stderr and a documented exit code (exit_codes_text()).
+#include <cstdio>
+#include <exception>
+#include <new>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include <int4q/error.hpp>
+#include <int4q/onnx/model.hpp>
+#include <int4q/version.hpp>
+
+#include "cli_common.hpp"
+#include "inspect_command.hpp"
+#include "quantize_command.hpp"
+#include "version_text.hpp"
+
+namespace {
+
+int fail(int code, std::string message) {
+  for (char& c : message) c = c == '\n' ? ' ' : c;
+  std::fflush(stdout);
+  std::fprintf(stderr, "int4q: error: %s\n", message.c_str());
+  return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace int4q::cli;
+  CLI::App app{"int4q " INT4Q_VERSION_STRING
+               ": quantize the MatMul/Gemm weights of ONNX models to 2-8 bits",
+               "int4q"};
+  app.set_version_flag("--version", version_text(),
+                       "Print the versions of int4q and its libraries");
+  app.footer(exit_codes_text());
+  setup_quantize(app);
+  setup_inspect(app);
+  try {
+    app.parse(argc, argv);
+    if (app.get_subcommands().empty()) {
+      throw usage_error("a subcommand is required: int4q quantize IN -o OUT, or int4q inspect IN");
+    }
+    return exit_ok;
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    const auto subs = app.get_subcommands();
+    const std::string help =
+        subs.empty() ? "int4q --help" : "int4q " + subs[0]->get_name() + " --help";
+    return fail(exit_usage, std::string(e.what()) + " (see " + help + ")");
+  } catch (const usage_error& e) {
+    return fail(exit_usage, e.what());
+  } catch (const int4q::config_error& e) {
+    return fail(exit_usage, e.what());
+  } catch (const int4q::onnx::model_error& e) {
+    return fail(e.exit_code(), e.what());
+  } catch (const int4q::non_finite_error& e) {
+    return fail(exit_invalid, e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(exit_internal, "out of memory");
+  } catch (const std::exception& e) {
+    return fail(exit_internal, std::string("internal error: ") + e.what() + " (please report it)");
+  }
+}

@@ -1,0 +1,600 @@
+#include "quantize_command.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <limits>
+#include <memory>
+#include <regex>
+#include <system_error>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include <int4q/onnx/model.hpp>
+#include <int4q/version.hpp>
+
+#include "cli_common.hpp"
+
+namespace int4q {
+namespace cli {
+
+namespace fs = std::filesystem;
+namespace ox = int4q::onnx;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+// ---- Option values ------------------------------------------------------------------------------
+
+/// Lower case, '_' read as '-': `--scheme symmetric_full_range` is `symmetric-full-range`.
+std::string normalized(std::string s) {
+  for (char& c : s) {
+    c = c == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  return s;
+}
+
+template <class E>
+struct choice {
+  const char* name;
+  E value;
+};
+
+template <class E>
+std::string choice_names(const std::vector<choice<E>>& choices) {
+  std::string names;
+  for (const auto& c : choices) names += (names.empty() ? "" : "|") + std::string(c.name);
+  return names;
+}
+
+/// An option taking one of `choices` (case-insensitive, '_' = '-'), stored into `target`.
+template <class T, class E>
+CLI::Option* add_choice(CLI::App& app, const std::string& flag, T& target,
+                        std::vector<choice<E>> choices, const std::string& help,
+                        const std::string& default_name = "") {
+  const std::string names = choice_names(choices);
+  const std::string option =
+      flag.substr(flag.rfind(',') == std::string::npos ? 0 : flag.rfind(',') + 1);
+  CLI::Option* opt = app.add_option_function<std::string>(
+      flag,
+      [&target, choices, names, option](const std::string& value) {
+        const std::string key = normalized(value);
+        for (const auto& c : choices) {
+          if (key == c.name) {
+            target = c.value;
+            return;
+          }
+        }
+        throw CLI::ValidationError(option, "'" + value + "' is not one of " + names);
+      },
+      help);
+  opt->type_name(names);
+  if (!default_name.empty()) opt->default_str(default_name);
+  return opt;
+}
+
+const std::vector<choice<ox::output_format>> format_choices = {
+    {"matmulnbits", ox::output_format::matmulnbits},
+    {"qdq", ox::output_format::qdq},
+    {"fake", ox::output_format::fake},
+};
+const std::vector<choice<int4q::scheme>> scheme_choices = {
+    {"asymmetric", int4q::scheme::asymmetric},
+    {"symmetric", int4q::scheme::symmetric},
+    {"symmetric-full-range", int4q::scheme::symmetric_full_range},
+    {"symmetric-offset", int4q::scheme::symmetric_offset},
+};
+const std::vector<choice<int4q::rounding>> rounding_choices = {
+    {"half-even", int4q::rounding::half_to_even},
+    {"half-away", int4q::rounding::half_away_from_zero},
+};
+const std::vector<choice<ox::lm_head_policy>> lm_head_choices = {
+    {"keep", ox::lm_head_policy::keep},
+    {"quantize", ox::lm_head_policy::quantize},
+    {"int8", ox::lm_head_policy::int8},
+};
+const std::vector<choice<ox::external_data>> external_choices = {
+    {"auto", ox::external_data::automatic},
+    {"always", ox::external_data::always},
+    {"never", ox::external_data::never},
+};
+const std::vector<choice<bool>> preset_choices = {{"ort", true}};
+
+template <class E>
+const char* name_of(const std::vector<choice<E>>& choices, E value) {
+  for (const auto& c : choices) {
+    if (c.value == value) return c.name;
+  }
+  return "?";
+}
+
+/// --group-size: a positive number of rows, or per-channel.
+void parse_group_size(const std::string& value, quantize_command_options& o) {
+  const std::string key = normalized(value);
+  if (key == "per-channel" || key == "channel") {
+    o.granularity = int4q::grouping::per_channel;
+    return;
+  }
+  std::size_t size = 0;
+  bool ok = !key.empty() && key.size() <= 12;
+  for (char c : key) {
+    ok = ok && std::isdigit(static_cast<unsigned char>(c));
+    if (ok) size = size * 10 + static_cast<std::size_t>(c - '0');
+  }
+  if (!ok || size == 0) {
+    throw CLI::ValidationError("--group-size", "'" + value +
+                                                   "' is not a group size: use a positive "
+                                                   "number of rows or per-channel");
+  }
+  o.granularity = int4q::grouping::group;
+  o.group_size = size;
+}
+
+bool is_power_of_two(std::size_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+std::string group_text(int4q::grouping g, std::size_t size) {
+  return g == int4q::grouping::per_channel ? std::string("per-channel")
+                                           : "group " + std::to_string(size);
+}
+
+/// Throws usage_error when the grid `c` cannot be written in the chosen format; `where` prefixes
+/// the message ("" for the command line, "--config FILE: override #i ('match'): " otherwise).
+void check_grid(const int4q::quant_config& c, const ox::quantize_options& q,
+                const std::string& where) {
+  try {
+    int4q::validate(c);
+  } catch (const int4q::config_error& e) {
+    throw usage_error(where + e.what());
+  }
+  const int bits = c.bits;
+  if (q.ort_preset && c.scheme == int4q::scheme::symmetric_offset) {
+    throw usage_error(where +
+                      "--preset ort --scheme symmetric-offset: ONNX Runtime's quantizer "
+                      "is asymmetric or (full-range) symmetric; use --scheme asymmetric "
+                      "or symmetric");
+  }
+  if (q.format == ox::output_format::matmulnbits) {
+    if (bits != 2 && bits != 4 && bits != 8) {
+      throw usage_error(where + "--bits " + std::to_string(bits) +
+                        " cannot be stored by MatMulNBits (2, 4 or 8 bits): use --bits 4, or "
+                        "--format fake");
+    }
+    if (c.granularity == int4q::grouping::per_channel) {
+      throw usage_error(where +
+                        "--group-size per-channel cannot be stored by MatMulNBits (its "
+                        "block_size is a power of two 16..256): use --format qdq, or "
+                        "--group-size 32, 64 or 128");
+    }
+    const std::size_t g = c.group_size;
+    if (!is_power_of_two(g) || g < 16 || g > 256) {
+      throw usage_error(where + "--group-size " + std::to_string(g) +
+                        " cannot be stored by MatMulNBits (block_size is a power of two "
+                        "16..256): use --group-size 32, 64 or 128, or --format qdq");
+    }
+  } else if (q.format == ox::output_format::qdq) {
+    if (bits != 4 && bits != 8) {
+      throw usage_error(where + "--bits " + std::to_string(bits) +
+                        " cannot be stored by DequantizeLinear-21 (INT4/UINT4 or INT8/UINT8): "
+                        "use --bits 4 or 8, or --format " +
+                        (bits == 2 ? "matmulnbits" : "fake"));
+    }
+    if (c.scheme == int4q::scheme::symmetric_full_range && !q.ort_preset) {
+      throw usage_error(
+          where +
+          "--scheme symmetric-full-range gives negative scales, which DequantizeLinear "
+          "consumers such as TensorRT reject: use --scheme symmetric or asymmetric with "
+          "--format qdq (or --preset ort, which reproduces ONNX Runtime's negative scales)");
+    }
+  }
+}
+
+/// What the output format can hold, checked before any work so that a wrong combination of
+/// options is a usage error (exit code 2) naming them. quantize_model checks the same again
+/// (and throws model_error(unsupported), exit code 5, for anything this misses).
+void check_options(const ox::quantize_options& q, bool rounding_given,
+                   const std::string& config_file) {
+  if (q.ort_preset && rounding_given) {
+    throw usage_error(
+        "--rounding cannot be combined with --preset ort: the preset rounds half away from "
+        "zero, as ONNX Runtime does");
+  }
+  if (q.accuracy_level && q.format != ox::output_format::matmulnbits) {
+    throw usage_error(
+        "--accuracy-level is an attribute of MatMulNBits: use it with --format "
+        "matmulnbits, not --format " +
+        std::string(ox::to_string(q.format)));
+  }
+  check_grid(q.config, q, "");
+  for (std::size_t i = 0; i < q.overrides.size(); ++i) {
+    const ox::node_override& o = q.overrides[i];
+    const std::string where = "--config file '" + config_file + "': override #" +
+                              std::to_string(i) + " ('" + o.match + "'): ";
+    if (o.skip.value_or(false)) continue;
+    int4q::quant_config c = q.config;
+    if (o.bits) c.bits = *o.bits;
+    if (o.group_size) {
+      c.granularity = *o.group_size == 0 ? int4q::grouping::per_channel : int4q::grouping::group;
+      if (*o.group_size != 0) c.group_size = *o.group_size;
+    }
+    if (o.scheme) c.scheme = *o.scheme;
+    check_grid(c, q, where);
+  }
+  for (const auto* list : {&q.include, &q.exclude}) {
+    for (const std::string& pattern : *list) {
+      try {
+        std::regex check(pattern, std::regex::ECMAScript);
+      } catch (const std::regex_error& e) {
+        throw usage_error(std::string(list == &q.include ? "--include" : "--exclude") + " '" +
+                          pattern + "' is not a valid regular expression (" + e.what() + ")");
+      }
+    }
+  }
+  for (std::size_t i = 0; i < q.overrides.size(); ++i) {
+    try {
+      std::regex check(q.overrides[i].match, std::regex::ECMAScript);
+    } catch (const std::regex_error& e) {
+      throw usage_error("--config file '" + config_file + "': override #" + std::to_string(i) +
+                        ": match '" + q.overrides[i].match +
+                        "' is not a valid regular expression (" + e.what() + ")");
+    }
+  }
+}
+
+// ---- --config FILE ------------------------------------------------------------------------------
+
+nlohmann::json read_config(const fs::path& path) {
+  require_readable_file(path, "--config file");
+  std::ifstream in(path, std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) {
+    throw ox::model_error(ox::model_error::kind::io,
+                          "cannot read --config file '" + path.string() + "'");
+  }
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    // Line and column of the byte where parsing stopped (e.byte counts from 1).
+    const std::size_t end = std::min<std::size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
+    const auto line = 1 + std::count(text.begin(), text.begin() + static_cast<long>(end), '\n');
+    const std::size_t line_start = end == 0 ? std::string::npos : text.rfind('\n', end - 1);
+    const std::size_t column = end - (line_start == std::string::npos ? 0 : line_start + 1) + 1;
+    std::string why = e.what();
+    const std::size_t colon = why.find(": ");
+    if (colon != std::string::npos) why = why.substr(colon + 2);
+    throw usage_error("--config file '" + path.string() + "' is not valid JSON (line " +
+                      std::to_string(line) + ", column " + std::to_string(column) + "): " + why);
+  }
+}
+
+// ---- Paths --------------------------------------------------------------------------------------
+
+/// The external data file save_model writes next to `output` by default.
+fs::path default_data_file(const fs::path& output) {
+  return output.parent_path() / (output.filename().string() + ".data");
+}
+
+/// `p` absolute, with symbolic links and "." / ".." resolved as far as it exists.
+fs::path resolved(const fs::path& p) {
+  std::error_code ec;
+  const fs::path r = fs::weakly_canonical(fs::absolute(p, ec), ec);
+  return ec ? fs::absolute(p).lexically_normal() : r;
+}
+
+void check_paths_before_loading(const quantize_command_options& o) {
+  require_readable_file(o.input, "input model");
+  require_writable_path(o.output, "-o");
+  if (same_file(o.input, o.output) || same_file(o.input, default_data_file(o.output))) {
+    throw usage_error("-o '" + o.output.string() + "' would overwrite the input model '" +
+                      o.input.string() + "'; write the quantized model to another file");
+  }
+  if (!o.report.empty() && o.report != "-") {
+    const fs::path report(o.report);
+    require_writable_path(report, "--report");
+    const fs::path where = resolved(report);
+    if (same_file(report, o.input) || where == resolved(o.output) ||
+        where == resolved(default_data_file(o.output))) {
+      throw usage_error("--report '" + o.report +
+                        "' names the input or the output model; write the report to another file");
+    }
+  }
+}
+
+void check_paths_after_loading(const quantize_command_options& o, const ox::model& m) {
+  for (const fs::path& data : external_data_files(m)) {
+    if (same_file(data, o.output) || same_file(data, default_data_file(o.output))) {
+      throw usage_error("-o '" + o.output.string() + "' would overwrite '" + data.string() +
+                        "', the external data of the input model; write the quantized model "
+                        "to another directory or file name");
+    }
+  }
+}
+
+// ---- Report and summary -------------------------------------------------------------------------
+
+struct run_facts {
+  std::uint64_t input_bytes = 0;
+  std::vector<std::pair<fs::path, std::uint64_t>> output_files;
+  std::uint64_t output_bytes = 0;
+  std::optional<std::uint64_t> peak_rss;
+  double load_s = 0, quantize_s = 0, save_s = 0, total_s = 0;
+};
+
+nlohmann::json make_report(const quantize_command_options& o, const ox::quantize_report& r,
+                           const run_facts& f) {
+  nlohmann::json j = ox::to_json(r);
+  j["int4q_version"] = INT4Q_VERSION_STRING;
+  j["input"] = o.input.string();
+  j["output"] = o.output.string();
+  j["input_bytes"] = f.input_bytes;
+  nlohmann::json files = nlohmann::json::array();
+  for (const auto& file : f.output_files) {
+    files.push_back({{"path", file.first.string()}, {"bytes", file.second}});
+  }
+  j["output_files"] = files;
+  j["output_bytes"] = f.output_bytes;
+  j["peak_rss_bytes"] = f.peak_rss ? nlohmann::json(*f.peak_rss) : nlohmann::json(nullptr);
+  j["timing"] = {{"load_seconds", f.load_s},
+                 {"quantize_seconds", f.quantize_s},
+                 {"save_seconds", f.save_s},
+                 {"total_seconds", f.total_s}};
+  return j;
+}
+
+std::string fixed(double v, int digits) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof(buffer), "%.*f", digits, v);
+  return buffer;
+}
+
+void print_summary(std::ostream& out, const quantize_command_options& o,
+                   const ox::quantize_options& q, const ox::quantize_report& r,
+                   const run_facts& f) {
+  const auto row = [&out](const std::string& label, const std::string& value) {
+    out << "  " << label << std::string(label.size() < 20 ? 20 - label.size() : 1, ' ') << value
+        << "\n";
+  };
+  out << "int4q quantize: " << o.input.string() << " -> " << o.output.string() << "\n";
+  row("format", std::string(ox::to_string(q.format)) + ", " + std::to_string(q.config.bits) +
+                    " bits, " + group_text(q.config.granularity, q.config.group_size) + ", " +
+                    int4q::to_string(q.config.scheme) + (q.ort_preset ? ", preset ort" : "") +
+                    ", rtn");
+  // Weights not quantized by choice (selection, lm_head policy, overrides) are listed; nodes whose
+  // B operand is no constant weight (activation x activation) are only counted.
+  std::vector<const ox::tensor_report*> kept;
+  std::size_t no_weight = 0;
+  for (const auto& t : r.tensors) {
+    if (t.quantized) continue;
+    if (t.bytes_before > 0) {
+      kept.push_back(&t);
+    } else {
+      no_weight += t.nodes.empty() ? 1 : t.nodes.size();
+    }
+  }
+  row("weights", std::to_string(r.weights_quantized) + " of " +
+                     std::to_string(r.weights_quantized + kept.size()) + " quantized" +
+                     (no_weight ? " (" + std::to_string(no_weight) +
+                                      " MatMul/Gemm without a quantizable weight: see int4q "
+                                      "inspect)"
+                                : ""));
+  const std::size_t shown = std::min<std::size_t>(kept.size(), 5);
+  for (std::size_t i = 0; i < shown; ++i) {
+    const auto& t = *kept[i];
+    row("", (t.nodes.empty() ? t.weight : t.nodes.front()) + " not quantized" +
+                (t.reason.empty() ? "" : ": " + t.reason));
+  }
+  if (kept.size() > shown) {
+    row("", "... and " + std::to_string(kept.size() - shown) + " more (see --report)");
+  }
+  if (r.bytes_before > 0) {
+    row("weight bytes", format_bytes(r.bytes_before) + " -> " + format_bytes(r.bytes_after) + " (" +
+                            fixed(static_cast<double>(r.bytes_before) /
+                                      static_cast<double>(std::max<std::size_t>(r.bytes_after, 1)),
+                                  2) +
+                            "x smaller)");
+  }
+  row("model size", format_bytes(f.input_bytes) + " -> " + format_bytes(f.output_bytes));
+  const ox::tensor_report* worst = nullptr;
+  double rel_sum = 0, sqnr_min = std::numeric_limits<double>::infinity();
+  std::size_t quantized = 0;
+  for (const auto& t : r.tensors) {
+    if (!t.quantized) continue;
+    ++quantized;
+    rel_sum += t.relative_l2;
+    sqnr_min = std::min(sqnr_min, t.sqnr_db);
+    if (worst == nullptr || t.relative_l2 > worst->relative_l2) worst = &t;
+  }
+  if (worst != nullptr) {
+    row("relative L2 error", "mean " + fixed(rel_sum / static_cast<double>(quantized), 4) +
+                                 ", worst " + fixed(worst->relative_l2, 4) + " (" +
+                                 (worst->nodes.empty() ? worst->weight : worst->nodes.front()) +
+                                 ")");
+    row("SQNR", "min " + fixed(sqnr_min, 1) + " dB");
+  }
+  row("time", format_seconds(f.total_s) + " (load " + format_seconds(f.load_s) + ", quantize " +
+                  format_seconds(f.quantize_s) + ", save " + format_seconds(f.save_s) + ")");
+  if (f.peak_rss) row("peak memory", format_bytes(*f.peak_rss));
+}
+
+}  // namespace
+
+// ---- The subcommand -----------------------------------------------------------------------------
+
+void setup_quantize(CLI::App& app) {
+  auto opt = std::make_shared<quantize_command_options>();
+  CLI::App* sub = app.add_subcommand(
+      "quantize",
+      "Quantize the MatMul/Gemm weights of an ONNX model and write the rewritten model");
+  auto& o = *opt;
+  sub->add_option("IN", o.input, "ONNX model to quantize")->required()->type_name("");
+  sub->add_option("-o,--output", o.output,
+                  "Where to write the quantized model (an existing file is replaced atomically; "
+                  "never the input)")
+      ->required()
+      ->type_name("OUT");
+  add_choice(*sub, "--format", o.format, format_choices,
+             "What quantized weights become: com.microsoft MatMulNBits, DequantizeLinear-21 + "
+             "the original node (QDQ), or fake-quant float weights (for evaluation)",
+             "matmulnbits");
+  sub->add_option_function<int>(
+         "--bits", [&o](const int& v) { o.bits = v; },
+         "Bits per weight, 2-8 (matmulnbits: 2, 4 or 8; qdq: 4 or 8)")
+      ->check(CLI::Range(2, 8).description(""))
+      ->type_name("2-8")
+      ->default_str("4");
+  sub->add_option_function<std::string>(
+         "--group-size", [&o](const std::string& v) { parse_group_size(v, o); },
+         "Rows of K that share a scale, or per-channel (matmulnbits: a power of two 16..256)")
+      ->type_name("N|per-channel")
+      ->default_str("128");
+  add_choice(*sub, "--scheme", o.scheme, scheme_choices,
+             "How a group's range maps to codes (underscores accepted)", "asymmetric");
+  add_choice(*sub, "--rounding", o.rounding, rounding_choices,
+             "Rounding of w/scale: half to even, or half away from zero", "half-even");
+  sub->add_option_function<std::string>(
+         "--method", [&o](const std::string& v) { o.method = v; },
+         "Quantization method: rtn (round to nearest); gptq and awq arrive in a later version")
+      ->type_name("rtn")
+      ->default_str("rtn");
+  add_choice(*sub, "--preset", o.ort_preset, preset_choices,
+             "Reproduce a tool's quantizer bit for bit: ort = ONNX Runtime's MatMulNBits/QDQ "
+             "quantizer (--scheme asymmetric, or symmetric = ONNX Runtime's full-range "
+             "symmetric)");
+  sub->add_option("--include", o.include,
+                  "Quantize only nodes whose name (or weight name) matches this regex; "
+                  "repeatable")
+      ->allow_extra_args(false)
+      ->type_name("REGEX");
+  sub->add_option("--exclude", o.exclude,
+                  "Leave nodes whose name (or weight name) matches this regex in float; "
+                  "repeatable")
+      ->allow_extra_args(false)
+      ->type_name("REGEX");
+  sub->add_option("--config", o.config_file,
+                  "JSON file with base settings and per-node overrides "
+                  "({\"bits\": 4, \"overrides\": [{\"match\": REGEX, \"bits\": 8}]}); "
+                  "command line flags win")
+      ->type_name("FILE");
+  add_choice(*sub, "--lm-head", o.lm_head, lm_head_choices,
+             "The final projection to the logits: keep it in float, quantize it like the "
+             "others, or quantize it to 8 bits",
+             "keep");
+  sub->add_option_function<int>(
+         "--accuracy-level", [&o](const int& v) { o.accuracy_level = v; },
+         "MatMulNBits accuracy_level attribute (absent unless given)")
+      ->check(CLI::Range(0, 4).description(""))
+      ->type_name("0-4");
+  add_choice(*sub, "--external-data", o.external, external_choices,
+             "Write weights to OUT.data: when the model would pass 2 GB, always, or never", "auto");
+  sub->add_option("--report", o.report,
+                  "Write a JSON report (per-weight error, sizes, timings, peak memory) to FILE, "
+                  "or to stdout with - (instead of the summary)")
+      ->type_name("FILE|-");
+  sub->add_option("--threads", o.threads,
+                  "Threads, 0 = all cores (the output does not depend on it)")
+      ->type_name("N")
+      ->capture_default_str();
+  sub->add_flag("-q,--quiet", o.quiet, "Print nothing but errors (and the report with --report -)");
+  sub->footer(exit_codes_text());
+  sub->callback([opt]() { run_quantize(*opt); });
+}
+
+ox::quantize_options to_quantize_options(const quantize_command_options& o,
+                                         const nlohmann::json& config) {
+  ox::quantize_options q;
+  if (!config.is_null()) {
+    try {
+      ox::apply_config(config, q);
+    } catch (const ox::model_error& e) {
+      throw usage_error("--config file '" + o.config_file.string() + "': " + e.what());
+    }
+  }
+  // Command line flags win over the config file.
+  if (o.method) {
+    const std::string method = normalized(*o.method);
+    if (method == "gptq" || method.rfind("awq", 0) == 0 || method == "hqq") {
+      throw usage_error("--method " + *o.method +
+                        " arrives in a later version of int4q; use --method rtn");
+    }
+    if (method != "rtn") throw usage_error("--method '" + *o.method + "' is unknown: use rtn");
+    q.algo = ox::method::rtn;
+  }
+  if (o.format) q.format = *o.format;
+  if (o.bits) q.config.bits = *o.bits;
+  if (o.granularity) {
+    q.config.granularity = *o.granularity;
+    q.config.group_size = o.group_size;
+  }
+  if (o.scheme) q.config.scheme = *o.scheme;
+  if (o.rounding) q.config.rounding = *o.rounding;
+  if (o.ort_preset) q.ort_preset = true;
+  if (!o.include.empty()) q.include = o.include;
+  if (!o.exclude.empty()) q.exclude = o.exclude;
+  if (o.lm_head) q.lm_head = *o.lm_head;
+  if (o.accuracy_level) q.accuracy_level = o.accuracy_level;
+  q.threads = o.threads;
+  check_options(q, o.rounding.has_value(), o.config_file.string());
+  return q;
+}
+
+void run_quantize(const quantize_command_options& o) {
+  const auto start = clock_type::now();
+  const nlohmann::json config =
+      o.config_file.empty() ? nlohmann::json(nullptr) : read_config(o.config_file);
+  ox::quantize_options q = to_quantize_options(o, config);
+  check_paths_before_loading(o);
+
+  run_facts facts;
+  auto t = clock_type::now();
+  ox::model m = ox::load_model(o.input);
+  facts.load_s = seconds_since(t);
+  facts.input_bytes = model_bytes_on_disk(m);
+  check_paths_after_loading(o, m);
+
+  ox::quantize_report report;
+  {
+    progress_line progress(!o.quiet && stderr_is_terminal());
+    q.on_progress = [&progress](std::size_t k, std::size_t n, const std::string& name) {
+      progress.update(k, n, name);
+    };
+    t = clock_type::now();
+    report = ox::quantize_model(m, q);
+    facts.quantize_s = seconds_since(t);
+  }
+
+  ox::save_options save;
+  save.mode = o.external;
+  const fs::path data = default_data_file(o.output);
+  std::error_code ec;
+  const bool data_existed = fs::exists(data, ec);
+  const auto data_time = data_existed ? fs::last_write_time(data, ec) : fs::file_time_type::min();
+  t = clock_type::now();
+  ox::save_model(m, o.output, save);
+  facts.save_s = seconds_since(t);
+
+  // The files written: the model, and its data file when this run wrote one.
+  facts.output_files.emplace_back(o.output, file_bytes(o.output));
+  if (fs::exists(data, ec) && (!data_existed || fs::last_write_time(data, ec) != data_time)) {
+    facts.output_files.emplace_back(data, file_bytes(data));
+  }
+  for (const auto& file : facts.output_files) facts.output_bytes += file.second;
+  facts.peak_rss = peak_rss_bytes();
+  facts.total_s = seconds_since(start);
+
+  if (!o.report.empty()) {
+    const std::string json = make_report(o, report, facts).dump(2) + "\n";
+    if (o.report == "-") {
+      std::cout << json << std::flush;
+      return;
+    }
+    write_file_atomically(o.report, json);
+  }
+  if (!o.quiet) print_summary(std::cout, o, q, report, facts);
+}
+
+}  // namespace cli
+}  // namespace int4q

@@ -1,0 +1,62 @@
+// `int4q quantize IN -o OUT`: load a model, rewrite its MatMul/Gemm weights, save it, report.
+#ifndef INT4Q_CLI_QUANTIZE_COMMAND_HPP
+#define INT4Q_CLI_QUANTIZE_COMMAND_HPP
+
+#include <cstddef>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <int4q/config.hpp>
+#include <int4q/onnx/model.hpp>
+#include <int4q/onnx/quantize_model.hpp>
+
+namespace int4q {
+namespace cli {
+
+/// The command line of `int4q quantize`, as parsed (checked further by to_quantize_options).
+/// Settings a --config file may also hold are optional: unset = the config file's value, else
+/// int4q's default; a flag on the command line wins over the config file.
+struct quantize_command_options {
+  std::filesystem::path input;
+  std::filesystem::path output;
+  std::optional<int4q::onnx::output_format> format;  ///< default matmulnbits
+  std::optional<int> bits;                           ///< default 4
+  std::optional<int4q::grouping> granularity;        ///< with group_size; default group 128
+  std::size_t group_size = 128;
+  std::optional<int4q::scheme> scheme;      ///< default asymmetric
+  std::optional<int4q::rounding> rounding;  ///< default half to even
+  std::optional<std::string> method;        ///< default rtn
+  bool ort_preset = false;
+  std::vector<std::string> include;   ///< empty: the config file's, else every node
+  std::vector<std::string> exclude;   ///< empty: the config file's, else none
+  std::filesystem::path config_file;  ///< empty: none
+  std::optional<int4q::onnx::lm_head_policy> lm_head;  ///< default keep
+  std::optional<int> accuracy_level;                   ///< default absent
+  int4q::onnx::external_data external = int4q::onnx::external_data::automatic;
+  std::string report;  ///< "" none, "-" stdout, else a file
+  std::size_t threads = 0;
+  bool quiet = false;
+};
+
+/// Adds the `quantize` subcommand to `app`; parsing it runs run_quantize.
+void setup_quantize(CLI::App& app);
+
+/// Runs `int4q quantize`. Throws usage_error, int4q::config_error or int4q::onnx::model_error;
+/// main maps them to exit codes.
+void run_quantize(const quantize_command_options& options);
+
+/// The library options for a command line and the content of its --config file (null: none),
+/// checked against the output format (the checks that need no model). Throws usage_error or
+/// int4q::config_error.
+int4q::onnx::quantize_options to_quantize_options(const quantize_command_options& options,
+                                                  const nlohmann::json& config);
+
+}  // namespace cli
+}  // namespace int4q
+
+#endif  // INT4Q_CLI_QUANTIZE_COMMAND_HPP

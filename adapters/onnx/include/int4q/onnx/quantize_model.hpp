@@ -1,0 +1,112 @@
+// quantize_model: the rewrite of a model's MatMul/Gemm weights to MatMulNBits, to
+// DequantizeLinear-21 + MatMul/Gemm, or to fake-quant weights; with a report.
+#ifndef INT4Q_ONNX_QUANTIZE_MODEL_HPP
+#define INT4Q_ONNX_QUANTIZE_MODEL_HPP
+
+#include <cstddef>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <int4q/config.hpp>
+#include <int4q/onnx/model.hpp>
+#include <int4q/onnx/weights.hpp>
+
+namespace int4q {
+namespace onnx {
+
+/// What a quantized weight becomes in the output model.
+enum class output_format {
+  matmulnbits,  ///< com.microsoft MatMulNBits (Gemm bias folded into its bias input)
+  qdq,          ///< DequantizeLinear (opset 21, INT4/UINT4 blocked) feeding the original node
+  fake,         ///< the original node with its weight replaced by dequantized values (evaluation)
+};
+const char* to_string(output_format f) noexcept;
+
+/// Quantization method. (GPTQ/AWQ arrive with later issues; only rtn is accepted now.)
+enum class method { rtn };
+
+/// Per-node settings from a JSON config file ({"overrides": [{"match": regex, "bits": 8, ...}]}).
+/// For each weight the first override whose `match` is found (std::regex_search, ECMAScript) in
+/// the display name of one of its nodes or in the weight's name applies; later ones are ignored.
+struct node_override {
+  std::string match;  ///< regex searched in the node's display name (or the weight name)
+  std::optional<int> bits;
+  std::optional<std::size_t> group_size;  ///< 0 = per-channel
+  std::optional<int4q::scheme> scheme;
+  std::optional<bool> skip;    ///< true: leave the node unquantized
+  std::optional<method> algo;  ///< "method" in JSON (rtn only for now)
+};
+
+/// What to do with the final projection to the logits ("lm_head").
+enum class lm_head_policy {
+  keep,      ///< leave it in float (default; see docs/onnx.md for the measured reason)
+  quantize,  ///< quantize it like every other weight
+  int8,      ///< quantize it to 8 bits per-channel whatever the base config
+};
+
+struct quantize_options {
+  int4q::quant_config config;  ///< base grid for every selected weight
+  bool ort_preset = false;  ///< use presets::ort_matmulnbits / ort_qdq grids (bit-exact with ORT)
+  output_format format = output_format::matmulnbits;
+  method algo = method::rtn;
+  std::optional<int>
+      accuracy_level;                ///< MatMulNBits accuracy_level attribute (0-4); unset = absent
+  std::vector<std::string> include;  ///< regexes on node display names; empty = all
+  std::vector<std::string> exclude;  ///< regexes on node display names
+  std::vector<node_override> overrides;
+  lm_head_policy lm_head = lm_head_policy::keep;
+  std::size_t threads = 0;  ///< 0 = all cores; the output does not depend on it
+  /// Called after each weight: (index from 1, count, weight name).
+  std::function<void(std::size_t, std::size_t, const std::string&)> on_progress;
+};
+
+/// One weight in the report.
+struct tensor_report {
+  std::string weight;
+  std::vector<std::string> nodes;
+  std::size_t k = 0, n = 0;
+  bool quantized = false;
+  std::string reason;  ///< why not, when !quantized
+  int bits = 0;
+  std::size_t group_size = 0;  ///< rows per group (K for per-channel)
+  std::string scheme;
+  double rmse = 0, max_abs = 0, relative_l2 = 0, sqnr_db = 0;
+  std::size_t bytes_before = 0, bytes_after = 0;
+  double seconds = 0;
+};
+
+struct quantize_report {
+  nlohmann::json config;  ///< the options, echoed
+  std::vector<tensor_report> tensors;
+  std::size_t weights_quantized = 0;
+  std::size_t bytes_before = 0, bytes_after = 0;  ///< of the weights considered
+  double seconds = 0;
+};
+
+/// Rewrites `m` in place. Throws model_error (unsupported form, opset that cannot be raised,
+/// an option the format cannot hold such as a MatMulNBits group size that is not a power of two
+/// in 16..256) before changing anything.
+quantize_report quantize_model(model& m, const quantize_options& options);
+
+/// The report as JSON (the CLI adds peak memory and timings of load/save).
+nlohmann::json to_json(const quantize_report& report);
+
+/// Parses a --config JSON file's content into overrides (and base settings it may contain).
+/// Throws model_error(invalid) naming the key that is wrong.
+std::vector<node_override> parse_overrides(const nlohmann::json& config);
+
+/// Applies a --config JSON file to `options`: its base settings ("format", "bits",
+/// "group_size", "scheme", "rounding", "method", "preset", "include", "exclude", "lm_head",
+/// "accuracy_level"; each optional) and its "overrides" (appended). Schema: docs/onnx.md.
+/// Throws model_error(invalid) naming the key that is wrong; `options` is unchanged then.
+void apply_config(const nlohmann::json& config, quantize_options& options);
+
+}  // namespace onnx
+}  // namespace int4q
+
+#endif  // INT4Q_ONNX_QUANTIZE_MODEL_HPP

@@ -1,0 +1,89 @@
+// Finding the weights that can be quantized: MatMul and Gemm nodes whose weight is a constant
+// (an initializer or a Constant node's output).
+#ifndef INT4Q_ONNX_WEIGHTS_HPP
+#define INT4Q_ONNX_WEIGHTS_HPP
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include <int4q/onnx/model.hpp>
+
+namespace int4q {
+namespace onnx {
+
+/// One step from a graph into one of its subgraphs: the node holding it, the attribute
+/// (`then_branch`, `else_branch`, `body`, ...) and, for a GRAPHS attribute, the index in it.
+struct graph_step {
+  int node_index = -1;    ///< index in the enclosing graph's node()
+  std::string attribute;  ///< attribute name
+  int graph_index = -1;   ///< index in attribute.graphs() for GRAPHS; -1 for a GRAPH attribute
+  bool operator==(const graph_step& o) const {
+    return node_index == o.node_index && attribute == o.attribute && graph_index == o.graph_index;
+  }
+};
+
+/// The (sub)graph reached from the main graph `main` by `path` (empty: `main` itself). Throws
+/// model_error(invalid) when the path does not exist.
+const ::onnx::GraphProto& graph_at(const ::onnx::GraphProto& main,
+                                   const std::vector<graph_step>& path);
+::onnx::GraphProto& graph_at(::onnx::GraphProto& main, const std::vector<graph_step>& path);
+
+/// One node that uses a weight.
+struct weight_use {
+  std::vector<graph_step> path;  ///< the graph holding the node (empty: the main graph)
+  std::string scope;             ///< `path` for messages: "" or "<node>/<attribute>[/...]"
+  int node_index = -1;           ///< index in that graph's node()
+  std::string node_name;  ///< the node's name ("" if unnamed: then "<op>#<index>" is reported)
+  std::string op_type;    ///< "MatMul" or "Gemm"
+  bool trans_b = false;   ///< Gemm transB: the stored tensor is [N, K]
+  float alpha = 1.0f;     ///< Gemm alpha (1 for MatMul)
+  float beta = 1.0f;      ///< Gemm beta
+  std::string bias;       ///< Gemm C input ("" when absent)
+};
+
+/// A constant weight used as the B operand of MatMul/Gemm nodes, in logical layout W[K, N].
+struct weight_info {
+  std::string name;                    ///< tensor name (initializer or Constant output)
+  std::vector<graph_step> defined_in;  ///< the graph holding the initializer / Constant node
+  bool from_constant_node = false;
+  int constant_node_index = -1;  ///< index in the defined_in graph
+  elem_type type = elem_type::other;
+  std::vector<std::int64_t> dims;  ///< as stored
+  std::size_t k = 0, n = 0;        ///< logical reduction size and output size
+  std::vector<weight_use> uses;    ///< every MatMul/Gemm using it as B (shared weights: several)
+  bool quantizable = false;
+  std::string reason;       ///< why not, when !quantizable
+  bool is_lm_head = false;  ///< the projection to the logits (feeds a graph output)
+};
+
+/// Every MatMul/Gemm (default domain) with its B operand, quantizable or not (with the reason:
+/// not constant, not 2-D, not a float type, Gemm with transA, uses that disagree on transB, ...),
+/// in the main graph and in subgraphs (GRAPH/GRAPHS attributes: If branches, Loop/Scan bodies,
+/// recursively). Ordered by first use, nodes in graph order with a node's subgraphs visited
+/// right after it.
+///
+/// Scoping follows ONNX: a name B is looked up from the node's graph outwards; the first graph
+/// that defines it (an initializer, a graph input, a node output) is where it lives, so a
+/// subgraph's own name shadows an outer one. A weight is that (graph, name) pair: uses of one
+/// main-graph initializer from several subgraphs are one shared weight.
+///
+/// Not quantizable: an initializer that is also a graph input (overridable), a B computed at run
+/// time or a (sub)graph input, fp64 or non-float types, not 2-D, K or N of 0, Gemm transA = 1,
+/// uses that disagree on the layout (MatMul or Gemm transB = 0 vs Gemm transB = 1), or any other
+/// read of the tensor, in any graph (another op such as Gather for tied embeddings, another
+/// operand slot, a graph or subgraph output). `is_lm_head` is set on every weight with a
+/// main-graph use whose output reaches a graph output through at most 8 of: Identity, Reshape,
+/// Flatten, Squeeze, Unsqueeze, Cast, Softmax, LogSoftmax, Sigmoid, or an Add/Sub with a constant
+/// operand (a bias); it is a fact about the graph, set whether or not the weight is quantizable.
+/// Uses inside subgraphs are never taken for the lm_head.
+std::vector<weight_info> find_weights(const model& m);
+
+/// The name a report and --include/--exclude use for a node: its name, or "<op>#<index>" (in a
+/// subgraph: "<scope>/<op>#<index>").
+std::string display_name(const weight_use& u);
+
+}  // namespace onnx
+}  // namespace int4q
+
+#endif  // INT4Q_ONNX_WEIGHTS_HPP

@@ -1,0 +1,1182 @@
+// Loading and saving ONNX models with external data; reading and making tensor payloads.
+#include <int4q/onnx/model.hpp>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <system_error>
+#include <unordered_map>
+#include <utility>
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl.h>
+#include <google/protobuf/wire_format_lite.h>
+
+#include <int4q/float16.hpp>
+
+namespace int4q {
+namespace onnx {
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error \
+    "int4q::onnx reads ONNX tensors (little-endian) with memcpy: big-endian hosts are unsupported"
+#endif
+
+namespace {
+
+using ::onnx::TensorProto;
+using kind = model_error::kind;
+
+std::string quoted(const std::filesystem::path& p) { return "'" + p.string() + "'"; }
+
+std::string tensor_label(const TensorProto& t) {
+  return "tensor '" + (t.name().empty() ? std::string("<unnamed>") : t.name()) + "'";
+}
+
+std::string dims_string(const TensorProto& t) {
+  std::string s = "[";
+  for (int i = 0; i < t.dims_size(); ++i) s += (i ? ", " : "") + std::to_string(t.dims(i));
+  return s + "]";
+}
+
+// Bytes per element for the ONNX data types with a fixed size; 0 for STRING and unknown types.
+// 4-bit types (UINT4 21, INT4 22, FLOAT4E2M1 23) are handled by the caller (two per byte).
+std::size_t onnx_type_size(int data_type) noexcept {
+  switch (data_type) {
+    case TensorProto::UINT8:
+    case TensorProto::INT8:
+    case TensorProto::BOOL:
+    case 17:  // FLOAT8E4M3FN
+    case 18:  // FLOAT8E4M3FNUZ
+    case 19:  // FLOAT8E5M2
+    case 20:  // FLOAT8E5M2FNUZ
+      return 1;
+    case TensorProto::UINT16:
+    case TensorProto::INT16:
+    case TensorProto::FLOAT16:
+    case TensorProto::BFLOAT16: return 2;
+    case TensorProto::FLOAT:
+    case TensorProto::INT32:
+    case TensorProto::UINT32: return 4;
+    case TensorProto::INT64:
+    case TensorProto::UINT64:
+    case TensorProto::DOUBLE:
+    case TensorProto::COMPLEX64: return 8;
+    case TensorProto::COMPLEX128: return 16;
+    default: return 0;
+  }
+}
+
+bool is_4bit_type(int data_type) noexcept {
+  return data_type == 21 || data_type == 22 || data_type == 23;  // UINT4, INT4, FLOAT4E2M1
+}
+
+// Appends `count` elements of `size` bytes from typed values (each narrowed to `size` bytes,
+// little-endian) to `out`.
+template <class T>
+void append_narrowed(std::vector<std::uint8_t>& out, const google::protobuf::RepeatedField<T>& v,
+                     std::size_t size) {
+  const std::size_t start = out.size();
+  out.resize(start + static_cast<std::size_t>(v.size()) * size);
+  std::uint8_t* dst = out.data() + start;
+  for (const T& x : v) {
+    std::memcpy(dst, &x, size);  // little-endian: the low `size` bytes come first
+    dst += size;
+  }
+}
+
+}  // namespace
+
+// ---- Element types ------------------------------------------------------------------------------
+
+elem_type elem_type_of(int onnx_data_type) noexcept {
+  switch (onnx_data_type) {
+    case TensorProto::FLOAT: return elem_type::float32;
+    case TensorProto::FLOAT16: return elem_type::float16;
+    case TensorProto::BFLOAT16: return elem_type::bfloat16;
+    case TensorProto::DOUBLE: return elem_type::float64;
+    default: return elem_type::other;
+  }
+}
+
+const char* to_string(elem_type t) noexcept {
+  switch (t) {
+    case elem_type::float32: return "float32";
+    case elem_type::float16: return "float16";
+    case elem_type::bfloat16: return "bfloat16";
+    case elem_type::float64: return "float64";
+    case elem_type::other: return "other";
+  }
+  return "other";
+}
+
+std::size_t elem_size(elem_type t) noexcept {
+  switch (t) {
+    case elem_type::float32: return 4;
+    case elem_type::float16:
+    case elem_type::bfloat16: return 2;
+    case elem_type::float64: return 8;
+    case elem_type::other: return 0;
+  }
+  return 0;
+}
+
+std::optional<std::uint64_t> tensor_element_count(const TensorProto& t) noexcept {
+  std::uint64_t n = 1;
+  for (const std::int64_t d : t.dims()) {
+    if (d < 0) return std::nullopt;
+    const auto ud = static_cast<std::uint64_t>(d);
+    if (ud != 0 && n > std::numeric_limits<std::uint64_t>::max() / ud) return std::nullopt;
+    n *= ud;
+  }
+  return n;
+}
+
+std::optional<std::uint64_t> tensor_payload_bytes(const TensorProto& t) noexcept {
+  const auto count = tensor_element_count(t);
+  if (!count) return std::nullopt;
+  if (is_4bit_type(t.data_type())) return (*count + 1) / 2;
+  const std::size_t size = onnx_type_size(t.data_type());
+  if (size == 0) return std::nullopt;
+  if (*count > std::numeric_limits<std::uint64_t>::max() / size) return std::nullopt;
+  return *count * size;
+}
+
+bool is_external(const TensorProto& t) noexcept {
+  return t.has_data_location() && t.data_location() == TensorProto::EXTERNAL;
+}
+
+// ---- Tensor payloads ----------------------------------------------------------------------------
+
+namespace detail {
+
+external_ref parse_external_ref(const TensorProto& t) {
+  external_ref ref;
+  bool has_location = false;
+  for (const auto& e : t.external_data()) {
+    const std::string& key = e.key();
+    if (key == "location") {
+      ref.location = e.value();
+      has_location = true;
+    } else if (key == "offset" || key == "length") {
+      const std::string& v = e.value();
+      std::uint64_t x = 0;
+      bool ok = !v.empty() && v.size() <= 19;
+      for (const char c : v) ok = ok && c >= '0' && c <= '9';
+      if (ok) {
+        for (const char c : v) x = x * 10 + static_cast<std::uint64_t>(c - '0');
+      } else {
+        throw model_error(kind::invalid, tensor_label(t) + ": external data " + key + " '" + v +
+                                             "' is not a non-negative integer: fix the model");
+      }
+      if (key == "offset") {
+        ref.offset = x;
+      } else {
+        ref.length = x;
+      }
+    }
+  }
+  if (!has_location || ref.location.empty()) {
+    throw model_error(kind::invalid, tensor_label(t) +
+                                         " is stored externally but names no data file "
+                                         "(external_data 'location'): fix the model");
+  }
+  const std::filesystem::path loc(ref.location);
+  bool escapes = loc.is_absolute() || loc.has_root_name() || loc.has_root_directory();
+  for (const auto& part : loc) escapes = escapes || part == "..";
+  if (escapes) {
+    throw model_error(kind::invalid,
+                      tensor_label(t) + ": external data location '" + ref.location +
+                          "' must be a relative path inside the model's directory (ONNX allows "
+                          "no absolute paths or '..'): move the data file next to the model");
+  }
+  return ref;
+}
+
+}  // namespace detail
+
+namespace {
+
+std::filesystem::path external_file(const model& m, const detail::external_ref& ref) {
+  return m.base_dir.empty() ? std::filesystem::path(ref.location) : m.base_dir / ref.location;
+}
+
+std::vector<std::uint8_t> read_external(const model& m, const TensorProto& t) {
+  const detail::external_ref ref = detail::parse_external_ref(t);
+  const std::filesystem::path file = external_file(m, ref);
+  const auto expected = tensor_payload_bytes(t);
+  std::error_code ec;
+  const auto file_size = std::filesystem::file_size(file, ec);
+  if (ec) {
+    throw model_error(kind::io, tensor_label(t) + ": cannot open its external data file " +
+                                    quoted(file) + " (" + ec.message() +
+                                    "): keep the data file next to the model");
+  }
+  if (ref.offset > file_size) {
+    throw model_error(kind::invalid, tensor_label(t) + ": external data offset " +
+                                         std::to_string(ref.offset) + " is past the end of " +
+                                         quoted(file) + " (" + std::to_string(file_size) +
+                                         " bytes): the data file does not match the model");
+  }
+  const std::uint64_t length = ref.length ? *ref.length
+                               : expected ? *expected
+                                          : file_size - ref.offset;
+  if (length > file_size - ref.offset) {
+    throw model_error(kind::invalid, tensor_label(t) + ": external data [" +
+                                         std::to_string(ref.offset) + ", +" +
+                                         std::to_string(length) + ") goes past the end of " +
+                                         quoted(file) + " (" + std::to_string(file_size) +
+                                         " bytes): the data file is truncated or does not match");
+  }
+  if (expected && length != *expected) {
+    throw model_error(kind::invalid, tensor_label(t) + ": external data length " +
+                                         std::to_string(length) + " but dims " + dims_string(t) +
+                                         " need " + std::to_string(*expected) +
+                                         " bytes: fix the model");
+  }
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(length));
+  std::ifstream in(file, std::ios::binary);
+  if (in) in.seekg(static_cast<std::streamoff>(ref.offset));
+  if (in && length > 0)
+    in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(length));
+  if (!in) {
+    throw model_error(kind::io, tensor_label(t) + ": cannot read " + std::to_string(length) +
+                                    " bytes at offset " + std::to_string(ref.offset) + " of " +
+                                    quoted(file));
+  }
+  return bytes;
+}
+
+}  // namespace
+
+std::vector<std::uint8_t> read_tensor_bytes(const model& m, const TensorProto& t) {
+  if (is_external(t)) return read_external(m, t);
+  const int type = t.data_type();
+  const auto expected = tensor_payload_bytes(t);
+  if (type == TensorProto::STRING || type == TensorProto::UNDEFINED) {
+    throw model_error(kind::unsupported, tensor_label(t) + " has data type " +
+                                             std::to_string(type) +
+                                             ": int4q reads numeric tensors only");
+  }
+  std::vector<std::uint8_t> out;
+  if (t.has_raw_data()) {
+    const std::string& raw = t.raw_data();
+    out.assign(raw.begin(), raw.end());
+  } else {
+    switch (type) {
+      case TensorProto::FLOAT:
+      case TensorProto::COMPLEX64: append_narrowed(out, t.float_data(), 4); break;
+      case TensorProto::DOUBLE:
+      case TensorProto::COMPLEX128: append_narrowed(out, t.double_data(), 8); break;
+      case TensorProto::INT64: append_narrowed(out, t.int64_data(), 8); break;
+      case TensorProto::UINT64: append_narrowed(out, t.uint64_data(), 8); break;
+      case TensorProto::UINT32: append_narrowed(out, t.uint64_data(), 4); break;
+      default: {
+        // INT32, INT16, UINT16, INT8, UINT8, BOOL, FLOAT16/BFLOAT16 (bits as uint16), FLOAT8*
+        // and 4-bit types (one packed byte per element) live in int32_data.
+        const std::size_t size = is_4bit_type(type) ? 1 : onnx_type_size(type);
+        if (size == 0) {
+          throw model_error(kind::unsupported, tensor_label(t) + " has data type " +
+                                                   std::to_string(type) +
+                                                   " which int4q does not know");
+        }
+        append_narrowed(out, t.int32_data(), size);
+      }
+    }
+  }
+  if (expected && out.size() != *expected) {
+    throw model_error(kind::invalid, tensor_label(t) + " holds " + std::to_string(out.size()) +
+                                         " bytes of data but dims " + dims_string(t) + " need " +
+                                         std::to_string(*expected) + ": fix the model");
+  }
+  return out;
+}
+
+namespace {
+
+// Converts `count` values of float type `type` from little-endian `bytes` to float.
+void to_float(const std::uint8_t* bytes, elem_type type, std::size_t count, float* out) {
+  switch (type) {
+    case elem_type::float32: std::memcpy(out, bytes, count * 4); break;
+    case elem_type::float16:
+      for (std::size_t i = 0; i < count; ++i) {
+        std::uint16_t h;
+        std::memcpy(&h, bytes + 2 * i, 2);
+        out[i] = int4q::half_bits_to_float(h);
+      }
+      break;
+    case elem_type::bfloat16:
+      for (std::size_t i = 0; i < count; ++i) {
+        std::uint16_t h;
+        std::memcpy(&h, bytes + 2 * i, 2);
+        out[i] = int4q::bfloat16_bits_to_float(h);
+      }
+      break;
+    case elem_type::float64:
+      for (std::size_t i = 0; i < count; ++i) {
+        double d;
+        std::memcpy(&d, bytes + 8 * i, 8);
+        out[i] = static_cast<float>(d);
+      }
+      break;
+    case elem_type::other: break;
+  }
+}
+
+elem_type require_float_tensor(const TensorProto& t, int rank) {
+  const elem_type type = elem_type_of(t.data_type());
+  if (type == elem_type::other) {
+    throw model_error(kind::unsupported, tensor_label(t) + " has data type " +
+                                             std::to_string(t.data_type()) +
+                                             ": expected float32, float16, bfloat16 or float64");
+  }
+  if (t.dims_size() != rank) {
+    throw model_error(kind::unsupported, tensor_label(t) + " has dims " + dims_string(t) +
+                                             ": expected a " + std::to_string(rank) + "-D tensor");
+  }
+  return type;
+}
+
+}  // namespace
+
+xt::xtensor<float, 2> read_matrix(const model& m, const TensorProto& t) {
+  const elem_type type = require_float_tensor(t, 2);
+  const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, t);
+  const auto rows = static_cast<std::size_t>(t.dims(0));
+  const auto cols = static_cast<std::size_t>(t.dims(1));
+  xt::xtensor<float, 2> out = xt::empty<float>({rows, cols});
+  to_float(bytes.data(), type, rows * cols, out.data());
+  return out;
+}
+
+xt::xtensor<float, 1> read_vector(const model& m, const TensorProto& t) {
+  const elem_type type = require_float_tensor(t, 1);
+  const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, t);
+  const auto count = static_cast<std::size_t>(t.dims(0));
+  xt::xtensor<float, 1> out = xt::empty<float>({count});
+  to_float(bytes.data(), type, count, out.data());
+  return out;
+}
+
+TensorProto make_tensor(const std::string& name, int onnx_data_type,
+                        const std::vector<std::int64_t>& dims, const void* bytes,
+                        std::size_t size) {
+  TensorProto t;
+  t.set_name(name);
+  t.set_data_type(onnx_data_type);
+  for (const std::int64_t d : dims) t.add_dims(d);
+  const auto expected = tensor_payload_bytes(t);
+  if (expected && *expected != size) {
+    throw int4q::shape_error("make_tensor '" + name + "': dims " + dims_string(t) + " need " +
+                             std::to_string(*expected) + " bytes, got " + std::to_string(size));
+  }
+  t.set_raw_data(static_cast<const char*>(bytes), size);
+  return t;
+}
+
+TensorProto make_float_tensor(const std::string& name, elem_type type,
+                              const std::vector<std::int64_t>& dims, const float* values,
+                              std::size_t count) {
+  std::vector<std::uint8_t> bytes(count * elem_size(type));
+  int onnx_type = TensorProto::UNDEFINED;
+  switch (type) {
+    case elem_type::float32:
+      onnx_type = TensorProto::FLOAT;
+      if (count) std::memcpy(bytes.data(), values, count * 4);
+      break;
+    case elem_type::float16:
+      onnx_type = TensorProto::FLOAT16;
+      for (std::size_t i = 0; i < count; ++i) {
+        const std::uint16_t h = int4q::float_to_half_bits(values[i]);
+        std::memcpy(bytes.data() + 2 * i, &h, 2);
+      }
+      break;
+    case elem_type::bfloat16:
+      onnx_type = TensorProto::BFLOAT16;
+      for (std::size_t i = 0; i < count; ++i) {
+        const std::uint16_t h = int4q::float_to_bfloat16_bits(values[i]);
+        std::memcpy(bytes.data() + 2 * i, &h, 2);
+      }
+      break;
+    case elem_type::float64:
+      onnx_type = TensorProto::DOUBLE;
+      for (std::size_t i = 0; i < count; ++i) {
+        const double d = values[i];
+        std::memcpy(bytes.data() + 8 * i, &d, 8);
+      }
+      break;
+    case elem_type::other:
+      throw int4q::config_error("make_float_tensor '" + name +
+                                "': the type must be float32, float16, bfloat16 or float64");
+  }
+  return make_tensor(name, onnx_type, dims, bytes.data(), bytes.size());
+}
+
+// ---- Walking every tensor of a model ------------------------------------------------------------
+//
+// Tensors sit in graph initializers, in node attributes (Constant's `value`, ...), in subgraphs
+// (If/Loop/Scan) and in functions and training info. Protobuf reflection reaches all of them
+// without listing those places by hand.
+
+namespace {
+
+namespace pb = google::protobuf;
+
+const pb::FieldDescriptor* initializer_field() {
+  return ::onnx::GraphProto::descriptor()->FindFieldByNumber(
+      ::onnx::GraphProto::kInitializerFieldNumber);
+}
+
+// Calls fn(tensor, is_initializer) for every TensorProto inside `msg`.
+template <class F>
+void visit_tensors(const pb::Message& msg, F& fn, bool is_initializer = false) {
+  if (msg.GetDescriptor() == TensorProto::descriptor()) {
+    fn(static_cast<const TensorProto&>(msg), is_initializer);
+    return;
+  }
+  const pb::Reflection* r = msg.GetReflection();
+  std::vector<const pb::FieldDescriptor*> fields;
+  r->ListFields(msg, &fields);
+  for (const pb::FieldDescriptor* f : fields) {
+    if (f->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    const bool init = f == initializer_field();
+    if (f->is_repeated()) {
+      for (int i = 0, n = r->FieldSize(msg, f); i < n; ++i) {
+        visit_tensors(r->GetRepeatedMessage(msg, f, i), fn, init);
+      }
+    } else {
+      visit_tensors(r->GetMessage(msg, f), fn, init);
+    }
+  }
+}
+
+// Copies the non-message fields `f` of `src` to `dst` (same type).
+void copy_scalar_field(const pb::Message& src, pb::Message* dst, const pb::FieldDescriptor* f) {
+  const pb::Reflection* r = src.GetReflection();
+  using FD = pb::FieldDescriptor;
+  if (f->is_repeated()) {
+    const int n = r->FieldSize(src, f);
+    for (int i = 0; i < n; ++i) {
+      switch (f->cpp_type()) {
+        case FD::CPPTYPE_INT32: r->AddInt32(dst, f, r->GetRepeatedInt32(src, f, i)); break;
+        case FD::CPPTYPE_INT64: r->AddInt64(dst, f, r->GetRepeatedInt64(src, f, i)); break;
+        case FD::CPPTYPE_UINT32: r->AddUInt32(dst, f, r->GetRepeatedUInt32(src, f, i)); break;
+        case FD::CPPTYPE_UINT64: r->AddUInt64(dst, f, r->GetRepeatedUInt64(src, f, i)); break;
+        case FD::CPPTYPE_DOUBLE: r->AddDouble(dst, f, r->GetRepeatedDouble(src, f, i)); break;
+        case FD::CPPTYPE_FLOAT: r->AddFloat(dst, f, r->GetRepeatedFloat(src, f, i)); break;
+        case FD::CPPTYPE_BOOL: r->AddBool(dst, f, r->GetRepeatedBool(src, f, i)); break;
+        case FD::CPPTYPE_ENUM: r->AddEnumValue(dst, f, r->GetRepeatedEnumValue(src, f, i)); break;
+        case FD::CPPTYPE_STRING: r->AddString(dst, f, r->GetRepeatedString(src, f, i)); break;
+        case FD::CPPTYPE_MESSAGE: break;
+      }
+    }
+    return;
+  }
+  switch (f->cpp_type()) {
+    case FD::CPPTYPE_INT32: r->SetInt32(dst, f, r->GetInt32(src, f)); break;
+    case FD::CPPTYPE_INT64: r->SetInt64(dst, f, r->GetInt64(src, f)); break;
+    case FD::CPPTYPE_UINT32: r->SetUInt32(dst, f, r->GetUInt32(src, f)); break;
+    case FD::CPPTYPE_UINT64: r->SetUInt64(dst, f, r->GetUInt64(src, f)); break;
+    case FD::CPPTYPE_DOUBLE: r->SetDouble(dst, f, r->GetDouble(src, f)); break;
+    case FD::CPPTYPE_FLOAT: r->SetFloat(dst, f, r->GetFloat(src, f)); break;
+    case FD::CPPTYPE_BOOL: r->SetBool(dst, f, r->GetBool(src, f)); break;
+    case FD::CPPTYPE_ENUM: r->SetEnumValue(dst, f, r->GetEnumValue(src, f)); break;
+    case FD::CPPTYPE_STRING: r->SetString(dst, f, r->GetString(src, f)); break;
+    case FD::CPPTYPE_MESSAGE: break;
+  }
+}
+
+// One tensor of the model being saved: where its payload comes from and where it goes.
+struct tensor_slot {
+  const TensorProto* src = nullptr;  // in the input model (payload: raw_data, typed or external)
+  TensorProto* dst = nullptr;        // in the output skeleton (never holds raw_data)
+  bool is_initializer = false;
+};
+
+// Deep-copies `src` into `dst` except every TensorProto's raw_data, recording each tensor pair
+// in `slots`. The payloads are what makes a model big: the copy is the graph only.
+void copy_skeleton(const pb::Message& src, pb::Message* dst, std::vector<tensor_slot>& slots,
+                   bool is_initializer = false) {
+  const pb::Reflection* r = src.GetReflection();
+  const bool is_tensor = src.GetDescriptor() == TensorProto::descriptor();
+  std::vector<const pb::FieldDescriptor*> fields;
+  r->ListFields(src, &fields);
+  for (const pb::FieldDescriptor* f : fields) {
+    if (is_tensor && f->number() == TensorProto::kRawDataFieldNumber) continue;
+    if (f->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      copy_scalar_field(src, dst, f);
+      continue;
+    }
+    const bool init = f == initializer_field();
+    if (f->is_repeated()) {
+      for (int i = 0, n = r->FieldSize(src, f); i < n; ++i) {
+        copy_skeleton(r->GetRepeatedMessage(src, f, i), r->AddMessage(dst, f), slots, init);
+      }
+    } else {
+      copy_skeleton(r->GetMessage(src, f), r->MutableMessage(dst, f), slots, init);
+    }
+  }
+  dst->GetReflection()->MutableUnknownFields(dst)->MergeFrom(r->GetUnknownFields(src));
+  if (is_tensor) {
+    slots.push_back(
+        {static_cast<const TensorProto*>(&src), static_cast<TensorProto*>(dst), is_initializer});
+  }
+}
+
+// ---- Files --------------------------------------------------------------------------------------
+
+std::string errno_text(int e) { return std::error_code(e, std::generic_category()).message(); }
+
+// Whether `a` and `b` name the same file (by identity when both exist, else by path).
+bool same_file(const std::filesystem::path& a, const std::filesystem::path& b) {
+  std::error_code ec;
+  if (std::filesystem::exists(a, ec) && std::filesystem::exists(b, ec)) {
+    const bool eq = std::filesystem::equivalent(a, b, ec);
+    if (!ec) return eq;
+  }
+  const auto ca = std::filesystem::weakly_canonical(a, ec);
+  const auto cb = std::filesystem::weakly_canonical(b, ec);
+  return ca == cb;
+}
+
+// A file descriptor closed on destruction.
+class fd_guard {
+ public:
+  explicit fd_guard(int fd = -1) noexcept : fd_(fd) {}
+  fd_guard(const fd_guard&) = delete;
+  fd_guard& operator=(const fd_guard&) = delete;
+  ~fd_guard() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int get() const noexcept { return fd_; }
+  // Closes now, reporting the error close() may return (delayed write errors on some systems).
+  int close_checked() noexcept {
+    const int rc = ::close(fd_);
+    fd_ = -1;
+    return rc == 0 ? 0 : errno;
+  }
+
+ private:
+  int fd_;
+};
+
+// A new file next to `final_path` ("<name>.tmp-XXXXXX"), removed unless committed by rename.
+class temp_file {
+ public:
+  explicit temp_file(const std::filesystem::path& final_path) : final_(final_path) {
+    static thread_local std::mt19937_64 rng(std::random_device{}());
+    const char* hex = "0123456789abcdef";
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      std::string suffix = ".tmp-";
+      std::uint64_t x = rng();
+      for (int i = 0; i < 8; ++i, x >>= 4) suffix += hex[x & 15];
+      path_ = final_path;
+      path_ += suffix;
+      const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+      if (fd >= 0) {
+        fd_ = std::make_unique<fd_guard>(fd);
+        return;
+      }
+      if (errno != EEXIST) {
+        const int e = errno;
+        throw model_error(kind::io, "cannot write " + quoted(final_path) + " (" + errno_text(e) +
+                                        "): choose a writable output directory");
+      }
+    }
+    throw model_error(kind::io, "cannot create a temporary file next to " + quoted(final_path));
+  }
+  temp_file(const temp_file&) = delete;
+  temp_file& operator=(const temp_file&) = delete;
+  ~temp_file() {
+    fd_.reset();
+    if (!committed_) {
+      std::error_code ec;
+      std::filesystem::remove(path_, ec);
+    }
+  }
+  int fd() const noexcept { return fd_->get(); }
+  // Closes the file; throws on a delayed write error.
+  void close() {
+    if (const int e = fd_->close_checked()) fail(e);
+  }
+  [[noreturn]] void fail(int e) const {
+    throw model_error(kind::io, "cannot write " + quoted(final_) + " (" + errno_text(e) +
+                                    "): check free disk space and permissions");
+  }
+  // Renames the temporary file onto the final path.
+  void commit() {
+    std::error_code ec;
+    std::filesystem::rename(path_, final_, ec);
+    if (ec) {
+      throw model_error(kind::io, "cannot write " + quoted(final_) + " (" + ec.message() +
+                                      "): choose a writable output path");
+    }
+    committed_ = true;
+  }
+
+ private:
+  std::filesystem::path final_;
+  std::filesystem::path path_;
+  std::unique_ptr<fd_guard> fd_;
+  bool committed_ = false;
+};
+
+void write_all(temp_file& out, const void* data, std::size_t size) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::write(out.fd(), p, std::min<std::size_t>(size, std::size_t{1} << 30));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      out.fail(errno);
+    }
+    p += n;
+    size -= static_cast<std::size_t>(n);
+  }
+}
+
+// Input external data files, opened once each, read by range.
+class input_files {
+ public:
+  explicit input_files(const model& m) : m_(m) {}
+
+  // Calls sink(bytes, size) for consecutive chunks of the tensor's external range; sets
+  // `length` to the range's size.
+  template <class Sink>
+  void read_range(const TensorProto& t, std::uint64_t& length, Sink&& sink) {
+    const range r = open(t);
+    length = r.length;
+    buffer_.resize(std::size_t{16} << 20);
+    std::uint64_t done = 0;
+    while (done < r.length) {
+      const auto want =
+          static_cast<std::size_t>(std::min<std::uint64_t>(buffer_.size(), r.length - done));
+      const ssize_t n = ::pread(r.fd, buffer_.data(), want, static_cast<off_t>(r.offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) read_failed(t, r, n < 0 ? errno : 0);
+      sink(buffer_.data(), static_cast<std::size_t>(n));
+      done += static_cast<std::uint64_t>(n);
+    }
+  }
+
+  // Appends the tensor's external range to `out`, in the kernel where it can (copy_file_range:
+  // no copy through user space, a reflink on file systems that share extents).
+  void copy_range(const TensorProto& t, std::uint64_t& length, temp_file& out) {
+    const range r = open(t);
+    length = r.length;
+    std::uint64_t done = 0;
+#ifdef __linux__
+    while (kernel_copy_ && done < r.length) {
+      loff_t in_offset = static_cast<loff_t>(r.offset + done);
+      const std::size_t want =
+          static_cast<std::size_t>(std::min<std::uint64_t>(r.length - done, std::size_t{1} << 30));
+      const ssize_t n = ::copy_file_range(r.fd, &in_offset, out.fd(), nullptr, want, 0);
+      if (n > 0) {
+        done += static_cast<std::uint64_t>(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n == 0) read_failed(t, r, 0);
+      if (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP ||
+          errno == EBADF || errno == EPERM) {
+        kernel_copy_ = false;  // not between these files: copy through a buffer
+        break;
+      }
+      out.fail(errno);
+    }
+#endif
+    if (done == r.length) return;
+    buffer_.resize(std::size_t{16} << 20);
+    while (done < r.length) {
+      const auto want =
+          static_cast<std::size_t>(std::min<std::uint64_t>(buffer_.size(), r.length - done));
+      const ssize_t n = ::pread(r.fd, buffer_.data(), want, static_cast<off_t>(r.offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) read_failed(t, r, n < 0 ? errno : 0);
+      write_all(out, buffer_.data(), static_cast<std::size_t>(n));
+      done += static_cast<std::uint64_t>(n);
+    }
+  }
+
+ private:
+  struct range {
+    int fd;
+    std::uint64_t offset, length;
+    std::filesystem::path file;
+  };
+
+  range open(const TensorProto& t) {
+    const detail::external_ref ref = detail::parse_external_ref(t);
+    range r{-1, ref.offset, 0, external_file(m_, ref)};
+    auto it = fds_.find(r.file.string());
+    if (it == fds_.end()) {
+      const int fd = ::open(r.file.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) {
+        const int e = errno;
+        throw model_error(kind::io, tensor_label(t) + ": cannot open its external data file " +
+                                        quoted(r.file) + " (" + errno_text(e) +
+                                        "): keep the data file next to the input model");
+      }
+      it = fds_.emplace(r.file.string(), std::make_unique<fd_guard>(fd)).first;
+    }
+    r.fd = it->second->get();
+    const auto expected = tensor_payload_bytes(t);
+    r.length = ref.length ? *ref.length : expected.value_or(0);
+    if (!ref.length && !expected) {  // unknown type, no length: to the end of the file
+      struct stat st {};
+      if (::fstat(r.fd, &st) == 0 && static_cast<std::uint64_t>(st.st_size) > ref.offset) {
+        r.length = static_cast<std::uint64_t>(st.st_size) - ref.offset;
+      }
+    }
+    return r;
+  }
+
+  [[noreturn]] static void read_failed(const TensorProto& t, const range& r, int e) {
+    throw model_error(kind::io, tensor_label(t) + ": cannot read " + std::to_string(r.length) +
+                                    " bytes at offset " + std::to_string(r.offset) + " of " +
+                                    quoted(r.file) + " (" +
+                                    (e ? errno_text(e) : std::string("end of file")) +
+                                    "): the data file changed since the model was loaded");
+  }
+
+  const model& m_;
+  std::map<std::string, std::unique_ptr<fd_guard>> fds_;
+  std::vector<char> buffer_;
+  bool kernel_copy_ = true;
+};
+
+// Payload size of a tensor as it would be saved (0 when it has none, e.g. strings).
+std::uint64_t payload_size(const TensorProto& t) {
+  if (is_external(t)) {
+    const detail::external_ref ref = detail::parse_external_ref(t);
+    if (ref.length) return *ref.length;
+    return tensor_payload_bytes(t).value_or(0);
+  }
+  if (t.has_raw_data()) return t.raw_data().size();
+  if (t.data_type() == TensorProto::STRING) return 0;
+  return tensor_payload_bytes(t).value_or(0);
+}
+
+bool has_typed_data(const TensorProto& t) {
+  return t.float_data_size() || t.int32_data_size() || t.int64_data_size() ||
+         t.double_data_size() || t.uint64_data_size();
+}
+
+void clear_typed_data(TensorProto* t) {
+  t->clear_float_data();
+  t->clear_int32_data();
+  t->clear_int64_data();
+  t->clear_double_data();
+  t->clear_uint64_data();
+}
+
+// Offsets in the data file: tensors of 1 MiB or more start on 64 KiB (what ONNX's own writer
+// uses, so that ONNX Runtime can memory-map them on every OS), others on 64 bytes.
+std::uint64_t align_offset(std::uint64_t offset, std::uint64_t size) {
+  const std::uint64_t a = size >= (std::uint64_t{1} << 20) ? 65536 : 64;
+  return (offset + a - 1) / a * a;
+}
+
+// Fields of `msg` numbered above `number`, moved into `tail` (so that msg, then a field
+// `number`, then tail serialize in field order like protobuf itself does).
+void move_fields_above(pb::Message* msg, int number, pb::Message* tail) {
+  const pb::Reflection* r = msg->GetReflection();
+  std::vector<const pb::FieldDescriptor*> fields, above;
+  r->ListFields(*msg, &fields);
+  for (const auto* f : fields) {
+    if (f->number() > number) above.push_back(f);
+  }
+  r->SwapFields(msg, tail, above);
+}
+
+std::uint64_t length_delimited_size(int field_number, std::uint64_t size) {
+  return pb::io::CodedOutputStream::VarintSize32(static_cast<std::uint32_t>(field_number) << 3) +
+         pb::io::CodedOutputStream::VarintSize64(size) + size;
+}
+
+void write_length_delimited_header(pb::io::CodedOutputStream& out, int field_number,
+                                   std::uint64_t size) {
+  out.WriteTag(static_cast<std::uint32_t>(field_number) << 3 |
+               pb::internal::WireFormatLite::WIRETYPE_LENGTH_DELIMITED);
+  out.WriteVarint64(size);
+}
+
+}  // namespace
+
+// ---- Load ---------------------------------------------------------------------------------------
+
+model load_model(const std::filesystem::path& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (!std::filesystem::exists(status)) {
+    throw model_error(kind::io, quoted(path) + ": no such file: check the input path");
+  }
+  if (std::filesystem::is_directory(status)) {
+    throw model_error(kind::io, quoted(path) + " is a directory: pass the .onnx model file");
+  }
+  const int raw_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (raw_fd < 0) {
+    const int e = errno;
+    throw model_error(kind::io, "cannot open " + quoted(path) + " (" + errno_text(e) +
+                                    "): check the file's permissions");
+  }
+  fd_guard fd(raw_fd);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) {
+    throw model_error(kind::io, "cannot read " + quoted(path));
+  }
+  if (st.st_size == 0) {
+    throw model_error(kind::invalid, quoted(path) + " is empty: not an ONNX model; re-export it");
+  }
+  if (static_cast<std::uint64_t>(st.st_size) > protobuf_max_bytes) {
+    throw model_error(kind::invalid,
+                      quoted(path) + " is " + std::to_string(st.st_size) +
+                          " bytes, over protobuf's 2 GiB limit for one message: not a valid "
+                          "ONNX file; large models keep their weights in external data");
+  }
+
+  model m;
+  m.path = path;
+  m.base_dir = path.parent_path();
+  if (m.base_dir.empty()) m.base_dir = ".";
+  {
+    // Parsed from a read-only mapping: the payload bytes are copied once, from the page cache
+    // into the message (a FileInputStream is several times slower on large models).
+    const auto size = static_cast<std::size_t>(st.st_size);
+    void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
+    if (mapped == MAP_FAILED) {
+      const int e = errno;
+      throw model_error(kind::io,
+                        "cannot read " + quoted(path) + " (" + errno_text(e) + "): check the file");
+    }
+    ::madvise(mapped, size, MADV_SEQUENTIAL);
+    pb::io::CodedInputStream in(static_cast<const std::uint8_t*>(mapped), static_cast<int>(size));
+    in.SetTotalBytesLimit(std::numeric_limits<int>::max());  // models up to 2 GiB
+    const bool ok = m.proto.ParseFromCodedStream(&in) && in.ConsumedEntireMessage();
+    ::munmap(mapped, size);
+    if (!ok) {
+      throw model_error(kind::invalid, quoted(path) +
+                                           " is not an ONNX model (protobuf parse failed: "
+                                           "truncated, corrupt or another format): check that "
+                                           "it is a complete .onnx file");
+    }
+  }
+  if (!m.proto.has_graph()) {
+    throw model_error(kind::invalid, quoted(path) +
+                                         " is not an ONNX model (it has no graph): check that it "
+                                         "is a complete .onnx file");
+  }
+  if (m.proto.ir_version() >= 3 && m.proto.opset_import_size() == 0) {
+    throw model_error(kind::invalid, quoted(path) +
+                                         " has no opset_import: the file is truncated or not an "
+                                         "ONNX model; re-export it");
+  }
+
+  // External data: every file present, every range inside its file; inline sizes consistent.
+  std::map<std::string, std::uint64_t> file_sizes;
+  auto check = [&](const TensorProto& t, bool) {
+    const auto expected = tensor_payload_bytes(t);
+    if (!is_external(t)) {
+      if (t.has_raw_data() && expected && t.raw_data().size() != *expected) {
+        throw model_error(kind::invalid, quoted(path) + ": " + tensor_label(t) + " holds " +
+                                             std::to_string(t.raw_data().size()) +
+                                             " bytes but dims " + dims_string(t) + " need " +
+                                             std::to_string(*expected) + ": fix the model");
+      }
+      return;
+    }
+    const detail::external_ref ref = detail::parse_external_ref(t);
+    const std::filesystem::path file = m.base_dir / ref.location;
+    auto it = file_sizes.find(file.string());
+    if (it == file_sizes.end()) {
+      std::error_code fec;
+      const auto fst = std::filesystem::status(file, fec);
+      if (!std::filesystem::is_regular_file(fst)) {
+        throw model_error(kind::io, quoted(path) + ": " + tensor_label(t) +
+                                        " is stored in external data file " + quoted(file) +
+                                        (std::filesystem::exists(fst) ? ", which is not a file"
+                                                                      : ", which is missing") +
+                                        ": keep the data file next to the model");
+      }
+      const auto size = std::filesystem::file_size(file, fec);
+      if (fec) {
+        throw model_error(kind::io, quoted(path) + ": cannot read external data file " +
+                                        quoted(file) + " (" + fec.message() + ")");
+      }
+      it = file_sizes.emplace(file.string(), size).first;
+    }
+    const std::uint64_t file_size = it->second;
+    const std::uint64_t length = ref.length ? *ref.length : expected.value_or(0);
+    if (ref.length && expected && *ref.length != *expected) {
+      throw model_error(kind::invalid,
+                        quoted(path) + ": " + tensor_label(t) + " has external data length " +
+                            std::to_string(*ref.length) + " but dims " + dims_string(t) + " need " +
+                            std::to_string(*expected) + " bytes: fix the model");
+    }
+    if (ref.offset > file_size || length > file_size - ref.offset) {
+      throw model_error(kind::invalid,
+                        quoted(path) + ": " + tensor_label(t) + " is at offset " +
+                            std::to_string(ref.offset) + " length " + std::to_string(length) +
+                            " of " + quoted(file) + ", which has only " +
+                            std::to_string(file_size) +
+                            " bytes: the data file is truncated or belongs to another model");
+    }
+  };
+  visit_tensors(m.proto, check);
+  return m;
+}
+
+// ---- Save ---------------------------------------------------------------------------------------
+
+bool stores_external_data(const save_options& options, std::uint64_t payload_bytes,
+                          std::uint64_t inline_bytes) {
+  switch (options.mode) {
+    case external_data::always: return true;
+    case external_data::never:
+      if (inline_bytes > protobuf_max_bytes) {
+        throw model_error(kind::unsupported,
+                          "the model would be " + std::to_string(inline_bytes) +
+                              " bytes with every tensor inline, over protobuf's 2 GiB limit: "
+                              "save it with external data (mode automatic or always)");
+      }
+      return false;
+    case external_data::automatic:
+      return payload_bytes > automatic_external_bytes || inline_bytes > protobuf_max_bytes;
+  }
+  return false;
+}
+
+void save_model(const model& m, const std::filesystem::path& path, const save_options& options) {
+  namespace fs = std::filesystem;
+  if (path.empty() || !path.has_filename()) {
+    throw model_error(kind::io, "output path " + quoted(path) + " names no file: pass a file path");
+  }
+  const fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    throw model_error(kind::io, "cannot write " + quoted(path) + ": directory " + quoted(dir) +
+                                    " does not exist; create it first");
+  }
+  if (fs::is_directory(path, ec)) {
+    throw model_error(kind::io, "output " + quoted(path) + " is a directory: pass a file path");
+  }
+  const std::string data_name =
+      options.data_file.empty() ? path.filename().string() + ".data" : options.data_file;
+  {
+    const fs::path d(data_name);
+    bool bad = d.is_absolute() || d.has_root_name() || d.has_root_directory() || !d.has_filename();
+    for (const auto& part : d) bad = bad || part == "..";
+    if (bad) {
+      throw model_error(kind::unsupported, "data file '" + data_name +
+                                               "' must be a relative file name inside the "
+                                               "output's directory (ONNX allows no other)");
+    }
+  }
+  const fs::path data_path = dir / data_name;
+  if (same_file(data_path, path)) {
+    throw model_error(kind::unsupported, "data file '" + data_name + "' is the output model " +
+                                             quoted(path) + " itself: choose another name");
+  }
+
+  // The input's files: the model and its external data files are never overwritten.
+  std::vector<fs::path> inputs;
+  if (!m.path.empty()) inputs.push_back(m.path);
+  auto collect = [&](const TensorProto& t, bool) {
+    if (!is_external(t)) return;
+    const fs::path file = external_file(m, detail::parse_external_ref(t));
+    if (std::find(inputs.begin(), inputs.end(), file) == inputs.end()) inputs.push_back(file);
+  };
+  visit_tensors(m.proto, collect);
+  for (const fs::path& in : inputs) {
+    if (same_file(path, in)) {
+      throw model_error(kind::io, "output " + quoted(path) + " is the input model" +
+                                      (in == m.path ? "" : " data file " + quoted(in)) +
+                                      ": choose another output path");
+    }
+  }
+
+  // The output's graph, without payloads; the payloads are streamed from `m` while writing.
+  std::vector<tensor_slot> slots;
+  ::onnx::ModelProto out;
+  copy_skeleton(m.proto, &out, slots);
+
+  std::uint64_t payload_bytes = 0, inline_bytes = out.ByteSizeLong();
+  for (const tensor_slot& s : slots) {
+    const std::uint64_t size = payload_size(*s.src);
+    payload_bytes += size;
+    inline_bytes += size + 16;  // raw_data tag and length, longer enclosing length prefixes
+  }
+  const bool external = stores_external_data(options, payload_bytes, inline_bytes);
+
+  // Where each payload goes: the data file, raw_data set in the skeleton (tensors outside the
+  // main graph's initializers), or raw_data streamed at write time (main graph initializers).
+  input_files input(m);
+  std::unique_ptr<temp_file> data;
+  std::uint64_t data_offset = 0;
+  static const char zeros[65536] = {};
+  // Main graph initializers by input address: their inline payloads are streamed at write time.
+  std::unordered_map<const TensorProto*, int> main_initializer;
+  for (int i = 0; i < m.proto.graph().initializer_size(); ++i) {
+    main_initializer.emplace(&m.proto.graph().initializer(i), i);
+  }
+  std::vector<const TensorProto*> streamed(main_initializer.size(), nullptr);  // [initializer]
+  for (const tensor_slot& s : slots) {
+    const TensorProto& src = *s.src;
+    TensorProto& dst = *s.dst;
+    const bool has_payload = is_external(src) || src.has_raw_data() ||
+                             (has_typed_data(src) && tensor_payload_bytes(src).has_value());
+    const std::uint64_t size = payload_size(src);
+    if (external && s.is_initializer && has_payload && size >= options.external_min_bytes) {
+      if (!data) {
+        for (const fs::path& in : inputs) {
+          if (same_file(data_path, in)) {
+            throw model_error(kind::io, "output data file " + quoted(data_path) +
+                                            " is the input model's file " + quoted(in) +
+                                            ": choose another data file name");
+          }
+        }
+        data = std::make_unique<temp_file>(data_path);
+      }
+      const std::uint64_t offset = align_offset(data_offset, size);
+      for (std::uint64_t pad = offset - data_offset; pad > 0;) {
+        const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(pad, sizeof zeros));
+        write_all(*data, zeros, n);
+        pad -= n;
+      }
+      std::uint64_t length = size;
+      if (is_external(src)) {
+        input.copy_range(src, length, *data);
+      } else if (src.has_raw_data()) {
+        write_all(*data, src.raw_data().data(), src.raw_data().size());
+      } else {
+        const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, src);
+        write_all(*data, bytes.data(), bytes.size());
+        length = bytes.size();
+      }
+      data_offset = offset + length;
+      clear_typed_data(&dst);
+      dst.clear_external_data();
+      dst.set_data_location(TensorProto::EXTERNAL);
+      auto add = [&](const char* key, const std::string& value) {
+        auto* e = dst.add_external_data();
+        e->set_key(key);
+        e->set_value(value);
+      };
+      add("location", data_name);
+      add("offset", std::to_string(offset));
+      add("length", std::to_string(length));
+      continue;
+    }
+    if (!is_external(src) && !src.has_raw_data()) continue;  // typed fields or none: copied
+    if (is_external(src)) {
+      dst.clear_external_data();
+      dst.clear_data_location();
+    }
+    const auto it = main_initializer.find(&src);
+    if (it != main_initializer.end()) {
+      streamed[static_cast<std::size_t>(it->second)] = &src;
+    } else if (is_external(src)) {
+      const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, src);
+      dst.set_raw_data(bytes.data(), bytes.size());
+    } else {
+      dst.set_raw_data(src.raw_data());
+    }
+  }
+
+  // The model file, in protobuf's field order: out's fields before `graph` (7), the graph
+  // (its fields before `initializer` (5), the initializers with raw_data (9) streamed between
+  // their other fields, the graph's later fields), then out's fields after `graph`.
+  ::onnx::ModelProto model_tail;
+  move_fields_above(&out, ::onnx::ModelProto::kGraphFieldNumber, &model_tail);
+  const bool has_graph = out.has_graph();
+  ::onnx::GraphProto graph;
+  graph.Swap(out.mutable_graph());
+  out.clear_graph();
+  pb::RepeatedPtrField<TensorProto> inits;
+  inits.Swap(graph.mutable_initializer());
+  ::onnx::GraphProto graph_tail;
+  move_fields_above(&graph, ::onnx::GraphProto::kInitializerFieldNumber, &graph_tail);
+
+  std::vector<std::uint64_t> tensor_sizes(static_cast<std::size_t>(inits.size()));
+  std::uint64_t graph_size = graph.ByteSizeLong() + graph_tail.ByteSizeLong();
+  for (int i = 0; i < inits.size(); ++i) {
+    const TensorProto* src = streamed[static_cast<std::size_t>(i)];
+    std::uint64_t size = inits.Get(i).ByteSizeLong();
+    if (src) size += length_delimited_size(TensorProto::kRawDataFieldNumber, payload_size(*src));
+    tensor_sizes[static_cast<std::size_t>(i)] = size;
+    graph_size += length_delimited_size(::onnx::GraphProto::kInitializerFieldNumber, size);
+  }
+  const std::uint64_t model_size =
+      out.ByteSizeLong() + model_tail.ByteSizeLong() +
+      (has_graph ? length_delimited_size(::onnx::ModelProto::kGraphFieldNumber, graph_size) : 0);
+  if (model_size > protobuf_max_bytes) {
+    throw model_error(kind::unsupported,
+                      "cannot write " + quoted(path) + ": the model would be " +
+                          std::to_string(model_size) +
+                          " bytes, over protobuf's 2 GiB limit for one message: save with "
+                          "external data (mode always, smaller external_min_bytes)");
+  }
+
+  temp_file file(path);
+  {
+    pb::io::FileOutputStream stream(file.fd());
+    {
+      pb::io::CodedOutputStream cos(&stream);
+      out.SerializePartialToCodedStream(&cos);
+      if (has_graph) {
+        write_length_delimited_header(cos, ::onnx::ModelProto::kGraphFieldNumber, graph_size);
+        graph.SerializePartialToCodedStream(&cos);
+        for (int i = 0; i < inits.size(); ++i) {
+          TensorProto& head = *inits.Mutable(i);
+          TensorProto tail;
+          move_fields_above(&head, TensorProto::kRawDataFieldNumber, &tail);
+          write_length_delimited_header(cos, ::onnx::GraphProto::kInitializerFieldNumber,
+                                        tensor_sizes[static_cast<std::size_t>(i)]);
+          head.SerializePartialToCodedStream(&cos);
+          if (const TensorProto* src = streamed[static_cast<std::size_t>(i)]) {
+            const std::uint64_t size = payload_size(*src);
+            write_length_delimited_header(cos, TensorProto::kRawDataFieldNumber, size);
+            if (is_external(*src)) {
+              std::uint64_t length = size;
+              input.read_range(*src, length, [&](const char* p, std::size_t n) {
+                cos.WriteRaw(p, static_cast<int>(n));
+              });
+            } else {
+              cos.WriteRaw(src->raw_data().data(), static_cast<int>(src->raw_data().size()));
+            }
+          }
+          tail.SerializePartialToCodedStream(&cos);
+        }
+        graph_tail.SerializePartialToCodedStream(&cos);
+      }
+      model_tail.SerializePartialToCodedStream(&cos);
+      cos.Trim();
+      if (cos.HadError()) file.fail(stream.GetErrno() ? stream.GetErrno() : EIO);
+    }
+    if (!stream.Flush()) file.fail(stream.GetErrno() ? stream.GetErrno() : EIO);
+  }
+  file.close();
+  if (data) {
+    data->close();
+    data->commit();
+  }
+  try {
+    file.commit();
+  } catch (...) {
+    if (data) fs::remove(data_path, ec);  // no half-written pair
+    throw;
+  }
+}
+
+}  // namespace onnx
+}  // namespace int4q

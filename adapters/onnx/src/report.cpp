@@ -1,0 +1,294 @@
+// The report as JSON, the options echo, and --config files (base settings and overrides).
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <int4q/config.hpp>
+
+#include "writers.hpp"
+
+namespace int4q {
+namespace onnx {
+
+using nlohmann::json;
+
+const char* to_string(output_format f) noexcept {
+  switch (f) {
+    case output_format::matmulnbits: return "matmulnbits";
+    case output_format::qdq: return "qdq";
+    case output_format::fake: return "fake";
+  }
+  return "?";
+}
+
+namespace {
+
+const char* to_string(lm_head_policy p) noexcept {
+  switch (p) {
+    case lm_head_policy::keep: return "keep";
+    case lm_head_policy::quantize: return "quantize";
+    case lm_head_policy::int8: return "int8";
+  }
+  return "?";
+}
+
+const char* to_string(scale_type s) noexcept {
+  switch (s) {
+    case scale_type::native: return "native";
+    case scale_type::float16: return "float16";
+    case scale_type::bfloat16: return "bfloat16";
+  }
+  return "?";
+}
+
+json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+json override_json(const node_override& o) {
+  json j = {{"match", o.match}};
+  if (o.bits) j["bits"] = *o.bits;
+  if (o.group_size) {
+    j["group_size"] = *o.group_size == 0 ? json("per_channel") : json(*o.group_size);
+  }
+  if (o.scheme) j["scheme"] = int4q::to_string(*o.scheme);
+  if (o.skip) j["skip"] = *o.skip;
+  if (o.algo) j["method"] = "rtn";
+  return j;
+}
+
+// ---- Config files
+// --------------------------------------------------------------------------------
+
+[[noreturn]] void bad(const std::string& key, const std::string& expected, const json& got) {
+  throw model_error(model_error::kind::invalid,
+                    "config: \"" + key + "\" must be " + expected + ", got " + got.dump());
+}
+
+int get_bits(const json& v, const std::string& key) {
+  if (!v.is_number_integer() || v.get<long long>() < 2 || v.get<long long>() > 8)
+    bad(key, "an integer 2..8", v);
+  return v.get<int>();
+}
+
+/// Group size: a positive integer, or "per_channel" (returned as 0).
+std::size_t get_group_size(const json& v, const std::string& key) {
+  if (v.is_string() && v.get<std::string>() == "per_channel") return 0;
+  if (!v.is_number_integer() || v.get<long long>() < 1)
+    bad(key, "a positive integer or \"per_channel\"", v);
+  return v.get<std::size_t>();
+}
+
+int4q::scheme get_scheme(const json& v, const std::string& key) {
+  static const int4q::scheme all[] = {scheme::asymmetric, scheme::symmetric,
+                                      scheme::symmetric_full_range, scheme::symmetric_offset};
+  if (v.is_string()) {
+    for (auto s : all)
+      if (v.get<std::string>() == int4q::to_string(s)) return s;
+  }
+  bad(key, "one of \"asymmetric\", \"symmetric\", \"symmetric_full_range\", \"symmetric_offset\"",
+      v);
+}
+
+method get_method(const json& v, const std::string& key) {
+  if (v.is_string() && v.get<std::string>() == "rtn") return method::rtn;
+  bad(key, "\"rtn\" (the only method implemented so far)", v);
+}
+
+std::string get_string(const json& v, const std::string& key) {
+  if (!v.is_string()) bad(key, "a string", v);
+  return v.get<std::string>();
+}
+
+std::vector<std::string> get_strings(const json& v, const std::string& key) {
+  if (v.is_string()) return {v.get<std::string>()};
+  if (!v.is_array()) bad(key, "a string or an array of strings", v);
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < v.size(); ++i)
+    out.push_back(get_string(v[i], key + "[" + std::to_string(i) + "]"));
+  return out;
+}
+
+node_override get_override(const json& e, std::size_t index) {
+  const std::string at = "overrides[" + std::to_string(index) + "]";
+  if (!e.is_object()) bad(at, "an object", e);
+  node_override o;
+  bool has_match = false;
+  for (auto it = e.begin(); it != e.end(); ++it) {
+    const std::string key = at + "." + it.key();
+    const json& v = it.value();
+    if (it.key() == "match") {
+      o.match = get_string(v, key);
+      has_match = true;
+    } else if (it.key() == "bits") {
+      o.bits = get_bits(v, key);
+    } else if (it.key() == "group_size") {
+      o.group_size = get_group_size(v, key);
+    } else if (it.key() == "scheme") {
+      o.scheme = get_scheme(v, key);
+    } else if (it.key() == "skip") {
+      if (!v.is_boolean()) bad(key, "true or false", v);
+      o.skip = v.get<bool>();
+    } else if (it.key() == "method") {
+      o.algo = get_method(v, key);
+    } else {
+      throw model_error(model_error::kind::invalid,
+                        "config: " + at + " has an unknown key \"" + it.key() +
+                            "\" (known: match, bits, group_size, scheme, skip, method)");
+    }
+  }
+  if (!has_match) {
+    throw model_error(model_error::kind::invalid,
+                      "config: " + at + " has no \"match\" (a regular expression on node names)");
+  }
+  return o;
+}
+
+}  // namespace
+
+namespace detail {
+
+json options_json(const quantize_options& options) {
+  const quant_config& c = options.config;
+  json j;
+  j["format"] = to_string(options.format);
+  j["method"] = "rtn";
+  j["preset"] = options.ort_preset ? "ort" : "none";
+  j["bits"] = c.bits;
+  j["group_size"] =
+      c.granularity == grouping::per_channel ? json("per_channel") : json(c.group_size);
+  j["scheme"] = int4q::to_string(c.scheme);
+  j["rounding"] = int4q::to_string(c.rounding);
+  j["data_type"] = int4q::to_string(c.data_type);
+  j["scale_type"] = to_string(c.scale_type);
+  j["accuracy_level"] = options.accuracy_level ? json(*options.accuracy_level) : json(nullptr);
+  j["include"] = options.include;
+  j["exclude"] = options.exclude;
+  j["overrides"] = json::array();
+  for (const auto& o : options.overrides) j["overrides"].push_back(override_json(o));
+  j["lm_head"] = to_string(options.lm_head);
+  j["threads"] = options.threads;
+  return j;
+}
+
+}  // namespace detail
+
+json to_json(const quantize_report& report) {
+  json tensors = json::array();
+  for (const tensor_report& t : report.tensors) {
+    json e;
+    e["weight"] = t.weight;
+    e["nodes"] = t.nodes;
+    e["k"] = t.k;
+    e["n"] = t.n;
+    e["quantized"] = t.quantized;
+    if (t.quantized) {
+      e["bits"] = t.bits;
+      e["group_size"] = t.group_size;
+      e["scheme"] = t.scheme;
+      e["error"] = {{"rmse", t.rmse},
+                    {"max_abs", t.max_abs},
+                    {"relative_l2", t.relative_l2},
+                    {"sqnr_db", number_or_null(t.sqnr_db)}};
+    } else {
+      e["reason"] = t.reason;
+    }
+    e["bytes_before"] = t.bytes_before;
+    e["bytes_after"] = t.bytes_after;
+    e["seconds"] = t.seconds;
+    tensors.push_back(std::move(e));
+  }
+  json totals;
+  totals["weights"] = report.tensors.size();
+  totals["weights_quantized"] = report.weights_quantized;
+  totals["bytes_before"] = report.bytes_before;
+  totals["bytes_after"] = report.bytes_after;
+  totals["compression"] =
+      report.bytes_after
+          ? json(static_cast<double>(report.bytes_before) / static_cast<double>(report.bytes_after))
+          : json(nullptr);
+  totals["seconds"] = report.seconds;
+  return json{{"config", report.config}, {"tensors", tensors}, {"totals", totals}};
+}
+
+void apply_config(const json& config, quantize_options& options) {
+  if (!config.is_object()) {
+    throw model_error(model_error::kind::invalid, "config: the file must hold a JSON object, got " +
+                                                      std::string(config.type_name()));
+  }
+  quantize_options o = options;
+  for (auto it = config.begin(); it != config.end(); ++it) {
+    const std::string& key = it.key();
+    const json& v = it.value();
+    if (key == "format") {
+      const std::string f = v.is_string() ? v.get<std::string>() : "";
+      if (f == "matmulnbits") {
+        o.format = output_format::matmulnbits;
+      } else if (f == "qdq") {
+        o.format = output_format::qdq;
+      } else if (f == "fake") {
+        o.format = output_format::fake;
+      } else {
+        bad(key, "one of \"matmulnbits\", \"qdq\", \"fake\"", v);
+      }
+    } else if (key == "bits") {
+      o.config.bits = get_bits(v, key);
+    } else if (key == "group_size") {
+      const std::size_t g = get_group_size(v, key);
+      o.config.granularity = g == 0 ? grouping::per_channel : grouping::group;
+      if (g) o.config.group_size = g;
+    } else if (key == "scheme") {
+      o.config.scheme = get_scheme(v, key);
+    } else if (key == "rounding") {
+      const std::string r = v.is_string() ? v.get<std::string>() : "";
+      if (r == "half_to_even") {
+        o.config.rounding = rounding::half_to_even;
+      } else if (r == "half_away_from_zero") {
+        o.config.rounding = rounding::half_away_from_zero;
+      } else {
+        bad(key, "\"half_to_even\" or \"half_away_from_zero\"", v);
+      }
+    } else if (key == "method") {
+      o.algo = get_method(v, key);
+    } else if (key == "preset") {
+      const std::string p = v.is_string() ? v.get<std::string>() : "";
+      if (p != "ort" && p != "none") bad(key, "\"ort\" or \"none\"", v);
+      o.ort_preset = p == "ort";
+    } else if (key == "include") {
+      o.include = get_strings(v, key);
+    } else if (key == "exclude") {
+      o.exclude = get_strings(v, key);
+    } else if (key == "lm_head") {
+      const std::string p = v.is_string() ? v.get<std::string>() : "";
+      if (p == "keep") {
+        o.lm_head = lm_head_policy::keep;
+      } else if (p == "quantize") {
+        o.lm_head = lm_head_policy::quantize;
+      } else if (p == "int8") {
+        o.lm_head = lm_head_policy::int8;
+      } else {
+        bad(key, "one of \"keep\", \"quantize\", \"int8\"", v);
+      }
+    } else if (key == "accuracy_level") {
+      if (!v.is_number_integer() || v.get<long long>() < 0 || v.get<long long>() > 4)
+        bad(key, "an integer 0..4", v);
+      o.accuracy_level = v.get<int>();
+    } else if (key == "overrides") {
+      if (!v.is_array()) bad(key, "an array of objects", v);
+      for (std::size_t i = 0; i < v.size(); ++i) o.overrides.push_back(get_override(v[i], i));
+    } else {
+      throw model_error(model_error::kind::invalid,
+                        "config: unknown key \"" + key +
+                            "\" (known: format, bits, group_size, scheme, rounding, method, "
+                            "preset, include, exclude, lm_head, accuracy_level, overrides)");
+    }
+  }
+  options = std::move(o);
+}
+
+std::vector<node_override> parse_overrides(const json& config) {
+  quantize_options scratch;
+  apply_config(config, scratch);
+  return scratch.overrides;
+}
+
+}  // namespace onnx
+}  // namespace int4q

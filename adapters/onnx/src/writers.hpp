@@ -1,0 +1,166 @@
+// Internal to int4q::onnx: graph editing helpers, weight selection and the three writers used by
+// quantize_model (quantize_model.cpp orchestrates; select.cpp, writers*.cpp, opset.cpp implement).
+#ifndef INT4Q_ONNX_SRC_WRITERS_HPP
+#define INT4Q_ONNX_SRC_WRITERS_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <regex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <onnx/onnx_pb.h>
+#include <xtensor/xtensor.hpp>
+
+#include <int4q/config.hpp>
+#include <int4q/onnx/model.hpp>
+#include <int4q/onnx/quantize_model.hpp>
+#include <int4q/onnx/weights.hpp>
+
+namespace int4q {
+namespace onnx {
+namespace detail {
+
+// ---- Graph helpers (writers_graph.cpp)
+// -----------------------------------------------------------
+
+/// Every name in a model (tensors, nodes, graph inputs/outputs, value_info, subgraphs included);
+/// hands out fresh names deterministically: `base`, else `base_1`, `base_2`, ...
+class name_set {
+ public:
+  explicit name_set(const ::onnx::ModelProto& m);
+  std::string unique(const std::string& base);
+
+ private:
+  void add_graph(const ::onnx::GraphProto& g);
+  std::set<std::string> used_;
+};
+
+/// How many times each tensor name is read: node inputs (subgraphs included: they may read
+/// outer-scope names) and graph outputs.
+std::map<std::string, int> count_references(const ::onnx::GraphProto& g);
+
+/// The value of a constant tensor `name` of `g`: an initializer that is not also a graph input
+/// (those can be overridden at run time), or the `value` of a Constant node. nullptr otherwise.
+const ::onnx::TensorProto* constant_tensor(const ::onnx::GraphProto& g, const std::string& name);
+
+/// The constant tensor `name` as seen from the graph at `path` (ONNX scoping: the innermost graph
+/// defining the name decides; see constant_tensor). Sets `defined_in` to that graph's path when
+/// found. nullptr when the name is not a constant there.
+const ::onnx::TensorProto* constant_tensor_in_scope(const ::onnx::GraphProto& main,
+                                                    const std::vector<graph_step>& path,
+                                                    const std::string& name,
+                                                    std::vector<graph_step>* defined_in);
+
+/// Removes the initializer, the producing Constant node, the graph input and the value_info
+/// named `name`.
+void remove_tensor(::onnx::GraphProto& g, const std::string& name);
+
+const ::onnx::AttributeProto* find_attr(const ::onnx::NodeProto& n, const std::string& name);
+std::int64_t attr_int(const ::onnx::NodeProto& n, const std::string& name, std::int64_t dflt);
+float attr_float(const ::onnx::NodeProto& n, const std::string& name, float dflt);
+void set_attr_int(::onnx::NodeProto& n, const std::string& name, std::int64_t v);
+void set_attr_float(::onnx::NodeProto& n, const std::string& name, float v);
+void set_attr_string(::onnx::NodeProto& n, const std::string& name, const std::string& v);
+void remove_attr(::onnx::NodeProto& n, const std::string& name);
+
+/// ONNX data_type of a float elem_type (FLOAT, FLOAT16, BFLOAT16, DOUBLE).
+int onnx_type_of(elem_type t) noexcept;
+/// A tensor's values as float (FLOAT, FLOAT16, BFLOAT16, DOUBLE; any rank).
+std::vector<float> read_floats(const model& m, const ::onnx::TensorProto& t);
+/// A TensorProto of float type `type` holding `values` (converted, round to nearest even).
+::onnx::TensorProto float_tensor(const std::string& name, elem_type type,
+                                 const std::vector<std::int64_t>& dims,
+                                 const std::vector<float>& values);
+/// An INT64 tensor.
+::onnx::TensorProto int64_tensor(const std::string& name, const std::vector<std::int64_t>& dims,
+                                 const std::vector<std::int64_t>& values);
+/// A (sub)graph path as text, unique per graph: "<node>.<attribute>.<index>/..." ("" for main).
+std::string path_key(const std::vector<graph_step>& path);
+/// Shape as "[a, b]".
+std::string dims_string(const std::vector<std::int64_t>& dims);
+
+// ---- Selection (select.cpp) -------------------------------------------------------------------
+
+/// Regexes compiled once.
+struct compiled_selection {
+  std::vector<std::regex> include, exclude, overrides;
+};
+
+/// Checks the options (and every override combined with them) against the output format;
+/// compiles the regexes. Throws model_error before anything is changed.
+compiled_selection validate_options(const quantize_options& options);
+
+/// The decision for one weight.
+struct weight_choice {
+  bool quantize = false;
+  std::string reason;  ///< when !quantize
+  int4q::quant_config config;
+};
+
+/// Selection, overrides, lm_head policy, preset and scale type for one quantizable weight.
+weight_choice choose(const weight_info& w, const quantize_options& options,
+                     const compiled_selection& sel);
+
+/// Largest power of two <= min(256, k), at least 16: the block MatMulNBits uses for an int8
+/// lm_head (MatMulNBits has no per-channel form).
+std::size_t int8_lm_head_block(std::size_t k) noexcept;
+
+// ---- Report (report.cpp)
+// -------------------------------------------------------------------------
+
+/// The options as the report's "config" object.
+nlohmann::json options_json(const quantize_options& options);
+
+// ---- Writers (writers.cpp)
+// ------------------------------------------------------------------------
+
+/// How a Gemm bias reaches the MatMulNBits node.
+struct bias_plan {
+  enum class kind { none, fold, add } how = kind::none;
+  std::string c;                         ///< the Gemm's C input
+  std::vector<graph_step> c_defined_in;  ///< fold: the graph holding C
+  float beta = 1.0f;
+  std::vector<float> folded;  ///< fold: beta * C broadcast to [N]
+  bool reuse_c = false;       ///< fold: C is already [N] in the weight's type and beta == 1
+};
+
+/// Everything decided about one weight before the model is touched.
+struct weight_job {
+  const weight_info* info = nullptr;
+  std::size_t report_index = 0;
+  int4q::quant_config config;
+  float alpha = 1.0f;
+  std::vector<bias_plan> bias;  ///< per use (matmulnbits)
+  // Filled by build_tensors:
+  std::vector<::onnx::TensorProto> tensors;  ///< new initializers, in the order written
+  std::string data_name, scales_name, zero_points_name;
+  bool in_place = false;  ///< fake: the weight's own tensor gets the values
+  std::vector<std::int64_t> stored_dims;
+};
+
+/// Format-specific reasons a quantizable weight cannot be written (float64 for real formats,
+/// Gemm uses that disagree on alpha, a constant bias not broadcastable to [N], ...); fills the
+/// job's alpha and bias plans. Returns "" when it can be written.
+std::string plan_writes(const model& m, const weight_info& w, output_format format,
+                        weight_job& job);
+
+/// Reads, quantizes and packs one weight into job.tensors (no change to the model). Returns the
+/// report entry's measurements.
+void build_tensors(const model& m, const quantize_options& options, weight_job& job,
+                   name_set& names, tensor_report& report,
+                   const std::map<std::string, int>& references);
+
+/// Applies every job to the graph (nodes replaced/inserted, initializers added, originals
+/// removed when nothing else reads them). Cannot fail.
+void rewrite_graph(model& m, const quantize_options& options, std::vector<weight_job>& jobs,
+                   name_set& names);
+
+}  // namespace detail
+}  // namespace onnx
+}  // namespace int4q
+
+#endif  // INT4Q_ONNX_SRC_WRITERS_HPP
