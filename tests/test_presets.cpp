@@ -619,7 +619,7 @@ TEST(PresetGptq, MatchesReferenceFindParamsBitExact) {
 TEST(PresetModelOpt, MatchesFindScalesAndRtnBitExact) {
   // ModelOpt pads K with zero rows to a whole number of blocks before find_scales. For the
   // symmetric grid that cannot change amax, so ragged K is compared; for the zero-point grid
-  // the padding enters min/max (see DISABLED_ZeroPointRaggedGroupSeesZeroPadding), so only
+  // the padding enters min/max (see ZeroPointRaggedGroupSeesZeroPadding), so only
   // whole blocks are compared here. ModelOpt divides by zero on an all-zero symmetric group
   // (see AllZeroSymmetricGroupGetsUnitScale), so the symmetric data have no zero column and
   // ragged tails of >= 7 rows (a short tail of small integers could be all zeros).
@@ -665,11 +665,11 @@ TEST(PresetModelOpt, AllZeroSymmetricGroupGetsUnitScale) {
   }
 }
 
-TEST(PresetModelOpt, DISABLED_ZeroPointRaggedGroupSeesZeroPadding) {
-  // Known deviation, kept disabled and reported: ModelOpt's find_scales runs `_pad(w, block)`
+TEST(PresetModelOpt, ZeroPointRaggedGroupSeesZeroPadding) {
+  // ModelOpt's find_scales runs `_pad(w, block)`
   // (zero rows) before taking min/max, so a ragged last block's raw range includes 0. int4q's
-  // modelopt_int4(use_zero_point = true) takes min/max of the real rows only. Reference: pad the
-  // weight with zeros, run the zero-point formula, keep the real rows.
+  // modelopt_int4(use_zero_point = true) sets ragged_range_includes_zero for the same range.
+  // Reference: pad the weight with zeros, run the zero-point formula, keep the real rows.
   evidence ev;
   const std::size_t gs = 16, K = 16 * 2 + 5;
   const quant_config c = int4q::presets::modelopt_int4(gs, true);
@@ -693,22 +693,25 @@ TEST(PresetModelOpt, DISABLED_ZeroPointRaggedGroupSeesZeroPadding) {
 // ---- Intel Neural Compressor ------------------------------------------------------------------
 
 TEST(PresetInc, MatchesQdqWeightSymAsymBitExact) {
-  // Ragged tails of >= 8 rows here: a constant positive group (e.g. a one-row tail of a positive
-  // value) is the case of DISABLED_FullRangeConstantPositiveGroup.
-  const std::vector<grouped_shape> shapes = {
-      {8, rows_for(8, 3, 0)}, {16, rows_for(16, 2, 9)}, {32, rows_for(32, 2, 8)}, {128, 137}};
+  // Constant columns and a one-row ragged tail (a constant group) included: for full_range a
+  // constant positive group is INC's tie case (see FullRangeConstantPositiveGroup).
+  const std::vector<grouped_shape> shapes = {{8, rows_for(8, 3, 0)},
+                                             {16, rows_for(16, 2, 9)},
+                                             {32, rows_for(32, 2, 8)},
+                                             {32, rows_for(32, 2, 1)},
+                                             {128, 137}};
   evidence ev;
   for (int bits : {2, 3, 4, 8}) {
     for (int mode = 0; mode < 3; ++mode) {  // asym, sym, sym full_range
       const bool sym = mode > 0, full = mode == 2;
       for (const grouped_shape& sh : shapes) {
         const quant_config c = int4q::presets::inc(bits, sh.gs, sym, full);
-        for_each_weight(
-            sh.K, kCols, sh.gs, full ? special_columns::zero : special_columns::zero_and_constants,
-            [&](const xt::xtensor<float, 2>& w, const char* data, std::uint32_t seed) {
-              const auto ref = run_reference(w, sh.gs, inc_reference(bits, sym, full, ev));
-              expect_reference(w, c, ref, context("inc", c, data, seed, sh.K, kCols));
-            });
+        for_each_weight(sh.K, kCols, sh.gs, special_columns::zero_and_constants,
+                        [&](const xt::xtensor<float, 2>& w, const char* data, std::uint32_t seed) {
+                          const auto ref =
+                              run_reference(w, sh.gs, inc_reference(bits, sym, full, ev));
+                          expect_reference(w, c, ref, context("inc", c, data, seed, sh.K, kCols));
+                        });
       }
     }
   }
@@ -730,11 +733,11 @@ TEST(PresetInc, FullRangeConstantNegativeAndZeroGroups) {
   }
 }
 
-TEST(PresetInc, DISABLED_FullRangeConstantPositiveGroup) {
-  // Known deviation, kept disabled and reported: for a constant group c > 0 INC has
+TEST(PresetInc, FullRangeConstantPositiveGroup) {
+  // For a constant group c > 0 INC has
   // flip = |c| > |c| = false, so scale = +c / 8 and c / scale = 8 clamps to code 7 (+8 = 15
-  // unsigned). int4q's symmetric_full_range picks the extreme as `lo` on a magnitude tie
-  // (ONNX Runtime's rule) and gives scale -c / 8 and code 0.
+  // unsigned). int4q's inc preset sets full_range_inc_sign for this; plain symmetric_full_range
+  // picks the extreme as `lo` on a magnitude tie (ONNX Runtime's rule): scale -c / 8, code 0.
   const std::vector<float> pos(16, 0.8125f);
   const auto q = quantize_column(pos, int4q::presets::inc(4, 16, true, true));
   EXPECT_EQ(q.scales(0, 0), 0.8125f / 8);

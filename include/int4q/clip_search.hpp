@@ -104,6 +104,7 @@ clip_search_result<T> search_clip_matrix(const T* w, std::size_t K, std::size_t 
       const T* src = w + r0 * N + c0;
       if (!minmax_columns(simd_tag{}, src, N, rows, n, lo, hi))
         throw_non_finite(w, N, r0, rows, c0, n);
+      if (rows < gs && c.ragged_range_includes_zero) include_zero(lo, hi, n);
       for (std::size_t s = 0; s < S; ++s) {
         const T ratio = static_cast<T>(c.clip_ratio) * cand[s];
         for (std::size_t j = 0; j < n; ++j) {

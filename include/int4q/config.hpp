@@ -99,6 +99,15 @@ struct quant_config {
   zero_range_policy zero_range = zero_range_policy::unit_scale;
   /// Asymmetric only: widen [min, max] to include 0 (every tool but ModelOpt does).
   bool range_includes_zero = true;
+  /// A ragged last group (K not a multiple of the group size) takes its range as if it were
+  /// zero-padded to a whole group: [min(lo, 0), max(hi, 0)]. ModelOpt pads K with zero rows
+  /// before find_scales; only matters with range_includes_zero = false.
+  bool ragged_range_includes_zero = false;
+  /// symmetric_full_range only: scale = amax / 2^(b-1), negated only when |max| > |min|
+  /// (INC's qdq_weight_sym). The default maps the signed extreme to -2^(b-1), taking min on a
+  /// magnitude tie; the two differ only for a constant positive group, which INC's rule gives a
+  /// positive scale and the top code (its values clamp to (2^(b-1) - 1) * scale).
+  bool full_range_inc_sign = false;
   /// Lower bound on the range: on (hi - lo) for asymmetric and symmetric_offset, on amax for
   /// symmetric and symmetric_full_range, on amax for tables (ModelOpt: 1e-5).
   double min_range = 0.0;

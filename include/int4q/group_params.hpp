@@ -116,8 +116,11 @@ group_param<T> compute_group_param_unchecked(T lo, T hi, T ratio, const quant_co
     scale = amax / (mid - T(1));
     p.zero_point = static_cast<std::uint8_t>(c.mid());
   } else if (c.scheme == scheme::symmetric_full_range) {
-    // The signed extreme maps to -2^(b-1): scale = -extreme / 2^(b-1) (ties pick lo).
+    // The signed extreme maps to -2^(b-1): scale = -extreme / 2^(b-1) (ties pick lo). INC's
+    // rule: scale = amax / 2^(b-1), negative only when |hi| > |lo|, i.e. the extreme is taken
+    // as -amax unless hi dominates (differs for lo == hi > 0 alone).
     T extreme = std::abs(hi) > std::abs(lo) ? hi : lo;
+    if (c.full_range_inc_sign && !(std::abs(hi) > std::abs(lo))) extreme = -std::abs(lo);
     extreme = extreme * ratio;
     if (std::abs(extreme) < floor_range) extreme = extreme < T(0) ? -floor_range : floor_range;
     if (extreme == T(0)) {

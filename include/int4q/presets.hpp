@@ -64,7 +64,8 @@ inline quant_config gptq(int bits = 4, std::size_t group_size = 128, bool symmet
 
 /// NVIDIA ModelOpt ONNX int4 (`find_scales` + `rtn`): sym: scale = amax / 7, codes [-8, 7];
 /// zero point: raw min/max (not through 0), scale = max(max - min, 1e-5) / 15,
-/// zp = clamp(-round(min / scale), 0, 15); numpy rint (half to even), division.
+/// zp = clamp(-round(min / scale), 0, 15); numpy rint (half to even), division. A ragged last
+/// block's range includes 0 (ModelOpt zero-pads K to whole blocks before find_scales).
 /// An all-zero symmetric group (ModelOpt divides by 0) gets scale 1 here.
 inline quant_config modelopt_int4(std::size_t group_size = 128, bool use_zero_point = false) {
   quant_config c = detail::grouped(4, group_size);
@@ -72,6 +73,7 @@ inline quant_config modelopt_int4(std::size_t group_size = 128, bool use_zero_po
   if (use_zero_point) {
     c.scheme = scheme::asymmetric;
     c.range_includes_zero = false;
+    c.ragged_range_includes_zero = true;  // find_scales runs on K zero-padded to whole blocks
     c.min_range = 1e-5;
   } else {
     c.scheme = scheme::symmetric;
@@ -80,8 +82,9 @@ inline quant_config modelopt_int4(std::size_t group_size = 128, bool use_zero_po
 }
 
 /// Intel Neural Compressor torch weight-only RTN (`qdq_weight_sym` / `qdq_weight_asym`):
-/// sym: scale = amax / (2^(b-1) - 1); full_range: scale = amax / 2^(b-1) with the sign that maps
-/// the extreme to -2^(b-1); asym: range through 0; zero range -> amax 1 / range [-1, 1];
+/// sym: scale = amax / (2^(b-1) - 1); full_range: scale = amax / 2^(b-1), negated when
+/// |max| > |min| (so the extreme maps to -2^(b-1), and a constant positive group clamps to the top
+/// code); asym: range through 0; zero range -> amax 1 / range [-1, 1];
 /// torch rounding (half to even), division, zero point after rounding.
 inline quant_config inc(int bits = 4, std::size_t group_size = 128, bool symmetric = false,
                         bool full_range = false) {
@@ -90,6 +93,7 @@ inline quant_config inc(int bits = 4, std::size_t group_size = 128, bool symmetr
                         : (full_range ? scheme::symmetric_full_range : scheme::symmetric);
   c.scale_division = scale_division::divide;
   c.zero_range = zero_range_policy::unit_range;
+  c.full_range_inc_sign = full_range;  // negative scale only when |max| > |min|
   return c;
 }
 

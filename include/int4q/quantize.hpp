@@ -121,6 +121,7 @@ void quantize_matrix(Tag tag, const T* w, std::size_t K, std::size_t N, const qu
     const T* tile = w + r0 * N + c0;
     T lo[max_tile_cols], hi[max_tile_cols], zp[max_tile_cols];
     if (!minmax_columns(tag, tile, N, rows, n, lo, hi)) throw_non_finite(w, N, r0, rows, c0, n);
+    if (rows < gs && c.ragged_range_includes_zero) include_zero(lo, hi, n);
     T* scale = out.scales + g * N + c0;
     for (std::size_t j = 0; j < n; ++j) {
       const T ratio = static_cast<T>(c.clip_ratio) * (ratios ? ratios[g * N + c0 + j] : T(1));

@@ -231,6 +231,15 @@ struct quant_config {
   zero_range_policy zero_range = zero_range_policy::unit_scale;
   /// Asymmetric only: widen [min, max] to include 0 (every tool but ModelOpt does).
   bool range_includes_zero = true;
+  /// A ragged last group (K not a multiple of the group size) takes its range as if it were
+  /// zero-padded to a whole group: [min(lo, 0), max(hi, 0)]. ModelOpt pads K with zero rows
+  /// before find_scales; only matters with range_includes_zero = false.
+  bool ragged_range_includes_zero = false;
+  /// symmetric_full_range only: scale = amax / 2^(b-1), negated only when |max| > |min|
+  /// (INC's qdq_weight_sym). The default maps the signed extreme to -2^(b-1), taking min on a
+  /// magnitude tie; the two differ only for a constant positive group, which INC's rule gives a
+  /// positive scale and the top code (its values clamp to (2^(b-1) - 1) * scale).
+  bool full_range_inc_sign = false;
   /// Lower bound on the range: on (hi - lo) for asymmetric and symmetric_offset, on amax for
   /// symmetric and symmetric_full_range, on amax for tables (ModelOpt: 1e-5).
   double min_range = 0.0;
@@ -598,6 +607,15 @@ constexpr std::size_t max_tile_cols = 256;
 //   w  : [rows, ld] (first `n` columns used)     lo, hi : [n]
 // Returns false when any element is NaN or +-Inf (x * 0 is NaN exactly for those).
 // ---------------------------------------------------------------------------------------------
+/// Widens each column range [lo[j], hi[j]] to include 0 (the range of a zero-padded group).
+template <class T>
+void include_zero(T* lo, T* hi, std::size_t n) noexcept {
+  for (std::size_t j = 0; j < n; ++j) {
+    lo[j] = std::min(lo[j], T(0));
+    hi[j] = std::max(hi[j], T(0));
+  }
+}
+
 template <class T>
 bool minmax_columns(scalar_tag, const T* w, std::size_t ld, std::size_t rows, std::size_t n, T* lo,
                     T* hi) noexcept {
@@ -1083,8 +1101,11 @@ group_param<T> compute_group_param_unchecked(T lo, T hi, T ratio, const quant_co
     scale = amax / (mid - T(1));
     p.zero_point = static_cast<std::uint8_t>(c.mid());
   } else if (c.scheme == scheme::symmetric_full_range) {
-    // The signed extreme maps to -2^(b-1): scale = -extreme / 2^(b-1) (ties pick lo).
+    // The signed extreme maps to -2^(b-1): scale = -extreme / 2^(b-1) (ties pick lo). INC's
+    // rule: scale = amax / 2^(b-1), negative only when |hi| > |lo|, i.e. the extreme is taken
+    // as -amax unless hi dominates (differs for lo == hi > 0 alone).
     T extreme = std::abs(hi) > std::abs(lo) ? hi : lo;
+    if (c.full_range_inc_sign && !(std::abs(hi) > std::abs(lo))) extreme = -std::abs(lo);
     extreme = extreme * ratio;
     if (std::abs(extreme) < floor_range) extreme = extreme < T(0) ? -floor_range : floor_range;
     if (extreme == T(0)) {
@@ -1304,6 +1325,7 @@ void quantize_matrix(Tag tag, const T* w, std::size_t K, std::size_t N, const qu
     const T* tile = w + r0 * N + c0;
     T lo[max_tile_cols], hi[max_tile_cols], zp[max_tile_cols];
     if (!minmax_columns(tag, tile, N, rows, n, lo, hi)) throw_non_finite(w, N, r0, rows, c0, n);
+    if (rows < gs && c.ragged_range_includes_zero) include_zero(lo, hi, n);
     T* scale = out.scales + g * N + c0;
     for (std::size_t j = 0; j < n; ++j) {
       const T ratio = static_cast<T>(c.clip_ratio) * (ratios ? ratios[g * N + c0 + j] : T(1));
@@ -1572,6 +1594,7 @@ clip_search_result<T> search_clip_matrix(const T* w, std::size_t K, std::size_t 
       const T* src = w + r0 * N + c0;
       if (!minmax_columns(simd_tag{}, src, N, rows, n, lo, hi))
         throw_non_finite(w, N, r0, rows, c0, n);
+      if (rows < gs && c.ragged_range_includes_zero) include_zero(lo, hi, n);
       for (std::size_t s = 0; s < S; ++s) {
         const T ratio = static_cast<T>(c.clip_ratio) * cand[s];
         for (std::size_t j = 0; j < n; ++j) {
@@ -2251,7 +2274,8 @@ inline quant_config gptq(int bits = 4, std::size_t group_size = 128, bool symmet
 
 /// NVIDIA ModelOpt ONNX int4 (`find_scales` + `rtn`): sym: scale = amax / 7, codes [-8, 7];
 /// zero point: raw min/max (not through 0), scale = max(max - min, 1e-5) / 15,
-/// zp = clamp(-round(min / scale), 0, 15); numpy rint (half to even), division.
+/// zp = clamp(-round(min / scale), 0, 15); numpy rint (half to even), division. A ragged last
+/// block's range includes 0 (ModelOpt zero-pads K to whole blocks before find_scales).
 /// An all-zero symmetric group (ModelOpt divides by 0) gets scale 1 here.
 inline quant_config modelopt_int4(std::size_t group_size = 128, bool use_zero_point = false) {
   quant_config c = detail::grouped(4, group_size);
@@ -2259,6 +2283,7 @@ inline quant_config modelopt_int4(std::size_t group_size = 128, bool use_zero_po
   if (use_zero_point) {
     c.scheme = scheme::asymmetric;
     c.range_includes_zero = false;
+    c.ragged_range_includes_zero = true;  // find_scales runs on K zero-padded to whole blocks
     c.min_range = 1e-5;
   } else {
     c.scheme = scheme::symmetric;
@@ -2267,8 +2292,9 @@ inline quant_config modelopt_int4(std::size_t group_size = 128, bool use_zero_po
 }
 
 /// Intel Neural Compressor torch weight-only RTN (`qdq_weight_sym` / `qdq_weight_asym`):
-/// sym: scale = amax / (2^(b-1) - 1); full_range: scale = amax / 2^(b-1) with the sign that maps
-/// the extreme to -2^(b-1); asym: range through 0; zero range -> amax 1 / range [-1, 1];
+/// sym: scale = amax / (2^(b-1) - 1); full_range: scale = amax / 2^(b-1), negated when
+/// |max| > |min| (so the extreme maps to -2^(b-1), and a constant positive group clamps to the top
+/// code); asym: range through 0; zero range -> amax 1 / range [-1, 1];
 /// torch rounding (half to even), division, zero point after rounding.
 inline quant_config inc(int bits = 4, std::size_t group_size = 128, bool symmetric = false,
                         bool full_range = false) {
@@ -2277,6 +2303,7 @@ inline quant_config inc(int bits = 4, std::size_t group_size = 128, bool symmetr
                         : (full_range ? scheme::symmetric_full_range : scheme::symmetric);
   c.scale_division = scale_division::divide;
   c.zero_range = zero_range_policy::unit_range;
+  c.full_range_inc_sign = full_range;  // negative scale only when |max| > |min|
   return c;
 }
 

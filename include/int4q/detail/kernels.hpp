@@ -25,6 +25,15 @@ constexpr std::size_t max_tile_cols = 256;
 //   w  : [rows, ld] (first `n` columns used)     lo, hi : [n]
 // Returns false when any element is NaN or +-Inf (x * 0 is NaN exactly for those).
 // ---------------------------------------------------------------------------------------------
+/// Widens each column range [lo[j], hi[j]] to include 0 (the range of a zero-padded group).
+template <class T>
+void include_zero(T* lo, T* hi, std::size_t n) noexcept {
+  for (std::size_t j = 0; j < n; ++j) {
+    lo[j] = std::min(lo[j], T(0));
+    hi[j] = std::max(hi[j], T(0));
+  }
+}
+
 template <class T>
 bool minmax_columns(scalar_tag, const T* w, std::size_t ld, std::size_t rows, std::size_t n, T* lo,
                     T* hi) noexcept {
