@@ -17,6 +17,7 @@
 // bytes of the largest fp32 weight).
 #include "bench_common.hpp"
 
+#include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -265,4 +266,10 @@ BENCHMARK(bm_llama)
 
 }  // namespace
 
-int main(int argc, char** argv) { return int4q_bench::main(argc, argv); }
+int main(int argc, char** argv) {
+  // The allocator settings of the int4q CLI (adapters/cli/main.cpp): large buffers are reused
+  // from the heap instead of mapped and faulted in afresh for every weight.
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  return int4q_bench::main(argc, argv);
+}
