@@ -237,6 +237,56 @@ TEST(Qdq, WideAndOddShapesAndInputTypes) {
   }
 }
 
+// ---- measure_error(w, q): the error without a dequantized copy --------------------------------
+
+void expect_same_stats(const int4q::error_stats& a, const int4q::error_stats& b,
+                       const std::string& where) {
+  EXPECT_EQ(a.count, b.count) << where;
+  EXPECT_EQ(a.mse, b.mse) << where;  // the same sums in the same order: equal to the bit
+  EXPECT_EQ(a.max_abs, b.max_abs) << where;
+  EXPECT_EQ(a.relative_l2, b.relative_l2) << where;
+  EXPECT_EQ(a.sqnr_db, b.sqnr_db) << where;
+}
+
+TEST(MeasureErrorOfQuantized, EqualsTheErrorOfDequant) {
+  for (int kind = 0; kind < 6; ++kind) {
+    for (std::size_t group : {std::size_t(1), std::size_t(16), std::size_t(0)}) {
+      const quant_config c = config_of(kind, 4, group, kind + 3);
+      for (std::size_t N : {std::size_t(1), std::size_t(19), std::size_t(300)}) {
+        const std::size_t K = 37;  // ragged at 16
+        const auto w = random_weight<float>(K, N, dist::outliers, 21);
+        const auto q = int4q::quant_tensor(w, c);
+        const std::string where = describe(c) + " N " + std::to_string(N);
+        const auto ref = int4q::measure_error(w, int4q::dequant(q));
+        expect_same_stats(int4q::measure_error(w, q), ref, where);
+        if (group != 1) {  // groups of 1 can be exact
+          EXPECT_GT(ref.mse, 0.0) << where;
+        }
+      }
+    }
+  }
+  // A strided view as the reference, and double weights.
+  const auto src = random_weight<double>(60, 40, dist::normal, 5);
+  auto view = xt::view(src, xt::range(0, 60, 2), xt::range(0, 40, 3));
+  const quant_config c;
+  const auto qv = int4q::quant_tensor(view, c);
+  expect_same_stats(int4q::measure_error(view, qv),
+                    int4q::measure_error(xt::xtensor<double, 2>(view), int4q::dequant(qv)), "view");
+  // An exact quantization measures zero error.
+  xt::xtensor<float, 2> ints = xt::zeros<float>({32, 4});
+  for (std::size_t k = 0; k < 32; ++k) ints(k, 1) = static_cast<float>(k % 16);
+  const auto exact = int4q::measure_error(ints, int4q::quant_tensor(ints, c));
+  EXPECT_EQ(exact.max_abs, 0.0);
+  EXPECT_EQ(exact.count, 128u);
+}
+
+TEST(MeasureErrorOfQuantized, ShapeMismatchThrows) {
+  const auto w = random_weight<float>(32, 8, dist::normal, 1);
+  const auto q = int4q::quant_tensor(w, quant_config{});
+  const auto other = random_weight<float>(32, 9, dist::normal, 1);
+  EXPECT_THROW(int4q::measure_error(other, q), int4q::shape_error);
+}
+
 // ---- Inconsistent inputs ------------------------------------------------------------------------
 
 TEST(DequantErrors, InconsistentQuantizedThrows) {

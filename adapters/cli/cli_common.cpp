@@ -203,18 +203,44 @@ std::string onnx_type_name(int t) {
   }
 }
 
-void write_file_atomically(const fs::path& path, const std::string& content) {
-  fs::path dir = path.parent_path();
+namespace {
+/// mkstemp of "<dir of near>/.<name of near><suffix>XXXXXX": the open descriptor (-1 on failure,
+/// errno set) and the file's path.
+std::pair<int, fs::path> make_hidden_temp(const fs::path& near, const std::string& suffix) {
+  fs::path dir = near.parent_path();
   if (dir.empty()) dir = ".";
-  std::string pattern = (dir / ("." + path.filename().string() + ".tmp-XXXXXX")).string();
+  const std::string pattern = (dir / ("." + near.filename().string() + suffix + "XXXXXX")).string();
   std::vector<char> name(pattern.begin(), pattern.end());
   name.push_back('\0');
   const int fd = ::mkstemp(name.data());
+  return {fd, fs::path(name.data())};
+}
+}  // namespace
+
+scratch_file::scratch_file(const fs::path& near) {
+  if (near.empty()) return;
+  const auto [fd, path] = make_hidden_temp(near, ".spill-");
+  if (fd < 0) {
+    throw model_error(model_error::kind::io, "cannot create a scratch file next to '" +
+                                                 near.string() + "': " + std::strerror(errno) +
+                                                 " (use --spill never to keep it all in memory)");
+  }
+  ::close(fd);
+  path_ = path;
+}
+
+scratch_file::~scratch_file() {
+  if (path_.empty()) return;
+  std::error_code ec;
+  fs::remove(path_, ec);
+}
+
+void write_file_atomically(const fs::path& path, const std::string& content) {
+  const auto [fd, temp] = make_hidden_temp(path, ".tmp-");
   if (fd < 0) {
     throw model_error(model_error::kind::io,
                       "cannot write '" + path.string() + "': " + std::strerror(errno));
   }
-  const fs::path temp(name.data());
   bool ok = true;
   std::size_t done = 0;
   while (ok && done < content.size()) {

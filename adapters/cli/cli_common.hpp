@@ -70,6 +70,20 @@ std::string format_seconds(double seconds);
 /// The name int4q uses for an ONNX TensorProto data type ("float32", "int64", ...).
 std::string onnx_type_name(int onnx_data_type);
 
+/// An empty scratch file next to `near` ("." + its name + ".spill-XXXXXX"), removed when this
+/// goes out of scope. An empty `near` makes none (path() is empty).
+class scratch_file {
+ public:
+  explicit scratch_file(const std::filesystem::path& near);
+  ~scratch_file();
+  scratch_file(const scratch_file&) = delete;
+  scratch_file& operator=(const scratch_file&) = delete;
+  const std::filesystem::path& path() const noexcept { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
 /// Writes `content` to `path` through a temporary file in the same directory and a rename, so
 /// that a failure leaves no partial file. Throws model_error(io).
 void write_file_atomically(const std::filesystem::path& path, const std::string& content);

@@ -103,6 +103,11 @@ const std::vector<choice<ox::external_data>> external_choices = {
     {"always", ox::external_data::always},
     {"never", ox::external_data::never},
 };
+const std::vector<choice<quantize_command_options::spill_mode>> spill_choices = {
+    {"auto", quantize_command_options::spill_mode::automatic},
+    {"always", quantize_command_options::spill_mode::always},
+    {"never", quantize_command_options::spill_mode::never},
+};
 const std::vector<choice<bool>> preset_choices = {{"ort", true}};
 
 template <class E>
@@ -490,6 +495,10 @@ void setup_quantize(CLI::App& app) {
       ->type_name("0-4");
   add_choice(*sub, "--external-data", o.external, external_choices,
              "Write weights to OUT.data: when the model would pass 2 GB, always, or never", "auto");
+  add_choice(*sub, "--spill", o.spill, spill_choices,
+             "Move quantized tensors to a scratch file next to OUT as they are made, so memory "
+             "holds one weight at a time: for inputs of 512 MiB or more, always, or never",
+             "auto");
   sub->add_option("--report", o.report,
                   "Write a JSON report (per-weight error, sizes, timings, peak memory) to FILE, "
                   "or to stdout with - (instead of the summary)")
@@ -554,6 +563,15 @@ void run_quantize(const quantize_command_options& o) {
   facts.load_s = seconds_since(t);
   facts.input_bytes = model_bytes_on_disk(m);
   check_paths_after_loading(o, m);
+
+  // Low memory: quantized tensors go to a scratch file next to the output as they are made;
+  // save_model copies them into OUT (or OUT.data) and the scratch file is removed whatever
+  // happens.
+  const bool spill = o.spill == quantize_command_options::spill_mode::always ||
+                     (o.spill == quantize_command_options::spill_mode::automatic &&
+                      facts.input_bytes >= spill_auto_bytes);
+  const scratch_file scratch(spill ? o.output : fs::path());
+  q.spill_file = scratch.path();
 
   ox::quantize_report report;
   {

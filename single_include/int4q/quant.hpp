@@ -1714,11 +1714,119 @@ auto search_clip(const xt::xexpression<E>& w, const quant_config& config,
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <xtensor/xtensor.hpp>
 
 // #include <int4q/detail/kernels.hpp> (inlined above)
 // #include <int4q/detail/parallel.hpp> (inlined above)
+// begin file include/int4q/metrics.hpp
+// Reconstruction error statistics of a quantized weight, accumulated in double (four lanes).
+#ifndef INT4Q_METRICS_HPP
+#define INT4Q_METRICS_HPP
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+
+#include <xtensor/xexpression.hpp>
+
+// #include <int4q/detail/input.hpp> (inlined above)
+// #include <int4q/error.hpp> (inlined above)
+
+namespace int4q {
+
+/// Error of an approximation Q of W over all elements.
+struct error_stats {
+  std::size_t count = 0;
+  double mse = 0;          ///< mean (W - Q)^2
+  double rmse = 0;         ///< sqrt(mse)
+  double max_abs = 0;      ///< max |W - Q|
+  double relative_l2 = 0;  ///< ||W - Q||_2 / ||W||_2 (0 when W == 0)
+  double sqnr_db = 0;      ///< 10 log10(||W||^2 / ||W - Q||^2); +inf when exact
+};
+
+namespace detail {
+/// The sums behind error_stats, fed in row-major order. Element i goes to lane i % 4 (four
+/// independent chains of double additions, so the loop is not bound by the latency of one);
+/// the lanes are combined as (0 + 1) + (2 + 3). The result depends only on the values and
+/// their order, never on how they were fed.
+struct error_accumulator {
+  static constexpr std::size_t lanes = 4;
+  double sig[lanes] = {}, err[lanes] = {}, max_abs[lanes] = {};  // sum x^2, sum d^2, max |d|
+  std::size_t count = 0;
+
+  void add(double x, double y) noexcept {
+    const std::size_t l = count % lanes;
+    const double d = x - y;
+    sig[l] += x * x;
+    err[l] += d * d;
+    max_abs[l] = std::max(max_abs[l], std::abs(d));
+    ++count;
+  }
+  template <class A, class B>
+  void add_range(const A* x, const B* y, std::size_t n) noexcept {
+    std::size_t i = 0;
+    for (; i < n && count % lanes != 0; ++i)
+      add(static_cast<double>(x[i]), static_cast<double>(y[i]));
+    for (; i + lanes <= n; i += lanes) {
+      for (std::size_t l = 0; l < lanes; ++l) {
+        const double xv = static_cast<double>(x[i + l]);
+        const double d = xv - static_cast<double>(y[i + l]);
+        sig[l] += xv * xv;
+        err[l] += d * d;
+        max_abs[l] = std::max(max_abs[l], std::abs(d));
+      }
+      count += lanes;
+    }
+    for (; i < n; ++i) add(static_cast<double>(x[i]), static_cast<double>(y[i]));
+  }
+  error_stats stats() const noexcept {
+    const double sig_sum = (sig[0] + sig[1]) + (sig[2] + sig[3]);
+    const double err_sum = (err[0] + err[1]) + (err[2] + err[3]);
+    error_stats s;
+    s.count = count;
+    s.max_abs = std::max(std::max(max_abs[0], max_abs[1]), std::max(max_abs[2], max_abs[3]));
+    s.mse = count ? err_sum / static_cast<double>(count) : 0.0;
+    s.rmse = std::sqrt(s.mse);
+    s.relative_l2 = sig_sum > 0 ? std::sqrt(err_sum / sig_sum) : 0.0;
+    s.sqnr_db = err_sum > 0 ? 10.0 * std::log10(sig_sum / err_sum)
+                            : std::numeric_limits<double>::infinity();
+    return s;
+  }
+};
+static_assert(error_accumulator::lanes == 4, "stats() combines exactly four lanes");
+}  // namespace detail
+
+/// Error statistics of `approx` against `reference` (same shape, any real element type).
+template <class E1, class E2>
+error_stats measure_error(const xt::xexpression<E1>& reference, const xt::xexpression<E2>& approx) {
+  const auto& w = reference.derived_cast();
+  const auto& q = approx.derived_cast();
+  if (w.shape().size() != q.shape().size() ||
+      !std::equal(w.shape().begin(), w.shape().end(), q.shape().begin())) {
+    throw shape_error("measure_error: reference and approximation shapes differ");
+  }
+  detail::error_accumulator acc;
+  if constexpr (detail::has_contiguous_data<E1>::value && detail::has_contiguous_data<E2>::value) {
+    if (w.layout() == q.layout() && w.layout() != xt::layout_type::dynamic) {
+      const auto* a = w.data();  // same shape and layout: element i matches element i
+      const auto* b = q.data();
+      acc.add_range(a, b, w.size());
+      return acc.stats();
+    }
+  }
+  auto a = w.begin();
+  auto b = q.begin();
+  for (; a != w.end(); ++a, ++b) acc.add(static_cast<double>(*a), static_cast<double>(*b));
+  return acc.stats();
+}
+
+}  // namespace int4q
+
+#endif  // INT4Q_METRICS_HPP
+// end file include/int4q/metrics.hpp
 // #include <int4q/quantize.hpp> (inlined above)
 // #include <int4q/quantized.hpp> (inlined above)
 // #include <int4q/tables.hpp> (inlined above)
@@ -1726,34 +1834,40 @@ auto search_clip(const xt::xexpression<E>& w, const quant_config& config,
 namespace int4q {
 namespace detail {
 
+/// Group g, columns [c0, c0 + n) of q decoded into out (row stride ldo):
 /// out[k, n] = (codes[k, n] - zp[g, n]) * scale[g, n]  or  table[codes[k, n]] * scale[g, n].
 template <class Tag, class T>
-void dequant_matrix(Tag tag, const quantized<T>& q, std::size_t threads, T* out) {
+void dequant_block(Tag tag, const quantized<T>& q, std::size_t g, std::size_t c0, std::size_t n,
+                   T* out, std::size_t ldo) {
   const std::size_t K = q.rows(), N = q.cols();
   const std::size_t gs = q.group_size();
-  const std::size_t G = q.num_groups();
+  const std::size_t r0 = g * gs;
+  const std::size_t rows = std::min(gs, K - r0);
+  const T* scale = q.scales.data() + g * N + c0;
+  const std::uint8_t* codes = q.codes.data() + r0 * N + c0;
+  if (q.config.data_type != data_type::integer) {
+    const auto& values = table_of(q.config.data_type);
+    for (std::size_t i = 0; i < rows; ++i) {
+      for (std::size_t j = 0; j < n; ++j)
+        out[i * ldo + j] = static_cast<T>(values[codes[i * N + j]]) * scale[j];
+    }
+    return;
+  }
+  T zp[max_tile_cols];
+  for (std::size_t j = 0; j < n; ++j) zp[j] = static_cast<T>(q.zero_points.data()[g * N + c0 + j]);
+  dequant_columns(tag, codes, N, rows, n, scale, zp, out, ldo);
+}
+
+/// The whole of q decoded into out [K, N].
+template <class Tag, class T>
+void dequant_matrix(Tag tag, const quantized<T>& q, std::size_t threads, T* out) {
+  const std::size_t N = q.cols();
   const std::size_t tiles = (N + max_tile_cols - 1) / max_tile_cols;
-  const bool table = q.config.data_type != data_type::integer;
-  parallel_for(G * tiles, threads, [&](std::size_t item) {
+  parallel_for(q.num_groups() * tiles, threads, [&](std::size_t item) {
     const std::size_t g = item / tiles;
     const std::size_t c0 = (item % tiles) * max_tile_cols;
     const std::size_t n = std::min(max_tile_cols, N - c0);
-    const std::size_t r0 = g * gs;
-    const std::size_t rows = std::min(gs, K - r0);
-    const T* scale = q.scales.data() + g * N + c0;
-    if (table) {
-      const auto& values = table_of(q.config.data_type);
-      for (std::size_t i = r0; i < r0 + rows; ++i) {
-        for (std::size_t j = 0; j < n; ++j) {
-          out[i * N + c0 + j] = static_cast<T>(values[q.codes.data()[i * N + c0 + j]]) * scale[j];
-        }
-      }
-      return;
-    }
-    T zp[max_tile_cols];
-    for (std::size_t j = 0; j < n; ++j)
-      zp[j] = static_cast<T>(q.zero_points.data()[g * N + c0 + j]);
-    dequant_columns(tag, q.codes.data() + r0 * N + c0, N, rows, n, scale, zp, out + r0 * N + c0, N);
+    dequant_block(tag, q, g, c0, n, out + g * q.group_size() * N + c0, N);
   });
 }
 
@@ -1789,6 +1903,31 @@ xt::xtensor<T, 2> dequant(const quantized<T>& q, const quant_options& options = 
   return out;
 }
 
+/// measure_error(w, dequant(q)), bit for bit, without materializing dequant(q): one group of
+/// rows is decoded at a time, so the extra memory is group_size x N values, not K x N.
+template <class E, class T>
+error_stats measure_error(const xt::xexpression<E>& reference, const quantized<T>& q) {
+  detail::check_quantized(q);
+  const auto w = detail::as_matrix<T>(reference, "reference");
+  if (w.rows != q.rows() || w.cols != q.cols()) {
+    throw shape_error("measure_error: reference [" + std::to_string(w.rows) + ", " +
+                      std::to_string(w.cols) + "] and quantized [" + std::to_string(q.rows()) +
+                      ", " + std::to_string(q.cols()) + "] shapes differ");
+  }
+  const std::size_t K = q.rows(), N = q.cols(), gs = q.group_size();
+  std::vector<T> block(std::min(gs, K) * N);
+  detail::error_accumulator acc;
+  for (std::size_t g = 0; g < q.num_groups(); ++g) {
+    for (std::size_t c0 = 0; c0 < N; c0 += detail::max_tile_cols) {
+      const std::size_t n = std::min(detail::max_tile_cols, N - c0);
+      detail::dequant_block(detail::simd_tag{}, q, g, c0, n, block.data() + c0, N);
+    }
+    const std::size_t r0 = g * gs, rows = std::min(gs, K - r0);
+    acc.add_range(w.data + r0 * N, block.data(), rows * N);
+  }
+  return acc.stats();
+}
+
 /// dequant(quant_tensor(w, config)) in one pass: the fake-quantized weight, bit-identical to
 /// the two-step form.
 template <class E>
@@ -1817,76 +1956,7 @@ auto qdq(const xt::xexpression<E>& w, const quant_config& config,
 // #include <int4q/error.hpp> (inlined above)
 // #include <int4q/float16.hpp> (inlined above)
 // #include <int4q/group_params.hpp> (inlined above)
-// begin file include/int4q/metrics.hpp
-// Reconstruction error statistics of a quantized weight, accumulated in double.
-#ifndef INT4Q_METRICS_HPP
-#define INT4Q_METRICS_HPP
-
-#include <algorithm>
-#include <cmath>
-#include <cstddef>
-#include <limits>
-
-#include <xtensor/xexpression.hpp>
-
-// #include <int4q/detail/input.hpp> (inlined above)
-// #include <int4q/error.hpp> (inlined above)
-
-namespace int4q {
-
-/// Error of an approximation Q of W over all elements.
-struct error_stats {
-  std::size_t count = 0;
-  double mse = 0;          ///< mean (W - Q)^2
-  double rmse = 0;         ///< sqrt(mse)
-  double max_abs = 0;      ///< max |W - Q|
-  double relative_l2 = 0;  ///< ||W - Q||_2 / ||W||_2 (0 when W == 0)
-  double sqnr_db = 0;      ///< 10 log10(||W||^2 / ||W - Q||^2); +inf when exact
-};
-
-/// Error statistics of `approx` against `reference` (same shape, any real element type).
-template <class E1, class E2>
-error_stats measure_error(const xt::xexpression<E1>& reference, const xt::xexpression<E2>& approx) {
-  const auto& w = reference.derived_cast();
-  const auto& q = approx.derived_cast();
-  if (w.shape().size() != q.shape().size() ||
-      !std::equal(w.shape().begin(), w.shape().end(), q.shape().begin())) {
-    throw shape_error("measure_error: reference and approximation shapes differ");
-  }
-  error_stats s;
-  double sig = 0, err = 0;
-  auto accumulate = [&](double x, double y) {
-    const double d = x - y;
-    sig += x * x;
-    err += d * d;
-    s.max_abs = std::max(s.max_abs, std::abs(d));
-  };
-  if constexpr (detail::has_contiguous_data<E1>::value && detail::has_contiguous_data<E2>::value) {
-    if (w.layout() == q.layout() && w.layout() != xt::layout_type::dynamic) {
-      const auto* a = w.data();  // same shape and layout: element i matches element i
-      const auto* b = q.data();
-      s.count = w.size();
-      for (std::size_t i = 0; i < s.count; ++i)
-        accumulate(static_cast<double>(a[i]), static_cast<double>(b[i]));
-    }
-  }
-  if (s.count == 0) {
-    auto a = w.begin();
-    auto b = q.begin();
-    for (; a != w.end(); ++a, ++b, ++s.count)
-      accumulate(static_cast<double>(*a), static_cast<double>(*b));
-  }
-  s.mse = s.count ? err / static_cast<double>(s.count) : 0.0;
-  s.rmse = std::sqrt(s.mse);
-  s.relative_l2 = sig > 0 ? std::sqrt(err / sig) : 0.0;
-  s.sqnr_db = err > 0 ? 10.0 * std::log10(sig / err) : std::numeric_limits<double>::infinity();
-  return s;
-}
-
-}  // namespace int4q
-
-#endif  // INT4Q_METRICS_HPP
-// end file include/int4q/metrics.hpp
+// #include <int4q/metrics.hpp> (inlined above)
 // begin file include/int4q/pack.hpp
 // Packing codes into bytes, in the two layouts ONNX consumers read (see docs/formats.md):
 //

@@ -403,6 +403,31 @@ TEST_F(CliQuantize, ExternalDataAlways) {
   EXPECT_EQ(d["external_data_bytes"].get<std::uint64_t>(), fs::file_size(dir_ / "ext.onnx.data"));
 }
 
+TEST_F(CliQuantize, SpillWritesTheSameBytesAndLeavesNoScratchFile) {
+  // --spill always moves each quantized tensor to a scratch file as it is made; the output must
+  // be byte for byte the in-memory one, inline and with external data, and the scratch file gone.
+  require_devgpt();
+  for (const std::string ext : {"never", "always"}) {
+    for (const std::string spill : {"never", "always"}) {
+      // Same output name in two folders: the model file names its data file.
+      fs::create_directories(dir_ / (spill + "_" + ext));
+      const std::string out = spill + "_" + ext + "/m.onnx";
+      const result r = run({"quantize", devgpt.string(), "-o", out, "--spill", spill,
+                            "--external-data", ext, "--lm-head", "quantize", "-q"});
+      ASSERT_EQ(r.status, 0) << describe(r);
+      std::set<std::string> files = {"m.onnx"};
+      if (ext == "always") files.insert("m.onnx.data");
+      EXPECT_EQ(listing(dir_ / (spill + "_" + ext)), files) << "no scratch file may be left";
+    }
+    for (const std::string file : {"m.onnx", "m.onnx.data"}) {
+      if (ext == "never" && file == "m.onnx.data") continue;
+      EXPECT_TRUE(read_text(dir_ / ("never_" + ext) / file) ==
+                  read_text(dir_ / ("always_" + ext) / file))
+          << file << " differs with --external-data " << ext;
+    }
+  }
+}
+
 TEST_F(CliQuantize, ConfigOverridesAndSelection) {
   write_model(small_model(), dir_ / "small.onnx");
   {
@@ -622,6 +647,10 @@ TEST_F(CliErrors, NonFiniteWeight) {
   expect_failure(
       {"quantize", "nan.onnx", "-o", "out.onnx", "--group-size", "32", "--lm-head", "quantize"}, 4,
       {"w_nan", "NaN"});
+  // The scratch file of --spill goes too.
+  expect_failure({"quantize", "nan.onnx", "-o", "out.onnx", "--group-size", "32", "--lm-head",
+                  "quantize", "--spill", "always"},
+                 4, {"w_nan", "NaN"});
 }
 
 TEST_F(CliErrors, BadConfigFile) {

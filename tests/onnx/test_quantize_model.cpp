@@ -5,9 +5,11 @@
 // exactly. Also: wiring, selection, overrides, lm_head, errors that leave the model unchanged,
 // determinism, and the ORT preset against ONNX Runtime's own output for devgpt.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -732,6 +734,38 @@ TEST(QuantizeModel, NonFiniteWeightIsAnErrorBeforeAnyChange) {
   g.output("y", onnx_float, {-1, 8});
   expect_refused(g.model(), options_for(output_format::matmulnbits, grid(4, 32, false)),
                  model_error::kind::invalid, "weight 'b'");
+}
+
+TEST(QuantizeModel, SpillMovesNewTensorsToTheScratchFile) {
+  // quantize_options::spill_file: every new tensor of at least spill_min_bytes becomes an
+  // external reference into the scratch file; reading it back gives the in-memory bytes.
+  const std::filesystem::path scratch =
+      std::filesystem::temp_directory_path() / ("int4q_spill_test_" + std::to_string(::getpid()));
+  for (const output_format f : all_formats) {
+    const model original = matmul_graph(96, 40).model();
+    model in_memory = original;
+    quantize_model(in_memory, options_for(f, grid(4, 32, false)));
+    model spilled = original;
+    quantize_options o = options_for(f, grid(4, 32, false));
+    o.spill_file = scratch;
+    o.spill_min_bytes = 64;  // the scales [40, 3] fp32 (480 bytes) and the data go
+    quantize_model(spilled, o);
+    EXPECT_EQ(spilled.spill_location, scratch.filename().string());
+    std::size_t external = 0;
+    for (const auto& t : spilled.proto.graph().initializer()) {
+      const onnx::TensorProto* mem = nullptr;
+      for (const auto& u : in_memory.proto.graph().initializer())
+        if (u.name() == t.name()) mem = &u;
+      ASSERT_NE(mem, nullptr) << t.name();
+      external += int4q::onnx::is_external(t) ? 1 : 0;
+      EXPECT_EQ(int4q::onnx::is_external(t), mem->raw_data().size() >= 64) << t.name();
+      EXPECT_TRUE(int4q::onnx::read_tensor_bytes(spilled, t) ==
+                  int4q::onnx::read_tensor_bytes(in_memory, *mem))
+          << t.name();
+    }
+    EXPECT_GE(external, f == output_format::fake ? 1u : 2u) << "the new tensors stayed in memory";
+  }
+  std::filesystem::remove(scratch);
 }
 
 TEST(QuantizeModel, QdqOnAnOpsetThatCannotBeRaisedIsRefused) {

@@ -209,10 +209,17 @@ external_ref parse_external_ref(const TensorProto& t) {
 namespace {
 
 std::filesystem::path external_file(const model& m, const detail::external_ref& ref) {
+  if (!m.spill_location.empty() && ref.location == m.spill_location) return m.spill_path;
   return m.base_dir.empty() ? std::filesystem::path(ref.location) : m.base_dir / ref.location;
 }
 
-std::vector<std::uint8_t> read_external(const model& m, const TensorProto& t) {
+/// Where a tensor's external data lies, checked against the file: [offset, offset + length).
+struct external_span {
+  std::filesystem::path file;
+  std::uint64_t offset = 0, length = 0;
+};
+
+external_span locate_external(const model& m, const TensorProto& t) {
   const detail::external_ref ref = detail::parse_external_ref(t);
   const std::filesystem::path file = external_file(m, ref);
   const auto expected = tensor_payload_bytes(t);
@@ -245,16 +252,26 @@ std::vector<std::uint8_t> read_external(const model& m, const TensorProto& t) {
                                          " need " + std::to_string(*expected) +
                                          " bytes: fix the model");
   }
-  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(length));
-  std::ifstream in(file, std::ios::binary);
-  if (in) in.seekg(static_cast<std::streamoff>(ref.offset));
-  if (in && length > 0)
-    in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(length));
+  return external_span{file, ref.offset, length};
+}
+
+/// Reads the span into `dst` (span.length bytes).
+void read_span(const TensorProto& t, const external_span& span, void* dst) {
+  std::ifstream in(span.file, std::ios::binary);
+  if (in) in.seekg(static_cast<std::streamoff>(span.offset));
+  if (in && span.length > 0)
+    in.read(static_cast<char*>(dst), static_cast<std::streamsize>(span.length));
   if (!in) {
-    throw model_error(kind::io, tensor_label(t) + ": cannot read " + std::to_string(length) +
-                                    " bytes at offset " + std::to_string(ref.offset) + " of " +
-                                    quoted(file));
+    throw model_error(kind::io, tensor_label(t) + ": cannot read " + std::to_string(span.length) +
+                                    " bytes at offset " + std::to_string(span.offset) + " of " +
+                                    quoted(span.file));
   }
+}
+
+std::vector<std::uint8_t> read_external(const model& m, const TensorProto& t) {
+  const external_span span = locate_external(m, t);
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(span.length));
+  read_span(t, span, bytes.data());
   return bytes;
 }
 
@@ -352,10 +369,23 @@ elem_type require_float_tensor(const TensorProto& t, int rank) {
 
 xt::xtensor<float, 2> read_matrix(const model& m, const TensorProto& t) {
   const elem_type type = require_float_tensor(t, 2);
-  const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, t);
   const auto rows = static_cast<std::size_t>(t.dims(0));
   const auto cols = static_cast<std::size_t>(t.dims(1));
   xt::xtensor<float, 2> out = xt::empty<float>({rows, cols});
+  // float32 in external data or raw_data goes straight into `out`: no second copy of the
+  // largest weight in memory.
+  if (type == elem_type::float32 && is_external(t)) {
+    const external_span span = locate_external(m, t);
+    if (span.length == out.size() * 4) {
+      read_span(t, span, out.data());
+      return out;
+    }
+  }
+  if (type == elem_type::float32 && t.has_raw_data() && t.raw_data().size() == out.size() * 4) {
+    if (out.size() != 0) std::memcpy(out.data(), t.raw_data().data(), out.size() * 4);
+    return out;
+  }
+  const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, t);
   to_float(bytes.data(), type, rows * cols, out.data());
   return out;
 }

@@ -3,6 +3,10 @@
 #include <int4q/onnx/quantize_model.hpp>
 
 #include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,6 +16,62 @@
 
 namespace int4q {
 namespace onnx {
+
+namespace {
+
+/// quantize_options::spill_file: appends tensor payloads to the scratch file (64-byte aligned)
+/// and turns the tensors into external references to it.
+class spill_writer {
+ public:
+  spill_writer(const std::filesystem::path& file, std::size_t min_bytes)
+      : path_(std::filesystem::absolute(file)), min_bytes_(min_bytes) {
+    out_.open(path_, std::ios::binary | std::ios::trunc);
+    if (!out_) fail();
+  }
+
+  void spill(std::vector<::onnx::TensorProto>& tensors) {
+    static const char zeros[64] = {};
+    for (::onnx::TensorProto& t : tensors) {
+      if (!t.has_raw_data() || t.raw_data().size() < min_bytes_) continue;
+      const std::uint64_t pad = (64 - offset_ % 64) % 64;
+      out_.write(zeros, static_cast<std::streamsize>(pad));
+      offset_ += pad;
+      const std::string& raw = t.raw_data();
+      out_.write(raw.data(), static_cast<std::streamsize>(raw.size()));
+      if (!out_) fail();
+      auto entry = [&t](const char* key, const std::string& value) {
+        auto* e = t.add_external_data();
+        e->set_key(key);
+        e->set_value(value);
+      };
+      entry("location", location());
+      entry("offset", std::to_string(offset_));
+      entry("length", std::to_string(raw.size()));
+      offset_ += raw.size();
+      std::string().swap(*t.mutable_raw_data());  // frees the buffer (clear() would keep it)
+      t.clear_raw_data();
+      t.set_data_location(::onnx::TensorProto::EXTERNAL);
+    }
+    out_.flush();  // save_model reads the file by name
+    if (!out_) fail();
+  }
+
+  std::string location() const { return path_.filename().string(); }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  [[noreturn]] void fail() const {
+    throw model_error(model_error::kind::io, "cannot write the scratch file '" + path_.string() +
+                                                 "' (" + std::strerror(errno) +
+                                                 "): check the free space of its directory");
+  }
+  std::filesystem::path path_;
+  std::size_t min_bytes_;
+  std::ofstream out_;
+  std::uint64_t offset_ = 0;
+};
+
+}  // namespace
 
 quantize_report quantize_model(model& m, const quantize_options& options) {
   const auto start = std::chrono::steady_clock::now();
@@ -54,13 +114,21 @@ quantize_report quantize_model(model& m, const quantize_options& options) {
   // 4. Quantize and pack every weight into new tensors (the model is only read).
   detail::name_set names(m.proto);
   const auto references = detail::count_references(m.proto.graph());
+  std::optional<spill_writer> spill;
+  if (!options.spill_file.empty() && !jobs.empty())
+    spill.emplace(options.spill_file, options.spill_min_bytes);
   for (std::size_t i = 0; i < jobs.size(); ++i) {
     detail::weight_job& job = jobs[i];
     detail::build_tensors(m, options, job, names, report.tensors[job.report_index], references);
+    if (spill) spill->spill(job.tensors);  // memory: one weight's new tensors at a time
     if (options.on_progress) options.on_progress(i + 1, jobs.size(), job.info->name);
   }
 
   // 5. Edit the graph (cannot fail from here on).
+  if (spill) {
+    m.spill_location = spill->location();
+    m.spill_path = spill->path();
+  }
   detail::rewrite_graph(m, options, jobs, names);
   if (raise_opset) upgrade_opset_to_21(m.proto);
 

@@ -65,9 +65,10 @@ std::vector<float> to_vector(const xt::xtensor<float, 2>& x) {
 
 /// The logical weight W[K, N] (transposed from [N, K] for Gemm transB = 1) times alpha.
 xt::xtensor<float, 2> logical_weight(const model& m, const weight_info& w, float alpha) {
-  const xt::xtensor<float, 2> stored = read_matrix(m, weight_tensor(m, w));
+  xt::xtensor<float, 2> stored = read_matrix(m, weight_tensor(m, w));
   const bool trans = !w.uses.empty() && w.uses.front().trans_b;
-  xt::xtensor<float, 2> lw = trans ? xt::xtensor<float, 2>(xt::transpose(stored)) : stored;
+  xt::xtensor<float, 2> lw =
+      trans ? xt::xtensor<float, 2>(xt::transpose(stored)) : std::move(stored);
   if (lw.shape()[0] != w.k || lw.shape()[1] != w.n) {
     throw model_error(model_error::kind::invalid,
                       "weight '" + w.name + "' holds [" + std::to_string(lw.shape()[0]) + ", " +
@@ -155,8 +156,9 @@ void build_tensors(const model& m, const quantize_options& options, weight_job& 
   } catch (const int4q::non_finite_error& e) {
     throw model_error(model_error::kind::invalid, "weight '" + w.name + "': " + e.what());
   }
-  const xt::xtensor<float, 2> dq = int4q::dequant(q, qo);
-  const int4q::error_stats stats = int4q::measure_error(lw, dq);
+  // The error one group of rows at a time: no dequantized copy of the weight in memory (the
+  // fake writer makes its own below).
+  const int4q::error_stats stats = int4q::measure_error(lw, q);
 
   const std::size_t K = w.k, N = w.n, G = q.num_groups();
   const std::string bits = std::to_string(c.bits);
@@ -221,7 +223,9 @@ void build_tensors(const model& m, const quantize_options& options, weight_job& 
       break;
     }
     case output_format::fake: {
-      const xt::xtensor<float, 2> stored = trans ? xt::xtensor<float, 2>(xt::transpose(dq)) : dq;
+      xt::xtensor<float, 2> dq = int4q::dequant(q, qo);
+      const xt::xtensor<float, 2> stored =
+          trans ? xt::xtensor<float, 2>(xt::transpose(dq)) : std::move(dq);
       job.stored_dims = trans ? std::vector<std::int64_t>{i64(N), i64(K)}
                               : std::vector<std::int64_t>{i64(K), i64(N)};
       const auto it = references.find(w.name);

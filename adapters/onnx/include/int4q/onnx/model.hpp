@@ -42,6 +42,11 @@ struct model {
   ::onnx::ModelProto proto;
   std::filesystem::path path;      ///< the file it was loaded from ("" if built in memory)
   std::filesystem::path base_dir;  ///< directory external data locations are relative to
+  /// Tensors that quantize_model spilled to a scratch file (quantize_options::spill_file) are
+  /// external with location `spill_location` (the scratch file's name); they are read from
+  /// `spill_path` instead of base_dir. Empty: no spill.
+  std::string spill_location;
+  std::filesystem::path spill_path;
 };
 
 /// Parses `path`. Checks that every external data file exists and every (offset, length) lies

@@ -4,6 +4,7 @@
 #define INT4Q_ONNX_QUANTIZE_MODEL_HPP
 
 #include <cstddef>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <optional>
@@ -61,6 +62,14 @@ struct quantize_options {
   std::vector<node_override> overrides;
   lm_head_policy lm_head = lm_head_policy::keep;
   std::size_t threads = 0;  ///< 0 = all cores; the output does not depend on it
+  /// Low memory for large models: when set, each new tensor of at least `spill_min_bytes` is
+  /// appended to this scratch file (created, or truncated) as soon as its weight is quantized,
+  /// and stays in the model as an external reference to it (model::spill_location/spill_path),
+  /// so memory holds the tensors of one weight at a time instead of the whole output. save_model
+  /// copies them into the output like any external tensor. The caller removes the file once
+  /// the model is saved (or dropped); put it next to the output so that copy is a local one.
+  std::filesystem::path spill_file;
+  std::size_t spill_min_bytes = std::size_t(1) << 20;
   /// Called after each weight: (index from 1, count, weight name).
   std::function<void(std::size_t, std::size_t, const std::string&)> on_progress;
 };
