@@ -514,6 +514,11 @@ matrix_input<T> as_matrix(const xt::xexpression<E>& expr, const char* what) {
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
+
+#if defined(__SSE2__)
+#include <immintrin.h>  // narrowing codes to bytes (quantize_columns_impl)
+#endif
 
 // #include <int4q/config.hpp> (inlined above)
 // begin file include/int4q/detail/simd.hpp
@@ -727,6 +732,44 @@ void quantize_columns_impl(scalar_tag, const T* w, std::size_t ld, std::size_t r
   }
 }
 
+/// Stores the codes held (as exact integers in [0, 255]) by the float batches v[0..k) as bytes,
+/// narrowed in registers: 16 codes per call. Only for float batches of 4 (SSE) or 8 (AVX)
+/// lanes, where `narrows_in_registers` is true (xsimd has no narrowing conversion).
+template <class B>
+constexpr bool narrows_in_registers() noexcept {
+#if defined(__SSE2__)
+  return std::is_same<typename B::value_type, float>::value && (B::size == 4
+#if defined(__AVX2__)
+                                                                || B::size == 8
+#endif
+                                                               );
+#else
+  return false;
+#endif
+}
+
+template <class B>
+void store_codes16(std::uint8_t* out, const B* v) noexcept {
+#if defined(__SSE2__)
+  if constexpr (narrows_in_registers<B>() && B::size == 4) {
+    const __m128i ab = _mm_packs_epi32(_mm_cvttps_epi32(v[0]), _mm_cvttps_epi32(v[1]));
+    const __m128i cd = _mm_packs_epi32(_mm_cvttps_epi32(v[2]), _mm_cvttps_epi32(v[3]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(ab, cd));
+  }
+#endif
+#if defined(__AVX2__)
+  if constexpr (narrows_in_registers<B>() && B::size == 8) {
+    const __m256i a = _mm256_cvttps_epi32(v[0]);
+    const __m256i b = _mm256_cvttps_epi32(v[1]);
+    const __m128i a16 = _mm_packs_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    const __m128i b16 = _mm_packs_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(a16, b16));
+  }
+#endif
+  (void)out;
+  (void)v;
+}
+
 template <class T, bool Recip, bool Before, bool Even>
 void quantize_columns_impl(simd_tag, const T* w, std::size_t ld, std::size_t rows, std::size_t n,
                            const T* div, const T* zp, T qmax, std::uint8_t* codes,
@@ -737,51 +780,52 @@ void quantize_columns_impl(simd_tag, const T* w, std::size_t ld, std::size_t row
   const std::size_t nv = n - n % W;
   const B zero(T(0));
   const B top(qmax);
-  alignas(64) T scratch[max_tile_cols];
-  // Ties to even with the zero point after rounding, the default: round(t) + z computed as
-  // (t + M) - (M - z) with M = round_magic (t + M rounds t to an integer; the subtraction of
-  // integers in M's binade is exact), clamped to [0, qmax] afterwards. Clamping after rounding
-  // equals clamping t to [-z, qmax - z] first (integer bounds); for |t| >= 2^22, where the magic
-  // rounding is inexact, the value is far outside [0, qmax] on the same side, so the clamp
-  // still gives the right code. 5 operations instead of 8.
-  alignas(64) T magic_minus_zp[max_tile_cols];
+  const B magic(round_magic<T>());
+  // Ties to even with the zero point after rounding (the default) computes round(t) + z as
+  // (t + M) - (M - z), M = round_magic (t + M rounds t to an integer; subtracting integers in
+  // M's binade is exact), and clamps to [0, qmax] afterwards. That equals clamping t to
+  // [-z, qmax - z] first (integer bounds); for |t| >= 2^22, where the magic rounding is
+  // inexact, the value lies far outside [0, qmax] on the same side and the clamp still gives
+  // the right code. 5 operations instead of 8.
   constexpr bool folded = Even && !Before;
+  alignas(64) T magic_minus_zp[max_tile_cols];
   if (folded) {
     for (std::size_t j = 0; j < nv; ++j) magic_minus_zp[j] = round_magic<T>() - zp[j];
   }
-  const B magic(round_magic<T>());
+  // The codes of columns [j, j + W) of `row`, as exact integers in a float batch.
+  auto code_of = [&](const T* row, std::size_t j) -> B {
+    const B x = V::load(row + j);
+    const B d = V::load(div + j);
+    const B t = Recip ? x * d : x / d;
+    if (folded) return V::clamp((t + magic) - V::load(magic_minus_zp + j), zero, top);
+    const B z = V::load(zp + j);
+    if (Before) {
+      const B u = V::clamp(t + z, zero, top);
+      return Even ? V::round_half_even(u) : V::round_half_away(u);
+    }
+    const B u = V::clamp(t, -z, top - z);
+    return (Even ? V::round_half_even(u) : V::round_half_away(u)) + z;
+  };
+  constexpr std::size_t per_store = 16 / W;  // batches per 16 codes (register narrowing)
+  alignas(64) T scratch[max_tile_cols];
   for (std::size_t i = 0; i < rows; ++i) {
     const T* row = w + i * ld;
-    if (folded) {
-      for (std::size_t j = 0; j < nv; j += W) {
-        const B x = V::load(row + j);
-        const B d = V::load(div + j);
-        const B t = Recip ? x * d : x / d;
-        const B r = (t + magic) - V::load(magic_minus_zp + j);
-        V::store(scratch + j, V::clamp(r, zero, top));
-      }
-    }
-    for (std::size_t j = 0; j < (folded ? 0 : nv); j += W) {
-      const B x = V::load(row + j);
-      const B d = V::load(div + j);
-      const B z = V::load(zp + j);
-      B t = Recip ? x * d : x / d;
-      B r;
-      if (Before) {
-        t = V::clamp(t + z, zero, top);
-        r = Even ? V::round_half_even(t) : V::round_half_away(t);
-      } else {
-        t = V::clamp(t, -z, top - z);
-        r = (Even ? V::round_half_even(t) : V::round_half_away(t)) + z;
-      }
-      V::store(scratch + j, r);
-    }
     std::uint8_t* out = codes + i * ldc;
-    for (std::size_t j = 0; j < nv; ++j)
-      out[j] = static_cast<std::uint8_t>(static_cast<int>(scratch[j]));
-    for (std::size_t j = nv; j < n; ++j) {
-      out[j] = static_cast<std::uint8_t>(
-          quantize_scalar<T, Recip, Before, Even>(row[j], div[j], zp[j], qmax));
+    std::size_t j = 0;
+    if constexpr (narrows_in_registers<B>()) {
+      for (; j + 16 <= nv; j += 16) {
+        B v[per_store];
+        for (std::size_t u = 0; u < per_store; ++u) v[u] = code_of(row, j + u * W);
+        store_codes16(out + j, v);
+      }
+    }
+    // Other widths and types, and the rest of the row: through a scratch row.
+    for (std::size_t k = j; k < nv; k += W) V::store(scratch + k, code_of(row, k));
+    for (std::size_t k = j; k < nv; ++k)
+      out[k] = static_cast<std::uint8_t>(static_cast<int>(scratch[k]));
+    for (std::size_t k = nv; k < n; ++k) {
+      out[k] = static_cast<std::uint8_t>(
+          quantize_scalar<T, Recip, Before, Even>(row[k], div[k], zp[k], qmax));
     }
   }
 }
