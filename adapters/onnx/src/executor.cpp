@@ -1,0 +1,967 @@
+// The CPU executor: values, broadcasting, and one function per operator.
+#include <int4q/onnx/executor.hpp>
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <numeric>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <int4q/float16.hpp>
+
+namespace int4q {
+namespace onnx {
+
+using ::onnx::AttributeProto;
+using ::onnx::NodeProto;
+using ::onnx::TensorProto;
+using shape_t = std::vector<std::int64_t>;
+
+namespace {
+
+std::size_t numel(const shape_t& s) {
+  std::size_t n = 1;
+  for (const std::int64_t d : s) n *= static_cast<std::size_t>(d);
+  return n;
+}
+
+shape_t strides_of(const shape_t& s) {
+  shape_t st(s.size(), 1);
+  for (std::size_t k = s.size(); k-- > 1;) st[k - 1] = st[k] * s[k];
+  return st;
+}
+
+std::string shape_text(const shape_t& s) {
+  std::string t = "[";
+  for (std::size_t k = 0; k < s.size(); ++k) t += (k ? ", " : "") + std::to_string(s[k]);
+  return t + "]";
+}
+
+/// Errors while running a node: model_error(invalid) naming the node.
+struct node_context {
+  const NodeProto& node;
+  [[noreturn]] void fail(const std::string& what) const {
+    throw model_error(model_error::kind::invalid,
+                      node.op_type() + " node '" + node.name() + "': " + what);
+  }
+};
+
+const AttributeProto* attr(const NodeProto& n, const std::string& name) {
+  for (const auto& a : n.attribute())
+    if (a.name() == name) return &a;
+  return nullptr;
+}
+std::int64_t attr_i(const NodeProto& n, const std::string& name, std::int64_t dflt) {
+  const AttributeProto* a = attr(n, name);
+  return a ? a->i() : dflt;
+}
+float attr_f(const NodeProto& n, const std::string& name, float dflt) {
+  const AttributeProto* a = attr(n, name);
+  return a ? a->f() : dflt;
+}
+shape_t attr_ints(const NodeProto& n, const std::string& name) {
+  const AttributeProto* a = attr(n, name);
+  return a ? shape_t(a->ints().begin(), a->ints().end()) : shape_t{};
+}
+
+/// The executor's type for an ONNX data type; false for types it cannot hold (strings,
+/// complex, 8-bit floats, 4-bit integers).
+bool value_type_of(int data_type, value_type& out) {
+  switch (data_type) {
+    case TensorProto::FLOAT:
+    case TensorProto::FLOAT16:
+    case TensorProto::BFLOAT16:
+    case TensorProto::DOUBLE: out = value_type::float32; return true;
+    case TensorProto::INT8:
+    case TensorProto::INT16:
+    case TensorProto::INT32:
+    case TensorProto::INT64:
+    case TensorProto::UINT8:
+    case TensorProto::UINT16:
+    case TensorProto::UINT32:
+    case TensorProto::UINT64: out = value_type::int64; return true;
+    case TensorProto::BOOL: out = value_type::boolean; return true;
+    default: return false;
+  }
+}
+
+/// Axis in [0, rank) from a possibly negative one.
+std::int64_t normalize_axis(const node_context& c, std::int64_t axis, std::size_t rank) {
+  const auto r = static_cast<std::int64_t>(rank);
+  if (axis < -r || axis >= r)
+    c.fail("axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
+  return axis < 0 ? axis + r : axis;
+}
+
+/// Integer values of an int64 input (shape, axes, starts, ...).
+shape_t int_list(const node_context& c, const value& v, const char* what) {
+  if (v.type != value_type::int64) c.fail(std::string(what) + " must be an integer tensor");
+  return v.i;
+}
+
+// ---- Broadcasting -----------------------------------------------------------------------------
+
+shape_t broadcast_shapes(const node_context& c, const std::vector<const shape_t*>& shapes) {
+  std::size_t rank = 0;
+  for (const shape_t* s : shapes) rank = std::max(rank, s->size());
+  shape_t out(rank, 1);
+  for (const shape_t* s : shapes) {
+    const std::size_t off = rank - s->size();
+    for (std::size_t k = 0; k < s->size(); ++k) {
+      const std::int64_t d = (*s)[k];
+      std::int64_t& o = out[off + k];
+      if (d == o || d == 1) continue;
+      if (o == 1) {
+        o = d;
+        continue;
+      }
+      std::string all;
+      for (const shape_t* t : shapes) all += (all.empty() ? "" : " and ") + shape_text(*t);
+      c.fail("shapes " + all + " do not broadcast");
+    }
+  }
+  return out;
+}
+
+/// For each element of `out_shape` (row-major), the flat index into a tensor of shape `s`
+/// broadcast to it.
+std::vector<std::size_t> broadcast_index(const shape_t& s, const shape_t& out_shape) {
+  const std::size_t n = numel(out_shape);
+  std::vector<std::size_t> idx(n);
+  if (s == out_shape) {
+    std::iota(idx.begin(), idx.end(), std::size_t(0));
+    return idx;
+  }
+  const std::size_t rank = out_shape.size(), off = rank - s.size();
+  shape_t st(rank, 0);
+  const shape_t own = strides_of(s);
+  for (std::size_t k = 0; k < s.size(); ++k) st[off + k] = s[k] == 1 ? 0 : own[k];
+  shape_t counter(rank, 0);
+  std::size_t pos = 0;
+  for (std::size_t e = 0; e < n; ++e) {
+    idx[e] = pos;
+    for (std::size_t k = rank; k-- > 0;) {
+      if (++counter[k] < out_shape[k]) {
+        pos += static_cast<std::size_t>(st[k]);
+        break;
+      }
+      pos -= static_cast<std::size_t>(st[k] * (out_shape[k] - 1));
+      counter[k] = 0;
+    }
+  }
+  return idx;
+}
+
+// ---- Operators ----------------------------------------------------------------------------------
+
+using inputs_t = std::vector<const value*>;
+using op_fn =
+    std::function<void(const node_context&, const model&, const inputs_t&, std::vector<value>&)>;
+
+const value& need(const node_context& c, const inputs_t& in, std::size_t k) {
+  if (k >= in.size() || !in[k]) c.fail("input " + std::to_string(k) + " is missing");
+  return *in[k];
+}
+const value* optional_input(const inputs_t& in, std::size_t k) {
+  return k < in.size() ? in[k] : nullptr;
+}
+
+template <class F, class G>
+void binary(const node_context& c, const inputs_t& in, std::vector<value>& out, F on_float,
+            G on_int) {
+  const value& a = need(c, in, 0);
+  const value& b = need(c, in, 1);
+  if (a.type != b.type) c.fail("inputs have different types");
+  value r;
+  r.type = a.type;
+  r.shape = broadcast_shapes(c, {&a.shape, &b.shape});
+  const auto ia = broadcast_index(a.shape, r.shape), ib = broadcast_index(b.shape, r.shape);
+  const std::size_t n = ia.size();
+  if (a.type == value_type::float32) {
+    r.f.resize(n);
+    for (std::size_t e = 0; e < n; ++e) r.f[e] = on_float(a.f[ia[e]], b.f[ib[e]]);
+  } else {
+    r.i.resize(n);
+    for (std::size_t e = 0; e < n; ++e) r.i[e] = on_int(a.i[ia[e]], b.i[ib[e]]);
+  }
+  out.push_back(std::move(r));
+}
+
+template <class F>
+void unary_float(const node_context& c, const inputs_t& in, std::vector<value>& out, F f) {
+  const value& a = need(c, in, 0);
+  if (a.type != value_type::float32) c.fail("input must be a float tensor");
+  value r = a;
+  for (float& x : r.f) x = f(x);
+  out.push_back(std::move(r));
+}
+
+void op_constant(const node_context& c, const model& m, const inputs_t&, std::vector<value>& out) {
+  const NodeProto& n = c.node;
+  const AttributeProto* t = attr(n, "value");
+  const AttributeProto* f = attr(n, "value_float");
+  const AttributeProto* fs = attr(n, "value_floats");
+  const AttributeProto* i = attr(n, "value_int");
+  const AttributeProto* is = attr(n, "value_ints");
+  if (t) {
+    out.push_back(to_value(m, t->t()));
+  } else if (f) {
+    out.push_back(value::floats({}, {f->f()}));
+  } else if (fs) {
+    out.push_back(value::floats({fs->floats_size()}, {fs->floats().begin(), fs->floats().end()}));
+  } else if (i) {
+    out.push_back(value::ints({}, {i->i()}));
+  } else if (is) {
+    out.push_back(value::ints({is->ints_size()}, {is->ints().begin(), is->ints().end()}));
+  } else {
+    c.fail("has no value attribute the executor supports (value, value_float(s), value_int(s))");
+  }
+}
+
+void op_identity(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  out.push_back(need(c, in, 0));
+}
+
+void op_cast(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  const auto to_type = static_cast<int>(attr_i(c.node, "to", 0));
+  value_type to;
+  if (!value_type_of(to_type, to))
+    c.fail("cast to data type " + std::to_string(to_type) + " is not supported");
+  value r;
+  r.type = to;
+  r.shape = a.shape;
+  const std::size_t n = a.size();
+  if (to == value_type::float32) {
+    r.f.resize(n);
+    for (std::size_t e = 0; e < n; ++e)
+      r.f[e] = a.type == value_type::float32 ? a.f[e] : static_cast<float>(a.i[e]);
+    if (to_type == TensorProto::FLOAT16)
+      for (float& x : r.f) x = half_bits_to_float(float_to_half_bits(x));
+    if (to_type == TensorProto::BFLOAT16)
+      for (float& x : r.f) x = bfloat16_bits_to_float(float_to_bfloat16_bits(x));
+  } else {
+    r.i.resize(n);
+    for (std::size_t e = 0; e < n; ++e) {
+      if (a.type == value_type::float32) {
+        r.i[e] = to == value_type::boolean ? (a.f[e] != 0.0f) : static_cast<std::int64_t>(a.f[e]);
+      } else {
+        r.i[e] = to == value_type::boolean ? (a.i[e] != 0) : a.i[e];
+      }
+    }
+  }
+  out.push_back(std::move(r));
+}
+
+void op_shape(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  const auto r = static_cast<std::int64_t>(a.shape.size());
+  auto clampi = [r](std::int64_t v) { return std::clamp(v < 0 ? v + r : v, std::int64_t(0), r); };
+  const std::int64_t start = clampi(attr_i(c.node, "start", 0));
+  const std::int64_t end = clampi(attr_i(c.node, "end", r));
+  shape_t dims;
+  for (std::int64_t k = start; k < end; ++k) dims.push_back(a.shape[static_cast<std::size_t>(k)]);
+  out.push_back(value::ints({static_cast<std::int64_t>(dims.size())}, dims));
+}
+
+/// Copies blocks: out = concatenation over `outer` of rows of `inner` elements from `src`.
+template <class T>
+void gather_rows(const std::vector<T>& src, std::vector<T>& dst, std::size_t outer,
+                 std::size_t axis_dim, const shape_t& indices, std::size_t inner) {
+  dst.resize(outer * indices.size() * inner);
+  T* o = dst.data();
+  for (std::size_t p = 0; p < outer; ++p) {
+    for (const std::int64_t ix : indices) {
+      const T* s = src.data() + (p * axis_dim + static_cast<std::size_t>(ix)) * inner;
+      o = std::copy(s, s + inner, o);
+    }
+  }
+}
+
+void op_gather(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& data = need(c, in, 0);
+  const value& idx = need(c, in, 1);
+  if (data.shape.empty()) c.fail("data must have rank >= 1");
+  const auto axis =
+      static_cast<std::size_t>(normalize_axis(c, attr_i(c.node, "axis", 0), data.shape.size()));
+  const std::int64_t dim = data.shape[axis];
+  shape_t ids = int_list(c, idx, "indices");
+  for (std::int64_t& v : ids) {
+    if (v < -dim || v >= dim)
+      c.fail("index " + std::to_string(v) + " is out of range for a dimension of " +
+             std::to_string(dim));
+    if (v < 0) v += dim;
+  }
+  std::size_t outer = 1, inner = 1;
+  for (std::size_t k = 0; k < axis; ++k) outer *= static_cast<std::size_t>(data.shape[k]);
+  for (std::size_t k = axis + 1; k < data.shape.size(); ++k)
+    inner *= static_cast<std::size_t>(data.shape[k]);
+  value r;
+  r.type = data.type;
+  r.shape.assign(data.shape.begin(), data.shape.begin() + static_cast<std::ptrdiff_t>(axis));
+  r.shape.insert(r.shape.end(), idx.shape.begin(), idx.shape.end());
+  r.shape.insert(r.shape.end(), data.shape.begin() + static_cast<std::ptrdiff_t>(axis) + 1,
+                 data.shape.end());
+  if (data.type == value_type::float32) {
+    gather_rows(data.f, r.f, outer, static_cast<std::size_t>(dim), ids, inner);
+  } else {
+    gather_rows(data.i, r.i, outer, static_cast<std::size_t>(dim), ids, inner);
+  }
+  out.push_back(std::move(r));
+}
+
+shape_t axes_input_or_attr(const node_context& c, const inputs_t& in, std::size_t k) {
+  if (const value* v = optional_input(in, k)) return int_list(c, *v, "axes");
+  return attr_ints(c.node, "axes");
+}
+
+void op_unsqueeze(const node_context& c, const model&, const inputs_t& in,
+                  std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  shape_t axes = axes_input_or_attr(c, in, 1);
+  const std::size_t rank = a.shape.size() + axes.size();
+  for (std::int64_t& ax : axes) ax = normalize_axis(c, ax, rank);
+  std::sort(axes.begin(), axes.end());
+  if (std::adjacent_find(axes.begin(), axes.end()) != axes.end()) c.fail("axes repeat");
+  value r = a;
+  r.shape.clear();
+  std::size_t src = 0;
+  for (std::size_t k = 0; k < rank; ++k) {
+    if (std::binary_search(axes.begin(), axes.end(), static_cast<std::int64_t>(k))) {
+      r.shape.push_back(1);
+    } else {
+      r.shape.push_back(a.shape[src++]);
+    }
+  }
+  out.push_back(std::move(r));
+}
+
+void op_reshape(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  shape_t target = int_list(c, need(c, in, 1), "shape");
+  const bool allowzero = attr_i(c.node, "allowzero", 0) != 0;
+  std::int64_t known = 1;
+  int infer = -1;
+  for (std::size_t k = 0; k < target.size(); ++k) {
+    if (target[k] == 0 && !allowzero) {
+      if (k >= a.shape.size())
+        c.fail("shape copies dimension " + std::to_string(k) + " of a rank-" +
+               std::to_string(a.shape.size()) + " input");
+      target[k] = a.shape[k];
+    }
+    if (target[k] == -1) {
+      if (infer >= 0) c.fail("shape has more than one -1");
+      infer = static_cast<int>(k);
+    } else {
+      known *= target[k];
+    }
+  }
+  const auto total = static_cast<std::int64_t>(a.size());
+  if (infer >= 0) {
+    if (known == 0 || total % known != 0)
+      c.fail("cannot reshape " + shape_text(a.shape) + " to " + shape_text(target));
+    target[static_cast<std::size_t>(infer)] = total / known;
+  }
+  if (static_cast<std::int64_t>(numel(target)) != total)
+    c.fail("cannot reshape " + shape_text(a.shape) + " to " + shape_text(target));
+  value r = a;
+  r.shape = target;
+  out.push_back(std::move(r));
+}
+
+/// out[...] = a[...] along a general strided selection: for each axis k, indices
+/// start[k] + j * step[k], j < count[k].
+template <class T>
+void select_strided(const std::vector<T>& src, const shape_t& shape, const shape_t& start,
+                    const shape_t& step, const shape_t& count, std::vector<T>& dst) {
+  const std::size_t rank = shape.size();
+  const shape_t st = strides_of(shape);
+  dst.resize(numel(count));
+  if (dst.empty()) return;
+  shape_t j(rank, 0);
+  for (std::size_t e = 0; e < dst.size(); ++e) {
+    std::int64_t pos = 0;
+    for (std::size_t k = 0; k < rank; ++k) pos += (start[k] + j[k] * step[k]) * st[k];
+    dst[e] = src[static_cast<std::size_t>(pos)];
+    for (std::size_t k = rank; k-- > 0;) {
+      if (++j[k] < count[k]) break;
+      j[k] = 0;
+    }
+  }
+}
+
+value strided(const value& a, const shape_t& start, const shape_t& step, const shape_t& count) {
+  value r;
+  r.type = a.type;
+  r.shape = count;
+  if (a.type == value_type::float32) {
+    select_strided(a.f, a.shape, start, step, count, r.f);
+  } else {
+    select_strided(a.i, a.shape, start, step, count, r.i);
+  }
+  return r;
+}
+
+void op_slice(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  shape_t starts, ends, axes, steps;
+  if (in.size() >= 3) {
+    starts = int_list(c, need(c, in, 1), "starts");
+    ends = int_list(c, need(c, in, 2), "ends");
+    if (const value* v = optional_input(in, 3)) axes = int_list(c, *v, "axes");
+    if (const value* v = optional_input(in, 4)) steps = int_list(c, *v, "steps");
+  } else {  // opset < 10: attributes
+    starts = attr_ints(c.node, "starts");
+    ends = attr_ints(c.node, "ends");
+    axes = attr_ints(c.node, "axes");
+  }
+  const std::size_t rank = a.shape.size();
+  if (axes.empty())
+    for (std::size_t k = 0; k < starts.size(); ++k) axes.push_back(static_cast<std::int64_t>(k));
+  if (steps.empty()) steps.assign(starts.size(), 1);
+  if (ends.size() != starts.size() || axes.size() != starts.size() || steps.size() != starts.size())
+    c.fail("starts, ends, axes and steps differ in length");
+  shape_t start(rank, 0), step(rank, 1), count(a.shape);
+  for (std::size_t q = 0; q < starts.size(); ++q) {
+    const auto k = static_cast<std::size_t>(normalize_axis(c, axes[q], rank));
+    const std::int64_t dim = a.shape[k], s = steps[q];
+    if (s == 0) c.fail("step 0");
+    std::int64_t b = starts[q], e = ends[q];
+    if (b < 0) b += dim;
+    if (e < 0) e += dim;
+    if (s > 0) {
+      b = std::clamp(b, std::int64_t(0), dim);
+      e = std::clamp(e, std::int64_t(0), dim);
+    } else {
+      b = std::clamp(b, std::int64_t(0), dim - 1);
+      e = std::clamp(e, std::int64_t(-1), dim - 1);
+    }
+    start[k] = b;
+    step[k] = s;
+    count[k] = s > 0 ? std::max<std::int64_t>(0, (e - b + s - 1) / s)
+                     : std::max<std::int64_t>(0, (b - e + (-s) - 1) / (-s));
+  }
+  out.push_back(strided(a, start, step, count));
+}
+
+value slice_axis(const value& a, std::size_t axis, std::int64_t begin, std::int64_t length) {
+  shape_t start(a.shape.size(), 0), step(a.shape.size(), 1), count(a.shape);
+  start[axis] = begin;
+  count[axis] = length;
+  return strided(a, start, step, count);
+}
+
+void op_split(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  const auto axis =
+      static_cast<std::size_t>(normalize_axis(c, attr_i(c.node, "axis", 0), a.shape.size()));
+  const std::int64_t dim = a.shape[axis];
+  const auto parts = static_cast<std::int64_t>(c.node.output_size());
+  shape_t split;
+  if (const value* v = optional_input(in, 1)) {
+    split = int_list(c, *v, "split");
+  } else {
+    split = attr_ints(c.node, "split");
+  }
+  if (split.empty()) {
+    if (attr(c.node, "num_outputs")) {  // opset 18: chunks of ceil(dim / n), the last smaller
+      const std::int64_t chunk = (dim + parts - 1) / parts;
+      for (std::int64_t p = 0; p < parts; ++p)
+        split.push_back(std::min(chunk, std::max<std::int64_t>(0, dim - p * chunk)));
+    } else {
+      if (parts == 0 || dim % parts != 0)
+        c.fail("dimension " + std::to_string(dim) + " does not split into " +
+               std::to_string(parts) + " equal parts");
+      split.assign(static_cast<std::size_t>(parts), dim / parts);
+    }
+  }
+  if (static_cast<std::int64_t>(split.size()) != parts ||
+      std::accumulate(split.begin(), split.end(), std::int64_t(0)) != dim)
+    c.fail("split " + shape_text(split) + " does not cover dimension " + std::to_string(dim) +
+           " with " + std::to_string(parts) + " outputs");
+  std::int64_t begin = 0;
+  for (const std::int64_t len : split) {
+    out.push_back(slice_axis(a, axis, begin, len));
+    begin += len;
+  }
+}
+
+void op_concat(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& first = need(c, in, 0);
+  const auto axis =
+      static_cast<std::size_t>(normalize_axis(c, attr_i(c.node, "axis", 0), first.shape.size()));
+  value r;
+  r.type = first.type;
+  r.shape = first.shape;
+  r.shape[axis] = 0;
+  for (std::size_t k = 0; k < in.size(); ++k) {
+    const value& v = need(c, in, k);
+    if (v.type != first.type || v.shape.size() != first.shape.size())
+      c.fail("inputs differ in type or rank");
+    for (std::size_t d = 0; d < v.shape.size(); ++d)
+      if (d != axis && v.shape[d] != first.shape[d])
+        c.fail("input shapes " + shape_text(first.shape) + " and " + shape_text(v.shape) +
+               " differ off the axis");
+    r.shape[axis] += v.shape[axis];
+  }
+  std::size_t outer = 1;
+  for (std::size_t d = 0; d < axis; ++d) outer *= static_cast<std::size_t>(first.shape[d]);
+  auto run = [&](auto member) {
+    auto& dst = r.*member;
+    dst.reserve(r.size());
+    for (std::size_t p = 0; p < outer; ++p) {
+      for (const value* v : in) {
+        const std::size_t block = v->size() / std::max<std::size_t>(outer, 1);
+        const auto& src = v->*member;
+        dst.insert(dst.end(), src.begin() + static_cast<std::ptrdiff_t>(p * block),
+                   src.begin() + static_cast<std::ptrdiff_t>((p + 1) * block));
+      }
+    }
+  };
+  if (r.type == value_type::float32) {
+    run(&value::f);
+  } else {
+    run(&value::i);
+  }
+  out.push_back(std::move(r));
+}
+
+void op_transpose(const node_context& c, const model&, const inputs_t& in,
+                  std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  const std::size_t rank = a.shape.size();
+  shape_t perm = attr_ints(c.node, "perm");
+  if (perm.empty())
+    for (std::size_t k = 0; k < rank; ++k) perm.push_back(static_cast<std::int64_t>(rank - 1 - k));
+  if (perm.size() != rank)
+    c.fail("perm has " + std::to_string(perm.size()) + " entries for rank " + std::to_string(rank));
+  const shape_t st = strides_of(a.shape);
+  // Output element j reads the input at sum_k j[k] * stride[perm[k]].
+  value r;
+  r.type = a.type;
+  for (std::size_t k = 0; k < rank; ++k)
+    r.shape.push_back(a.shape[static_cast<std::size_t>(perm[k])]);
+  const std::size_t n = a.size();
+  std::vector<std::size_t> idx(n);
+  shape_t j(rank, 0);
+  for (std::size_t e = 0; e < n; ++e) {
+    std::int64_t pos = 0;
+    for (std::size_t k = 0; k < rank; ++k) pos += j[k] * st[static_cast<std::size_t>(perm[k])];
+    idx[e] = static_cast<std::size_t>(pos);
+    for (std::size_t k = rank; k-- > 0;) {
+      if (++j[k] < r.shape[k]) break;
+      j[k] = 0;
+    }
+  }
+  if (a.type == value_type::float32) {
+    r.f.resize(n);
+    for (std::size_t e = 0; e < n; ++e) r.f[e] = a.f[idx[e]];
+  } else {
+    r.i.resize(n);
+    for (std::size_t e = 0; e < n; ++e) r.i[e] = a.i[idx[e]];
+  }
+  out.push_back(std::move(r));
+}
+
+void op_equal(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  binary(
+      c, in, out, [](float x, float y) { return x == y ? 1.0f : 0.0f; },
+      [](std::int64_t x, std::int64_t y) { return std::int64_t(x == y); });
+  value& r = out.back();
+  if (r.type == value_type::float32) {
+    r.i.assign(r.f.begin(), r.f.end());
+    r.f.clear();
+  }
+  r.type = value_type::boolean;
+}
+
+void op_where(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& cond = need(c, in, 0);
+  const value& x = need(c, in, 1);
+  const value& y = need(c, in, 2);
+  if (cond.type != value_type::boolean) c.fail("condition must be bool");
+  if (x.type != y.type) c.fail("X and Y differ in type");
+  value r;
+  r.type = x.type;
+  r.shape = broadcast_shapes(c, {&cond.shape, &x.shape, &y.shape});
+  const auto ic = broadcast_index(cond.shape, r.shape), ix = broadcast_index(x.shape, r.shape),
+             iy = broadcast_index(y.shape, r.shape);
+  const std::size_t n = ic.size();
+  if (r.type == value_type::float32) {
+    r.f.resize(n);
+    for (std::size_t e = 0; e < n; ++e) r.f[e] = cond.i[ic[e]] ? x.f[ix[e]] : y.f[iy[e]];
+  } else {
+    r.i.resize(n);
+    for (std::size_t e = 0; e < n; ++e) r.i[e] = cond.i[ic[e]] ? x.i[ix[e]] : y.i[iy[e]];
+  }
+  out.push_back(std::move(r));
+}
+
+void op_range(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& s = need(c, in, 0);
+  const value& l = need(c, in, 1);
+  const value& d = need(c, in, 2);
+  if (s.size() != 1 || l.size() != 1 || d.size() != 1)
+    c.fail("start, limit and delta must be scalars");
+  if (s.type == value_type::float32) {
+    const double start = s.f[0], limit = l.f[0], delta = d.f[0];
+    const auto count = static_cast<std::int64_t>(std::max(0.0, std::ceil((limit - start) / delta)));
+    std::vector<float> v(static_cast<std::size_t>(count));
+    for (std::int64_t k = 0; k < count; ++k)
+      v[static_cast<std::size_t>(k)] = static_cast<float>(s.f[0] + static_cast<float>(k) * d.f[0]);
+    out.push_back(value::floats({count}, std::move(v)));
+  } else {
+    const std::int64_t start = s.i[0], limit = l.i[0], delta = d.i[0];
+    if (delta == 0) c.fail("delta 0");
+    const std::int64_t count =
+        std::max<std::int64_t>(0, (limit - start + delta + (delta > 0 ? -1 : 1)) / delta);
+    std::vector<std::int64_t> v(static_cast<std::size_t>(count));
+    for (std::int64_t k = 0; k < count; ++k) v[static_cast<std::size_t>(k)] = start + k * delta;
+    out.push_back(value::ints({count}, std::move(v)));
+  }
+}
+
+void op_softmax(const node_context& c, const model& m, const inputs_t& in,
+                std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  if (a.type != value_type::float32) c.fail("input must be a float tensor");
+  const std::int64_t opset = [&] {
+    for (const auto& o : m.proto.opset_import())
+      if (o.domain().empty() || o.domain() == "ai.onnx") return o.version();
+    return std::int64_t(1);
+  }();
+  const std::size_t rank = a.shape.size();
+  const auto axis = static_cast<std::size_t>(
+      normalize_axis(c, attr_i(c.node, "axis", opset >= 13 ? -1 : 1), rank));
+  // opset >= 13: one axis; before: the input flattened to 2-D at `axis`.
+  std::size_t outer = 1, len = 1, inner = 1;
+  for (std::size_t k = 0; k < axis; ++k) outer *= static_cast<std::size_t>(a.shape[k]);
+  if (opset >= 13) {
+    len = static_cast<std::size_t>(a.shape[axis]);
+    for (std::size_t k = axis + 1; k < rank; ++k) inner *= static_cast<std::size_t>(a.shape[k]);
+  } else {
+    for (std::size_t k = axis; k < rank; ++k) len *= static_cast<std::size_t>(a.shape[k]);
+  }
+  value r = a;
+  for (std::size_t p = 0; p < outer; ++p) {
+    for (std::size_t q = 0; q < inner; ++q) {
+      float* x = r.f.data() + p * len * inner + q;
+      float mx = -INFINITY;
+      for (std::size_t k = 0; k < len; ++k) mx = std::max(mx, x[k * inner]);
+      double sum = 0;
+      for (std::size_t k = 0; k < len; ++k) {
+        x[k * inner] = std::exp(x[k * inner] - mx);
+        sum += x[k * inner];
+      }
+      const auto inv = static_cast<float>(1.0 / sum);
+      for (std::size_t k = 0; k < len; ++k) x[k * inner] *= inv;
+    }
+  }
+  out.push_back(std::move(r));
+}
+
+void op_layer_norm(const node_context& c, const model&, const inputs_t& in,
+                   std::vector<value>& out) {
+  const value& x = need(c, in, 0);
+  const value& scale = need(c, in, 1);
+  const value* bias = optional_input(in, 2);
+  if (x.type != value_type::float32) c.fail("input must be a float tensor");
+  const auto axis =
+      static_cast<std::size_t>(normalize_axis(c, attr_i(c.node, "axis", -1), x.shape.size()));
+  const double eps = attr_f(c.node, "epsilon", 1e-5f);
+  std::size_t outer = 1, len = 1;
+  for (std::size_t k = 0; k < axis; ++k) outer *= static_cast<std::size_t>(x.shape[k]);
+  for (std::size_t k = axis; k < x.shape.size(); ++k) len *= static_cast<std::size_t>(x.shape[k]);
+  const shape_t norm_shape(x.shape.begin() + static_cast<std::ptrdiff_t>(axis), x.shape.end());
+  const auto is = broadcast_index(scale.shape, norm_shape);
+  const auto ib = bias ? broadcast_index(bias->shape, norm_shape) : std::vector<std::size_t>();
+  value r = x;
+  // Optional outputs 1 and 2: the mean and 1 / sqrt(var + epsilon), shape [x.shape[:axis], 1...].
+  shape_t stat_shape(x.shape.begin(), x.shape.begin() + static_cast<std::ptrdiff_t>(axis));
+  stat_shape.resize(x.shape.size(), 1);
+  value means = value::floats(stat_shape, std::vector<float>(outer));
+  value inv_std = value::floats(stat_shape, std::vector<float>(outer));
+  for (std::size_t p = 0; p < outer; ++p) {
+    float* v = r.f.data() + p * len;
+    double mean = 0, var = 0;
+    for (std::size_t k = 0; k < len; ++k) mean += v[k];
+    mean /= static_cast<double>(len);
+    for (std::size_t k = 0; k < len; ++k) var += (v[k] - mean) * (v[k] - mean);
+    var /= static_cast<double>(len);
+    const double inv = 1.0 / std::sqrt(var + eps);
+    means.f[p] = static_cast<float>(mean);
+    inv_std.f[p] = static_cast<float>(inv);
+    for (std::size_t k = 0; k < len; ++k) {
+      double y = (v[k] - mean) * inv * scale.f[is[k]];
+      if (bias) y += bias->f[ib[k]];
+      v[k] = static_cast<float>(y);
+    }
+  }
+  out.push_back(std::move(r));
+  out.push_back(std::move(means));
+  out.push_back(std::move(inv_std));
+}
+
+void op_matmul(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  value a = need(c, in, 0);
+  value b = need(c, in, 1);
+  if (a.type != value_type::float32 || b.type != value_type::float32)
+    c.fail("MatMul computes float tensors only");
+  const bool a_vec = a.shape.size() == 1, b_vec = b.shape.size() == 1;
+  if (a_vec) a.shape.insert(a.shape.begin(), 1);
+  if (b_vec) b.shape.push_back(1);
+  if (a.shape.size() < 2 || b.shape.size() < 2) c.fail("inputs must have rank >= 1");
+  const std::int64_t M = a.shape[a.shape.size() - 2], K = a.shape.back();
+  const std::int64_t K2 = b.shape[b.shape.size() - 2], N = b.shape.back();
+  if (K != K2)
+    c.fail("shapes " + shape_text(a.shape) + " and " + shape_text(b.shape) + " do not multiply");
+  const shape_t ba(a.shape.begin(), a.shape.end() - 2), bb(b.shape.begin(), b.shape.end() - 2);
+  const shape_t batch = broadcast_shapes(c, {&ba, &bb});
+  const auto ia = broadcast_index(ba, batch), ib = broadcast_index(bb, batch);
+  value r;
+  r.shape = batch;
+  r.shape.push_back(M);
+  r.shape.push_back(N);
+  r.f.assign(numel(r.shape), 0.0f);
+  for (std::size_t e = 0; e < ia.size(); ++e) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(N),
+                static_cast<int>(K), 1.0f, a.f.data() + ia[e] * static_cast<std::size_t>(M * K),
+                static_cast<int>(K), b.f.data() + ib[e] * static_cast<std::size_t>(K * N),
+                static_cast<int>(N), 0.0f, r.f.data() + e * static_cast<std::size_t>(M * N),
+                static_cast<int>(N));
+  }
+  if (b_vec) r.shape.pop_back();
+  if (a_vec) r.shape.erase(r.shape.end() - (b_vec ? 1 : 2));
+  out.push_back(std::move(r));
+}
+
+std::int64_t int_div(const node_context& c, std::int64_t x, std::int64_t y) {
+  if (y == 0) c.fail("integer division by zero");
+  return x / y;
+}
+
+const std::unordered_map<std::string, op_fn>& registry() {
+  static const std::unordered_map<std::string, op_fn> ops = {
+      {"Constant", op_constant},
+      {"Identity", op_identity},
+      {"Cast", op_cast},
+      {"Shape", op_shape},
+      {"Gather", op_gather},
+      {"Unsqueeze", op_unsqueeze},
+      {"Reshape", op_reshape},
+      {"Slice", op_slice},
+      {"Split", op_split},
+      {"Concat", op_concat},
+      {"Transpose", op_transpose},
+      {"Equal", op_equal},
+      {"Where", op_where},
+      {"Range", op_range},
+      {"Softmax", op_softmax},
+      {"LayerNormalization", op_layer_norm},
+      {"MatMul", op_matmul},
+      {"Erf",
+       [](const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+         unary_float(c, in, out, [](float x) { return std::erf(x); });
+       }},
+      {"Add",
+       [](const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+         binary(c, in, out, std::plus<float>(), std::plus<std::int64_t>());
+       }},
+      {"Sub",
+       [](const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+         binary(c, in, out, std::minus<float>(), std::minus<std::int64_t>());
+       }},
+      {"Mul",
+       [](const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+         binary(c, in, out, std::multiplies<float>(), std::multiplies<std::int64_t>());
+       }},
+      {"Div",
+       [](const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+         binary(c, in, out, std::divides<float>(),
+                [&c](std::int64_t x, std::int64_t y) { return int_div(c, x, y); });
+       }},
+  };
+  return ops;
+}
+
+}  // namespace
+
+// ---- value
+// ---------------------------------------------------------------------------------------
+
+std::size_t value::size() const noexcept { return numel(shape); }
+
+value value::floats(std::vector<std::int64_t> shape, std::vector<float> data) {
+  value v;
+  v.type = value_type::float32;
+  v.shape = std::move(shape);
+  v.f = std::move(data);
+  return v;
+}
+
+value value::ints(std::vector<std::int64_t> shape, std::vector<std::int64_t> data,
+                  value_type type) {
+  value v;
+  v.type = type;
+  v.shape = std::move(shape);
+  v.i = std::move(data);
+  return v;
+}
+
+value to_value(const model& m, const TensorProto& t) {
+  value v;
+  if (!value_type_of(t.data_type(), v.type)) {
+    throw model_error(model_error::kind::unsupported,
+                      "tensor '" + t.name() + "' has data type " + std::to_string(t.data_type()) +
+                          ", which the executor does not compute with");
+  }
+  v.shape.assign(t.dims().begin(), t.dims().end());
+  const std::size_t n = v.size();
+  const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, t);
+  auto load = [&](auto sample, auto convert) {
+    using S = decltype(sample);
+    if (bytes.size() != n * sizeof(S)) {
+      throw model_error(model_error::kind::invalid,
+                        "tensor '" + t.name() + "' holds " + std::to_string(bytes.size()) +
+                            " bytes for " + std::to_string(n) + " elements");
+    }
+    for (std::size_t e = 0; e < n; ++e) {
+      S s;
+      std::memcpy(&s, bytes.data() + e * sizeof(S), sizeof(S));
+      convert(e, s);
+    }
+  };
+  auto to_f = [&](std::size_t e, auto s) { v.f[e] = static_cast<float>(s); };
+  auto to_i = [&](std::size_t e, auto s) { v.i[e] = static_cast<std::int64_t>(s); };
+  if (v.type == value_type::float32) {
+    v.f.resize(n);
+  } else {
+    v.i.resize(n);
+  }
+  switch (t.data_type()) {
+    case TensorProto::FLOAT: load(float(), to_f); break;
+    case TensorProto::DOUBLE: load(double(), to_f); break;
+    case TensorProto::FLOAT16:
+      load(std::uint16_t(),
+           [&](std::size_t e, std::uint16_t h) { v.f[e] = half_bits_to_float(h); });
+      break;
+    case TensorProto::BFLOAT16:
+      load(std::uint16_t(),
+           [&](std::size_t e, std::uint16_t h) { v.f[e] = bfloat16_bits_to_float(h); });
+      break;
+    case TensorProto::INT8: load(std::int8_t(), to_i); break;
+    case TensorProto::INT16: load(std::int16_t(), to_i); break;
+    case TensorProto::INT32: load(std::int32_t(), to_i); break;
+    case TensorProto::INT64: load(std::int64_t(), to_i); break;
+    case TensorProto::UINT8: load(std::uint8_t(), to_i); break;
+    case TensorProto::UINT16: load(std::uint16_t(), to_i); break;
+    case TensorProto::UINT32: load(std::uint32_t(), to_i); break;
+    case TensorProto::UINT64: load(std::uint64_t(), to_i); break;
+    case TensorProto::BOOL:
+      load(std::uint8_t(), [&](std::size_t e, std::uint8_t b) { v.i[e] = b != 0; });
+      break;
+    default: break;
+  }
+  return v;
+}
+
+std::vector<std::string> supported_ops() {
+  std::vector<std::string> names;
+  for (const auto& [name, fn] : registry()) names.push_back(name);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// ---- executor
+// -------------------------------------------------------------------------------------
+
+executor::executor(const model& m) : m_(m) {
+  std::set<std::string> unsupported;
+  for (const NodeProto& n : m.proto.graph().node()) {
+    const bool default_domain = n.domain().empty() || n.domain() == "ai.onnx";
+    if (!default_domain || !registry().count(n.op_type())) {
+      unsupported.insert((default_domain ? std::string() : n.domain() + "::") + n.op_type());
+    }
+  }
+  if (!unsupported.empty()) {
+    std::string list;
+    for (const std::string& op : unsupported) list += (list.empty() ? "" : ", ") + op;
+    throw model_error(
+        model_error::kind::unsupported, "the executor does not implement " + list +
+                                            " (it implements: " +
+                                            [] {
+                                              std::string s;
+                                              for (const std::string& op : supported_ops())
+                                                s += (s.empty() ? "" : ", ") + op;
+                                              return s;
+                                            }() +
+                                            ")");
+  }
+}
+
+std::map<std::string, value> executor::run(const std::map<std::string, value>& inputs) const {
+  const auto& g = m_.proto.graph();
+  std::unordered_map<std::string, value> env;
+  for (const TensorProto& t : g.initializer()) env[t.name()] = to_value(m_, t);
+  for (const auto& in : g.input()) {
+    const auto it = inputs.find(in.name());
+    if (it != inputs.end()) {
+      env[in.name()] = it->second;
+    } else if (!env.count(in.name())) {
+      throw model_error(model_error::kind::invalid,
+                        "graph input '" + in.name() + "' was not given");
+    }
+  }
+  // Last use of each name, to free values as soon as nothing reads them.
+  std::unordered_map<std::string, int> last_use;
+  for (int k = 0; k < g.node_size(); ++k)
+    for (const std::string& name : g.node(k).input()) last_use[name] = k;
+  std::set<std::string> keep;
+  for (const auto& o : g.output()) keep.insert(o.name());
+
+  for (int k = 0; k < g.node_size(); ++k) {
+    const NodeProto& n = g.node(k);
+    const node_context c{n};
+    inputs_t in;
+    for (const std::string& name : n.input()) {
+      if (name.empty()) {
+        in.push_back(nullptr);
+        continue;
+      }
+      const auto it = env.find(name);
+      if (it == env.end())
+        c.fail("input '" + name + "' is not computed before the node (graph not sorted?)");
+      in.push_back(&it->second);
+    }
+    std::vector<value> results;
+    registry().at(n.op_type())(c, m_, in, results);
+    if (results.size() < static_cast<std::size_t>(n.output_size()))
+      c.fail("produced fewer outputs than the node has");
+    for (int o = 0; o < n.output_size(); ++o) {
+      if (!n.output(o).empty()) env[n.output(o)] = std::move(results[static_cast<std::size_t>(o)]);
+    }
+    for (const std::string& name : n.input()) {
+      const auto lu = last_use.find(name);
+      if (lu != last_use.end() && lu->second == k && !keep.count(name)) env.erase(name);
+    }
+  }
+  std::map<std::string, value> outputs;
+  for (const auto& o : g.output()) {
+    const auto it = env.find(o.name());
+    if (it == env.end())
+      throw model_error(model_error::kind::invalid,
+                        "graph output '" + o.name() + "' is never computed");
+    outputs[o.name()] = it->second;
+  }
+  return outputs;
+}
+
+}  // namespace onnx
+}  // namespace int4q
