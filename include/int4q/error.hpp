@@ -36,6 +36,9 @@ class non_finite_error : public error {
               ": int4q cannot quantize non-finite weights; fix or exclude this tensor"),
         row_(row),
         col_(col) {}
+  /// A non-finite value elsewhere (e.g. an activation): `message` says what and what to do.
+  non_finite_error(const std::string& message, std::size_t row, std::size_t col)
+      : error(message), row_(row), col_(col) {}
   std::size_t row() const noexcept { return row_; }
   std::size_t col() const noexcept { return col_; }
 

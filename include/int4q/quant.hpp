@@ -9,6 +9,7 @@
 #ifndef INT4Q_QUANT_HPP
 #define INT4Q_QUANT_HPP
 
+#include <int4q/activation_stats.hpp>
 #include <int4q/bits.hpp>
 #include <int4q/clip_search.hpp>
 #include <int4q/config.hpp>

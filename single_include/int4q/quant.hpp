@@ -15,13 +15,38 @@
 #ifndef INT4Q_QUANT_HPP
 #define INT4Q_QUANT_HPP
 
-// begin file include/int4q/bits.hpp
-// Bit-width traits and the single runtime-to-template switch for packed storage.
-#ifndef INT4Q_BITS_HPP
-#define INT4Q_BITS_HPP
+// begin file include/int4q/activation_stats.hpp
+// Activation statistics of one layer input, accumulated over a stream of calibration rows
+// without keeping them: the Hessian proxy H = X^T X (GPTQ), per-channel mean |x| and max |x|
+// (AWQ, clip search), and a bounded uniform sample of rows. Custom runtimes feed their own
+// activations; int4q's ONNX executor feeds the ones it computes.
+#ifndef INT4Q_ACTIVATION_STATS_HPP
+#define INT4Q_ACTIVATION_STATS_HPP
 
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include <xtensor/xtensor.hpp>
+
+// begin file include/int4q/detail/input.hpp
+// Conversion of user expressions at the API boundary: any 2-D xtensor expression of float,
+// double, float16_t or bfloat16_t becomes a contiguous row-major matrix of the compute type
+// (float, or double for double), without a copy when it already is one.
+#ifndef INT4Q_DETAIL_INPUT_HPP
+#define INT4Q_DETAIL_INPUT_HPP
+
+#include <cstddef>
+#include <string>
+#include <type_traits>
+
+#include <xtensor/xexpression.hpp>
+#include <xtensor/xtensor.hpp>
 
 // begin file include/int4q/error.hpp
 // int4q errors: every failure of the library is one of these exceptions, with a message that
@@ -62,6 +87,9 @@ class non_finite_error : public error {
               ": int4q cannot quantize non-finite weights; fix or exclude this tensor"),
         row_(row),
         col_(col) {}
+  /// A non-finite value elsewhere (e.g. an activation): `message` says what and what to do.
+  non_finite_error(const std::string& message, std::size_t row, std::size_t col)
+      : error(message), row_(row), col_(col) {}
   std::size_t row() const noexcept { return row_; }
   std::size_t col() const noexcept { return col_; }
 
@@ -74,6 +102,337 @@ class non_finite_error : public error {
 
 #endif  // INT4Q_ERROR_HPP
 // end file include/int4q/error.hpp
+// begin file include/int4q/float16.hpp
+// IEEE binary16 (fp16) and bfloat16 storage types with exact, round-to-nearest-even conversions.
+// Weights in fp16/bf16 are converted to float once at the API boundary; scales may be rounded to
+// these types so that codes are computed against the scale exactly as it will be stored.
+#ifndef INT4Q_FLOAT16_HPP
+#define INT4Q_FLOAT16_HPP
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace int4q {
+
+namespace detail {
+inline std::uint32_t float_bits(float f) noexcept {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+inline float bits_float(std::uint32_t u) noexcept {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+}  // namespace detail
+
+/// fp32 -> fp16 bits, round to nearest even; overflow gives +-Inf, NaN stays NaN (quiet).
+inline std::uint16_t float_to_half_bits(float f) noexcept {
+  const std::uint32_t x = detail::float_bits(f);
+  const std::uint32_t sign = (x >> 16) & 0x8000u;
+  const std::uint32_t abs = x & 0x7fffffffu;
+  if (abs >= 0x7f800000u) {  // Inf or NaN
+    return static_cast<std::uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
+  }
+  if (abs >= 0x477ff000u) {  // rounds to >= 65520: overflow to Inf
+    return static_cast<std::uint16_t>(sign | 0x7c00u);
+  }
+  if (abs < 0x38800000u) {  // below the smallest normal fp16 (2^-14): subnormal or zero
+    // value = abs_float; fp16 subnormal unit = 2^-24. Scale, then round half to even.
+    const float a = detail::bits_float(abs);
+    const float scaled = a * 16777216.0f;  // exact: multiply by 2^24
+    // nearbyint under the default rounding mode is round half to even.
+    const auto m = static_cast<std::uint32_t>(std::nearbyint(scaled));
+    return static_cast<std::uint16_t>(sign | m);  // m == 0x400 lands on the smallest normal
+  }
+  // Normal: rebias exponent (127 -> 15) and round the 23-bit mantissa to 10 bits.
+  std::uint32_t h = ((abs - 0x38000000u) >> 13);
+  const std::uint32_t rest = abs & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // carries into exponent correctly
+  return static_cast<std::uint16_t>(sign | h);
+}
+
+/// fp16 bits -> fp32 (exact).
+inline float half_bits_to_float(std::uint16_t h) noexcept {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t exp = (h >> 10) & 0x1fu;
+  const std::uint32_t man = h & 0x3ffu;
+  if (exp == 0) {  // zero or subnormal: man * 2^-24
+    const float v = static_cast<float>(man) * (1.0f / 16777216.0f);
+    return sign ? -v : v;
+  }
+  if (exp == 31) return detail::bits_float(sign | 0x7f800000u | (man << 13));
+  return detail::bits_float(sign | ((exp + 112u) << 23) | (man << 13));
+}
+
+/// fp32 -> bf16 bits, round to nearest even; NaN stays NaN.
+inline std::uint16_t float_to_bfloat16_bits(float f) noexcept {
+  const std::uint32_t x = detail::float_bits(f);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 0x40u);
+  const std::uint32_t rounding = 0x7fffu + ((x >> 16) & 1u);
+  return static_cast<std::uint16_t>((x + rounding) >> 16);
+}
+
+/// bf16 bits -> fp32 (exact).
+inline float bfloat16_bits_to_float(std::uint16_t b) noexcept {
+  return detail::bits_float(static_cast<std::uint32_t>(b) << 16);
+}
+
+/// A 16-bit IEEE half value as stored in ONNX tensors (data_type FLOAT16).
+struct float16_t {
+  std::uint16_t bits = 0;
+  float16_t() = default;
+  explicit float16_t(float f) noexcept : bits(float_to_half_bits(f)) {}
+  static float16_t from_bits(std::uint16_t b) noexcept {
+    float16_t h;
+    h.bits = b;
+    return h;
+  }
+  explicit operator float() const noexcept { return half_bits_to_float(bits); }
+};
+
+/// A bfloat16 value as stored in ONNX tensors (data_type BFLOAT16).
+struct bfloat16_t {
+  std::uint16_t bits = 0;
+  bfloat16_t() = default;
+  explicit bfloat16_t(float f) noexcept : bits(float_to_bfloat16_bits(f)) {}
+  static bfloat16_t from_bits(std::uint16_t b) noexcept {
+    bfloat16_t h;
+    h.bits = b;
+    return h;
+  }
+  explicit operator float() const noexcept { return bfloat16_bits_to_float(bits); }
+};
+
+}  // namespace int4q
+
+#endif  // INT4Q_FLOAT16_HPP
+// end file include/int4q/float16.hpp
+
+namespace int4q {
+
+/// The arithmetic type used for a weight of element type V: double for double, else float.
+template <class V>
+using compute_type_t =
+    std::conditional_t<std::is_same<std::decay_t<V>, double>::value, double, float>;
+
+namespace detail {
+
+template <class V>
+struct is_weight_type
+    : std::integral_constant<
+          bool, std::is_same<V, float>::value || std::is_same<V, double>::value ||
+                    std::is_same<V, float16_t>::value || std::is_same<V, bfloat16_t>::value> {};
+
+template <class E, class = void>
+struct has_contiguous_data : std::false_type {};
+template <class E>
+struct has_contiguous_data<E, std::void_t<decltype(std::declval<const E&>().data()),
+                                          decltype(std::declval<const E&>().strides()),
+                                          decltype(std::declval<const E&>().layout())>>
+    : std::is_base_of<xt::xcontainer<E>, E> {};
+
+/// A read-only [rows, cols] row-major view of T, owning a converted copy when needed.
+template <class T>
+struct matrix_input {
+  const T* data = nullptr;
+  std::size_t rows = 0;
+  std::size_t cols = 0;
+  xt::xtensor<T, 2> owned;
+};
+
+template <class T, class E>
+matrix_input<T> as_matrix(const xt::xexpression<E>& expr, const char* what) {
+  const E& e = expr.derived_cast();
+  using V = std::decay_t<typename E::value_type>;
+  static_assert(is_weight_type<V>::value,
+                "int4q: weights must be float, double, int4q::float16_t or int4q::bfloat16_t");
+  if (e.dimension() != 2) {
+    throw shape_error(std::string(what) + " must be 2-D [K, N], got " +
+                      std::to_string(e.dimension()) + " dimensions: reshape it first");
+  }
+  matrix_input<T> m;
+  m.rows = e.shape()[0];
+  m.cols = e.shape()[1];
+  if constexpr (std::is_same<V, T>::value && has_contiguous_data<E>::value) {
+    if (e.layout() == xt::layout_type::row_major) {
+      m.data = e.data();
+      return m;
+    }
+  }
+  m.owned = xt::xtensor<T, 2>::from_shape({m.rows, m.cols});
+  std::size_t i = 0;
+  for (auto it = e.template begin<xt::layout_type::row_major>();
+       it != e.template end<xt::layout_type::row_major>(); ++it, ++i) {
+    m.owned.data()[i] = static_cast<T>(static_cast<compute_type_t<V>>(*it));
+  }
+  m.data = m.owned.data();
+  return m;
+}
+
+}  // namespace detail
+}  // namespace int4q
+
+#endif  // INT4Q_DETAIL_INPUT_HPP
+// end file include/int4q/detail/input.hpp
+// #include <int4q/error.hpp> (inlined above)
+
+namespace int4q {
+
+struct activation_stats_options {
+  bool hessian = true;          ///< accumulate H = X^T X (K x K doubles)
+  std::size_t sample_rows = 0;  ///< keep a uniform sample of this many rows (0: none)
+  std::uint64_t seed = 0;       ///< of the sample; same seed and rows, same sample
+};
+
+/// Streaming statistics of rows x[K] (K = channels, the reduction axis of the layer's weight
+/// W[K, N]). Memory: K^2 doubles for H, 2K for the channel statistics, sample_rows x K floats;
+/// never the rows themselves.
+///
+///   H[a, b]      = sum over rows of x[a] * x[b]       (double; BLAS dsyrk per batch)
+///   mean_abs[a]  = (sum over rows of |x[a]|) / rows  (double)
+///   max_abs[a]   = max over rows of |x[a]|
+///   sample       = a uniform sample without replacement of min(rows, sample_rows) rows
+///                  (reservoir sampling, Algorithm R, with a splitmix64 stream from `seed`):
+///                  the same whatever the batch sizes the rows arrive in.
+class activation_stats {
+ public:
+  explicit activation_stats(std::size_t channels, const activation_stats_options& options = {})
+      : k_(channels),
+        o_(options),
+        h_(options.hessian ? channels * channels : 0, 0.0),
+        sum_abs_(channels, 0.0),
+        max_abs_(channels, 0.0f),
+        rng_(options.seed) {
+    if (channels == 0) throw shape_error("activation_stats: channels must be >= 1");
+    sample_.reserve(o_.sample_rows * k_);
+  }
+
+  std::size_t channels() const noexcept { return k_; }
+  std::size_t rows() const noexcept { return rows_; }
+
+  /// Adds `count` rows of `k` floats, row-major. A NaN or Inf is a non_finite_error naming the
+  /// row (counted from the first row ever added) and channel; nothing is added then.
+  void add(const float* x, std::size_t count) {
+    for (std::size_t r = 0; r < count; ++r) {
+      for (std::size_t a = 0; a < k_; ++a) {
+        const float v = x[r * k_ + a];
+        if (!std::isfinite(v)) {
+          throw non_finite_error("activation row " + std::to_string(rows_ + r) + ", channel " +
+                                     std::to_string(a) + " is " + (v != v ? "NaN" : "infinite") +
+                                     ": the calibration inputs or the model give non-finite "
+                                     "activations",
+                                 rows_ + r, a);
+        }
+      }
+    }
+    if (o_.hessian && count > 0) {
+      std::vector<double> wide(x, x + count * k_);
+      // Upper triangle of H += X^T X; mirrored when read.
+      cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<int>(k_),
+                  static_cast<int>(count), 1.0, wide.data(), static_cast<int>(k_), 1.0, h_.data(),
+                  static_cast<int>(k_));
+    }
+    for (std::size_t r = 0; r < count; ++r) {
+      const float* row = x + r * k_;
+      for (std::size_t a = 0; a < k_; ++a) {
+        const float v = std::fabs(row[a]);
+        sum_abs_[a] += v;
+        max_abs_[a] = std::max(max_abs_[a], v);
+      }
+      sample_row(row);
+      ++rows_;
+    }
+  }
+
+  /// Adds the rows of an expression of any rank whose last axis is the channel axis
+  /// ([tokens, K], [batch, seq, K], ...), converted to float.
+  template <class E>
+  void add(const xt::xexpression<E>& x) {
+    const auto& e = x.derived_cast();
+    if (e.dimension() == 0 || e.shape()[e.dimension() - 1] != k_) {
+      throw shape_error("activation_stats: the last axis must have " + std::to_string(k_) +
+                        " channels");
+    }
+    std::vector<float> flat(e.size());
+    std::size_t i = 0;
+    for (auto it = e.begin(); it != e.end(); ++it) flat[i++] = static_cast<float>(*it);
+    add(flat.data(), e.size() / k_);
+  }
+
+  /// H = X^T X, symmetric [K, K]. Throws config_error when the Hessian was not requested.
+  xt::xtensor<double, 2> hessian() const {
+    if (!o_.hessian) throw config_error("activation_stats: hessian = false in the options");
+    auto h = xt::xtensor<double, 2>::from_shape({k_, k_});
+    for (std::size_t a = 0; a < k_; ++a) {
+      for (std::size_t b = a; b < k_; ++b) h(a, b) = h(b, a) = h_[a * k_ + b];
+    }
+    return h;
+  }
+  xt::xtensor<double, 1> mean_abs() const {
+    auto m = xt::xtensor<double, 1>::from_shape({k_});
+    for (std::size_t a = 0; a < k_; ++a) m(a) = rows_ ? sum_abs_[a] / double(rows_) : 0.0;
+    return m;
+  }
+  xt::xtensor<float, 1> max_abs() const {
+    auto m = xt::xtensor<float, 1>::from_shape({k_});
+    std::copy(max_abs_.begin(), max_abs_.end(), m.begin());
+    return m;
+  }
+  /// The sampled rows [min(rows, sample_rows), K], in reservoir slot order.
+  xt::xtensor<float, 2> sample() const {
+    const std::size_t n = sample_.size() / k_;
+    auto s = xt::xtensor<float, 2>::from_shape({n, k_});
+    std::copy(sample_.begin(), sample_.end(), s.begin());
+    return s;
+  }
+
+ private:
+  /// splitmix64: the next 64 random bits.
+  std::uint64_t next() noexcept {
+    std::uint64_t z = (rng_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  /// Algorithm R: row t (0-based) fills slot t while there is room, else replaces slot j for a
+  /// uniform j in [0, t] when j < capacity.
+  void sample_row(const float* row) {
+    const std::size_t cap = o_.sample_rows;
+    if (cap == 0) return;
+    if (rows_ < cap) {
+      sample_.insert(sample_.end(), row, row + k_);
+      return;
+    }
+    const std::uint64_t j = next() % (static_cast<std::uint64_t>(rows_) + 1);
+    if (j < cap) std::copy(row, row + k_, sample_.begin() + static_cast<std::ptrdiff_t>(j * k_));
+  }
+
+  std::size_t k_;
+  activation_stats_options o_;
+  std::vector<double> h_;  // upper triangle valid
+  std::vector<double> sum_abs_;
+  std::vector<float> max_abs_;
+  std::vector<float> sample_;
+  std::uint64_t rng_;
+  std::size_t rows_ = 0;
+};
+
+}  // namespace int4q
+
+#endif  // INT4Q_ACTIVATION_STATS_HPP
+// end file include/int4q/activation_stats.hpp
+// begin file include/int4q/bits.hpp
+// Bit-width traits and the single runtime-to-template switch for packed storage.
+#ifndef INT4Q_BITS_HPP
+#define INT4Q_BITS_HPP
+
+#include <cstdint>
+#include <string>
+
+// #include <int4q/error.hpp> (inlined above)
 
 namespace int4q {
 
@@ -311,196 +670,7 @@ inline void validate(const quant_config& c) {
 
 #endif  // INT4Q_CONFIG_HPP
 // end file include/int4q/config.hpp
-// begin file include/int4q/detail/input.hpp
-// Conversion of user expressions at the API boundary: any 2-D xtensor expression of float,
-// double, float16_t or bfloat16_t becomes a contiguous row-major matrix of the compute type
-// (float, or double for double), without a copy when it already is one.
-#ifndef INT4Q_DETAIL_INPUT_HPP
-#define INT4Q_DETAIL_INPUT_HPP
-
-#include <cstddef>
-#include <string>
-#include <type_traits>
-
-#include <xtensor/xexpression.hpp>
-#include <xtensor/xtensor.hpp>
-
-// #include <int4q/error.hpp> (inlined above)
-// begin file include/int4q/float16.hpp
-// IEEE binary16 (fp16) and bfloat16 storage types with exact, round-to-nearest-even conversions.
-// Weights in fp16/bf16 are converted to float once at the API boundary; scales may be rounded to
-// these types so that codes are computed against the scale exactly as it will be stored.
-#ifndef INT4Q_FLOAT16_HPP
-#define INT4Q_FLOAT16_HPP
-
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-
-namespace int4q {
-
-namespace detail {
-inline std::uint32_t float_bits(float f) noexcept {
-  std::uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
-inline float bits_float(std::uint32_t u) noexcept {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-}  // namespace detail
-
-/// fp32 -> fp16 bits, round to nearest even; overflow gives +-Inf, NaN stays NaN (quiet).
-inline std::uint16_t float_to_half_bits(float f) noexcept {
-  const std::uint32_t x = detail::float_bits(f);
-  const std::uint32_t sign = (x >> 16) & 0x8000u;
-  const std::uint32_t abs = x & 0x7fffffffu;
-  if (abs >= 0x7f800000u) {  // Inf or NaN
-    return static_cast<std::uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
-  }
-  if (abs >= 0x477ff000u) {  // rounds to >= 65520: overflow to Inf
-    return static_cast<std::uint16_t>(sign | 0x7c00u);
-  }
-  if (abs < 0x38800000u) {  // below the smallest normal fp16 (2^-14): subnormal or zero
-    // value = abs_float; fp16 subnormal unit = 2^-24. Scale, then round half to even.
-    const float a = detail::bits_float(abs);
-    const float scaled = a * 16777216.0f;  // exact: multiply by 2^24
-    // nearbyint under the default rounding mode is round half to even.
-    const auto m = static_cast<std::uint32_t>(std::nearbyint(scaled));
-    return static_cast<std::uint16_t>(sign | m);  // m == 0x400 lands on the smallest normal
-  }
-  // Normal: rebias exponent (127 -> 15) and round the 23-bit mantissa to 10 bits.
-  std::uint32_t h = ((abs - 0x38000000u) >> 13);
-  const std::uint32_t rest = abs & 0x1fffu;
-  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // carries into exponent correctly
-  return static_cast<std::uint16_t>(sign | h);
-}
-
-/// fp16 bits -> fp32 (exact).
-inline float half_bits_to_float(std::uint16_t h) noexcept {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  const std::uint32_t exp = (h >> 10) & 0x1fu;
-  const std::uint32_t man = h & 0x3ffu;
-  if (exp == 0) {  // zero or subnormal: man * 2^-24
-    const float v = static_cast<float>(man) * (1.0f / 16777216.0f);
-    return sign ? -v : v;
-  }
-  if (exp == 31) return detail::bits_float(sign | 0x7f800000u | (man << 13));
-  return detail::bits_float(sign | ((exp + 112u) << 23) | (man << 13));
-}
-
-/// fp32 -> bf16 bits, round to nearest even; NaN stays NaN.
-inline std::uint16_t float_to_bfloat16_bits(float f) noexcept {
-  const std::uint32_t x = detail::float_bits(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 0x40u);
-  const std::uint32_t rounding = 0x7fffu + ((x >> 16) & 1u);
-  return static_cast<std::uint16_t>((x + rounding) >> 16);
-}
-
-/// bf16 bits -> fp32 (exact).
-inline float bfloat16_bits_to_float(std::uint16_t b) noexcept {
-  return detail::bits_float(static_cast<std::uint32_t>(b) << 16);
-}
-
-/// A 16-bit IEEE half value as stored in ONNX tensors (data_type FLOAT16).
-struct float16_t {
-  std::uint16_t bits = 0;
-  float16_t() = default;
-  explicit float16_t(float f) noexcept : bits(float_to_half_bits(f)) {}
-  static float16_t from_bits(std::uint16_t b) noexcept {
-    float16_t h;
-    h.bits = b;
-    return h;
-  }
-  explicit operator float() const noexcept { return half_bits_to_float(bits); }
-};
-
-/// A bfloat16 value as stored in ONNX tensors (data_type BFLOAT16).
-struct bfloat16_t {
-  std::uint16_t bits = 0;
-  bfloat16_t() = default;
-  explicit bfloat16_t(float f) noexcept : bits(float_to_bfloat16_bits(f)) {}
-  static bfloat16_t from_bits(std::uint16_t b) noexcept {
-    bfloat16_t h;
-    h.bits = b;
-    return h;
-  }
-  explicit operator float() const noexcept { return bfloat16_bits_to_float(bits); }
-};
-
-}  // namespace int4q
-
-#endif  // INT4Q_FLOAT16_HPP
-// end file include/int4q/float16.hpp
-
-namespace int4q {
-
-/// The arithmetic type used for a weight of element type V: double for double, else float.
-template <class V>
-using compute_type_t =
-    std::conditional_t<std::is_same<std::decay_t<V>, double>::value, double, float>;
-
-namespace detail {
-
-template <class V>
-struct is_weight_type
-    : std::integral_constant<
-          bool, std::is_same<V, float>::value || std::is_same<V, double>::value ||
-                    std::is_same<V, float16_t>::value || std::is_same<V, bfloat16_t>::value> {};
-
-template <class E, class = void>
-struct has_contiguous_data : std::false_type {};
-template <class E>
-struct has_contiguous_data<E, std::void_t<decltype(std::declval<const E&>().data()),
-                                          decltype(std::declval<const E&>().strides()),
-                                          decltype(std::declval<const E&>().layout())>>
-    : std::is_base_of<xt::xcontainer<E>, E> {};
-
-/// A read-only [rows, cols] row-major view of T, owning a converted copy when needed.
-template <class T>
-struct matrix_input {
-  const T* data = nullptr;
-  std::size_t rows = 0;
-  std::size_t cols = 0;
-  xt::xtensor<T, 2> owned;
-};
-
-template <class T, class E>
-matrix_input<T> as_matrix(const xt::xexpression<E>& expr, const char* what) {
-  const E& e = expr.derived_cast();
-  using V = std::decay_t<typename E::value_type>;
-  static_assert(is_weight_type<V>::value,
-                "int4q: weights must be float, double, int4q::float16_t or int4q::bfloat16_t");
-  if (e.dimension() != 2) {
-    throw shape_error(std::string(what) + " must be 2-D [K, N], got " +
-                      std::to_string(e.dimension()) + " dimensions: reshape it first");
-  }
-  matrix_input<T> m;
-  m.rows = e.shape()[0];
-  m.cols = e.shape()[1];
-  if constexpr (std::is_same<V, T>::value && has_contiguous_data<E>::value) {
-    if (e.layout() == xt::layout_type::row_major) {
-      m.data = e.data();
-      return m;
-    }
-  }
-  m.owned = xt::xtensor<T, 2>::from_shape({m.rows, m.cols});
-  std::size_t i = 0;
-  for (auto it = e.template begin<xt::layout_type::row_major>();
-       it != e.template end<xt::layout_type::row_major>(); ++it, ++i) {
-    m.owned.data()[i] = static_cast<T>(static_cast<compute_type_t<V>>(*it));
-  }
-  m.data = m.owned.data();
-  return m;
-}
-
-}  // namespace detail
-}  // namespace int4q
-
-#endif  // INT4Q_DETAIL_INPUT_HPP
-// end file include/int4q/detail/input.hpp
+// #include <int4q/detail/input.hpp> (inlined above)
 // begin file include/int4q/detail/kernels.hpp
 // Raw kernels of the integer grid, vectorized across columns. Each takes pointers plus extents
 // (shapes in comments), never allocates, never throws. Every kernel is a template on a tag:
