@@ -16,192 +16,14 @@
 
 #include <int4q/float16.hpp>
 
+#include "executor_detail.hpp"
+
 namespace int4q {
 namespace onnx {
 
-using ::onnx::AttributeProto;
-using ::onnx::NodeProto;
-using ::onnx::TensorProto;
-using shape_t = std::vector<std::int64_t>;
-
 namespace {
 
-std::size_t numel(const shape_t& s) {
-  std::size_t n = 1;
-  for (const std::int64_t d : s) n *= static_cast<std::size_t>(d);
-  return n;
-}
-
-shape_t strides_of(const shape_t& s) {
-  shape_t st(s.size(), 1);
-  for (std::size_t k = s.size(); k-- > 1;) st[k - 1] = st[k] * s[k];
-  return st;
-}
-
-std::string shape_text(const shape_t& s) {
-  std::string t = "[";
-  for (std::size_t k = 0; k < s.size(); ++k) t += (k ? ", " : "") + std::to_string(s[k]);
-  return t + "]";
-}
-
-/// Errors while running a node: model_error(invalid) naming the node.
-struct node_context {
-  const NodeProto& node;
-  [[noreturn]] void fail(const std::string& what) const {
-    throw model_error(model_error::kind::invalid,
-                      node.op_type() + " node '" + node.name() + "': " + what);
-  }
-};
-
-const AttributeProto* attr(const NodeProto& n, const std::string& name) {
-  for (const auto& a : n.attribute())
-    if (a.name() == name) return &a;
-  return nullptr;
-}
-std::int64_t attr_i(const NodeProto& n, const std::string& name, std::int64_t dflt) {
-  const AttributeProto* a = attr(n, name);
-  return a ? a->i() : dflt;
-}
-float attr_f(const NodeProto& n, const std::string& name, float dflt) {
-  const AttributeProto* a = attr(n, name);
-  return a ? a->f() : dflt;
-}
-shape_t attr_ints(const NodeProto& n, const std::string& name) {
-  const AttributeProto* a = attr(n, name);
-  return a ? shape_t(a->ints().begin(), a->ints().end()) : shape_t{};
-}
-
-/// The executor's type for an ONNX data type; false for types it cannot hold (strings,
-/// complex, 8-bit floats, 4-bit integers).
-bool value_type_of(int data_type, value_type& out) {
-  switch (data_type) {
-    case TensorProto::FLOAT:
-    case TensorProto::FLOAT16:
-    case TensorProto::BFLOAT16:
-    case TensorProto::DOUBLE: out = value_type::float32; return true;
-    case TensorProto::INT8:
-    case TensorProto::INT16:
-    case TensorProto::INT32:
-    case TensorProto::INT64:
-    case TensorProto::UINT8:
-    case TensorProto::UINT16:
-    case TensorProto::UINT32:
-    case TensorProto::UINT64: out = value_type::int64; return true;
-    case TensorProto::BOOL: out = value_type::boolean; return true;
-    default: return false;
-  }
-}
-
-/// Axis in [0, rank) from a possibly negative one.
-std::int64_t normalize_axis(const node_context& c, std::int64_t axis, std::size_t rank) {
-  const auto r = static_cast<std::int64_t>(rank);
-  if (axis < -r || axis >= r)
-    c.fail("axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
-  return axis < 0 ? axis + r : axis;
-}
-
-/// Integer values of an int64 input (shape, axes, starts, ...).
-shape_t int_list(const node_context& c, const value& v, const char* what) {
-  if (v.type != value_type::int64) c.fail(std::string(what) + " must be an integer tensor");
-  return v.i;
-}
-
-// ---- Broadcasting -----------------------------------------------------------------------------
-
-shape_t broadcast_shapes(const node_context& c, const std::vector<const shape_t*>& shapes) {
-  std::size_t rank = 0;
-  for (const shape_t* s : shapes) rank = std::max(rank, s->size());
-  shape_t out(rank, 1);
-  for (const shape_t* s : shapes) {
-    const std::size_t off = rank - s->size();
-    for (std::size_t k = 0; k < s->size(); ++k) {
-      const std::int64_t d = (*s)[k];
-      std::int64_t& o = out[off + k];
-      if (d == o || d == 1) continue;
-      if (o == 1) {
-        o = d;
-        continue;
-      }
-      std::string all;
-      for (const shape_t* t : shapes) all += (all.empty() ? "" : " and ") + shape_text(*t);
-      c.fail("shapes " + all + " do not broadcast");
-    }
-  }
-  return out;
-}
-
-/// For each element of `out_shape` (row-major), the flat index into a tensor of shape `s`
-/// broadcast to it.
-std::vector<std::size_t> broadcast_index(const shape_t& s, const shape_t& out_shape) {
-  const std::size_t n = numel(out_shape);
-  std::vector<std::size_t> idx(n);
-  if (s == out_shape) {
-    std::iota(idx.begin(), idx.end(), std::size_t(0));
-    return idx;
-  }
-  const std::size_t rank = out_shape.size(), off = rank - s.size();
-  shape_t st(rank, 0);
-  const shape_t own = strides_of(s);
-  for (std::size_t k = 0; k < s.size(); ++k) st[off + k] = s[k] == 1 ? 0 : own[k];
-  shape_t counter(rank, 0);
-  std::size_t pos = 0;
-  for (std::size_t e = 0; e < n; ++e) {
-    idx[e] = pos;
-    for (std::size_t k = rank; k-- > 0;) {
-      if (++counter[k] < out_shape[k]) {
-        pos += static_cast<std::size_t>(st[k]);
-        break;
-      }
-      pos -= static_cast<std::size_t>(st[k] * (out_shape[k] - 1));
-      counter[k] = 0;
-    }
-  }
-  return idx;
-}
-
-// ---- Operators ----------------------------------------------------------------------------------
-
-using inputs_t = std::vector<const value*>;
-using op_fn =
-    std::function<void(const node_context&, const model&, const inputs_t&, std::vector<value>&)>;
-
-const value& need(const node_context& c, const inputs_t& in, std::size_t k) {
-  if (k >= in.size() || !in[k]) c.fail("input " + std::to_string(k) + " is missing");
-  return *in[k];
-}
-const value* optional_input(const inputs_t& in, std::size_t k) {
-  return k < in.size() ? in[k] : nullptr;
-}
-
-template <class F, class G>
-void binary(const node_context& c, const inputs_t& in, std::vector<value>& out, F on_float,
-            G on_int) {
-  const value& a = need(c, in, 0);
-  const value& b = need(c, in, 1);
-  if (a.type != b.type) c.fail("inputs have different types");
-  value r;
-  r.type = a.type;
-  r.shape = broadcast_shapes(c, {&a.shape, &b.shape});
-  const auto ia = broadcast_index(a.shape, r.shape), ib = broadcast_index(b.shape, r.shape);
-  const std::size_t n = ia.size();
-  if (a.type == value_type::float32) {
-    r.f.resize(n);
-    for (std::size_t e = 0; e < n; ++e) r.f[e] = on_float(a.f[ia[e]], b.f[ib[e]]);
-  } else {
-    r.i.resize(n);
-    for (std::size_t e = 0; e < n; ++e) r.i[e] = on_int(a.i[ia[e]], b.i[ib[e]]);
-  }
-  out.push_back(std::move(r));
-}
-
-template <class F>
-void unary_float(const node_context& c, const inputs_t& in, std::vector<value>& out, F f) {
-  const value& a = need(c, in, 0);
-  if (a.type != value_type::float32) c.fail("input must be a float tensor");
-  value r = a;
-  for (float& x : r.f) x = f(x);
-  out.push_back(std::move(r));
-}
+using namespace exec;
 
 void op_constant(const node_context& c, const model& m, const inputs_t&, std::vector<value>& out) {
   const NodeProto& n = c.node;
@@ -560,14 +382,7 @@ void op_transpose(const node_context& c, const model&, const inputs_t& in,
       j[k] = 0;
     }
   }
-  if (a.type == value_type::float32) {
-    r.f.resize(n);
-    for (std::size_t e = 0; e < n; ++e) r.f[e] = a.f[idx[e]];
-  } else {
-    r.i.resize(n);
-    for (std::size_t e = 0; e < n; ++e) r.i[e] = a.i[idx[e]];
-  }
-  out.push_back(std::move(r));
+  out.push_back(take(a, r.shape, idx));
 }
 
 void op_equal(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
@@ -632,11 +447,7 @@ void op_softmax(const node_context& c, const model& m, const inputs_t& in,
                 std::vector<value>& out) {
   const value& a = need(c, in, 0);
   if (a.type != value_type::float32) c.fail("input must be a float tensor");
-  const std::int64_t opset = [&] {
-    for (const auto& o : m.proto.opset_import())
-      if (o.domain().empty() || o.domain() == "ai.onnx") return o.version();
-    return std::int64_t(1);
-  }();
+  const std::int64_t opset = default_opset(m);
   const std::size_t rank = a.shape.size();
   const auto axis = static_cast<std::size_t>(
       normalize_axis(c, attr_i(c.node, "axis", opset >= 13 ? -1 : 1), rank));
@@ -747,8 +558,8 @@ std::int64_t int_div(const node_context& c, std::int64_t x, std::int64_t y) {
   return x / y;
 }
 
-const std::unordered_map<std::string, op_fn>& registry() {
-  static const std::unordered_map<std::string, op_fn> ops = {
+std::unordered_map<std::string, op_fn> make_registry() {
+  std::unordered_map<std::string, op_fn> ops = {
       {"Constant", op_constant},
       {"Identity", op_identity},
       {"Cast", op_cast},
@@ -788,6 +599,12 @@ const std::unordered_map<std::string, op_fn>& registry() {
                 [&c](std::int64_t x, std::int64_t y) { return int_div(c, x, y); });
        }},
   };
+  exec::add_more_ops(ops);
+  return ops;
+}
+
+const std::unordered_map<std::string, op_fn>& registry() {
+  static const std::unordered_map<std::string, op_fn> ops = make_registry();
   return ops;
 }
 

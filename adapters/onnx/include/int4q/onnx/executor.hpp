@@ -2,9 +2,10 @@
 // are computed in fp32), so that int4q can calibrate (activations reaching each MatMul) and
 // evaluate (int4q eval) without another runtime. BLAS for MatMul.
 //
-// Work in progress (issue 4): the operators of GPT-2-style torch exports (the devgpt model) are
-// implemented; supported_ops() lists them. A graph using anything else is refused before any
-// work starts, with every unsupported operator named.
+// Work in progress (issue 4): the operators of GPT-2-style torch exports (the devgpt model),
+// elementwise math and logic, reductions and common shape operators are implemented;
+// supported_ops() lists them. A graph using anything else is refused before any work starts,
+// with every unsupported operator named.
 #ifndef INT4Q_ONNX_EXECUTOR_HPP
 #define INT4Q_ONNX_EXECUTOR_HPP
 

@@ -1,0 +1,463 @@
+// Executor operators beyond the GPT-2 set: elementwise math and logic, comparisons, variadic
+// Max/Min/Sum/Mean, reductions, and shape operators (Squeeze, Flatten, Expand,
+// ConstantOfShape, Tile), Clip, Gemm, Trilu, LogSoftmax-free activations.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "executor_detail.hpp"
+
+namespace int4q {
+namespace onnx {
+namespace exec {
+
+namespace {
+
+/// r's values from doubles accumulated for them, in r's type (integers truncated).
+void store_doubles(value& r, const std::vector<double>& acc) {
+  if (r.type == value_type::float32) {
+    r.f.assign(acc.begin(), acc.end());
+  } else {
+    r.i.resize(acc.size());
+    for (std::size_t e = 0; e < acc.size(); ++e) r.i[e] = static_cast<std::int64_t>(acc[e]);
+  }
+}
+
+/// Elementwise on either type: `ff` for floats, `fi` for integers (nullptr-like when the
+/// operator has no integer form: then an integer input is an error).
+template <class FF, class FI>
+void unary(const node_context& c, const inputs_t& in, std::vector<value>& out, FF ff, FI fi,
+           bool ints) {
+  const value& a = need(c, in, 0);
+  value r = a;
+  if (a.type == value_type::float32) {
+    for (float& x : r.f) x = ff(x);
+  } else if (ints && a.type == value_type::int64) {
+    for (std::int64_t& x : r.i) x = fi(x);
+  } else {
+    c.fail("input type is not supported");
+  }
+  out.push_back(std::move(r));
+}
+
+template <class F>
+op_fn float_op(F f) {
+  return [f](const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+    unary(
+        c, in, out, f, [](std::int64_t x) { return x; }, false);
+  };
+}
+
+template <class FF, class FI>
+op_fn any_op(FF ff, FI fi) {
+  return [ff, fi](const node_context& c, const model&, const inputs_t& in,
+                  std::vector<value>& out) { unary(c, in, out, ff, fi, true); };
+}
+
+/// Broadcast comparison or logic: bool result from a predicate on doubles.
+template <class P>
+op_fn compare_op(P pred, bool bool_inputs) {
+  return [pred, bool_inputs](const node_context& c, const model&, const inputs_t& in,
+                             std::vector<value>& out) {
+    const value& a = need(c, in, 0);
+    const value& b = need(c, in, 1);
+    if ((a.type == value_type::float32) != (b.type == value_type::float32))
+      c.fail("inputs have different types");
+    if (bool_inputs && (a.type != value_type::boolean || b.type != value_type::boolean))
+      c.fail("inputs must be bool");
+    value r;
+    r.type = value_type::boolean;
+    r.shape = broadcast_shapes(c, {&a.shape, &b.shape});
+    const auto ia = broadcast_index(a.shape, r.shape), ib = broadcast_index(b.shape, r.shape);
+    r.i.resize(ia.size());
+    for (std::size_t e = 0; e < ia.size(); ++e) {
+      if (a.type == value_type::float32) {
+        r.i[e] = pred(double(a.f[ia[e]]), double(b.f[ib[e]]));
+      } else {
+        r.i[e] = pred(double(a.i[ia[e]]), double(b.i[ib[e]]));
+      }
+    }
+    out.push_back(std::move(r));
+  };
+}
+
+/// Max, Min, Sum, Mean of any number of broadcast inputs.
+template <class F>
+op_fn variadic_op(F combine, bool mean) {
+  return [combine, mean](const node_context& c, const model&, const inputs_t& in,
+                         std::vector<value>& out) {
+    std::vector<const shape_t*> shapes;
+    for (std::size_t k = 0; k < in.size(); ++k) shapes.push_back(&need(c, in, k).shape);
+    const value& first = need(c, in, 0);
+    value r;
+    r.type = first.type;
+    r.shape = broadcast_shapes(c, shapes);
+    const std::size_t n = numel(r.shape);
+    std::vector<double> acc(n);
+    for (std::size_t k = 0; k < in.size(); ++k) {
+      const value& v = *in[k];
+      if (v.type != first.type) c.fail("inputs have different types");
+      const auto idx = broadcast_index(v.shape, r.shape);
+      for (std::size_t e = 0; e < n; ++e) {
+        const double x = v.type == value_type::float32 ? double(v.f[idx[e]]) : double(v.i[idx[e]]);
+        acc[e] = k == 0 ? x : combine(acc[e], x);
+      }
+    }
+    if (mean)
+      for (double& x : acc) x /= double(in.size());
+    store_doubles(r, acc);
+    out.push_back(std::move(r));
+  };
+}
+
+void op_pow(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  const value& b = need(c, in, 1);
+  value r;
+  r.type = a.type;  // the base's type
+  r.shape = broadcast_shapes(c, {&a.shape, &b.shape});
+  const auto ia = broadcast_index(a.shape, r.shape), ib = broadcast_index(b.shape, r.shape);
+  const std::size_t n = ia.size();
+  auto base = [&](std::size_t e) {
+    return a.type == value_type::float32 ? double(a.f[ia[e]]) : double(a.i[ia[e]]);
+  };
+  auto expo = [&](std::size_t e) {
+    return b.type == value_type::float32 ? double(b.f[ib[e]]) : double(b.i[ib[e]]);
+  };
+  if (r.type == value_type::float32) {
+    r.f.resize(n);
+    for (std::size_t e = 0; e < n; ++e) r.f[e] = std::pow(a.f[ia[e]], static_cast<float>(expo(e)));
+  } else {
+    r.i.resize(n);
+    for (std::size_t e = 0; e < n; ++e)
+      r.i[e] = static_cast<std::int64_t>(std::pow(base(e), expo(e)));
+  }
+  out.push_back(std::move(r));
+}
+
+/// The axes a reduction runs over: input 1 (ReduceSum from opset 13, all from 18) or the
+/// attribute; empty means all axes unless noop_with_empty_axes.
+void op_reduce(const node_context& c, const inputs_t& in, std::vector<value>& out, int kind) {
+  // kind: 0 sum, 1 mean, 2 max, 3 min, 4 prod, 5 sum of squares, 6 l1, 7 l2, 8 log-sum,
+  // 9 log-sum-exp
+  const value& a = need(c, in, 0);
+  shape_t axes;
+  if (const value* v = optional_input(in, 1)) {
+    axes = int_list(c, *v, "axes");
+  } else {
+    axes = attr_ints(c.node, "axes");
+  }
+  const bool keep = attr_i(c.node, "keepdims", 1) != 0;
+  const bool noop = attr_i(c.node, "noop_with_empty_axes", 0) != 0;
+  const std::size_t rank = a.shape.size();
+  if (axes.empty() && noop) {
+    out.push_back(a);
+    return;
+  }
+  std::vector<bool> reduce(rank, axes.empty());
+  for (std::int64_t ax : axes) reduce[static_cast<std::size_t>(normalize_axis(c, ax, rank))] = true;
+  shape_t kept_shape(rank);
+  for (std::size_t k = 0; k < rank; ++k) kept_shape[k] = reduce[k] ? 1 : a.shape[k];
+  const std::size_t n_out = numel(kept_shape);
+  const shape_t out_strides = strides_of(kept_shape);
+  std::vector<double> acc(n_out);
+  std::vector<std::size_t> count(n_out, 0);
+  const double init = kind == 2   ? -std::numeric_limits<double>::infinity()
+                      : kind == 3 ? std::numeric_limits<double>::infinity()
+                      : kind == 4 ? 1.0
+                                  : 0.0;
+  std::fill(acc.begin(), acc.end(), init);
+  std::vector<double> mx(n_out, -std::numeric_limits<double>::infinity());
+  const std::size_t n = a.size();
+  shape_t j(rank, 0);
+  auto element = [&](std::size_t e) {
+    return a.type == value_type::float32 ? double(a.f[e]) : double(a.i[e]);
+  };
+  if (kind == 9) {  // log-sum-exp: the maximum first
+    shape_t jj(rank, 0);
+    for (std::size_t e = 0; e < n; ++e) {
+      std::size_t o = 0;
+      for (std::size_t k = 0; k < rank; ++k)
+        o += static_cast<std::size_t>((reduce[k] ? 0 : jj[k]) * out_strides[k]);
+      mx[o] = std::max(mx[o], element(e));
+      for (std::size_t k = rank; k-- > 0;) {
+        if (++jj[k] < a.shape[k]) break;
+        jj[k] = 0;
+      }
+    }
+  }
+  for (std::size_t e = 0; e < n; ++e) {
+    std::size_t o = 0;
+    for (std::size_t k = 0; k < rank; ++k)
+      o += static_cast<std::size_t>((reduce[k] ? 0 : j[k]) * out_strides[k]);
+    const double x = element(e);
+    switch (kind) {
+      case 2: acc[o] = std::max(acc[o], x); break;
+      case 3: acc[o] = std::min(acc[o], x); break;
+      case 4: acc[o] *= x; break;
+      case 5: acc[o] += x * x; break;
+      case 6: acc[o] += std::fabs(x); break;
+      case 7: acc[o] += x * x; break;
+      case 9: acc[o] += std::exp(x - mx[o]); break;
+      default: acc[o] += x; break;
+    }
+    ++count[o];
+    for (std::size_t k = rank; k-- > 0;) {
+      if (++j[k] < a.shape[k]) break;
+      j[k] = 0;
+    }
+  }
+  for (std::size_t o = 0; o < n_out; ++o) {
+    if (kind == 1) acc[o] /= double(count[o]);
+    if (kind == 7) acc[o] = std::sqrt(acc[o]);
+    if (kind == 8) acc[o] = std::log(acc[o]);
+    if (kind == 9) acc[o] = mx[o] + std::log(acc[o]);
+  }
+  value r;
+  r.type = a.type;
+  if (keep) {
+    r.shape = kept_shape;
+  } else {
+    for (std::size_t k = 0; k < rank; ++k)
+      if (!reduce[k]) r.shape.push_back(a.shape[k]);
+  }
+  store_doubles(r, acc);
+  out.push_back(std::move(r));
+}
+
+op_fn reduce_op(int kind) {
+  return [kind](const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+    op_reduce(c, in, out, kind);
+  };
+}
+
+void op_squeeze(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  shape_t axes;
+  if (const value* v = optional_input(in, 1)) {
+    axes = int_list(c, *v, "axes");
+  } else {
+    axes = attr_ints(c.node, "axes");
+  }
+  std::vector<bool> drop(a.shape.size(), false);
+  if (axes.empty()) {
+    for (std::size_t k = 0; k < a.shape.size(); ++k) drop[k] = a.shape[k] == 1;
+  }
+  for (std::int64_t ax : axes) {
+    const auto k = static_cast<std::size_t>(normalize_axis(c, ax, a.shape.size()));
+    if (a.shape[k] != 1)
+      c.fail("cannot squeeze axis " + std::to_string(ax) + " of size " +
+             std::to_string(a.shape[k]));
+    drop[k] = true;
+  }
+  value r = a;
+  r.shape.clear();
+  for (std::size_t k = 0; k < a.shape.size(); ++k)
+    if (!drop[k]) r.shape.push_back(a.shape[k]);
+  out.push_back(std::move(r));
+}
+
+void op_flatten(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  const std::size_t rank = a.shape.size();
+  std::int64_t axis = attr_i(c.node, "axis", 1);
+  if (axis < 0) axis += static_cast<std::int64_t>(rank);
+  if (axis < 0 || axis > static_cast<std::int64_t>(rank)) c.fail("axis out of range");
+  std::int64_t outer = 1, inner = 1;
+  for (std::size_t k = 0; k < rank; ++k)
+    (static_cast<std::int64_t>(k) < axis ? outer : inner) *= a.shape[k];
+  value r = a;
+  r.shape = {outer, inner};
+  out.push_back(std::move(r));
+}
+
+void op_expand(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  const shape_t target = int_list(c, need(c, in, 1), "shape");
+  value r;
+  r.type = a.type;
+  r.shape = broadcast_shapes(c, {&a.shape, &target});
+  out.push_back(take(a, r.shape, broadcast_index(a.shape, r.shape)));
+}
+
+void op_constant_of_shape(const node_context& c, const model& m, const inputs_t& in,
+                          std::vector<value>& out) {
+  const shape_t shape = int_list(c, need(c, in, 0), "shape");
+  value fill = value::floats({1}, {0.0f});
+  if (const AttributeProto* a = attr(c.node, "value")) fill = to_value(m, a->t());
+  value r;
+  r.type = fill.type;
+  r.shape = shape;
+  if (fill.type == value_type::float32) {
+    r.f.assign(numel(shape), fill.f.at(0));
+  } else {
+    r.i.assign(numel(shape), fill.i.at(0));
+  }
+  out.push_back(std::move(r));
+}
+
+void op_tile(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  const shape_t reps = int_list(c, need(c, in, 1), "repeats");
+  const std::size_t rank = a.shape.size();
+  if (reps.size() != rank)
+    c.fail("repeats has " + std::to_string(reps.size()) + " entries for rank " +
+           std::to_string(rank));
+  value r;
+  r.type = a.type;
+  for (std::size_t k = 0; k < rank; ++k) r.shape.push_back(a.shape[k] * reps[k]);
+  const std::size_t n = numel(r.shape);
+  const shape_t st = strides_of(a.shape);
+  shape_t j(rank, 0);
+  std::vector<std::size_t> idx(n);
+  for (std::size_t e = 0; e < n; ++e) {
+    std::int64_t pos = 0;
+    for (std::size_t k = 0; k < rank; ++k) pos += (j[k] % a.shape[k]) * st[k];
+    idx[e] = static_cast<std::size_t>(pos);
+    for (std::size_t k = rank; k-- > 0;) {
+      if (++j[k] < r.shape[k]) break;
+      j[k] = 0;
+    }
+  }
+  out.push_back(take(a, r.shape, idx));
+}
+
+void op_clip(const node_context& c, const model& m, const inputs_t& in, std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  double lo = -std::numeric_limits<double>::infinity(),
+         hi = std::numeric_limits<double>::infinity();
+  if (default_opset(m) < 11) {
+    lo = attr_f(c.node, "min", -std::numeric_limits<float>::max());
+    hi = attr_f(c.node, "max", std::numeric_limits<float>::max());
+  } else {
+    auto scalar = [&](const value* v) {
+      return v->type == value_type::float32 ? double(v->f.at(0)) : double(v->i.at(0));
+    };
+    if (const value* v = optional_input(in, 1)) lo = scalar(v);
+    if (const value* v = optional_input(in, 2)) hi = scalar(v);
+  }
+  value r = a;
+  if (r.type == value_type::float32) {
+    for (float& x : r.f) x = static_cast<float>(std::min(std::max(double(x), lo), hi));
+  } else {
+    for (std::int64_t& x : r.i)
+      x = static_cast<std::int64_t>(std::min(std::max(double(x), lo), hi));
+  }
+  out.push_back(std::move(r));
+}
+
+void op_gemm(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  const value& b = need(c, in, 1);
+  const value* bias = optional_input(in, 2);
+  if (a.type != value_type::float32 || b.type != value_type::float32)
+    c.fail("Gemm computes float tensors only");
+  if (a.shape.size() != 2 || b.shape.size() != 2) c.fail("A and B must be 2-D");
+  const bool ta = attr_i(c.node, "transA", 0) != 0, tb = attr_i(c.node, "transB", 0) != 0;
+  const float alpha = attr_f(c.node, "alpha", 1.0f), beta = attr_f(c.node, "beta", 1.0f);
+  const std::int64_t M = ta ? a.shape[1] : a.shape[0], K = ta ? a.shape[0] : a.shape[1];
+  const std::int64_t K2 = tb ? b.shape[1] : b.shape[0], N = tb ? b.shape[0] : b.shape[1];
+  if (K != K2)
+    c.fail("A " + shape_text(a.shape) + " and B " + shape_text(b.shape) + " do not multiply");
+  value r = value::floats({M, N}, std::vector<float>(static_cast<std::size_t>(M * N), 0.0f));
+  if (bias && beta != 0.0f) {
+    const auto idx = broadcast_index(bias->shape, r.shape);
+    for (std::size_t e = 0; e < idx.size(); ++e) r.f[e] = beta * bias->f[idx[e]];
+  }
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+              static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, a.f.data(),
+              static_cast<int>(a.shape[1]), b.f.data(), static_cast<int>(b.shape[1]),
+              bias && beta != 0.0f ? 1.0f : 0.0f, r.f.data(), static_cast<int>(N));
+  out.push_back(std::move(r));
+}
+
+void op_trilu(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  if (a.shape.size() < 2) c.fail("input must have rank >= 2");
+  std::int64_t k = 0;
+  if (const value* v = optional_input(in, 1)) k = int_list(c, *v, "k").at(0);
+  const bool upper = attr_i(c.node, "upper", 1) != 0;
+  const std::int64_t rows = a.shape[a.shape.size() - 2], cols = a.shape.back();
+  value r = a;
+  const std::size_t n = a.size();
+  for (std::size_t e = 0; e < n; ++e) {
+    const auto col = static_cast<std::int64_t>(e % static_cast<std::size_t>(cols));
+    const auto row = static_cast<std::int64_t>((e / static_cast<std::size_t>(cols)) %
+                                               static_cast<std::size_t>(rows));
+    const bool keep = upper ? col - row >= k : col - row <= k;
+    if (!keep) {
+      if (r.type == value_type::float32) {
+        r.f[e] = 0;
+      } else {
+        r.i[e] = 0;
+      }
+    }
+  }
+  out.push_back(std::move(r));
+}
+
+}  // namespace
+
+void add_more_ops(std::unordered_map<std::string, op_fn>& ops) {
+  ops["Sqrt"] = float_op([](float x) { return std::sqrt(x); });
+  ops["Exp"] = float_op([](float x) { return std::exp(x); });
+  ops["Log"] = float_op([](float x) { return std::log(x); });
+  ops["Tanh"] = float_op([](float x) { return std::tanh(x); });
+  ops["Sigmoid"] = float_op([](float x) { return 1.0f / (1.0f + std::exp(-x)); });
+  ops["Reciprocal"] = float_op([](float x) { return 1.0f / x; });
+  ops["Floor"] = float_op([](float x) { return std::floor(x); });
+  ops["Ceil"] = float_op([](float x) { return std::ceil(x); });
+  ops["Sin"] = float_op([](float x) { return std::sin(x); });
+  ops["Cos"] = float_op([](float x) { return std::cos(x); });
+  ops["Neg"] = any_op([](float x) { return -x; }, [](std::int64_t x) { return -x; });
+  ops["Abs"] =
+      any_op([](float x) { return std::fabs(x); }, [](std::int64_t x) { return x < 0 ? -x : x; });
+  ops["Relu"] = any_op([](float x) { return x > 0 ? x : 0.0f; },
+                       [](std::int64_t x) { return x > 0 ? x : std::int64_t(0); });
+  ops["Pow"] = op_pow;
+  ops["Less"] = compare_op([](double a, double b) { return a < b; }, false);
+  ops["Greater"] = compare_op([](double a, double b) { return a > b; }, false);
+  ops["LessOrEqual"] = compare_op([](double a, double b) { return a <= b; }, false);
+  ops["GreaterOrEqual"] = compare_op([](double a, double b) { return a >= b; }, false);
+  ops["And"] = compare_op([](double a, double b) { return a != 0 && b != 0; }, true);
+  ops["Or"] = compare_op([](double a, double b) { return a != 0 || b != 0; }, true);
+  ops["Xor"] = compare_op([](double a, double b) { return (a != 0) != (b != 0); }, true);
+  ops["Not"] = [](const node_context& c, const model&, const inputs_t& in,
+                  std::vector<value>& out) {
+    const value& a = need(c, in, 0);
+    if (a.type != value_type::boolean) c.fail("input must be bool");
+    value r = a;
+    for (std::int64_t& x : r.i) x = !x;
+    out.push_back(std::move(r));
+  };
+  ops["Max"] = variadic_op([](double a, double b) { return std::max(a, b); }, false);
+  ops["Min"] = variadic_op([](double a, double b) { return std::min(a, b); }, false);
+  ops["Sum"] = variadic_op([](double a, double b) { return a + b; }, false);
+  ops["Mean"] = variadic_op([](double a, double b) { return a + b; }, true);
+  ops["ReduceSum"] = reduce_op(0);
+  ops["ReduceMean"] = reduce_op(1);
+  ops["ReduceMax"] = reduce_op(2);
+  ops["ReduceMin"] = reduce_op(3);
+  ops["ReduceProd"] = reduce_op(4);
+  ops["ReduceSumSquare"] = reduce_op(5);
+  ops["ReduceL1"] = reduce_op(6);
+  ops["ReduceL2"] = reduce_op(7);
+  ops["ReduceLogSum"] = reduce_op(8);
+  ops["ReduceLogSumExp"] = reduce_op(9);
+  ops["Squeeze"] = op_squeeze;
+  ops["Flatten"] = op_flatten;
+  ops["Expand"] = op_expand;
+  ops["ConstantOfShape"] = op_constant_of_shape;
+  ops["Tile"] = op_tile;
+  ops["Clip"] = op_clip;
+  ops["Gemm"] = op_gemm;
+  ops["Trilu"] = op_trilu;
+}
+
+}  // namespace exec
+}  // namespace onnx
+}  // namespace int4q
