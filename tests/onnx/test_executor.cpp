@@ -15,6 +15,7 @@
 
 #include <int4q/onnx/executor.hpp>
 #include <int4q/onnx/model.hpp>
+#include <int4q/onnx/quantize_model.hpp>
 
 #include "onnx/graph_builder.hpp"
 
@@ -226,6 +227,54 @@ TEST(Executor, DevgptScoresWhatOnnxRuntimeScores) {
   const double nats_per_byte = nll / double(windows * seq);
   // ORT's score; float summation orders differ (BLAS kernels), which moves the 6th decimal.
   EXPECT_NEAR(nats_per_byte, 1.0872612, 2e-5);
+}
+
+// int4q's own outputs run in the executor: MatMulNBits and DequantizeLinear-21 (INT4 and UINT4,
+// blocked) decode to exactly the fake-quant model's weights, so the logits are the same bits
+// (same weights, same MatMul); and they differ from fp32's.
+TEST(Executor, RunsInt4qOutputsLikeTheirFakeQuantModels) {
+  const fs::path dir = fs::path(INT4Q_SOURCE_DIR) / ".." / "shared" / "models" / "devgpt";
+  const model fp32 = int4q::onnx::load_model(dir / "devgpt_fp32.onnx");
+  std::ifstream in(dir / "devgpt_val.u8", std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::size_t batch = 2, seq = 64;
+  std::vector<std::int64_t> ids(batch * seq);
+  for (std::size_t e = 0; e < ids.size(); ++e)
+    ids[e] = static_cast<unsigned char>(text.at(1000 + e));
+  const std::map<std::string, value> feeds = {
+      {"input_ids", value::ints({std::int64_t(batch), std::int64_t(seq)}, ids)}};
+  const value reference = executor(fp32).run(feeds).at("logits");
+
+  using int4q::onnx::output_format;
+  struct grid {
+    output_format format;
+    std::size_t group;
+    int4q::scheme scheme;
+  };
+  for (const grid& gr : {grid{output_format::matmulnbits, 32, int4q::scheme::asymmetric},
+                         grid{output_format::matmulnbits, 128, int4q::scheme::symmetric},
+                         grid{output_format::qdq, 32, int4q::scheme::asymmetric},
+                         grid{output_format::qdq, 128, int4q::scheme::symmetric}}) {
+    int4q::onnx::quantize_options o;
+    o.config.group_size = gr.group;
+    o.config.scheme = gr.scheme;
+    o.lm_head = int4q::onnx::lm_head_policy::quantize;
+    model fake = fp32, real = fp32;
+    o.format = output_format::fake;
+    int4q::onnx::quantize_model(fake, o);
+    o.format = gr.format;
+    int4q::onnx::quantize_model(real, o);
+    const std::string what = std::string(gr.format == output_format::qdq ? "qdq" : "matmulnbits") +
+                             " g" + std::to_string(gr.group);
+    const value a = executor(fake).run(feeds).at("logits");
+    const value b = executor(real).run(feeds).at("logits");
+    ASSERT_EQ(a.shape, b.shape) << what;
+    EXPECT_TRUE(a.f == b.f) << what << ": the quantized model must give the fake-quant logits";
+    double diff = 0;
+    for (std::size_t e = 0; e < a.f.size(); ++e)
+      diff = std::max(diff, double(std::fabs(a.f[e] - reference.f[e])));
+    EXPECT_GT(diff, 1e-3) << what << ": no difference to fp32, was anything quantized?";
+  }
 }
 
 }  // namespace

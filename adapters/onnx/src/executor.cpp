@@ -521,6 +521,12 @@ void op_layer_norm(const node_context& c, const model&, const inputs_t& in,
 }
 
 void op_matmul(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  matmul_values(c, in, out);
+}
+
+}  // namespace
+
+void exec::matmul_values(const node_context& c, const inputs_t& in, std::vector<value>& out) {
   value a = need(c, in, 0);
   value b = need(c, in, 1);
   if (a.type != value_type::float32 || b.type != value_type::float32)
@@ -552,6 +558,8 @@ void op_matmul(const node_context& c, const model&, const inputs_t& in, std::vec
   if (a_vec) r.shape.erase(r.shape.end() - (b_vec ? 1 : 2));
   out.push_back(std::move(r));
 }
+
+namespace {
 
 std::int64_t int_div(const node_context& c, std::int64_t x, std::int64_t y) {
   if (y == 0) c.fail("integer division by zero");
@@ -603,6 +611,13 @@ std::unordered_map<std::string, op_fn> make_registry() {
   return ops;
 }
 
+/// The registry key of a node: its op_type, prefixed with "<domain>::" outside the default
+/// domain (com.microsoft::MatMulNBits).
+std::string op_key(const NodeProto& n) {
+  const bool default_domain = n.domain().empty() || n.domain() == "ai.onnx";
+  return default_domain ? n.op_type() : n.domain() + "::" + n.op_type();
+}
+
 const std::unordered_map<std::string, op_fn>& registry() {
   static const std::unordered_map<std::string, op_fn> ops = make_registry();
   return ops;
@@ -634,6 +649,17 @@ value value::ints(std::vector<std::int64_t> shape, std::vector<std::int64_t> dat
 
 value to_value(const model& m, const TensorProto& t) {
   value v;
+  if (t.data_type() == 21 || t.data_type() == 22) {  // UINT4, INT4: two per byte, low nibble first
+    v.type = value_type::int64;
+    v.shape.assign(t.dims().begin(), t.dims().end());
+    const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, t);
+    v.i.resize(v.size());
+    for (std::size_t e = 0; e < v.i.size(); ++e) {
+      const std::int64_t nibble = (bytes.at(e / 2) >> (4 * (e % 2))) & 0xF;
+      v.i[e] = t.data_type() == 22 && nibble >= 8 ? nibble - 16 : nibble;
+    }
+    return v;
+  }
   if (!value_type_of(t.data_type(), v.type)) {
     throw model_error(model_error::kind::unsupported,
                       "tensor '" + t.name() + "' has data type " + std::to_string(t.data_type()) +
@@ -702,10 +728,7 @@ std::vector<std::string> supported_ops() {
 executor::executor(const model& m) : m_(m) {
   std::set<std::string> unsupported;
   for (const NodeProto& n : m.proto.graph().node()) {
-    const bool default_domain = n.domain().empty() || n.domain() == "ai.onnx";
-    if (!default_domain || !registry().count(n.op_type())) {
-      unsupported.insert((default_domain ? std::string() : n.domain() + "::") + n.op_type());
-    }
+    if (!registry().count(op_key(n))) unsupported.insert(op_key(n));
   }
   if (!unsupported.empty()) {
     std::string list;
@@ -727,6 +750,12 @@ std::map<std::string, value> executor::run(const std::map<std::string, value>& i
   const auto& g = m_.proto.graph();
   std::unordered_map<std::string, value> env;
   for (const TensorProto& t : g.initializer()) env[t.name()] = to_value(m_, t);
+  for (const auto& [name, v] : inputs) {
+    bool known = false;
+    for (const auto& in : g.input()) known = known || in.name() == name;
+    if (!known)
+      throw model_error(model_error::kind::invalid, "the model has no input named '" + name + "'");
+  }
   for (const auto& in : g.input()) {
     const auto it = inputs.find(in.name());
     if (it != inputs.end()) {
@@ -758,7 +787,7 @@ std::map<std::string, value> executor::run(const std::map<std::string, value>& i
       in.push_back(&it->second);
     }
     std::vector<value> results;
-    registry().at(n.op_type())(c, m_, in, results);
+    registry().at(op_key(n))(c, m_, in, results);
     if (results.size() < static_cast<std::size_t>(n.output_size()))
       c.fail("produced fewer outputs than the node has");
     for (int o = 0; o < n.output_size(); ++o) {

@@ -223,6 +223,9 @@ inline std::int64_t default_opset(const model& m) {
   return 1;
 }
 
+/// numpy-style MatMul of two float values (batched, broadcast), BLAS sgemm per matrix.
+void matmul_values(const node_context& c, const inputs_t& in, std::vector<value>& out);
+
 /// The operators of executor_ops.cpp (elementwise math, comparisons, reductions, shapes).
 void add_more_ops(std::unordered_map<std::string, op_fn>& ops);
 

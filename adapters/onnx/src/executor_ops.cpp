@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <int4q/pack.hpp>
+
 #include "executor_detail.hpp"
 
 namespace int4q {
@@ -400,6 +402,106 @@ void op_trilu(const node_context& c, const model&, const inputs_t& in, std::vect
   out.push_back(std::move(r));
 }
 
+/// Bytes of an integer value (uint8 data such as MatMulNBits B) as a uint8 tensor.
+template <std::size_t R>
+xt::xtensor<std::uint8_t, R> bytes_of(const node_context& c, const value& v, const char* what) {
+  if (v.type != value_type::int64 || v.shape.size() != R)
+    c.fail(std::string(what) + " must be a rank-" + std::to_string(R) + " uint8 tensor");
+  typename xt::xtensor<std::uint8_t, R>::shape_type shape;
+  for (std::size_t k = 0; k < R; ++k) shape[k] = static_cast<std::size_t>(v.shape[k]);
+  auto out = xt::xtensor<std::uint8_t, R>::from_shape(shape);
+  for (std::size_t e = 0; e < v.i.size(); ++e) {
+    if (v.i[e] < 0 || v.i[e] > 255) c.fail(std::string(what) + " holds a value outside uint8");
+    out.data()[e] = static_cast<std::uint8_t>(v.i[e]);
+  }
+  return out;
+}
+
+/// com.microsoft::MatMulNBits: Y = A @ W (+ bias), W[k, n] = (q - zp) * scale per block of
+/// block_size rows (../shared/reference/formats.md), decoded with int4q's unpackers.
+void op_matmulnbits(const node_context& c, const model&, const inputs_t& in,
+                    std::vector<value>& out) {
+  const value& a = need(c, in, 0);
+  const auto K = static_cast<std::size_t>(attr_i(c.node, "K", 0));
+  const auto N = static_cast<std::size_t>(attr_i(c.node, "N", 0));
+  const int bits = static_cast<int>(attr_i(c.node, "bits", 4));
+  const auto bs = static_cast<std::size_t>(attr_i(c.node, "block_size", 0));
+  if (K == 0 || N == 0 || bs == 0) c.fail("K, N and block_size must be set");
+  if (optional_input(in, 4)) c.fail("g_idx is not supported (deprecated)");
+  const auto codes = int4q::unpack_matmulnbits_codes(bytes_of<3>(c, need(c, in, 1), "B"), K, bits);
+  const value& scales = need(c, in, 2);
+  const std::size_t G = (K + bs - 1) / bs;
+  if (scales.type != value_type::float32 || scales.size() != N * G)
+    c.fail("scales must hold N * ceil(K / block_size) floats");
+  std::vector<float> zp(G * N, static_cast<float>(1 << (bits - 1)));  // [G, N]
+  if (const value* z = optional_input(in, 3)) {
+    if (z->type == value_type::float32) {
+      if (z->size() != N * G) c.fail("float zero_points must hold N * blocks values");
+      for (std::size_t n = 0; n < N; ++n)
+        for (std::size_t g = 0; g < G; ++g) zp[g * N + n] = z->f[n * G + g];
+    } else {
+      const auto packed =
+          int4q::unpack_matmulnbits_zero_points(bytes_of<2>(c, *z, "zero_points"), G, bits);
+      for (std::size_t e = 0; e < zp.size(); ++e) zp[e] = packed.data()[e];
+    }
+  }
+  value w = value::floats({std::int64_t(K), std::int64_t(N)}, std::vector<float>(K * N));
+  for (std::size_t k = 0; k < K; ++k) {
+    const std::size_t g = k / bs;
+    for (std::size_t n = 0; n < N; ++n)
+      w.f[k * N + n] = (static_cast<float>(codes(k, n)) - zp[g * N + n]) * scales.f[n * G + g];
+  }
+  inputs_t mm = {&a, &w};
+  std::vector<value> product;
+  matmul_values(c, mm, product);
+  if (const value* bias = optional_input(in, 5)) {
+    inputs_t add = {&product[0], bias};
+    binary(c, add, out, std::plus<float>(), std::plus<std::int64_t>());
+  } else {
+    out.push_back(std::move(product[0]));
+  }
+}
+
+/// DequantizeLinear: y = (x - zero_point) * scale, per tensor (scalar scale), per axis (1-D
+/// scale) or blocked (scale of x's rank, block_size along axis, opset 21).
+void op_dequantize_linear(const node_context& c, const model&, const inputs_t& in,
+                          std::vector<value>& out) {
+  const value& x = need(c, in, 0);
+  const value& scale = need(c, in, 1);
+  const value* zp = optional_input(in, 2);
+  if (x.type != value_type::int64) c.fail("x must be an integer tensor");
+  const std::size_t rank = x.shape.size();
+  const std::int64_t block = attr_i(c.node, "block_size", 0);
+  std::vector<std::size_t> param_index(x.size(), 0);
+  if (scale.size() > 1 || block > 0) {
+    const auto axis = static_cast<std::size_t>(normalize_axis(c, attr_i(c.node, "axis", 1), rank));
+    const shape_t st = strides_of(x.shape);
+    shape_t pshape = block > 0 ? scale.shape : shape_t{x.shape[axis]};
+    const shape_t pst = strides_of(pshape);
+    for (std::size_t e = 0; e < x.size(); ++e) {
+      if (block > 0) {
+        std::size_t p = 0;
+        for (std::size_t k = 0; k < rank; ++k) {
+          std::int64_t coord = (static_cast<std::int64_t>(e) / st[k]) % x.shape[k];
+          if (k == axis) coord /= block;
+          p += static_cast<std::size_t>(coord * pst[k]);
+        }
+        param_index[e] = p;
+      } else {
+        param_index[e] =
+            static_cast<std::size_t>((static_cast<std::int64_t>(e) / st[axis]) % x.shape[axis]);
+      }
+    }
+  }
+  value y = value::floats(x.shape, std::vector<float>(x.size()));
+  for (std::size_t e = 0; e < x.size(); ++e) {
+    const std::size_t p = param_index[e];
+    const float z = zp ? static_cast<float>(zp->i.at(p)) : 0.0f;
+    y.f[e] = (static_cast<float>(x.i[e]) - z) * scale.f.at(p);
+  }
+  out.push_back(std::move(y));
+}
+
 }  // namespace
 
 void add_more_ops(std::unordered_map<std::string, op_fn>& ops) {
@@ -456,6 +558,8 @@ void add_more_ops(std::unordered_map<std::string, op_fn>& ops) {
   ops["Clip"] = op_clip;
   ops["Gemm"] = op_gemm;
   ops["Trilu"] = op_trilu;
+  ops["DequantizeLinear"] = op_dequantize_linear;
+  ops["com.microsoft::MatMulNBits"] = op_matmulnbits;
 }
 
 }  // namespace exec
