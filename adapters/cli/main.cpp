@@ -16,6 +16,7 @@
 #include <int4q/version.hpp>
 
 #include "cli_common.hpp"
+#include "eval_command.hpp"
 #include "inspect_command.hpp"
 #include "quantize_command.hpp"
 #include "version_text.hpp"
@@ -49,10 +50,13 @@ int main(int argc, char** argv) {
   app.footer(exit_codes_text());
   setup_quantize(app);
   setup_inspect(app);
+  setup_eval(app);
   try {
     app.parse(argc, argv);
     if (app.get_subcommands().empty()) {
-      throw usage_error("a subcommand is required: int4q quantize IN -o OUT, or int4q inspect IN");
+      throw usage_error(
+          "a subcommand is required: int4q quantize IN -o OUT, int4q inspect IN, or "
+          "int4q eval REFERENCE CANDIDATE --tokens FILE");
     }
     return exit_ok;
   } catch (const CLI::ParseError& e) {

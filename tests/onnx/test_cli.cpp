@@ -478,6 +478,42 @@ TEST_F(CliQuantize, CommandLineWinsOverConfigFile) {
 // ---- quantize: failures
 // --------------------------------------------------------------------------
 
+using CliEval = CliTest;
+
+TEST_F(CliEval, DevgptQuantizedScoresWhatOnnxRuntimeScores) {
+  // Both models run by int4q's executor; ONNX Runtime gave 1.0872612 (fp32) and 1.121702
+  // (this int4q model) on the same 64 windows (tests/ort/README.md).
+  require_devgpt();
+  ASSERT_EQ(run({"quantize", devgpt.string(), "-o", "q.onnx", "--group-size", "32", "--lm-head",
+                 "quantize", "-q"})
+                .status,
+            0);
+  const std::string tokens = (devgpt_dir / "devgpt_val.u8").string();
+  const result r = run({"eval", devgpt.string(), "q.onnx", "--tokens", tokens, "--json", "-"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const json j = json::parse(r.out);
+  EXPECT_NEAR(j["nll_reference"].get<double>(), 1.0872612, 2e-5);
+  EXPECT_NEAR(j["nll_candidate"].get<double>(), 1.121702, 2e-5);
+  EXPECT_EQ(j["predictions"].get<int>(), 64 * 128);
+  EXPECT_GT(j["logits_error"]["max_abs"].get<double>(), 0.0);
+  // A model against itself: no loss, no error; the text summary names both numbers.
+  const result same = run({"eval", devgpt.string(), devgpt.string(), "--tokens", tokens,
+                           "--samples", "2", "--seq-len", "32"});
+  ASSERT_EQ(same.status, 0) << describe(same);
+  EXPECT_NE(same.out.find("loss       +0.000000 nats/token"), std::string::npos) << same.out;
+  EXPECT_NE(same.out.find("max abs 0,"), std::string::npos) << same.out;
+}
+
+TEST_F(CliEval, Errors) {
+  require_devgpt();
+  expect_failure({"eval", devgpt.string(), devgpt.string()}, 2, {"--tokens"});
+  expect_failure({"eval", devgpt.string(), "missing.onnx", "--tokens", devgpt.string()}, 3,
+                 {"missing.onnx"});
+  write_model(small_model(), dir_ / "small.onnx");
+  expect_failure({"eval", "small.onnx", "small.onnx", "--tokens", devgpt.string()}, 5,
+                 {"small.onnx", "token ids"});
+}
+
 TEST_F(CliErrors, MissingInput) {
   expect_failure({"quantize", "nope.onnx", "-o", "out.onnx"}, 3, {"nope.onnx"});
 }
