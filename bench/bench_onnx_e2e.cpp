@@ -218,7 +218,8 @@ void run_e2e(benchmark::State& state, const fs::path& input, int4q::onnx::output
     std::uintmax_t input_bytes = fs::file_size(input);
     if (fs::exists(input.string() + ".data"))
       input_bytes += fs::file_size(input.string() + ".data");
-    if (input_bytes >= (std::uintmax_t(512) << 20)) options.spill_file = work_dir() / ".spill";
+    if (input_bytes >= io::quantize_options::spill_input_bytes)
+      options.spill_file = work_dir() / ".spill";
     int4q_bench::stopwatch t2;
     const auto report = io::quantize_model(m, options);
     quant_s = t2.seconds();

@@ -569,7 +569,7 @@ void run_quantize(const quantize_command_options& o) {
   // happens.
   const bool spill = o.spill == quantize_command_options::spill_mode::always ||
                      (o.spill == quantize_command_options::spill_mode::automatic &&
-                      facts.input_bytes >= spill_auto_bytes);
+                      facts.input_bytes >= ox::quantize_options::spill_input_bytes);
   const scratch_file scratch(spill ? o.output : fs::path());
   q.spill_file = scratch.path();
 

@@ -40,15 +40,12 @@ struct quantize_command_options {
   std::optional<int> accuracy_level;                   ///< default absent
   int4q::onnx::external_data external = int4q::onnx::external_data::automatic;
   /// Quantized tensors to a scratch file as they are made (low memory): auto = inputs of at
-  /// least spill_auto_bytes on disk.
+  /// least quantize_options::spill_input_bytes on disk.
   enum class spill_mode { automatic, always, never } spill = spill_mode::automatic;
   std::string report;  ///< "" none, "-" stdout, else a file
   std::size_t threads = 0;
   bool quiet = false;
 };
-
-/// `--spill auto` spills when the input (model and external data) has at least this many bytes.
-inline constexpr std::uint64_t spill_auto_bytes = std::uint64_t(512) << 20;
 
 /// Adds the `quantize` subcommand to `app`; parsing it runs run_quantize.
 void setup_quantize(CLI::App& app);

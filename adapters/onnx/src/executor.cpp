@@ -27,11 +27,11 @@ using namespace exec;
 
 void op_constant(const node_context& c, const model& m, const inputs_t&, std::vector<value>& out) {
   const NodeProto& n = c.node;
-  const AttributeProto* t = attr(n, "value");
-  const AttributeProto* f = attr(n, "value_float");
-  const AttributeProto* fs = attr(n, "value_floats");
-  const AttributeProto* i = attr(n, "value_int");
-  const AttributeProto* is = attr(n, "value_ints");
+  const AttributeProto* t = find_attr(n, "value");
+  const AttributeProto* f = find_attr(n, "value_float");
+  const AttributeProto* fs = find_attr(n, "value_floats");
+  const AttributeProto* i = find_attr(n, "value_int");
+  const AttributeProto* is = find_attr(n, "value_ints");
   if (t) {
     out.push_back(to_value(m, t->t()));
   } else if (f) {
@@ -53,7 +53,7 @@ void op_identity(const node_context& c, const model&, const inputs_t& in, std::v
 
 void op_cast(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
   const value& a = need(c, in, 0);
-  const auto to_type = static_cast<int>(attr_i(c.node, "to", 0));
+  const auto to_type = static_cast<int>(attr_int(c.node, "to", 0));
   value_type to;
   if (!value_type_of(to_type, to))
     c.fail("cast to data type " + std::to_string(to_type) + " is not supported");
@@ -86,8 +86,8 @@ void op_shape(const node_context& c, const model&, const inputs_t& in, std::vect
   const value& a = need(c, in, 0);
   const auto r = static_cast<std::int64_t>(a.shape.size());
   auto clampi = [r](std::int64_t v) { return std::clamp(v < 0 ? v + r : v, std::int64_t(0), r); };
-  const std::int64_t start = clampi(attr_i(c.node, "start", 0));
-  const std::int64_t end = clampi(attr_i(c.node, "end", r));
+  const std::int64_t start = clampi(attr_int(c.node, "start", 0));
+  const std::int64_t end = clampi(attr_int(c.node, "end", r));
   shape_t dims;
   for (std::int64_t k = start; k < end; ++k) dims.push_back(a.shape[static_cast<std::size_t>(k)]);
   out.push_back(value::ints({static_cast<std::int64_t>(dims.size())}, dims));
@@ -112,7 +112,7 @@ void op_gather(const node_context& c, const model&, const inputs_t& in, std::vec
   const value& idx = need(c, in, 1);
   if (data.shape.empty()) c.fail("data must have rank >= 1");
   const auto axis =
-      static_cast<std::size_t>(normalize_axis(c, attr_i(c.node, "axis", 0), data.shape.size()));
+      static_cast<std::size_t>(normalize_axis(c, attr_int(c.node, "axis", 0), data.shape.size()));
   const std::int64_t dim = data.shape[axis];
   shape_t ids = int_list(c, idx, "indices");
   for (std::int64_t& v : ids) {
@@ -168,7 +168,7 @@ void op_unsqueeze(const node_context& c, const model&, const inputs_t& in,
 void op_reshape(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
   const value& a = need(c, in, 0);
   shape_t target = int_list(c, need(c, in, 1), "shape");
-  const bool allowzero = attr_i(c.node, "allowzero", 0) != 0;
+  const bool allowzero = attr_int(c.node, "allowzero", 0) != 0;
   std::int64_t known = 1;
   int infer = -1;
   for (std::size_t k = 0; k < target.size(); ++k) {
@@ -188,11 +188,11 @@ void op_reshape(const node_context& c, const model&, const inputs_t& in, std::ve
   const auto total = static_cast<std::int64_t>(a.size());
   if (infer >= 0) {
     if (known == 0 || total % known != 0)
-      c.fail("cannot reshape " + shape_text(a.shape) + " to " + shape_text(target));
+      c.fail("cannot reshape " + dims_string(a.shape) + " to " + dims_string(target));
     target[static_cast<std::size_t>(infer)] = total / known;
   }
   if (static_cast<std::int64_t>(numel(target)) != total)
-    c.fail("cannot reshape " + shape_text(a.shape) + " to " + shape_text(target));
+    c.fail("cannot reshape " + dims_string(a.shape) + " to " + dims_string(target));
   value r = a;
   r.shape = target;
   out.push_back(std::move(r));
@@ -283,7 +283,7 @@ value slice_axis(const value& a, std::size_t axis, std::int64_t begin, std::int6
 void op_split(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
   const value& a = need(c, in, 0);
   const auto axis =
-      static_cast<std::size_t>(normalize_axis(c, attr_i(c.node, "axis", 0), a.shape.size()));
+      static_cast<std::size_t>(normalize_axis(c, attr_int(c.node, "axis", 0), a.shape.size()));
   const std::int64_t dim = a.shape[axis];
   const auto parts = static_cast<std::int64_t>(c.node.output_size());
   shape_t split;
@@ -293,7 +293,7 @@ void op_split(const node_context& c, const model&, const inputs_t& in, std::vect
     split = attr_ints(c.node, "split");
   }
   if (split.empty()) {
-    if (attr(c.node, "num_outputs")) {  // opset 18: chunks of ceil(dim / n), the last smaller
+    if (find_attr(c.node, "num_outputs")) {  // opset 18: chunks of ceil(dim / n), the last smaller
       const std::int64_t chunk = (dim + parts - 1) / parts;
       for (std::int64_t p = 0; p < parts; ++p)
         split.push_back(std::min(chunk, std::max<std::int64_t>(0, dim - p * chunk)));
@@ -306,7 +306,7 @@ void op_split(const node_context& c, const model&, const inputs_t& in, std::vect
   }
   if (static_cast<std::int64_t>(split.size()) != parts ||
       std::accumulate(split.begin(), split.end(), std::int64_t(0)) != dim)
-    c.fail("split " + shape_text(split) + " does not cover dimension " + std::to_string(dim) +
+    c.fail("split " + dims_string(split) + " does not cover dimension " + std::to_string(dim) +
            " with " + std::to_string(parts) + " outputs");
   std::int64_t begin = 0;
   for (const std::int64_t len : split) {
@@ -318,7 +318,7 @@ void op_split(const node_context& c, const model&, const inputs_t& in, std::vect
 void op_concat(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
   const value& first = need(c, in, 0);
   const auto axis =
-      static_cast<std::size_t>(normalize_axis(c, attr_i(c.node, "axis", 0), first.shape.size()));
+      static_cast<std::size_t>(normalize_axis(c, attr_int(c.node, "axis", 0), first.shape.size()));
   value r;
   r.type = first.type;
   r.shape = first.shape;
@@ -329,7 +329,7 @@ void op_concat(const node_context& c, const model&, const inputs_t& in, std::vec
       c.fail("inputs differ in type or rank");
     for (std::size_t d = 0; d < v.shape.size(); ++d)
       if (d != axis && v.shape[d] != first.shape[d])
-        c.fail("input shapes " + shape_text(first.shape) + " and " + shape_text(v.shape) +
+        c.fail("input shapes " + dims_string(first.shape) + " and " + dims_string(v.shape) +
                " differ off the axis");
     r.shape[axis] += v.shape[axis];
   }
@@ -450,7 +450,7 @@ void op_softmax(const node_context& c, const model& m, const inputs_t& in,
   const std::int64_t opset = default_opset(m);
   const std::size_t rank = a.shape.size();
   const auto axis = static_cast<std::size_t>(
-      normalize_axis(c, attr_i(c.node, "axis", opset >= 13 ? -1 : 1), rank));
+      normalize_axis(c, attr_int(c.node, "axis", opset >= 13 ? -1 : 1), rank));
   // opset >= 13: one axis; before: the input flattened to 2-D at `axis`.
   std::size_t outer = 1, len = 1, inner = 1;
   for (std::size_t k = 0; k < axis; ++k) outer *= static_cast<std::size_t>(a.shape[k]);
@@ -485,8 +485,8 @@ void op_layer_norm(const node_context& c, const model&, const inputs_t& in,
   const value* bias = optional_input(in, 2);
   if (x.type != value_type::float32) c.fail("input must be a float tensor");
   const auto axis =
-      static_cast<std::size_t>(normalize_axis(c, attr_i(c.node, "axis", -1), x.shape.size()));
-  const double eps = attr_f(c.node, "epsilon", 1e-5f);
+      static_cast<std::size_t>(normalize_axis(c, attr_int(c.node, "axis", -1), x.shape.size()));
+  const double eps = attr_float(c.node, "epsilon", 1e-5f);
   std::size_t outer = 1, len = 1;
   for (std::size_t k = 0; k < axis; ++k) outer *= static_cast<std::size_t>(x.shape[k]);
   for (std::size_t k = axis; k < x.shape.size(); ++k) len *= static_cast<std::size_t>(x.shape[k]);
@@ -538,7 +538,7 @@ void exec::matmul_values(const node_context& c, const inputs_t& in, std::vector<
   const std::int64_t M = a.shape[a.shape.size() - 2], K = a.shape.back();
   const std::int64_t K2 = b.shape[b.shape.size() - 2], N = b.shape.back();
   if (K != K2)
-    c.fail("shapes " + shape_text(a.shape) + " and " + shape_text(b.shape) + " do not multiply");
+    c.fail("shapes " + dims_string(a.shape) + " and " + dims_string(b.shape) + " do not multiply");
   const shape_t ba(a.shape.begin(), a.shape.end() - 2), bb(b.shape.begin(), b.shape.end() - 2);
   const shape_t batch = broadcast_shapes(c, {&ba, &bb});
   const auto ia = broadcast_index(ba, batch), ib = broadcast_index(bb, batch);
@@ -585,10 +585,6 @@ std::unordered_map<std::string, op_fn> make_registry() {
       {"Softmax", op_softmax},
       {"LayerNormalization", op_layer_norm},
       {"MatMul", op_matmul},
-      {"Erf",
-       [](const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
-         unary_float(c, in, out, [](float x) { return std::erf(x); });
-       }},
       {"Add",
        [](const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
          binary(c, in, out, std::plus<float>(), std::plus<std::int64_t>());
@@ -744,12 +740,18 @@ executor::executor(const model& m) : m_(m) {
                                             }() +
                                             ")");
   }
+  for (const TensorProto& t : m.proto.graph().initializer())
+    initializers_[t.name()] = to_value(m, t);
+  const auto& g = m.proto.graph();
+  for (int k = 0; k < g.node_size(); ++k)
+    for (const std::string& name : g.node(k).input()) last_use_[name] = k;
+  for (const auto& o : g.output()) last_use_.erase(o.name());  // outputs are kept
 }
 
 std::map<std::string, value> executor::run(const std::map<std::string, value>& inputs) const {
   const auto& g = m_.proto.graph();
+  // Given inputs and computed values; initializers are read from initializers_ in place.
   std::unordered_map<std::string, value> env;
-  for (const TensorProto& t : g.initializer()) env[t.name()] = to_value(m_, t);
   for (const auto& [name, v] : inputs) {
     bool known = false;
     for (const auto& in : g.input()) known = known || in.name() == name;
@@ -760,17 +762,17 @@ std::map<std::string, value> executor::run(const std::map<std::string, value>& i
     const auto it = inputs.find(in.name());
     if (it != inputs.end()) {
       env[in.name()] = it->second;
-    } else if (!env.count(in.name())) {
+    } else if (!initializers_.count(in.name())) {
       throw model_error(model_error::kind::invalid,
                         "graph input '" + in.name() + "' was not given");
     }
   }
-  // Last use of each name, to free values as soon as nothing reads them.
-  std::unordered_map<std::string, int> last_use;
-  for (int k = 0; k < g.node_size(); ++k)
-    for (const std::string& name : g.node(k).input()) last_use[name] = k;
-  std::set<std::string> keep;
-  for (const auto& o : g.output()) keep.insert(o.name());
+  auto lookup = [&](const std::string& name) -> const value* {
+    const auto e = env.find(name);
+    if (e != env.end()) return &e->second;
+    const auto i = initializers_.find(name);
+    return i != initializers_.end() ? &i->second : nullptr;
+  };
 
   for (int k = 0; k < g.node_size(); ++k) {
     const NodeProto& n = g.node(k);
@@ -781,10 +783,9 @@ std::map<std::string, value> executor::run(const std::map<std::string, value>& i
         in.push_back(nullptr);
         continue;
       }
-      const auto it = env.find(name);
-      if (it == env.end())
-        c.fail("input '" + name + "' is not computed before the node (graph not sorted?)");
-      in.push_back(&it->second);
+      const value* v = lookup(name);
+      if (!v) c.fail("input '" + name + "' is not computed before the node (graph not sorted?)");
+      in.push_back(v);
     }
     std::vector<value> results;
     registry().at(op_key(n))(c, m_, in, results);
@@ -794,17 +795,17 @@ std::map<std::string, value> executor::run(const std::map<std::string, value>& i
       if (!n.output(o).empty()) env[n.output(o)] = std::move(results[static_cast<std::size_t>(o)]);
     }
     for (const std::string& name : n.input()) {
-      const auto lu = last_use.find(name);
-      if (lu != last_use.end() && lu->second == k && !keep.count(name)) env.erase(name);
+      const auto lu = last_use_.find(name);
+      if (lu != last_use_.end() && lu->second == k) env.erase(name);
     }
   }
   std::map<std::string, value> outputs;
   for (const auto& o : g.output()) {
-    const auto it = env.find(o.name());
-    if (it == env.end())
+    const value* v = lookup(o.name());
+    if (!v)
       throw model_error(model_error::kind::invalid,
                         "graph output '" + o.name() + "' is never computed");
-    outputs[o.name()] = it->second;
+    outputs[o.name()] = *v;
   }
   return outputs;
 }

@@ -15,6 +15,8 @@
 
 #include <int4q/onnx/executor.hpp>
 
+#include "writers.hpp"
+
 namespace int4q {
 namespace onnx {
 namespace exec {
@@ -36,12 +38,6 @@ inline shape_t strides_of(const shape_t& s) {
   return st;
 }
 
-inline std::string shape_text(const shape_t& s) {
-  std::string t = "[";
-  for (std::size_t k = 0; k < s.size(); ++k) t += (k ? ", " : "") + std::to_string(s[k]);
-  return t + "]";
-}
-
 /// Errors while running a node: model_error(invalid) naming the node.
 struct node_context {
   const NodeProto& node;
@@ -51,21 +47,15 @@ struct node_context {
   }
 };
 
-inline const AttributeProto* attr(const NodeProto& n, const std::string& name) {
-  for (const auto& a : n.attribute())
-    if (a.name() == name) return &a;
-  return nullptr;
-}
-inline std::int64_t attr_i(const NodeProto& n, const std::string& name, std::int64_t dflt) {
-  const AttributeProto* a = attr(n, name);
-  return a ? a->i() : dflt;
-}
-inline float attr_f(const NodeProto& n, const std::string& name, float dflt) {
-  const AttributeProto* a = attr(n, name);
-  return a ? a->f() : dflt;
-}
+// Attribute and shape helpers of the writers (writers.hpp): detail::find_attr, attr_int,
+// attr_float, dims_string.
+using detail::attr_float;
+using detail::attr_int;
+using detail::dims_string;
+using detail::find_attr;
+
 inline shape_t attr_ints(const NodeProto& n, const std::string& name) {
-  const AttributeProto* a = attr(n, name);
+  const AttributeProto* a = find_attr(n, name);
   return a ? shape_t(a->ints().begin(), a->ints().end()) : shape_t{};
 }
 
@@ -121,7 +111,7 @@ inline shape_t broadcast_shapes(const node_context& c, const std::vector<const s
         continue;
       }
       std::string all;
-      for (const shape_t* t : shapes) all += (all.empty() ? "" : " and ") + shape_text(*t);
+      for (const shape_t* t : shapes) all += (all.empty() ? "" : " and ") + dims_string(*t);
       c.fail("shapes " + all + " do not broadcast");
     }
   }
@@ -189,15 +179,6 @@ void binary(const node_context& c, const inputs_t& in, std::vector<value>& out, 
     r.i.resize(n);
     for (std::size_t e = 0; e < n; ++e) r.i[e] = on_int(a.i[ia[e]], b.i[ib[e]]);
   }
-  out.push_back(std::move(r));
-}
-
-template <class F>
-void unary_float(const node_context& c, const inputs_t& in, std::vector<value>& out, F f) {
-  const value& a = need(c, in, 0);
-  if (a.type != value_type::float32) c.fail("input must be a float tensor");
-  value r = a;
-  for (float& x : r.f) x = f(x);
   out.push_back(std::move(r));
 }
 

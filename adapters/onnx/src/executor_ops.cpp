@@ -153,8 +153,8 @@ void op_reduce(const node_context& c, const inputs_t& in, std::vector<value>& ou
   } else {
     axes = attr_ints(c.node, "axes");
   }
-  const bool keep = attr_i(c.node, "keepdims", 1) != 0;
-  const bool noop = attr_i(c.node, "noop_with_empty_axes", 0) != 0;
+  const bool keep = attr_int(c.node, "keepdims", 1) != 0;
+  const bool noop = attr_int(c.node, "noop_with_empty_axes", 0) != 0;
   const std::size_t rank = a.shape.size();
   if (axes.empty() && noop) {
     out.push_back(a);
@@ -266,7 +266,7 @@ void op_squeeze(const node_context& c, const model&, const inputs_t& in, std::ve
 void op_flatten(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
   const value& a = need(c, in, 0);
   const std::size_t rank = a.shape.size();
-  std::int64_t axis = attr_i(c.node, "axis", 1);
+  std::int64_t axis = attr_int(c.node, "axis", 1);
   if (axis < 0) axis += static_cast<std::int64_t>(rank);
   if (axis < 0 || axis > static_cast<std::int64_t>(rank)) c.fail("axis out of range");
   std::int64_t outer = 1, inner = 1;
@@ -290,7 +290,7 @@ void op_constant_of_shape(const node_context& c, const model& m, const inputs_t&
                           std::vector<value>& out) {
   const shape_t shape = int_list(c, need(c, in, 0), "shape");
   value fill = value::floats({1}, {0.0f});
-  if (const AttributeProto* a = attr(c.node, "value")) fill = to_value(m, a->t());
+  if (const AttributeProto* a = find_attr(c.node, "value")) fill = to_value(m, a->t());
   value r;
   r.type = fill.type;
   r.shape = shape;
@@ -333,8 +333,8 @@ void op_clip(const node_context& c, const model& m, const inputs_t& in, std::vec
   double lo = -std::numeric_limits<double>::infinity(),
          hi = std::numeric_limits<double>::infinity();
   if (default_opset(m) < 11) {
-    lo = attr_f(c.node, "min", -std::numeric_limits<float>::max());
-    hi = attr_f(c.node, "max", std::numeric_limits<float>::max());
+    lo = attr_float(c.node, "min", -std::numeric_limits<float>::max());
+    hi = attr_float(c.node, "max", std::numeric_limits<float>::max());
   } else {
     auto scalar = [&](const value* v) {
       return v->type == value_type::float32 ? double(v->f.at(0)) : double(v->i.at(0));
@@ -359,12 +359,12 @@ void op_gemm(const node_context& c, const model&, const inputs_t& in, std::vecto
   if (a.type != value_type::float32 || b.type != value_type::float32)
     c.fail("Gemm computes float tensors only");
   if (a.shape.size() != 2 || b.shape.size() != 2) c.fail("A and B must be 2-D");
-  const bool ta = attr_i(c.node, "transA", 0) != 0, tb = attr_i(c.node, "transB", 0) != 0;
-  const float alpha = attr_f(c.node, "alpha", 1.0f), beta = attr_f(c.node, "beta", 1.0f);
+  const bool ta = attr_int(c.node, "transA", 0) != 0, tb = attr_int(c.node, "transB", 0) != 0;
+  const float alpha = attr_float(c.node, "alpha", 1.0f), beta = attr_float(c.node, "beta", 1.0f);
   const std::int64_t M = ta ? a.shape[1] : a.shape[0], K = ta ? a.shape[0] : a.shape[1];
   const std::int64_t K2 = tb ? b.shape[1] : b.shape[0], N = tb ? b.shape[0] : b.shape[1];
   if (K != K2)
-    c.fail("A " + shape_text(a.shape) + " and B " + shape_text(b.shape) + " do not multiply");
+    c.fail("A " + dims_string(a.shape) + " and B " + dims_string(b.shape) + " do not multiply");
   value r = value::floats({M, N}, std::vector<float>(static_cast<std::size_t>(M * N), 0.0f));
   if (bias && beta != 0.0f) {
     const auto idx = broadcast_index(bias->shape, r.shape);
@@ -382,7 +382,7 @@ void op_trilu(const node_context& c, const model&, const inputs_t& in, std::vect
   if (a.shape.size() < 2) c.fail("input must have rank >= 2");
   std::int64_t k = 0;
   if (const value* v = optional_input(in, 1)) k = int_list(c, *v, "k").at(0);
-  const bool upper = attr_i(c.node, "upper", 1) != 0;
+  const bool upper = attr_int(c.node, "upper", 1) != 0;
   const std::int64_t rows = a.shape[a.shape.size() - 2], cols = a.shape.back();
   value r = a;
   const std::size_t n = a.size();
@@ -422,10 +422,10 @@ xt::xtensor<std::uint8_t, R> bytes_of(const node_context& c, const value& v, con
 void op_matmulnbits(const node_context& c, const model&, const inputs_t& in,
                     std::vector<value>& out) {
   const value& a = need(c, in, 0);
-  const auto K = static_cast<std::size_t>(attr_i(c.node, "K", 0));
-  const auto N = static_cast<std::size_t>(attr_i(c.node, "N", 0));
-  const int bits = static_cast<int>(attr_i(c.node, "bits", 4));
-  const auto bs = static_cast<std::size_t>(attr_i(c.node, "block_size", 0));
+  const auto K = static_cast<std::size_t>(attr_int(c.node, "K", 0));
+  const auto N = static_cast<std::size_t>(attr_int(c.node, "N", 0));
+  const int bits = static_cast<int>(attr_int(c.node, "bits", 4));
+  const auto bs = static_cast<std::size_t>(attr_int(c.node, "block_size", 0));
   if (K == 0 || N == 0 || bs == 0) c.fail("K, N and block_size must be set");
   if (optional_input(in, 4)) c.fail("g_idx is not supported (deprecated)");
   const auto codes = int4q::unpack_matmulnbits_codes(bytes_of<3>(c, need(c, in, 1), "B"), K, bits);
@@ -471,10 +471,11 @@ void op_dequantize_linear(const node_context& c, const model&, const inputs_t& i
   const value* zp = optional_input(in, 2);
   if (x.type != value_type::int64) c.fail("x must be an integer tensor");
   const std::size_t rank = x.shape.size();
-  const std::int64_t block = attr_i(c.node, "block_size", 0);
+  const std::int64_t block = attr_int(c.node, "block_size", 0);
   std::vector<std::size_t> param_index(x.size(), 0);
   if (scale.size() > 1 || block > 0) {
-    const auto axis = static_cast<std::size_t>(normalize_axis(c, attr_i(c.node, "axis", 1), rank));
+    const auto axis =
+        static_cast<std::size_t>(normalize_axis(c, attr_int(c.node, "axis", 1), rank));
     const shape_t st = strides_of(x.shape);
     shape_t pshape = block > 0 ? scale.shape : shape_t{x.shape[axis]};
     const shape_t pst = strides_of(pshape);
@@ -505,6 +506,7 @@ void op_dequantize_linear(const node_context& c, const model&, const inputs_t& i
 }  // namespace
 
 void add_more_ops(std::unordered_map<std::string, op_fn>& ops) {
+  ops["Erf"] = float_op([](float x) { return std::erf(x); });
   ops["Sqrt"] = float_op([](float x) { return std::sqrt(x); });
   ops["Exp"] = float_op([](float x) { return std::exp(x); });
   ops["Log"] = float_op([](float x) { return std::log(x); });

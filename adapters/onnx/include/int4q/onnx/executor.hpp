@@ -56,6 +56,10 @@ class executor {
 
  private:
   const model& m_;
+  /// The initializers as values, converted once; run() reads them in place.
+  std::map<std::string, value> initializers_;
+  /// Index of the last node reading each name (values are freed after it), graph outputs kept.
+  std::map<std::string, int> last_use_;
 };
 
 }  // namespace onnx

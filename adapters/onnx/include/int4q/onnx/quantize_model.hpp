@@ -4,6 +4,7 @@
 #define INT4Q_ONNX_QUANTIZE_MODEL_HPP
 
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -70,6 +71,9 @@ struct quantize_options {
   /// the model is saved (or dropped); put it next to the output so that copy is a local one.
   std::filesystem::path spill_file;
   std::size_t spill_min_bytes = std::size_t(1) << 20;
+  /// Inputs (model and external data) of at least this many bytes are worth spilling: the
+  /// CLI's `--spill auto` and the e2e benchmark use it.
+  static constexpr std::uint64_t spill_input_bytes = std::uint64_t(512) << 20;
   /// Called after each weight: (index from 1, count, weight name).
   std::function<void(std::size_t, std::size_t, const std::string&)> on_progress;
 };
