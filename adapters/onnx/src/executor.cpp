@@ -604,6 +604,8 @@ std::unordered_map<std::string, op_fn> make_registry() {
        }},
   };
   exec::add_more_ops(ops);
+  exec::add_nn_ops(ops);
+  exec::add_ms_ops(ops);
   return ops;
 }
 

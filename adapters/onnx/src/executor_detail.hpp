@@ -210,6 +210,14 @@ void matmul_values(const node_context& c, const inputs_t& in, std::vector<value>
 /// The operators of executor_ops.cpp (elementwise math, comparisons, reductions, shapes).
 void add_more_ops(std::unordered_map<std::string, op_fn>& ops);
 
+/// The operators of executor_nn.cpp (convolution, pooling, normalization, resize, pad, scatter and
+/// gather variants, activations).
+void add_nn_ops(std::unordered_map<std::string, op_fn>& ops);
+
+/// The com.microsoft operators of executor_ms.cpp (fused normalizations, rotary embedding,
+/// attention, GELU variants, GatherBlockQuantized), registered as "com.microsoft::<op>".
+void add_ms_ops(std::unordered_map<std::string, op_fn>& ops);
+
 }  // namespace exec
 }  // namespace onnx
 }  // namespace int4q

@@ -1,0 +1,12 @@
+// The executor's com.microsoft operators.
+#include "executor_detail.hpp"
+
+namespace int4q {
+namespace onnx {
+namespace exec {
+
+void add_ms_ops(std::unordered_map<std::string, op_fn>& ops) { (void)ops; }
+
+}  // namespace exec
+}  // namespace onnx
+}  // namespace int4q
