@@ -520,6 +520,22 @@ void op_layer_norm(const node_context& c, const model&, const inputs_t& in,
   out.push_back(std::move(inv_std));
 }
 
+/// If: runs then_branch or else_branch (in the scope of the node) and returns its outputs.
+void op_if(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const value& cond = need(c, in, 0);
+  if (cond.size() != 1)
+    c.fail("the condition must hold one element, not " + dims_string(cond.shape));
+  const bool take_then = cond.type == value_type::float32 ? cond.f[0] != 0.0f : cond.i[0] != 0;
+  const AttributeProto* branch = find_attr(c.node, take_then ? "then_branch" : "else_branch");
+  if (!branch || !branch->has_g() || !c.subgraph)
+    c.fail(std::string("has no ") + (take_then ? "then_branch" : "else_branch") + " graph");
+  std::vector<value> results = (*c.subgraph)(branch->g(), {});
+  if (results.size() != static_cast<std::size_t>(c.node.output_size()))
+    c.fail("the branch has " + std::to_string(results.size()) + " outputs, the node " +
+           std::to_string(c.node.output_size()));
+  for (value& v : results) out.push_back(std::move(v));
+}
+
 void op_matmul(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
   matmul_values(c, in, out);
 }
@@ -527,31 +543,55 @@ void op_matmul(const node_context& c, const model&, const inputs_t& in, std::vec
 }  // namespace
 
 void exec::matmul_values(const node_context& c, const inputs_t& in, std::vector<value>& out) {
-  value a = need(c, in, 0);
-  value b = need(c, in, 1);
+  const value& a = need(c, in, 0);
+  const value& b = need(c, in, 1);
   if (a.type != value_type::float32 || b.type != value_type::float32)
     c.fail("MatMul computes float tensors only");
-  const bool a_vec = a.shape.size() == 1, b_vec = b.shape.size() == 1;
-  if (a_vec) a.shape.insert(a.shape.begin(), 1);
-  if (b_vec) b.shape.push_back(1);
-  if (a.shape.size() < 2 || b.shape.size() < 2) c.fail("inputs must have rank >= 1");
-  const std::int64_t M = a.shape[a.shape.size() - 2], K = a.shape.back();
-  const std::int64_t K2 = b.shape[b.shape.size() - 2], N = b.shape.back();
+  // numpy semantics: a 1-D operand is a row (a) or column (b) vector, removed from the result.
+  shape_t sa = a.shape, sb = b.shape;
+  const bool a_vec = sa.size() == 1, b_vec = sb.size() == 1;
+  if (a_vec) sa.insert(sa.begin(), 1);
+  if (b_vec) sb.push_back(1);
+  if (sa.size() < 2 || sb.size() < 2) c.fail("inputs must have rank >= 1");
+  const std::int64_t M = sa[sa.size() - 2], K = sa.back();
+  const std::int64_t K2 = sb[sb.size() - 2], N = sb.back();
   if (K != K2)
     c.fail("shapes " + dims_string(a.shape) + " and " + dims_string(b.shape) + " do not multiply");
-  const shape_t ba(a.shape.begin(), a.shape.end() - 2), bb(b.shape.begin(), b.shape.end() - 2);
+  const shape_t ba(sa.begin(), sa.end() - 2), bb(sb.begin(), sb.end() - 2);
   const shape_t batch = broadcast_shapes(c, {&ba, &bb});
-  const auto ia = broadcast_index(ba, batch), ib = broadcast_index(bb, batch);
   value r;
   r.shape = batch;
   r.shape.push_back(M);
   r.shape.push_back(N);
-  r.f.assign(numel(r.shape), 0.0f);
+  r.f.resize(numel(r.shape));
+  const auto mk = static_cast<std::size_t>(M * K), kn = static_cast<std::size_t>(K * N),
+             mn = static_cast<std::size_t>(M * N);
+  if (bb.empty() || numel(bb) == 1) {
+    // One weight for every batch: fold the batch into the rows, one sgemm [batch*M, K] x [K, N]
+    // (a's batches are contiguous when a is not broadcast).
+    if (numel(ba) == numel(batch)) {
+      const auto rows = static_cast<int>(numel(batch) * static_cast<std::size_t>(M));
+      if (rows > 0 && N > 0)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, static_cast<int>(N),
+                    static_cast<int>(K), 1.0f, a.f.data(), static_cast<int>(K), b.f.data(),
+                    static_cast<int>(N), 0.0f, r.f.data(), static_cast<int>(N));
+      if (K == 0) std::fill(r.f.begin(), r.f.end(), 0.0f);
+      if (b_vec) r.shape.pop_back();
+      if (a_vec) r.shape.erase(r.shape.end() - (b_vec ? 1 : 2));
+      out.push_back(std::move(r));
+      return;
+    }
+  }
+  const auto ia = broadcast_index(ba, batch), ib = broadcast_index(bb, batch);
   for (std::size_t e = 0; e < ia.size(); ++e) {
+    if (M == 0 || N == 0) break;
+    if (K == 0) {
+      std::fill(r.f.begin(), r.f.end(), 0.0f);
+      break;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(N),
-                static_cast<int>(K), 1.0f, a.f.data() + ia[e] * static_cast<std::size_t>(M * K),
-                static_cast<int>(K), b.f.data() + ib[e] * static_cast<std::size_t>(K * N),
-                static_cast<int>(N), 0.0f, r.f.data() + e * static_cast<std::size_t>(M * N),
+                static_cast<int>(K), 1.0f, a.f.data() + ia[e] * mk, static_cast<int>(K),
+                b.f.data() + ib[e] * kn, static_cast<int>(N), 0.0f, r.f.data() + e * mn,
                 static_cast<int>(N));
   }
   if (b_vec) r.shape.pop_back();
@@ -585,6 +625,7 @@ std::unordered_map<std::string, op_fn> make_registry() {
       {"Softmax", op_softmax},
       {"LayerNormalization", op_layer_norm},
       {"MatMul", op_matmul},
+      {"If", op_if},
       {"Add",
        [](const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
          binary(c, in, out, std::plus<float>(), std::plus<std::int64_t>());
@@ -719,67 +760,123 @@ std::vector<std::string> supported_ops() {
   std::sort(names.begin(), names.end());
   return names;
 }
-
 // ---- executor
 // -------------------------------------------------------------------------------------
 
-executor::executor(const model& m) : m_(m) {
-  std::set<std::string> unsupported;
-  for (const NodeProto& n : m.proto.graph().node()) {
-    if (!registry().count(op_key(n))) unsupported.insert(op_key(n));
-  }
-  if (!unsupported.empty()) {
-    std::string list;
-    for (const std::string& op : unsupported) list += (list.empty() ? "" : ", ") + op;
-    throw model_error(
-        model_error::kind::unsupported, "the executor does not implement " + list +
-                                            " (it implements: " +
-                                            [] {
-                                              std::string s;
-                                              for (const std::string& op : supported_ops())
-                                                s += (s.empty() ? "" : ", ") + op;
-                                              return s;
-                                            }() +
-                                            ")");
-  }
-  for (const TensorProto& t : m.proto.graph().initializer())
-    initializers_[t.name()] = to_value(m, t);
-  const auto& g = m.proto.graph();
-  for (int k = 0; k < g.node_size(); ++k)
-    for (const std::string& name : g.node(k).input()) last_use_[name] = k;
-  for (const auto& o : g.output()) last_use_.erase(o.name());  // outputs are kept
-}
+/// One graph ready to run: its initializers converted once, each node's operator looked up
+/// once, the index of the last node reading each name (values are freed after it; names read
+/// inside a node's subgraphs count as read by that node), and the plans of its subgraphs.
+struct executor::graph_plan {
+  const ::onnx::GraphProto* graph = nullptr;
+  std::unordered_map<std::string, value> initializers;
+  std::vector<const op_fn*> ops;
+  std::unordered_map<std::string, int> last_use;
+  std::unordered_map<const ::onnx::GraphProto*, std::unique_ptr<graph_plan>> subgraphs;
+  std::vector<bool> has_subgraph;
+};
 
-std::map<std::string, value> executor::run(const std::map<std::string, value>& inputs) const {
-  const auto& g = m_.proto.graph();
-  // Given inputs and computed values; initializers are read from initializers_ in place.
-  std::unordered_map<std::string, value> env;
-  for (const auto& [name, v] : inputs) {
-    bool known = false;
-    for (const auto& in : g.input()) known = known || in.name() == name;
-    if (!known)
-      throw model_error(model_error::kind::invalid, "the model has no input named '" + name + "'");
-  }
-  for (const auto& in : g.input()) {
-    const auto it = inputs.find(in.name());
-    if (it != inputs.end()) {
-      env[in.name()] = it->second;
-    } else if (!initializers_.count(in.name())) {
-      throw model_error(model_error::kind::invalid,
-                        "graph input '" + in.name() + "' was not given");
+namespace {
+
+/// Every name a graph reads, its subgraphs included (over-approximates the outer names they use).
+void names_read(const ::onnx::GraphProto& g, std::set<std::string>& out) {
+  for (const NodeProto& n : g.node()) {
+    for (const std::string& name : n.input())
+      if (!name.empty()) out.insert(name);
+    for (const AttributeProto& a : n.attribute()) {
+      if (a.has_g()) names_read(a.g(), out);
+      for (const auto& sg : a.graphs()) names_read(sg, out);
     }
   }
-  auto lookup = [&](const std::string& name) -> const value* {
-    const auto e = env.find(name);
-    if (e != env.end()) return &e->second;
-    const auto i = initializers_.find(name);
-    return i != initializers_.end() ? &i->second : nullptr;
-  };
+}
 
+void collect_unsupported(const ::onnx::GraphProto& g, std::set<std::string>& unsupported) {
+  for (const NodeProto& n : g.node()) {
+    if (!registry().count(op_key(n))) unsupported.insert(op_key(n));
+    for (const AttributeProto& a : n.attribute()) {
+      if (a.has_g()) collect_unsupported(a.g(), unsupported);
+      for (const auto& sg : a.graphs()) collect_unsupported(sg, unsupported);
+    }
+  }
+}
+
+std::unique_ptr<executor::graph_plan> make_plan(const model& m, const ::onnx::GraphProto& g) {
+  auto p = std::make_unique<executor::graph_plan>();
+  p->graph = &g;
+  for (const TensorProto& t : g.initializer()) p->initializers[t.name()] = to_value(m, t);
   for (int k = 0; k < g.node_size(); ++k) {
     const NodeProto& n = g.node(k);
-    const node_context c{n};
-    inputs_t in;
+    p->ops.push_back(&registry().at(op_key(n)));
+    for (const std::string& name : n.input()) p->last_use[name] = k;
+    bool sub = false;
+    for (const AttributeProto& a : n.attribute()) {
+      std::vector<const ::onnx::GraphProto*> graphs;
+      if (a.has_g()) graphs.push_back(&a.g());
+      for (const auto& sg : a.graphs()) graphs.push_back(&sg);
+      for (const ::onnx::GraphProto* sg : graphs) {
+        sub = true;
+        std::set<std::string> inner;
+        names_read(*sg, inner);
+        for (const std::string& name : inner) p->last_use[name] = k;
+        p->subgraphs[sg] = make_plan(m, *sg);
+      }
+    }
+    p->has_subgraph.push_back(sub);
+  }
+  for (const auto& o : g.output()) p->last_use.erase(o.name());  // outputs are kept
+  return p;
+}
+
+using lookup_fn = std::function<const value*(const std::string&)>;
+
+/// Runs the nodes of `p` with the values in `env` (inputs already there), names not found in
+/// env or the plan's initializers resolving through `outer`. Values are freed after their last
+/// reader. Runs nodes [begin, end).
+void run_nodes(const model& m, const executor::graph_plan& p,
+               std::unordered_map<std::string, value>& env, const lookup_fn& outer,
+               const run_hooks* hooks, int begin, int end) {
+  const ::onnx::GraphProto& g = *p.graph;
+  const lookup_fn lookup = [&](const std::string& name) -> const value* {
+    const auto e = env.find(name);
+    if (e != env.end()) return &e->second;
+    const auto i = p.initializers.find(name);
+    if (i != p.initializers.end()) return &i->second;
+    return outer ? outer(name) : nullptr;
+  };
+  const subgraph_runner run_sub = [&](const ::onnx::GraphProto& sg,
+                                      const std::vector<const value*>& args) {
+    const executor::graph_plan& sp = *p.subgraphs.at(&sg);
+    std::unordered_map<std::string, value> sub_env;
+    for (int k = 0; k < sg.input_size() && k < static_cast<int>(args.size()); ++k)
+      if (args[static_cast<std::size_t>(k)])
+        sub_env[sg.input(k).name()] = *args[static_cast<std::size_t>(k)];
+    run_nodes(m, sp, sub_env, lookup, hooks, 0, sg.node_size());
+    std::vector<value> outs;
+    for (const auto& o : sg.output()) {
+      const auto it = sub_env.find(o.name());
+      if (it != sub_env.end()) {
+        outs.push_back(std::move(it->second));
+        continue;
+      }
+      const value* v = lookup(o.name());
+      if (!v) {
+        const auto i = sp.initializers.find(o.name());
+        if (i == sp.initializers.end())
+          throw model_error(
+              model_error::kind::invalid,
+              "subgraph '" + sg.name() + "' never computes its output '" + o.name() + "'");
+        v = &i->second;
+      }
+      outs.push_back(*v);
+    }
+    return outs;
+  };
+
+  std::vector<value> results;
+  inputs_t in;
+  for (int k = begin; k < end; ++k) {
+    const NodeProto& n = g.node(k);
+    const node_context c{n, p.has_subgraph[static_cast<std::size_t>(k)] ? &run_sub : nullptr};
+    in.clear();
     for (const std::string& name : n.input()) {
       if (name.empty()) {
         in.push_back(nullptr);
@@ -789,27 +886,124 @@ std::map<std::string, value> executor::run(const std::map<std::string, value>& i
       if (!v) c.fail("input '" + name + "' is not computed before the node (graph not sorted?)");
       in.push_back(v);
     }
-    std::vector<value> results;
-    registry().at(op_key(n))(c, m_, in, results);
+    if (hooks && hooks->before_node) hooks->before_node(k, n, in);
+    results.clear();
+    (*p.ops[static_cast<std::size_t>(k)])(c, m, in, results);
     if (results.size() < static_cast<std::size_t>(n.output_size()))
       c.fail("produced fewer outputs than the node has");
     for (int o = 0; o < n.output_size(); ++o) {
       if (!n.output(o).empty()) env[n.output(o)] = std::move(results[static_cast<std::size_t>(o)]);
     }
     for (const std::string& name : n.input()) {
-      const auto lu = last_use_.find(name);
-      if (lu != last_use_.end() && lu->second == k) env.erase(name);
+      const auto lu = p.last_use.find(name);
+      if (lu != p.last_use.end() && lu->second == k) env.erase(name);
+    }
+    if (p.has_subgraph[static_cast<std::size_t>(k)]) {  // outer names read by its subgraphs
+      for (auto it = env.begin(); it != env.end();) {
+        const auto lu = p.last_use.find(it->first);
+        it = lu != p.last_use.end() && lu->second == k ? env.erase(it) : std::next(it);
+      }
     }
   }
+}
+
+}  // namespace
+
+executor::executor(const model& m) : m_(m) {
+  std::set<std::string> unsupported;
+  collect_unsupported(m.proto.graph(), unsupported);
+  if (!unsupported.empty()) {
+    std::string list, all;
+    for (const std::string& op : unsupported) list += (list.empty() ? "" : ", ") + op;
+    for (const std::string& op : supported_ops()) all += (all.empty() ? "" : ", ") + op;
+    throw model_error(model_error::kind::unsupported,
+                      "the executor does not implement " + list + " (it implements: " + all + ")");
+  }
+  plan_ = make_plan(m, m.proto.graph());
+}
+
+struct executor::session::state {
+  std::unordered_map<std::string, value> env;
+  const graph_plan* plan = nullptr;
+  int next = 0;
+};
+
+executor::session::session(std::unique_ptr<state> s) : s_(std::move(s)) {}
+executor::session::session(session&&) noexcept = default;
+executor::session& executor::session::operator=(session&&) noexcept = default;
+executor::session::~session() = default;
+int executor::session::next_node() const noexcept { return s_ ? s_->next : 0; }
+
+const value* executor::session::find(const std::string& name) const {
+  const auto e = s_->env.find(name);
+  if (e != s_->env.end()) return &e->second;
+  const auto i = s_->plan->initializers.find(name);
+  return i != s_->plan->initializers.end() ? &i->second : nullptr;
+}
+
+executor::session executor::start(const std::map<std::string, value>& inputs) const {
+  const auto& g = m_.proto.graph();
+  auto st = std::make_unique<session::state>();
+  st->plan = plan_.get();
+  for (const auto& [name, v] : inputs) {
+    bool known = false;
+    for (const auto& in : g.input()) known = known || in.name() == name;
+    if (!known) {
+      std::string names;
+      for (const auto& in : g.input())
+        if (!plan_->initializers.count(in.name()))
+          names += (names.empty() ? "'" : ", '") + in.name() + "'";
+      throw model_error(model_error::kind::invalid,
+                        "the model has no input named '" + name + "' (its inputs: " + names + ")");
+    }
+  }
+  for (const auto& in : g.input()) {
+    const auto it = inputs.find(in.name());
+    if (it != inputs.end()) {
+      st->env[in.name()] = it->second;
+    } else if (!plan_->initializers.count(in.name())) {
+      throw model_error(model_error::kind::invalid,
+                        "graph input '" + in.name() + "' was not given");
+    }
+  }
+  return session(std::move(st));
+}
+
+void executor::advance(session& s, int end_node, const run_hooks& hooks) const {
+  const int end = std::min(end_node, m_.proto.graph().node_size());
+  if (end <= s.s_->next) return;
+  run_nodes(m_, *plan_, s.s_->env, nullptr, &hooks, s.s_->next, end);
+  s.s_->next = end;
+}
+
+std::map<std::string, value> executor::finish(session& s, const run_hooks& hooks) const {
+  const auto& g = m_.proto.graph();
+  advance(s, g.node_size(), hooks);
   std::map<std::string, value> outputs;
   for (const auto& o : g.output()) {
-    const value* v = lookup(o.name());
-    if (!v)
+    const auto e = s.s_->env.find(o.name());
+    if (e != s.s_->env.end()) {
+      outputs[o.name()] = std::move(e->second);
+      continue;
+    }
+    const auto i = plan_->initializers.find(o.name());
+    if (i == plan_->initializers.end())
       throw model_error(model_error::kind::invalid,
                         "graph output '" + o.name() + "' is never computed");
-    outputs[o.name()] = *v;
+    outputs[o.name()] = i->second;
   }
+  s.s_->env.clear();
   return outputs;
+}
+
+std::map<std::string, value> executor::run(const std::map<std::string, value>& inputs) const {
+  return run(inputs, run_hooks{});
+}
+
+std::map<std::string, value> executor::run(const std::map<std::string, value>& inputs,
+                                           const run_hooks& hooks) const {
+  session s = start(inputs);
+  return finish(s, hooks);
 }
 
 }  // namespace onnx

@@ -38,9 +38,17 @@ inline shape_t strides_of(const shape_t& s) {
   return st;
 }
 
+/// Runs a subgraph (an If branch, a Loop body) in the scope of the running node: names the
+/// subgraph does not define resolve to the enclosing graphs' values. `args` bind to the
+/// subgraph's inputs in order. Returns the subgraph's outputs in order.
+using subgraph_runner = std::function<std::vector<value>(const ::onnx::GraphProto& graph,
+                                                         const std::vector<const value*>& args)>;
+
 /// Errors while running a node: model_error(invalid) naming the node.
 struct node_context {
   const NodeProto& node;
+  /// Set for nodes with graph attributes (If); nullptr otherwise.
+  const subgraph_runner* subgraph = nullptr;
   [[noreturn]] void fail(const std::string& what) const {
     throw model_error(model_error::kind::invalid,
                       node.op_type() + " node '" + node.name() + "': " + what);
@@ -147,6 +155,87 @@ inline std::vector<std::size_t> broadcast_index(const shape_t& s, const shape_t&
   return idx;
 }
 
+/// Walks `out_shape` (row-major) with two operands of shapes `sa` and `sb` broadcast to it, in
+/// runs along the last axis: run(o, pa, pb, len, da, db) covers output elements o .. o+len-1,
+/// reading a at pa + j*da and b at pb + j*db (da, db are 1 or 0 for a broadcast axis). No index
+/// vectors: the operands' offsets advance with per-axis counters once per run.
+template <class Run>
+void broadcast_runs(const shape_t& out_shape, const shape_t& sa, const shape_t& sb, Run run) {
+  const std::size_t n = numel(out_shape);
+  if (n == 0) return;
+  const std::size_t rank = out_shape.size();
+  if (rank == 0) {
+    run(std::size_t(0), std::size_t(0), std::size_t(0), std::size_t(1), std::size_t(0),
+        std::size_t(0));
+    return;
+  }
+  // Strides of each operand aligned to the output's axes, 0 along broadcast axes.
+  auto aligned = [&](const shape_t& s) {
+    shape_t st(rank, 0);
+    const shape_t own = strides_of(s);
+    const std::size_t off = rank - s.size();
+    for (std::size_t k = 0; k < s.size(); ++k) st[off + k] = s[k] == 1 ? 0 : own[k];
+    return st;
+  };
+  const shape_t ta = aligned(sa), tb = aligned(sb);
+  const auto len = static_cast<std::size_t>(out_shape[rank - 1]);
+  const auto da = static_cast<std::size_t>(ta[rank - 1]),
+             db = static_cast<std::size_t>(tb[rank - 1]);
+  shape_t counter(rank, 0);
+  std::size_t pa = 0, pb = 0;
+  for (std::size_t o = 0; o < n; o += len) {
+    run(o, pa, pb, len, da, db);
+    for (std::size_t k = rank - 1; k-- > 0;) {
+      if (++counter[k] < out_shape[k]) {
+        pa += static_cast<std::size_t>(ta[k]);
+        pb += static_cast<std::size_t>(tb[k]);
+        break;
+      }
+      pa -= static_cast<std::size_t>(ta[k] * (out_shape[k] - 1));
+      pb -= static_cast<std::size_t>(tb[k] * (out_shape[k] - 1));
+      counter[k] = 0;
+    }
+  }
+}
+
+/// r[e] = f(a[ia], b[ib]) over the broadcast of a and b, with plain loops for the common cases
+/// (same shape, a scalar operand) so they vectorize.
+template <class T, class F>
+void broadcast_apply(const std::vector<T>& a, const shape_t& sa, const std::vector<T>& b,
+                     const shape_t& sb, const shape_t& out_shape, std::vector<T>& r, F f) {
+  const std::size_t n = numel(out_shape);
+  r.resize(n);
+  const T* pa = a.data();
+  const T* pb = b.data();
+  T* pr = r.data();
+  if (sa == out_shape && sb == out_shape) {
+    for (std::size_t e = 0; e < n; ++e) pr[e] = f(pa[e], pb[e]);
+  } else if (sa == out_shape && b.size() == 1) {
+    const T y = pb[0];
+    for (std::size_t e = 0; e < n; ++e) pr[e] = f(pa[e], y);
+  } else if (sb == out_shape && a.size() == 1) {
+    const T x = pa[0];
+    for (std::size_t e = 0; e < n; ++e) pr[e] = f(x, pb[e]);
+  } else {
+    broadcast_runs(out_shape, sa, sb,
+                   [&](std::size_t o, std::size_t ia, std::size_t ib, std::size_t len,
+                       std::size_t da, std::size_t db) {
+                     if (da == 1 && db == 1) {
+                       for (std::size_t j = 0; j < len; ++j) pr[o + j] = f(pa[ia + j], pb[ib + j]);
+                     } else if (da == 1) {
+                       const T y = pb[ib];
+                       for (std::size_t j = 0; j < len; ++j) pr[o + j] = f(pa[ia + j], y);
+                     } else if (db == 1) {
+                       const T x = pa[ia];
+                       for (std::size_t j = 0; j < len; ++j) pr[o + j] = f(x, pb[ib + j]);
+                     } else {
+                       const T v = f(pa[ia], pb[ib]);
+                       for (std::size_t j = 0; j < len; ++j) pr[o + j] = v;
+                     }
+                   });
+  }
+}
+
 // ---- Operators ----------------------------------------------------------------------------------
 
 using inputs_t = std::vector<const value*>;
@@ -170,14 +259,10 @@ void binary(const node_context& c, const inputs_t& in, std::vector<value>& out, 
   value r;
   r.type = a.type;
   r.shape = broadcast_shapes(c, {&a.shape, &b.shape});
-  const auto ia = broadcast_index(a.shape, r.shape), ib = broadcast_index(b.shape, r.shape);
-  const std::size_t n = ia.size();
   if (a.type == value_type::float32) {
-    r.f.resize(n);
-    for (std::size_t e = 0; e < n; ++e) r.f[e] = on_float(a.f[ia[e]], b.f[ib[e]]);
+    broadcast_apply(a.f, a.shape, b.f, b.shape, r.shape, r.f, on_float);
   } else {
-    r.i.resize(n);
-    for (std::size_t e = 0; e < n; ++e) r.i[e] = on_int(a.i[ia[e]], b.i[ib[e]]);
+    broadcast_apply(a.i, a.shape, b.i, b.shape, r.shape, r.i, on_int);
   }
   out.push_back(std::move(r));
 }

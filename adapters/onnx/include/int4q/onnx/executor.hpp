@@ -11,7 +11,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -43,6 +45,18 @@ value to_value(const model& m, const ::onnx::TensorProto& t);
 /// The operators the executor implements (default domain), sorted.
 std::vector<std::string> supported_ops();
 
+/// What run() tells a caller while it runs the main graph (all optional).
+struct run_hooks {
+  /// Called before each node (of the main graph and of subgraphs) with its index in its graph,
+  /// the node (its address identifies it: it is the model's own NodeProto) and its inputs
+  /// (nullptr for absent optional inputs). It may replace an input pointer with a value it
+  /// owns and keeps alive until run() returns (sequential calibration swaps a weight for its
+  /// quantized version this way). Statistics collection reads the activations here.
+  std::function<void(int node_index, const ::onnx::NodeProto& node,
+                     std::vector<const value*>& inputs)>
+      before_node;
+};
+
 /// Runs the main graph of a model. Construction checks the graph: every operator must be
 /// supported (model_error unsupported, listing all the others), the graph must be sorted.
 class executor {
@@ -53,13 +67,44 @@ class executor {
   /// overridden, missing ones keep their initializer). Returns the graph outputs by name.
   /// Throws model_error naming the node for bad inputs or shapes.
   std::map<std::string, value> run(const std::map<std::string, value>& inputs) const;
+  std::map<std::string, value> run(const std::map<std::string, value>& inputs,
+                                   const run_hooks& hooks) const;
+
+  /// A run in progress, paused between nodes of the main graph: calibration interleaves it
+  /// with quantization (run up to a weight's node, read its input, quantize the weight, go on
+  /// with the quantized weight swapped in by a hook). Holds the live values only.
+  class session {
+   public:
+    session(session&&) noexcept;
+    session& operator=(session&&) noexcept;
+    ~session();
+    /// Index of the next main-graph node to run (node_size() when finished).
+    int next_node() const noexcept;
+    /// A value live at this point (an input, a computed value not yet freed, an initializer);
+    /// nullptr when there is none.
+    const value* find(const std::string& name) const;
+
+   private:
+    friend class executor;
+    struct state;
+    explicit session(std::unique_ptr<state> s);
+    std::unique_ptr<state> s_;
+  };
+
+  /// Binds the inputs (checked as in run()); no node runs yet.
+  session start(const std::map<std::string, value>& inputs) const;
+  /// Runs the main graph's nodes from s.next_node() up to, excluding, `end_node`.
+  void advance(session& s, int end_node, const run_hooks& hooks = {}) const;
+  /// Runs the rest and returns the graph outputs (the session is finished then).
+  std::map<std::string, value> finish(session& s, const run_hooks& hooks = {}) const;
+
+  struct graph_plan;
 
  private:
   const model& m_;
-  /// The initializers as values, converted once; run() reads them in place.
-  std::map<std::string, value> initializers_;
-  /// Index of the last node reading each name (values are freed after it), graph outputs kept.
-  std::map<std::string, int> last_use_;
+  /// The main graph and, for each subgraph (If branches), its initializers converted once and
+  /// the index of the last node reading each name (values are freed after it).
+  std::shared_ptr<const graph_plan> plan_;
 };
 
 }  // namespace onnx

@@ -1,0 +1,88 @@
+// Calibration: the activations that reach each quantizable weight, gathered while int4q's
+// executor runs the model on calibration data, as the core's streaming activation_stats
+// (Hessian X^T X, mean and max |x| per input channel, a bounded row sample).
+//
+// Two ways to see a weight's input, both needed by GPTQ and AWQ:
+//   collect_activation_stats  "parallel": every weight sees the float model's activations (one
+//                             pass over the data, statistics of all weights at once).
+//   sequential_calibration    "sequential": weights in graph order, each one calibrated on the
+//                             activations that flow through the already quantized earlier
+//                             weights (the data's runs pause before each weight's node).
+#ifndef INT4Q_ONNX_CALIBRATE_HPP
+#define INT4Q_ONNX_CALIBRATE_HPP
+
+#include <cstddef>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <int4q/activation_stats.hpp>
+#include <int4q/onnx/executor.hpp>
+#include <int4q/onnx/model.hpp>
+#include <int4q/onnx/weights.hpp>
+
+namespace int4q {
+namespace onnx {
+
+/// Calibration data: one call per batch; fills the inputs and returns true, or returns false
+/// after the last batch. Read once.
+using batch_source = std::function<bool(std::map<std::string, value>& inputs)>;
+
+/// The rows a use of `w` multiplies with the weight, from the node's inputs: MatMul and Gemm
+/// (transA = 0) input A, viewed as [rows, K]. Throws model_error when its last axis is not K.
+struct activation_rows {
+  const float* data = nullptr;
+  std::size_t rows = 0;
+};
+activation_rows rows_of(const weight_info& w, const ::onnx::NodeProto& node, const value& a);
+
+struct collect_options {
+  activation_stats_options stats;  ///< what to accumulate (H, row sample)
+  /// Called after each batch with the number of batches done.
+  std::function<void(std::size_t batches)> on_progress;
+};
+
+/// "Parallel" statistics of every weight in `weights` (by weight name; the rows of all uses of
+/// a shared weight pool, uses inside If branches included) over every batch of `source`, with
+/// the float model. Memory: the statistics and one batch's live activations.
+std::map<std::string, activation_stats> collect_activation_stats(
+    const model& m, const std::vector<const weight_info*>& weights, const batch_source& source,
+    const collect_options& options = {});
+
+/// "Sequential" calibration. Holds one paused run per batch (memory: the live activations of
+/// all batches at the current point of the graph). For weights in graph order:
+///
+///   stats = seq.stats_for(w);        // runs every batch up to w's first node
+///   ...quantize w with stats...
+///   seq.replace(w, dequantized);     // from now on the runs multiply with these values
+///
+/// Weights used only inside subgraphs (If branches) are not seen by the paused main-graph
+/// runs: stats_for gives them the statistics of a full run of the float model instead
+/// (parallel, with the replacements made so far), computed once on first need from a copy of
+/// the batches' inputs kept for that purpose.
+class sequential_calibration {
+ public:
+  sequential_calibration(const model& m, const std::vector<const weight_info*>& weights,
+                         const batch_source& source, const collect_options& options = {});
+  ~sequential_calibration();
+  sequential_calibration(const sequential_calibration&) = delete;
+  sequential_calibration& operator=(const sequential_calibration&) = delete;
+
+  /// The statistics of `w`'s input as it is now (earlier replacements applied). Weights must
+  /// be asked for in the order of their first main-graph use.
+  activation_stats stats_for(const weight_info& w);
+  /// Replaces the weight's values for the rest of the runs: `stored` in the tensor's stored
+  /// layout and shape (dims of weight_info), as floats.
+  void replace(const weight_info& w, value stored);
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> p_;
+};
+
+}  // namespace onnx
+}  // namespace int4q
+
+#endif  // INT4Q_ONNX_CALIBRATE_HPP
