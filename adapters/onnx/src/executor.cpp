@@ -17,6 +17,7 @@
 #include <int4q/float16.hpp>
 
 #include "executor_detail.hpp"
+#include "executor_math.hpp"
 
 namespace int4q {
 namespace onnx {
@@ -198,35 +199,23 @@ void op_reshape(const node_context& c, const model&, const inputs_t& in, std::ve
   out.push_back(std::move(r));
 }
 
-/// out[...] = a[...] along a general strided selection: for each axis k, indices
-/// start[k] + j * step[k], j < count[k].
-template <class T>
-void select_strided(const std::vector<T>& src, const shape_t& shape, const shape_t& start,
-                    const shape_t& step, const shape_t& count, std::vector<T>& dst) {
-  const std::size_t rank = shape.size();
-  const shape_t st = strides_of(shape);
-  dst.resize(numel(count));
-  if (dst.empty()) return;
-  shape_t j(rank, 0);
-  for (std::size_t e = 0; e < dst.size(); ++e) {
-    std::int64_t pos = 0;
-    for (std::size_t k = 0; k < rank; ++k) pos += (start[k] + j[k] * step[k]) * st[k];
-    dst[e] = src[static_cast<std::size_t>(pos)];
-    for (std::size_t k = rank; k-- > 0;) {
-      if (++j[k] < count[k]) break;
-      j[k] = 0;
-    }
-  }
-}
-
 value strided(const value& a, const shape_t& start, const shape_t& step, const shape_t& count) {
+  // A view: offset sum_k start[k] * stride[k], strides stride[k] * step[k].
+  const shape_t st = strides_of(a.shape);
+  std::int64_t offset = 0;
+  shape_t view(st.size());
+  for (std::size_t k = 0; k < st.size(); ++k) {
+    offset += start[k] * st[k];
+    view[k] = st[k] * step[k];
+  }
   value r;
   r.type = a.type;
   r.shape = count;
+  if (numel(count) == 0) return r;
   if (a.type == value_type::float32) {
-    select_strided(a.f, a.shape, start, step, count, r.f);
+    copy_view(a.f, count, view, offset, r.f);
   } else {
-    select_strided(a.i, a.shape, start, step, count, r.i);
+    copy_view(a.i, count, view, offset, r.i);
   }
   return r;
 }
@@ -364,25 +353,27 @@ void op_transpose(const node_context& c, const model&, const inputs_t& in,
     for (std::size_t k = 0; k < rank; ++k) perm.push_back(static_cast<std::int64_t>(rank - 1 - k));
   if (perm.size() != rank)
     c.fail("perm has " + std::to_string(perm.size()) + " entries for rank " + std::to_string(rank));
+  std::vector<bool> used(rank, false);
+  for (std::int64_t p : perm) {
+    if (p < 0 || p >= static_cast<std::int64_t>(rank) || used[static_cast<std::size_t>(p)])
+      c.fail("perm " + dims_string(perm) + " is not a permutation of the axes");
+    used[static_cast<std::size_t>(p)] = true;
+  }
   const shape_t st = strides_of(a.shape);
-  // Output element j reads the input at sum_k j[k] * stride[perm[k]].
   value r;
   r.type = a.type;
   for (std::size_t k = 0; k < rank; ++k)
     r.shape.push_back(a.shape[static_cast<std::size_t>(perm[k])]);
-  const std::size_t n = a.size();
-  std::vector<std::size_t> idx(n);
-  shape_t j(rank, 0);
-  for (std::size_t e = 0; e < n; ++e) {
-    std::int64_t pos = 0;
-    for (std::size_t k = 0; k < rank; ++k) pos += j[k] * st[static_cast<std::size_t>(perm[k])];
-    idx[e] = static_cast<std::size_t>(pos);
-    for (std::size_t k = rank; k-- > 0;) {
-      if (++j[k] < r.shape[k]) break;
-      j[k] = 0;
-    }
+  // Output element j reads the input at sum_k j[k] * stride[perm[k]]: a view with these
+  // strides, copied out (runs along the last axis when it stays the last axis).
+  shape_t view_strides(rank);
+  for (std::size_t k = 0; k < rank; ++k) view_strides[k] = st[static_cast<std::size_t>(perm[k])];
+  if (a.type == value_type::float32) {
+    copy_view(a.f, r.shape, view_strides, 0, r.f);
+  } else {
+    copy_view(a.i, r.shape, view_strides, 0, r.i);
   }
-  out.push_back(take(a, r.shape, idx));
+  out.push_back(std::move(r));
 }
 
 void op_equal(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
@@ -406,15 +397,20 @@ void op_where(const node_context& c, const model&, const inputs_t& in, std::vect
   value r;
   r.type = x.type;
   r.shape = broadcast_shapes(c, {&cond.shape, &x.shape, &y.shape});
-  const auto ic = broadcast_index(cond.shape, r.shape), ix = broadcast_index(x.shape, r.shape),
-             iy = broadcast_index(y.shape, r.shape);
-  const std::size_t n = ic.size();
+  auto select = [&](const auto& xs, const auto& ys, auto& rs) {
+    rs.resize(numel(r.shape));
+    broadcast_walk<3>(r.shape, {&cond.shape, &x.shape, &y.shape},
+                      [&](std::size_t o, const std::array<std::size_t, 3>& p,
+                          const std::array<std::size_t, 3>& d, std::size_t len) {
+                        for (std::size_t j = 0; j < len; ++j)
+                          rs[o + j] =
+                              cond.i[p[0] + j * d[0]] ? xs[p[1] + j * d[1]] : ys[p[2] + j * d[2]];
+                      });
+  };
   if (r.type == value_type::float32) {
-    r.f.resize(n);
-    for (std::size_t e = 0; e < n; ++e) r.f[e] = cond.i[ic[e]] ? x.f[ix[e]] : y.f[iy[e]];
+    select(x.f, y.f, r.f);
   } else {
-    r.i.resize(n);
-    for (std::size_t e = 0; e < n; ++e) r.i[e] = cond.i[ic[e]] ? x.i[ix[e]] : y.i[iy[e]];
+    select(x.i, y.i, r.i);
   }
   out.push_back(std::move(r));
 }
@@ -461,6 +457,21 @@ void op_softmax(const node_context& c, const model& m, const inputs_t& in,
     for (std::size_t k = axis; k < rank; ++k) len *= static_cast<std::size_t>(a.shape[k]);
   }
   value r = a;
+  if (inner == 1) {  // the last axis: rows in place, exp vectorized
+    for (std::size_t p = 0; p < outer; ++p) {
+      float* x = r.f.data() + p * len;
+      float mx = -INFINITY;
+      for (std::size_t k = 0; k < len; ++k) mx = std::max(mx, x[k]);
+      for (std::size_t k = 0; k < len; ++k) x[k] -= mx;
+      exp_in_place(x, len);
+      double sum = 0;
+      for (std::size_t k = 0; k < len; ++k) sum += x[k];
+      const auto inv = static_cast<float>(1.0 / sum);
+      for (std::size_t k = 0; k < len; ++k) x[k] *= inv;
+    }
+    out.push_back(std::move(r));
+    return;
+  }
   for (std::size_t p = 0; p < outer; ++p) {
     for (std::size_t q = 0; q < inner; ++q) {
       float* x = r.f.data() + p * len * inner + q;

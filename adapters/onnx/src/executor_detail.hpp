@@ -4,6 +4,7 @@
 #define INT4Q_ONNX_SRC_EXECUTOR_DETAIL_HPP
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -155,47 +156,54 @@ inline std::vector<std::size_t> broadcast_index(const shape_t& s, const shape_t&
   return idx;
 }
 
-/// Walks `out_shape` (row-major) with two operands of shapes `sa` and `sb` broadcast to it, in
-/// runs along the last axis: run(o, pa, pb, len, da, db) covers output elements o .. o+len-1,
-/// reading a at pa + j*da and b at pb + j*db (da, db are 1 or 0 for a broadcast axis). No index
-/// vectors: the operands' offsets advance with per-axis counters once per run.
-template <class Run>
-void broadcast_runs(const shape_t& out_shape, const shape_t& sa, const shape_t& sb, Run run) {
+/// Walks `out_shape` (row-major) with N operands of the given shapes broadcast to it, in runs
+/// along the last axis: run(o, pos, step, len) covers output elements o .. o+len-1, operand q
+/// read at pos[q] + j*step[q] (step 1, or 0 along a broadcast axis). No index vectors: the
+/// operands' offsets advance with per-axis counters once per run.
+template <std::size_t N, class Run>
+void broadcast_walk(const shape_t& out_shape, const std::array<const shape_t*, N>& shapes,
+                    Run run) {
   const std::size_t n = numel(out_shape);
   if (n == 0) return;
   const std::size_t rank = out_shape.size();
+  std::array<std::size_t, N> pos{}, step{};
   if (rank == 0) {
-    run(std::size_t(0), std::size_t(0), std::size_t(0), std::size_t(1), std::size_t(0),
-        std::size_t(0));
+    run(std::size_t(0), pos, step, std::size_t(1));
     return;
   }
   // Strides of each operand aligned to the output's axes, 0 along broadcast axes.
-  auto aligned = [&](const shape_t& s) {
-    shape_t st(rank, 0);
+  std::array<shape_t, N> st;
+  for (std::size_t q = 0; q < N; ++q) {
+    const shape_t& s = *shapes[q];
+    st[q].assign(rank, 0);
     const shape_t own = strides_of(s);
     const std::size_t off = rank - s.size();
-    for (std::size_t k = 0; k < s.size(); ++k) st[off + k] = s[k] == 1 ? 0 : own[k];
-    return st;
-  };
-  const shape_t ta = aligned(sa), tb = aligned(sb);
+    for (std::size_t k = 0; k < s.size(); ++k) st[q][off + k] = s[k] == 1 ? 0 : own[k];
+    step[q] = static_cast<std::size_t>(st[q][rank - 1]);
+  }
   const auto len = static_cast<std::size_t>(out_shape[rank - 1]);
-  const auto da = static_cast<std::size_t>(ta[rank - 1]),
-             db = static_cast<std::size_t>(tb[rank - 1]);
   shape_t counter(rank, 0);
-  std::size_t pa = 0, pb = 0;
   for (std::size_t o = 0; o < n; o += len) {
-    run(o, pa, pb, len, da, db);
+    run(o, pos, step, len);
     for (std::size_t k = rank - 1; k-- > 0;) {
       if (++counter[k] < out_shape[k]) {
-        pa += static_cast<std::size_t>(ta[k]);
-        pb += static_cast<std::size_t>(tb[k]);
+        for (std::size_t q = 0; q < N; ++q) pos[q] += static_cast<std::size_t>(st[q][k]);
         break;
       }
-      pa -= static_cast<std::size_t>(ta[k] * (out_shape[k] - 1));
-      pb -= static_cast<std::size_t>(tb[k] * (out_shape[k] - 1));
+      for (std::size_t q = 0; q < N; ++q)
+        pos[q] -= static_cast<std::size_t>(st[q][k] * (out_shape[k] - 1));
       counter[k] = 0;
     }
   }
+}
+
+/// broadcast_walk for two operands: run(o, pa, pb, len, da, db).
+template <class Run>
+void broadcast_runs(const shape_t& out_shape, const shape_t& sa, const shape_t& sb, Run run) {
+  broadcast_walk<2>(
+      out_shape, {&sa, &sb},
+      [&](std::size_t o, const std::array<std::size_t, 2>& p, const std::array<std::size_t, 2>& d,
+          std::size_t len) { run(o, p[0], p[1], len, d[0], d[1]); });
 }
 
 /// r[e] = f(a[ia], b[ib]) over the broadcast of a and b, with plain loops for the common cases
@@ -233,6 +241,42 @@ void broadcast_apply(const std::vector<T>& a, const shape_t& sa, const std::vect
                        for (std::size_t j = 0; j < len; ++j) pr[o + j] = v;
                      }
                    });
+  }
+}
+
+/// dst = the elements of src seen through a strided view: element j of `shape` (row-major) is
+/// src[offset + sum_k j[k] * strides[k]]. Copies runs along the last axis (a plain copy when its
+/// stride is 1), advancing the offset with per-axis counters.
+template <class T>
+void copy_view(const std::vector<T>& src, const shape_t& shape, const shape_t& strides,
+               std::int64_t offset, std::vector<T>& dst) {
+  const std::size_t n = numel(shape), rank = shape.size();
+  dst.resize(n);
+  if (n == 0) return;
+  if (rank == 0) {
+    dst[0] = src[static_cast<std::size_t>(offset)];
+    return;
+  }
+  const auto len = static_cast<std::size_t>(shape[rank - 1]);
+  const std::int64_t step = strides[rank - 1];
+  shape_t j(rank, 0);
+  std::int64_t pos = offset;
+  T* o = dst.data();
+  for (std::size_t e = 0; e < n; e += len) {
+    const T* s = src.data() + pos;
+    if (step == 1) {
+      std::copy(s, s + len, o + e);
+    } else {
+      for (std::size_t q = 0; q < len; ++q) o[e + q] = s[static_cast<std::int64_t>(q) * step];
+    }
+    for (std::size_t k = rank - 1; k-- > 0;) {
+      if (++j[k] < shape[k]) {
+        pos += strides[k];
+        break;
+      }
+      pos -= strides[k] * (shape[k] - 1);
+      j[k] = 0;
+    }
   }
 }
 

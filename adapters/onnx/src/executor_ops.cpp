@@ -12,6 +12,7 @@
 #include <int4q/pack.hpp>
 
 #include "executor_detail.hpp"
+#include "executor_math.hpp"
 
 namespace int4q {
 namespace onnx {
@@ -51,6 +52,18 @@ op_fn float_op(F f) {
   return [f](const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
     unary(
         c, in, out, f, [](std::int64_t x) { return x; }, false);
+  };
+}
+
+/// Elementwise on floats through an array kernel (executor_math.hpp): f(float* x, size_t n).
+template <class F>
+op_fn float_array_op(F f) {
+  return [f](const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+    const value& a = need(c, in, 0);
+    if (a.type != value_type::float32) c.fail("input type is not supported");
+    value r = a;
+    f(r.f.data(), r.f.size());
+    out.push_back(std::move(r));
   };
 }
 
@@ -506,12 +519,12 @@ void op_dequantize_linear(const node_context& c, const model&, const inputs_t& i
 }  // namespace
 
 void add_more_ops(std::unordered_map<std::string, op_fn>& ops) {
-  ops["Erf"] = float_op([](float x) { return std::erf(x); });
+  ops["Erf"] = float_array_op(erf_in_place);
   ops["Sqrt"] = float_op([](float x) { return std::sqrt(x); });
-  ops["Exp"] = float_op([](float x) { return std::exp(x); });
+  ops["Exp"] = float_array_op(exp_in_place);
   ops["Log"] = float_op([](float x) { return std::log(x); });
-  ops["Tanh"] = float_op([](float x) { return std::tanh(x); });
-  ops["Sigmoid"] = float_op([](float x) { return 1.0f / (1.0f + std::exp(-x)); });
+  ops["Tanh"] = float_array_op(tanh_in_place);
+  ops["Sigmoid"] = float_array_op(sigmoid_in_place);
   ops["Reciprocal"] = float_op([](float x) { return 1.0f / x; });
   ops["Floor"] = float_op([](float x) { return std::floor(x); });
   ops["Ceil"] = float_op([](float x) { return std::ceil(x); });
