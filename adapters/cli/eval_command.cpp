@@ -4,16 +4,17 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
-#include <iterator>
+#include <limits>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include <int4q/onnx/calib_data.hpp>
 #include <int4q/onnx/executor.hpp>
 #include <int4q/onnx/model.hpp>
 
@@ -27,43 +28,83 @@ namespace ox = int4q::onnx;
 
 namespace {
 
-/// Running error of a candidate output against the reference's.
+/// Running error of a candidate output against the reference's, over every element seen.
 struct output_error {
   double max_abs = 0, ref_max_abs = 0, dot = 0, ref_sq = 0, cand_sq = 0, diff_sq = 0;
-  void add(const std::vector<float>& ref, const std::vector<float>& cand) {
+  double sum_abs = 0;
+  std::uint64_t count = 0;
+  template <class T>
+  void add(const std::vector<T>& ref, const std::vector<T>& cand) {
     for (std::size_t e = 0; e < ref.size(); ++e) {
-      const double a = ref[e], b = cand[e];
+      const double a = static_cast<double>(ref[e]), b = static_cast<double>(cand[e]);
       max_abs = std::max(max_abs, std::fabs(a - b));
       ref_max_abs = std::max(ref_max_abs, std::fabs(a));
       dot += a * b;
       ref_sq += a * a;
       cand_sq += b * b;
       diff_sq += (a - b) * (a - b);
+      sum_abs += std::fabs(a - b);
     }
+    count += ref.size();
   }
+  void add(const ox::value& ref, const ox::value& cand) {
+    if (ref.type == ox::value_type::float32)
+      add(ref.f, cand.f);
+    else
+      add(ref.i, cand.i);
+  }
+  /// The logits error of the language-model mode.
   nlohmann::json to_json() const {
     return {{"max_abs", max_abs},
             {"max_rel", ref_max_abs > 0 ? max_abs / ref_max_abs : max_abs},
             {"rel_l2", ref_sq > 0 ? std::sqrt(diff_sq / ref_sq) : std::sqrt(diff_sq)},
             {"cosine", ref_sq > 0 && cand_sq > 0 ? dot / std::sqrt(ref_sq * cand_sq) : 1.0}};
   }
+  /// max relative error = max |a - b| / max |a| over the whole output (0 when both are 0,
+  /// infinite - null in JSON - when only the reference is all zeros).
+  double max_rel() const {
+    if (ref_max_abs > 0) return max_abs / ref_max_abs;
+    return max_abs > 0 ? std::numeric_limits<double>::infinity() : 0.0;
+  }
+  /// Cosine similarity of the flattened outputs (1 when both are all zeros, 0 when one is).
+  double cosine() const {
+    if (ref_sq > 0 && cand_sq > 0) return dot / std::sqrt(ref_sq * cand_sq);
+    return ref_sq == 0 && cand_sq == 0 ? 1.0 : 0.0;
+  }
+  double mean_abs() const { return count ? sum_abs / static_cast<double>(count) : 0.0; }
 };
+
+nlohmann::json finite_or_null(double v) {
+  return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+}
+
+/// The model's inputs (not initializers).
+std::vector<const ::onnx::ValueInfoProto*> graph_inputs(const ox::model& m) {
+  std::set<std::string> inits;
+  for (const auto& t : m.proto.graph().initializer()) inits.insert(t.name());
+  std::vector<const ::onnx::ValueInfoProto*> inputs;
+  for (const auto& in : m.proto.graph().input())
+    if (!inits.count(in.name())) inputs.push_back(&in);
+  return inputs;
+}
+
+/// Whether `m` is a language model for --tokens: one int64 input of token ids.
+bool is_language_model(const ox::model& m) {
+  const auto inputs = graph_inputs(m);
+  return inputs.size() == 1 &&
+         inputs[0]->type().tensor_type().elem_type() == ::onnx::TensorProto::INT64;
+}
 
 /// The model's token input: its only int64 input (others must be absent).
 std::string token_input(const ox::model& m, const fs::path& path) {
-  std::vector<const ::onnx::ValueInfoProto*> inputs;
-  for (const auto& in : m.proto.graph().input()) {
-    bool is_initializer = false;
-    for (const auto& t : m.proto.graph().initializer()) is_initializer |= t.name() == in.name();
-    if (!is_initializer) inputs.push_back(&in);
-  }
-  if (inputs.size() != 1 ||
-      inputs[0]->type().tensor_type().elem_type() != ::onnx::TensorProto::INT64) {
+  const auto inputs = graph_inputs(m);
+  if (!is_language_model(m)) {
     throw ox::model_error(ox::model_error::kind::unsupported,
                           "'" + path.string() +
                               "': int4q eval --tokens needs a language model with one int64 "
                               "input of token ids [batch, sequence] (this one has " +
-                              std::to_string(inputs.size()) + " inputs)");
+                              std::to_string(inputs.size()) +
+                              " inputs); for other models give --data FILE|DIR");
   }
   return inputs[0]->name();
 }
@@ -71,54 +112,29 @@ std::string token_input(const ox::model& m, const fs::path& path) {
 /// The logits output: [batch, sequence, vocabulary] float.
 std::string logits_output(const ox::model& m) { return m.proto.graph().output(0).name(); }
 
-}  // namespace
-
-void setup_eval(CLI::App& app) {
-  auto opt = std::make_shared<eval_command_options>();
-  CLI::App* sub = app.add_subcommand(
-      "eval",
-      "Compare a quantized model with its reference, both run by int4q's executor: mean "
-      "next-token NLL of each on windows of a token file, and the error of the candidate's "
-      "outputs");
-  sub->add_option("REFERENCE", opt->reference, "The original model")->required()->type_name("");
-  sub->add_option("CANDIDATE", opt->candidate, "The quantized model")->required()->type_name("");
-  sub->add_option("--tokens", opt->tokens,
-                  "Token file: one byte per token (byte-level models), e.g. held-out text")
-      ->required()
-      ->type_name("FILE");
-  sub->add_option("--seq-len", opt->seq_len, "Tokens per window")
-      ->capture_default_str()
-      ->type_name("N");
-  sub->add_option("--samples", opt->samples, "Windows, evenly spaced over the file")
-      ->capture_default_str()
-      ->type_name("N");
-  sub->add_option("--json", opt->json, "Write the results as JSON to FILE, or to stdout with -")
-      ->type_name("FILE|-");
-  sub->footer(exit_codes_text());
-  sub->callback([opt]() { run_eval(*opt); });
+std::string shape_text(const std::vector<std::int64_t>& s) {
+  std::string r = "[";
+  for (std::size_t k = 0; k < s.size(); ++k) r += (k ? ", " : "") + std::to_string(s[k]);
+  return r + "]";
 }
 
-void run_eval(const eval_command_options& o) {
-  require_readable_file(o.reference, "reference model");
-  require_readable_file(o.candidate, "candidate model");
-  require_readable_file(o.tokens, "token file");
-  if (o.seq_len == 0 || o.samples == 0) throw usage_error("--seq-len and --samples must be >= 1");
-  const auto start = std::chrono::steady_clock::now();
-  std::ifstream in(o.tokens, std::ios::binary);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::size_t window = o.seq_len + 1;
-  if (text.size() < window) {
-    throw usage_error("'" + o.tokens.string() + "' holds " + std::to_string(text.size()) +
+/// --tokens: mean next-token NLL of both models and the logits error.
+nlohmann::json eval_tokens(const eval_command_options& o, const ox::model& ref,
+                           const ox::model& cand, const ox::executor& run_ref,
+                           const ox::executor& run_cand) {
+  const std::size_t seq_len = o.data.seq_len, samples = o.data.samples;
+  if (seq_len == 0 || samples == 0) throw usage_error("--seq-len and --samples must be >= 1");
+  const ox::token_file tokens(o.tokens, ox::parse_token_dtype(o.data.token_dtype));
+  const std::size_t window = seq_len + 1;
+  if (tokens.size() < window) {
+    throw usage_error("'" + o.tokens.string() + "' holds " + std::to_string(tokens.size()) +
                       " tokens, fewer than --seq-len + 1 = " + std::to_string(window));
   }
-  const ox::model ref = ox::load_model(o.reference);
-  const ox::model cand = ox::load_model(o.candidate);
   const std::string input = token_input(ref, o.reference);
   if (token_input(cand, o.candidate) != input) {
     throw ox::model_error(ox::model_error::kind::unsupported,
                           "the two models name their token input differently");
   }
-  const ox::executor run_ref(ref), run_cand(cand);
   const std::string logits_ref = logits_output(ref), logits_cand = logits_output(cand);
 
   // Window i starts at floor(i * (L - window) / (samples - 1)); the target of position t is
@@ -126,20 +142,19 @@ void run_eval(const eval_command_options& o) {
   double nll_ref = 0, nll_cand = 0;
   std::size_t predictions = 0;
   output_error err;
-  for (std::size_t b0 = 0; b0 < o.samples; b0 += o.batch) {
-    const std::size_t nb = std::min(o.batch, o.samples - b0);
-    std::vector<std::int64_t> ids(nb * o.seq_len);
-    std::vector<unsigned char> targets(nb * o.seq_len);
+  for (std::size_t b0 = 0; b0 < samples; b0 += o.batch) {
+    const std::size_t nb = std::min(o.batch, samples - b0);
+    std::vector<std::int64_t> ids(nb * seq_len);
+    std::vector<std::int64_t> targets(nb * seq_len);
     for (std::size_t w = 0; w < nb; ++w) {
-      const std::size_t i = b0 + w;
-      const std::size_t off = o.samples == 1 ? 0 : i * (text.size() - window) / (o.samples - 1);
-      for (std::size_t t = 0; t < o.seq_len; ++t) {
-        ids[w * o.seq_len + t] = static_cast<unsigned char>(text[off + t]);
-        targets[w * o.seq_len + t] = static_cast<unsigned char>(text[off + t + 1]);
+      const auto text = tokens.read(tokens.window_start(b0 + w, samples, window), window);
+      for (std::size_t t = 0; t < seq_len; ++t) {
+        ids[w * seq_len + t] = text[t];
+        targets[w * seq_len + t] = text[t + 1];
       }
     }
     const std::map<std::string, ox::value> feeds = {
-        {input, ox::value::ints({std::int64_t(nb), std::int64_t(o.seq_len)}, ids)}};
+        {input, ox::value::ints({std::int64_t(nb), std::int64_t(seq_len)}, ids)}};
     const ox::value a = run_ref.run(feeds).at(logits_ref);
     const ox::value b = run_cand.run(feeds).at(logits_cand);
     if (a.shape != b.shape || a.shape.size() != 3) {
@@ -150,12 +165,12 @@ void run_eval(const eval_command_options& o) {
     const auto vocab = static_cast<std::size_t>(a.shape[2]);
     auto nll = [&](const ox::value& logits) {
       double sum = 0;
-      for (std::size_t r = 0; r < nb * o.seq_len; ++r) {
+      for (std::size_t r = 0; r < nb * seq_len; ++r) {
         const float* z = logits.f.data() + r * vocab;
         double mx = -INFINITY, s = 0;
         for (std::size_t v = 0; v < vocab; ++v) mx = std::max(mx, double(z[v]));
         for (std::size_t v = 0; v < vocab; ++v) s += std::exp(z[v] - mx);
-        if (targets[r] >= vocab)
+        if (targets[r] < 0 || static_cast<std::size_t>(targets[r]) >= vocab)
           throw usage_error("token " + std::to_string(targets[r]) +
                             " is outside the vocabulary of " + std::to_string(vocab));
         sum += mx + std::log(s) - z[targets[r]];
@@ -164,30 +179,26 @@ void run_eval(const eval_command_options& o) {
     };
     nll_ref += nll(a);
     nll_cand += nll(b);
-    predictions += nb * o.seq_len;
+    predictions += nb * seq_len;
     err.add(a.f, b.f);
   }
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double r = nll_ref / double(predictions), c = nll_cand / double(predictions);
-  nlohmann::json result = {{"reference", o.reference.string()},
-                           {"candidate", o.candidate.string()},
-                           {"tokens", o.tokens.string()},
-                           {"windows", o.samples},
-                           {"seq_len", o.seq_len},
-                           {"predictions", predictions},
-                           {"nll_reference", r},
-                           {"nll_candidate", c},
-                           {"nll_delta", c - r},
-                           {"logits_error", err.to_json()},
-                           {"seconds", seconds}};
-  if (!o.json.empty() && o.json != "-") write_file_atomically(o.json, result.dump(2) + "\n");
-  if (o.json == "-") {
-    std::cout << result.dump(2) << "\n" << std::flush;
-    return;
-  }
-  const nlohmann::json e = result["logits_error"];
-  std::printf("int4q eval: %zu windows of %zu tokens from %s\n", o.samples, o.seq_len,
+  return {{"reference", o.reference.string()},
+          {"candidate", o.candidate.string()},
+          {"tokens", o.tokens.string()},
+          {"windows", samples},
+          {"seq_len", seq_len},
+          {"predictions", predictions},
+          {"nll_reference", r},
+          {"nll_candidate", c},
+          {"nll_delta", c - r},
+          {"logits_error", err.to_json()}};
+}
+
+void print_tokens(const eval_command_options& o, const nlohmann::json& j) {
+  const double r = j["nll_reference"].get<double>(), c = j["nll_candidate"].get<double>();
+  const nlohmann::json e = j["logits_error"];
+  std::printf("int4q eval: %zu windows of %zu tokens from %s\n", o.data.samples, o.data.seq_len,
               o.tokens.string().c_str());
   std::printf("  %-10s NLL %.6f nats/token (perplexity %.4f)  %s\n", "reference", r, std::exp(r),
               o.reference.string().c_str());
@@ -196,6 +207,173 @@ void run_eval(const eval_command_options& o) {
   std::printf("  loss       %+.6f nats/token\n", c - r);
   std::printf("  logits     max abs %.4g, rel L2 %.4g, cosine %.6f\n", e["max_abs"].get<double>(),
               e["rel_l2"].get<double>(), e["cosine"].get<double>());
+}
+
+/// --data (or random inputs): every output of the reference against the candidate's.
+nlohmann::json eval_data(const eval_command_options& o, const ox::model& ref, const ox::model& cand,
+                         const ox::executor& run_ref, const ox::executor& run_cand, bool quiet) {
+  const ox::calib_data data = open_data(ref, o.data, quiet);
+  std::set<std::string> cand_inputs;
+  for (const auto* in : graph_inputs(cand)) cand_inputs.insert(in->name());
+  std::vector<std::string> outputs;
+  std::set<std::string> cand_outputs;
+  for (const auto& out : cand.proto.graph().output()) cand_outputs.insert(out.name());
+  for (const auto& out : ref.proto.graph().output()) {
+    if (!cand_outputs.count(out.name())) {
+      throw ox::model_error(ox::model_error::kind::unsupported,
+                            "'" + o.candidate.string() + "' has no output '" + out.name() +
+                                "', which the reference has: int4q eval compares outputs by name");
+    }
+    outputs.push_back(out.name());
+  }
+  std::map<std::string, output_error> errors;
+  std::map<std::string, std::vector<std::int64_t>> shapes;
+  const std::size_t batch = std::max<std::size_t>(1, std::min(o.batch, data.max_batch()));
+  for (std::size_t s = 0; s < data.samples(); s += batch) {
+    const auto feeds = data.batch(s, std::min(batch, data.samples() - s));
+    for (const auto& [name, v] : feeds) {
+      if (!cand_inputs.count(name)) {
+        throw ox::model_error(ox::model_error::kind::unsupported,
+                              "'" + o.candidate.string() + "' has no input '" + name +
+                                  "', which the reference has: the two models must take the same "
+                                  "inputs");
+      }
+    }
+    const auto a = run_ref.run(feeds);
+    const auto b = run_cand.run(feeds);
+    for (const auto& name : outputs) {
+      const ox::value& x = a.at(name);
+      const ox::value& y = b.at(name);
+      if (x.shape != y.shape ||
+          (x.type == ox::value_type::float32) != (y.type == ox::value_type::float32)) {
+        throw ox::model_error(
+            ox::model_error::kind::unsupported,
+            "output '" + name + "' is " + shape_text(x.shape) + " in the reference and " +
+                shape_text(y.shape) +
+                " in the candidate (or of another type): they cannot be compared");
+      }
+      errors[name].add(x, y);
+      if (!shapes.count(name)) shapes[name] = x.shape;
+    }
+  }
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& name : outputs) {
+    const output_error& e = errors[name];
+    list.push_back(
+        {{"name", name},
+         {"shape", shapes[name]},
+         {"elements", e.count},
+         {"max_abs", e.max_abs},
+         {"max_rel", finite_or_null(e.max_rel())},
+         {"mean_abs", e.mean_abs()},
+         {"cosine", e.cosine()},
+         {"rel_l2", e.ref_sq > 0 ? std::sqrt(e.diff_sq / e.ref_sq) : std::sqrt(e.diff_sq)}});
+  }
+  return {{"reference", o.reference.string()},
+          {"candidate", o.candidate.string()},
+          {"data",
+           o.data.path.empty() ? nlohmann::json(nullptr) : nlohmann::json(o.data.path.string())},
+          {"data_format", ox::to_string(data.format())},
+          {"data_description", data.description()},
+          {"samples", data.samples()},
+          {"warnings", data.warnings()},
+          {"outputs", list}};
+}
+
+void print_data(const nlohmann::json& j) {
+  std::printf("int4q eval: %s\n", j["data_description"].get<std::string>().c_str());
+  std::size_t width = 6;
+  for (const auto& e : j["outputs"]) width = std::max(width, e["name"].get<std::string>().size());
+  std::printf("  %-*s  %-16s  %10s  %10s  %10s  %9s\n", int(width), "output", "shape", "max abs",
+              "max rel", "mean abs", "cosine");
+  for (const auto& e : j["outputs"]) {
+    const std::string rel = e["max_rel"].is_null() ? std::string("inf") : [&] {
+      char b[32];
+      std::snprintf(b, sizeof(b), "%.4g", e["max_rel"].get<double>());
+      return std::string(b);
+    }();
+    std::printf("  %-*s  %-16s  %10.4g  %10s  %10.4g  %9.6f\n", int(width),
+                e["name"].get<std::string>().c_str(),
+                shape_text(e["shape"].get<std::vector<std::int64_t>>()).c_str(),
+                e["max_abs"].get<double>(), rel.c_str(), e["mean_abs"].get<double>(),
+                e["cosine"].get<double>());
+  }
+  std::printf("  (max rel = max |reference - candidate| / max |reference| over the output)\n");
+}
+
+}  // namespace
+
+void setup_eval(CLI::App& app) {
+  auto opt = std::make_shared<eval_command_options>();
+  CLI::App* sub = app.add_subcommand(
+      "eval",
+      "Compare a quantized model with its reference, both run by int4q's executor: mean "
+      "next-token NLL of each on windows of a token file (--tokens), and the error of each of "
+      "the candidate's outputs on given inputs (--data)");
+  sub->add_option("REFERENCE", opt->reference, "The original model")->required()->type_name("");
+  sub->add_option("CANDIDATE", opt->candidate, "The quantized model")->required()->type_name("");
+  sub->add_option("--tokens", opt->tokens,
+                  "Token file for a language model's NLL: one byte per token (--token-dtype), "
+                  "e.g. held-out text")
+      ->type_name("FILE");
+  add_data_options(*sub, opt->data, "--data",
+                   "Inputs for both models (.npy, .npz, folder of ONNX .pb, token file): per "
+                   "output max abs/relative error, mean abs error, cosine. Without --data and "
+                   "--tokens, a model that is not a language model gets random inputs");
+  sub->add_option("--seq-len", opt->data.seq_len, "Tokens per window")
+      ->capture_default_str()
+      ->type_name("N");
+  sub->add_option("--samples", opt->data.samples,
+                  "Windows, evenly spaced over a token file; random samples; at most this many "
+                  "samples of a .npy/.npz/.pb data (0 = all)")
+      ->capture_default_str()
+      ->type_name("N");
+  sub->add_option("--json", opt->json, "Write the results as JSON to FILE, or to stdout with -")
+      ->type_name("FILE|-");
+  sub->footer(std::string(data_formats_text()) + "\n\n" + exit_codes_text());
+  sub->callback([opt]() { run_eval(*opt); });
+}
+
+void run_eval(const eval_command_options& o) {
+  require_readable_file(o.reference, "reference model");
+  require_readable_file(o.candidate, "candidate model");
+  if (!o.tokens.empty()) require_readable_file(o.tokens, "token file");
+  if (!o.data.path.empty() && !fs::exists(o.data.path)) {
+    throw ox::model_error(ox::model_error::kind::io,
+                          "--data '" + o.data.path.string() + "': no such file or folder");
+  }
+  (void)ox::parse_token_dtype(o.data.token_dtype);  // a bad --token-dtype before any work
+  if (!o.json.empty() && o.json != "-") require_writable_path(o.json, "--json");
+  const auto start = std::chrono::steady_clock::now();
+  const ox::model ref = ox::load_model(o.reference);
+  const ox::model cand = ox::load_model(o.candidate);
+  const bool use_tokens = !o.tokens.empty();
+  const bool use_data = !o.data.path.empty() || !use_tokens;
+  if (o.tokens.empty() && o.data.path.empty() && is_language_model(ref)) {
+    throw usage_error("'" + o.reference.string() +
+                      "' is a language model: give --tokens FILE (held-out text) to measure its "
+                      "NLL, or --data FILE|DIR");
+  }
+  const ox::executor run_ref(ref), run_cand(cand);
+  nlohmann::json result = nlohmann::json::object();
+  nlohmann::json tokens_part, data_part;
+  if (use_tokens) {
+    tokens_part = eval_tokens(o, ref, cand, run_ref, run_cand);
+    result.update(tokens_part);
+  }
+  if (use_data) {
+    data_part = eval_data(o, ref, cand, run_ref, run_cand, /*quiet=*/false);
+    result.update(data_part);
+  }
+  const double seconds = seconds_since(start);
+  result["seconds"] = seconds;
+  if (!o.json.empty() && o.json != "-") write_file_atomically(o.json, result.dump(2) + "\n");
+  if (o.json == "-") {
+    std::cout << result.dump(2) << "\n" << std::flush;
+    return;
+  }
+  if (use_tokens) print_tokens(o, tokens_part);
+  if (use_data) print_data(data_part);
   std::printf("  time       %.1f s\n", seconds);
   std::fflush(stdout);
 }

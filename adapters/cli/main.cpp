@@ -5,6 +5,8 @@
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
+#include <cblas.h>
+
 #include <exception>
 #include <new>
 #include <string>
@@ -41,6 +43,12 @@ int main(int argc, char** argv) {
   // blocks in the heap lets the next weight reuse them; the peak stays the same.
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+#if defined(OPENBLAS_VERSION)
+  // Byte-identical outputs whatever the thread count: OpenBLAS's multi-threaded sgemm rounds
+  // differently from its single-threaded one, so BLAS runs on one thread and int4q spreads
+  // fixed blocks of work (executor row blocks, attention heads) over its own threads instead.
+  openblas_set_num_threads(1);
 #endif
   CLI::App app{"int4q " INT4Q_VERSION_STRING
                ": quantize the MatMul/Gemm weights of ONNX models to 2-8 bits",

@@ -8,7 +8,9 @@
 #include <iostream>
 #include <iterator>
 #include <limits>
+#include <map>
 #include <memory>
+#include <optional>
 #include <regex>
 #include <system_error>
 #include <utility>
@@ -109,6 +111,10 @@ const std::vector<choice<quantize_command_options::spill_mode>> spill_choices = 
     {"never", quantize_command_options::spill_mode::never},
 };
 const std::vector<choice<bool>> preset_choices = {{"ort", true}};
+const std::vector<choice<ox::calibration_mode>> calib_mode_choices = {
+    {"sequential", ox::calibration_mode::sequential},
+    {"parallel", ox::calibration_mode::parallel},
+};
 
 template <class E>
 const char* name_of(const std::vector<choice<E>>& choices, E value) {
@@ -367,7 +373,11 @@ void print_summary(std::ostream& out, const quantize_command_options& o,
   row("format", std::string(ox::to_string(q.format)) + ", " + std::to_string(q.config.bits) +
                     " bits, " + group_text(q.config.granularity, q.config.group_size) + ", " +
                     int4q::to_string(q.config.scheme) + (q.ort_preset ? ", preset ort" : "") +
-                    ", rtn");
+                    ", " + ox::to_string(q.algo) +
+                    (q.algo == ox::method::rtn
+                         ? ""
+                         : std::string(" (") + ox::to_string(q.calibration.mode) + ")"));
+  if (q.algo != ox::method::rtn) row("calibration", q.calibration.description);
   // Weights not quantized by choice (selection, lm_head policy, overrides) are listed; nodes whose
   // B operand is no constant weight (activation x activation) are only counted.
   std::vector<const ox::tensor_report*> kept;
@@ -462,9 +472,44 @@ void setup_quantize(CLI::App& app) {
              "Rounding of w/scale: half to even, or half away from zero", "half-even");
   sub->add_option_function<std::string>(
          "--method", [&o](const std::string& v) { o.method = v; },
-         "Quantization method: rtn (round to nearest); gptq and awq arrive in a later version")
-      ->type_name("rtn")
+         "Quantization method: rtn (round to nearest, no data) or gptq (GPTQ on calibration "
+         "activations run by int4q's executor: see --calib)")
+      ->type_name("rtn|gptq")
       ->default_str("rtn");
+  add_data_options(*sub, o.calib, "--calib",
+                   "Calibration data for --method gptq (model inputs; without it, random inputs "
+                   "with a warning)");
+  sub->add_option("--calib-samples", o.calib.samples,
+                  "Calibration samples (token files, random inputs: this many windows; other "
+                  "files: at most this many, 0 = all)")
+      ->type_name("N")
+      ->capture_default_str();
+  sub->add_option("--calib-seq-len", o.calib.seq_len, "Tokens per calibration window (token files)")
+      ->type_name("N")
+      ->capture_default_str();
+  sub->add_option("--calib-batch", o.calib_batch, "Calibration samples per executor run")
+      ->check(CLI::PositiveNumber)
+      ->type_name("N")
+      ->capture_default_str();
+  add_choice(*sub, "--calib-mode", o.calib_mode, calib_mode_choices,
+             "sequential: each weight sees the activations of the already quantized earlier "
+             "weights (GPTQ's recipe); parallel: every weight sees the float model's (ONNX "
+             "Runtime's and INC's GPTQ)",
+             "sequential");
+  sub->add_option("--gptq-block", o.gptq_block, "GPTQ: rows per lazy block (one GEMM each)")
+      ->check(CLI::PositiveNumber)
+      ->type_name("N")
+      ->capture_default_str();
+  sub->add_option("--damp", o.damp, "GPTQ: damping added to diag(H), a fraction of its mean")
+      ->check(CLI::PositiveNumber)
+      ->type_name("X")
+      ->capture_default_str();
+  sub->add_flag("--act-order,!--no-act-order", o.act_order,
+                "GPTQ: quantize rows in order of decreasing diag(H) (default on; with groups it "
+                "needs --static-groups: the ONNX formats have no g_idx)");
+  sub->add_flag("--static-groups,!--no-static-groups", o.static_groups,
+                "GPTQ: compute every group's scale up front from the original weights (default "
+                "on)");
   add_choice(*sub, "--preset", o.ort_preset, preset_choices,
              "Reproduce a tool's quantizer bit for bit: ort = ONNX Runtime's MatMulNBits/QDQ "
              "quantizer (--scheme asymmetric, or symmetric = ONNX Runtime's full-range "
@@ -525,12 +570,28 @@ ox::quantize_options to_quantize_options(const quantize_command_options& o,
   // Command line flags win over the config file.
   if (o.method) {
     const std::string method = normalized(*o.method);
-    if (method == "gptq" || method.rfind("awq", 0) == 0 || method == "hqq") {
+    if (method.rfind("awq", 0) == 0 || method == "hqq") {
       throw usage_error("--method " + *o.method +
-                        " arrives in a later version of int4q; use --method rtn");
+                        " arrives in a later version of int4q; use --method rtn or gptq");
     }
-    if (method != "rtn") throw usage_error("--method '" + *o.method + "' is unknown: use rtn");
-    q.algo = ox::method::rtn;
+    if (method == "rtn") {
+      q.algo = ox::method::rtn;
+    } else if (method == "gptq") {
+      q.algo = ox::method::gptq;
+    } else {
+      throw usage_error("--method '" + *o.method + "' is unknown: use rtn or gptq");
+    }
+  }
+  q.calibration.mode = o.calib_mode;
+  q.gptq.block_size = o.gptq_block;
+  q.gptq.damp = o.damp;
+  q.gptq.act_order = o.act_order;
+  q.gptq.static_groups = o.static_groups;
+  if (o.act_order && !o.static_groups && q.config.granularity == int4q::grouping::group) {
+    throw usage_error(
+        "--act-order with groups needs --static-groups: the ONNX formats store groups "
+        "contiguous in K and have no g_idx (drop --no-static-groups, or add --no-act-order, or use "
+        "--group-size per-channel)");
   }
   if (o.format) q.format = *o.format;
   if (o.bits) q.config.bits = *o.bits;
@@ -572,6 +633,26 @@ void run_quantize(const quantize_command_options& o) {
                       facts.input_bytes >= ox::quantize_options::spill_input_bytes);
   const scratch_file scratch(spill ? o.output : fs::path());
   q.spill_file = scratch.path();
+
+  // Calibration data for the methods that need activations, read batch by batch.
+  std::optional<ox::calib_data> calib;
+  bool calibrated = q.algo != ox::method::rtn;
+  for (const auto& ov : q.overrides)
+    calibrated = calibrated || (ov.algo && *ov.algo != ox::method::rtn);
+  std::size_t next_sample = 0;
+  if (calibrated) {
+    calib.emplace(open_data(m, o.calib, o.quiet));
+    q.calibration.description = calib->description();
+    const std::size_t per_run =
+        std::max<std::size_t>(1, std::min(o.calib_batch, calib->max_batch()));
+    q.calibration.data = [&calib, &next_sample, per_run](std::map<std::string, ox::value>& in) {
+      if (next_sample >= calib->samples()) return false;
+      const std::size_t count = std::min(per_run, calib->samples() - next_sample);
+      in = calib->batch(next_sample, count);
+      next_sample += count;
+      return true;
+    };
+  }
 
   ox::quantize_report report;
   {

@@ -16,6 +16,8 @@
 #include <int4q/onnx/model.hpp>
 #include <int4q/onnx/quantize_model.hpp>
 
+#include "calib_args.hpp"
+
 namespace int4q {
 namespace cli {
 
@@ -43,6 +45,14 @@ struct quantize_command_options {
   /// least quantize_options::spill_input_bytes on disk.
   enum class spill_mode { automatic, always, never } spill = spill_mode::automatic;
   std::string report;  ///< "" none, "-" stdout, else a file
+  /// Calibration (--method gptq): the data, its samples and window length, the batch per run.
+  data_args calib;
+  std::size_t calib_batch = 8;
+  int4q::onnx::calibration_mode calib_mode = int4q::onnx::calibration_mode::sequential;
+  std::size_t gptq_block = 128;
+  double damp = 0.01;
+  bool act_order = true;  ///< GPTQ (default on, see quantize_options::gptq)
+  bool static_groups = true;
   std::size_t threads = 0;
   bool quiet = false;
 };

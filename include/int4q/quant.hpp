@@ -3,6 +3,8 @@
 //   quantize.hpp      quant_tensor, quant_weight_w_scale
 //   dequant.hpp       dequant, qdq
 //   clip_search.hpp   search_clip (search only; apply with quant_tensor)
+//   awq.hpp           AWQ scale search (awq_lite), clip search (awq_clip), awq_full
+//   gptq.hpp          gptq (Hessian-aware rounding with error feedback)
 //   pad.hpp, pack.hpp pad/unpad, flat and MatMulNBits packing
 //   presets.hpp       ONNX Runtime, GPTQ, ModelOpt, INC grids
 //   metrics.hpp       error statistics
@@ -10,12 +12,14 @@
 #define INT4Q_QUANT_HPP
 
 #include <int4q/activation_stats.hpp>
+#include <int4q/awq.hpp>
 #include <int4q/bits.hpp>
 #include <int4q/clip_search.hpp>
 #include <int4q/config.hpp>
 #include <int4q/dequant.hpp>
 #include <int4q/error.hpp>
 #include <int4q/float16.hpp>
+#include <int4q/gptq.hpp>
 #include <int4q/group_params.hpp>
 #include <int4q/metrics.hpp>
 #include <int4q/pack.hpp>

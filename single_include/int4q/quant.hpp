@@ -9,6 +9,8 @@
 //   quantize.hpp      quant_tensor, quant_weight_w_scale
 //   dequant.hpp       dequant, qdq
 //   clip_search.hpp   search_clip (search only; apply with quant_tensor)
+//   awq.hpp           AWQ scale search (awq_lite), clip search (awq_clip), awq_full
+//   gptq.hpp          gptq (Hessian-aware rounding with error feedback)
 //   pad.hpp, pack.hpp pad/unpad, flat and MatMulNBits packing
 //   presets.hpp       ONNX Runtime, GPTQ, ModelOpt, INC grids
 //   metrics.hpp       error statistics
@@ -424,46 +426,56 @@ class activation_stats {
 
 #endif  // INT4Q_ACTIVATION_STATS_HPP
 // end file include/int4q/activation_stats.hpp
-// begin file include/int4q/bits.hpp
-// Bit-width traits and the single runtime-to-template switch for packed storage.
-#ifndef INT4Q_BITS_HPP
-#define INT4Q_BITS_HPP
+// begin file include/int4q/awq.hpp
+// AWQ, activation-aware weight quantization: the per-input-channel scale search (`awq_lite`),
+// the output-aware clip search (`awq_clip`) and the two in sequence (`awq_full`). Search only:
+// scales are applied with apply_awq_scales (the caller divides x by s, i.e. folds 1/s into the
+// producer of x), clip ratios with quant_tensor(w, config, ratios).
+//
+// Layout: y = x W, W[K, N] (ONNX MatMul), K = input channels. Inputs from calibration
+// (activation_stats): X = sampled rows [S, K], xbar[k] = mean |x_k| over all calibration rows.
+//
+// Scale search. For alpha in the grid {0, step, 2 step, ...} up to alpha_max:
+//   activation form (llm-awq auto_scale, AutoAWQ duo_scaling = False):
+//       v_k = clamp(xbar_k^alpha, scale_min, scale_max)
+//   activation_weight form (ModelOpt awq_lite, AutoAWQ duo_scaling = True):
+//       v_k = clamp(xbar_k^alpha / (wbar_k^(1 - alpha) + weight_eps), scale_min, scale_max)
+//       wbar_k = mean over the columns n of all weights of |W[k, n]| / amax(group of (k, n))
+//   s = v / sqrt(max(v) * min(v))  (all three tools), computed in double, rounded once to T.
+// The loss of a scale vector s over the weights W_1 .. W_m that share the input x is
+//   L(s) = sum_j || X W_j - (X / s) Q(diag(s) W_j) ||^2
+//        = sum_j || X diag(1/s) (Q(diag(s) W_j) - diag(s) W_j) ||^2
+//          (the form computed: no cancellation between two large products; diag(s) W_j is
+//          rounded once in T as the node stores it, the error rows are divided by s in T)
+// with Q = dequant(quant_tensor(., config)). The search scores every alpha and s = 1 (plain RTN)
+// and returns the smallest loss; RTN is chosen only when strictly lower than every alpha, so the
+// result is never worse than RTN on this loss. Cost: (alphas + 1) x 2 S K N flops in BLAS gemm.
+//
+// Clip search (awq_clip), per output column n and group g: the ratio r in {1, 1 - clip_step, ...,
+// >= clip_min} minimising the group's partial output error on the sample,
+//   L_gn(r) = sum_t ( sum_{k in g} X[t, k] (W[k, n] - Q_r(W)[k, n]) )^2 = e^T H_g e,
+// e = W[g, n] - Q_r(W)[g, n], H_g = X[:, g]^T X[:, g], where Q_r quantizes the group with its
+// range shrunk by r (the core's clip ratio). Evaluated as the quadratic form in double
+// (H_g once per group; then 2 gs^2 flops per group, column and ratio, independent of S). Ties
+// keep the larger ratio, so the result is never worse than no clipping (r = 1).
+#ifndef INT4Q_AWQ_HPP
+#define INT4Q_AWQ_HPP
 
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
-// #include <int4q/error.hpp> (inlined above)
+#include <xtensor/xtensor.hpp>
 
-namespace int4q {
-
-/// Compile-time facts of a code width.
-template <int Bits>
-struct bits_traits {
-  static_assert(Bits >= 1 && Bits <= 8, "codes are 1 to 8 bits");
-  static constexpr int bits = Bits;
-  static constexpr int qmax = (1 << Bits) - 1;     ///< largest unsigned code
-  static constexpr int mid = 1 << (Bits - 1);      ///< zero point of signed grids
-  static constexpr int codes_per_byte = 8 / Bits;  ///< when Bits divides 8
-  static constexpr std::uint8_t mask = static_cast<std::uint8_t>(qmax);
-};
-
-/// Calls f(bits_traits<B>{}) for the packable widths B in {2, 4, 8}; throws otherwise.
-template <class F>
-decltype(auto) dispatch_packed_bits(int bits, F&& f) {
-  switch (bits) {
-    case 2: return f(bits_traits<2>{});
-    case 4: return f(bits_traits<4>{});
-    case 8: return f(bits_traits<8>{});
-    default:
-      throw config_error("packing supports 2, 4 and 8 bits, got " + std::to_string(bits) +
-                         ": ONNX formats have no other packed widths");
-  }
-}
-
-}  // namespace int4q
-
-#endif  // INT4Q_BITS_HPP
-// end file include/int4q/bits.hpp
+// #include <int4q/activation_stats.hpp> (inlined above)
 // begin file include/int4q/clip_search.hpp
 // search_clip: grid search of the range shrink ("clip ratio") that minimises reconstruction
 // error, per tensor, per column or per group. It only searches: apply the ratios it returns
@@ -1949,6 +1961,707 @@ auto search_clip(const xt::xexpression<E>& w, const quant_config& config,
 #endif  // INT4Q_CLIP_SEARCH_HPP
 // end file include/int4q/clip_search.hpp
 // #include <int4q/config.hpp> (inlined above)
+// #include <int4q/detail/input.hpp> (inlined above)
+// #include <int4q/detail/kernels.hpp> (inlined above)
+// #include <int4q/detail/parallel.hpp> (inlined above)
+// #include <int4q/error.hpp> (inlined above)
+// #include <int4q/group_params.hpp> (inlined above)
+// #include <int4q/quantize.hpp> (inlined above)
+
+namespace int4q {
+
+/// How the AWQ scale of an input channel is formed from the statistics.
+enum class awq_scale_form {
+  /// s = mean|x|^alpha (llm-awq auto_scale; AutoAWQ with duo_scaling = False).
+  activation,
+  /// s = mean|x|^alpha / (wbar^(1-alpha) + eps) (ModelOpt awq_lite; AutoAWQ duo_scaling = True).
+  activation_weight,
+};
+
+/// ModelOpt's clamp of the raw scales (llm-awq and AutoAWQ clamp below at the same value).
+inline constexpr double awq_default_scale_min = 1e-4;
+inline constexpr double awq_default_scale_max = 1e4;
+/// ModelOpt's epsilon in the denominator: the smallest normal float (torch.finfo(float32).tiny).
+inline constexpr double awq_default_weight_eps = 1.1754943508222875e-38;
+/// Slack when counting grid points (alpha_max / step, (1 - clip_min) / step): 0.3 / 0.1 is
+/// 2.9999999999999996 in binary floating point and must count as 3.
+inline constexpr double awq_grid_slack = 1e-9;
+/// Output columns per work item of the scale search: one gemm [S, K] x [K, block] each.
+inline constexpr std::size_t awq_column_block = 512;
+
+/// Options of the scale search. Defaults: ModelOpt awq_lite. llm-awq: form = activation,
+/// alpha_step = 0.05, alpha_max = 0.95, scale_max = infinity. AutoAWQ: the same with
+/// form = activation_weight and weight_eps = 1e-4.
+struct awq_options {
+  awq_scale_form form = awq_scale_form::activation_weight;
+  double alpha_step = 0.1;  ///< grid spacing, in (0, 1]
+  double alpha_max = 1.0;   ///< last alpha, in [0, 1]; the grid is 0, step, ... <= alpha_max
+  double weight_eps = awq_default_weight_eps;  ///< >= 0, added to wbar^(1-alpha)
+  double scale_min = awq_default_scale_min;    ///< > 0: lower clamp of the raw scales
+  double scale_max = awq_default_scale_max;    ///< >= scale_min, may be infinity
+  /// Threads (0 = all hardware threads); results do not depend on it. Keep BLAS single-threaded
+  /// when using more than one (one level of parallelism).
+  std::size_t threads = 1;
+};
+
+/// Options of the clip search. Defaults: ModelOpt awq_clip (1.0, 0.95, ..., 0.5); llm-awq
+/// auto_clip: clip_min = 0.55.
+struct awq_clip_options {
+  double clip_min = 0.5;    ///< smallest ratio, in (0, 1]
+  double clip_step = 0.05;  ///< ratios 1, 1 - step, ... >= clip_min; step > 0
+  std::size_t threads = 1;  ///< as in awq_options
+};
+
+/// Result of the scale search.
+template <class T>
+struct awq_scales {
+  /// s [K]: row k of every weight is multiplied by s[k] (apply_awq_scales), input channel k of x
+  /// divided by it.
+  xt::xtensor<T, 1> scales;
+  double alpha = 0;            ///< the grid alpha of smallest loss
+  bool identity = false;       ///< s = 1 (RTN) scored strictly lower than every alpha: scales = 1
+  double loss = 0;             ///< loss at `scales`
+  double rtn_loss = 0;         ///< loss at s = 1
+  std::vector<double> alphas;  ///< the grid
+  std::vector<double> losses;  ///< loss at each alpha of the grid
+};
+
+/// Result of awq_full: the scales of all weights together, then one clip search per weight
+/// on apply_awq_scales(W_j, s) with X / s. Apply weight j as
+/// quant_tensor(apply_awq_scales(W_j, lite.scales), config, clips[j].ratios).
+template <class T>
+struct awq_full_result {
+  awq_scales<T> lite;
+  std::vector<clip_search_result<T>> clips;
+};
+
+namespace detail {
+
+inline void validate(const awq_options& o) {
+  if (!(o.alpha_step > 0 && o.alpha_step <= 1)) {
+    throw config_error("AWQ alpha_step = " + std::to_string(o.alpha_step) + " must be in (0, 1]");
+  }
+  if (!(o.alpha_max >= 0 && o.alpha_max <= 1)) {
+    throw config_error("AWQ alpha_max = " + std::to_string(o.alpha_max) + " must be in [0, 1]");
+  }
+  if (!(o.scale_min > 0) || !std::isfinite(o.scale_min) || !(o.scale_max >= o.scale_min)) {
+    throw config_error(
+        "AWQ scales need 0 < scale_min <= scale_max (scale_max may be infinite), "
+        "got " +
+        std::to_string(o.scale_min) + ", " + std::to_string(o.scale_max));
+  }
+  if (!(o.weight_eps >= 0) || !std::isfinite(o.weight_eps)) {
+    throw config_error("AWQ weight_eps must be finite and >= 0");
+  }
+  if (o.form == awq_scale_form::activation_weight && o.weight_eps == 0 &&
+      !std::isfinite(o.scale_max)) {
+    throw config_error(
+        "AWQ activation_weight form: a zero weight row gives an infinite scale; "
+        "set weight_eps > 0 or a finite scale_max");
+  }
+}
+
+inline void validate(const awq_clip_options& o) {
+  if (!(o.clip_min > 0 && o.clip_min <= 1)) {
+    throw config_error("AWQ clip_min = " + std::to_string(o.clip_min) + " must be in (0, 1]");
+  }
+  if (!(o.clip_step > 0) || !std::isfinite(o.clip_step)) {
+    throw config_error("AWQ clip_step = " + std::to_string(o.clip_step) + " must be > 0");
+  }
+}
+
+inline std::vector<double> awq_alpha_grid(const awq_options& o) {
+  const auto count =
+      static_cast<std::size_t>(std::floor(o.alpha_max / o.alpha_step + awq_grid_slack)) + 1;
+  std::vector<double> a(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    a[i] = std::min(static_cast<double>(i) * o.alpha_step, o.alpha_max);
+  }
+  return a;
+}
+
+template <class T>
+std::vector<T> awq_clip_grid(const awq_clip_options& o) {
+  const auto count =
+      static_cast<std::size_t>(std::floor((1.0 - o.clip_min) / o.clip_step + awq_grid_slack)) + 1;
+  std::vector<T> r(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    r[i] = static_cast<T>(std::max(1.0 - static_cast<double>(i) * o.clip_step, o.clip_min));
+  }
+  return r;
+}
+
+/// C[M, N] = A[M, K] B[K, N], row-major, leading dimensions given.
+inline void gemm_nn(std::size_t M, std::size_t N, std::size_t K, const float* a, std::size_t lda,
+                    const float* b, std::size_t ldb, float* c, std::size_t ldc) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(N),
+              static_cast<int>(K), 1.0f, a, static_cast<int>(lda), b, static_cast<int>(ldb), 0.0f,
+              c, static_cast<int>(ldc));
+}
+inline void gemm_nn(std::size_t M, std::size_t N, std::size_t K, const double* a, std::size_t lda,
+                    const double* b, std::size_t ldb, double* c, std::size_t ldc) {
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(N),
+              static_cast<int>(K), 1.0, a, static_cast<int>(lda), b, static_cast<int>(ldb), 0.0, c,
+              static_cast<int>(ldc));
+}
+
+/// Throws non_finite_error for the first NaN/Inf of w[K, N] (row-major).
+template <class T>
+void check_finite(const T* w, std::size_t K, std::size_t N) {
+  for (std::size_t i = 0; i < K * N; ++i) {
+    if (!std::isfinite(w[i])) throw non_finite_error(i / N, i % N, static_cast<double>(w[i]));
+  }
+}
+
+/// The activation sample X [S, K] as T, validated: S >= 1, K columns, finite.
+template <class T, class EX>
+matrix_input<T> awq_sample(const xt::xexpression<EX>& x, std::size_t K) {
+  auto m = as_matrix<T>(x, "activation sample");
+  if (m.rows == 0 || m.cols != K) {
+    throw shape_error("activation sample must be [S >= 1, K = " + std::to_string(K) + "], got [" +
+                      std::to_string(m.rows) + ", " + std::to_string(m.cols) + "]");
+  }
+  for (std::size_t i = 0; i < m.rows * m.cols; ++i) {
+    if (!std::isfinite(m.data[i])) {
+      throw non_finite_error("activation sample row " + std::to_string(i / K) + ", channel " +
+                                 std::to_string(i % K) + " is not finite",
+                             i / K, i % K);
+    }
+  }
+  return m;
+}
+
+/// Checks the weights sharing one input: at least one, none empty, all with the same K, finite.
+template <class T>
+void awq_check_weights(const std::vector<matrix_input<T>>& ms) {
+  if (ms.empty()) throw shape_error("AWQ needs at least one weight");
+  for (const auto& m : ms) {
+    if (m.rows == 0 || m.cols == 0) throw shape_error("AWQ weights must not be empty");
+    if (m.rows != ms.front().rows) {
+      throw shape_error("weights sharing one input must have the same K: " +
+                        std::to_string(ms.front().rows) + " and " + std::to_string(m.rows));
+    }
+    check_finite(m.data, m.rows, m.cols);
+  }
+}
+
+/// The weights as T matrices (no copy when already contiguous T), checked.
+template <class T, class E>
+std::vector<matrix_input<T>> awq_weights(const std::vector<E>& weights) {
+  std::vector<matrix_input<T>> ms;
+  ms.reserve(weights.size());
+  for (const auto& w : weights) ms.push_back(as_matrix<T>(w, "weight"));
+  awq_check_weights(ms);
+  return ms;
+}
+
+/// A per-channel vector (`what`: mean |x|, scales, ...) as doubles: K entries, finite, >= 0.
+template <class E>
+std::vector<double> awq_channel_vector(const xt::xexpression<E>& e, std::size_t K,
+                                       const char* what) {
+  const auto& v = e.derived_cast();
+  if (v.dimension() != 1 || v.size() != K) {
+    throw shape_error(std::string(what) + " must have one entry per input channel (K = " +
+                      std::to_string(K) + "), got " + std::to_string(v.size()));
+  }
+  std::vector<double> out(K);
+  std::size_t k = 0;
+  for (auto it = v.begin(); it != v.end(); ++it, ++k) {
+    out[k] = static_cast<double>(*it);
+    if (!(out[k] >= 0) || !std::isfinite(out[k])) {
+      throw shape_error(std::string(what) + "[" + std::to_string(k) + "] must be finite and >= 0");
+    }
+  }
+  return out;
+}
+
+/// wbar[k] = mean over the columns of all weights of |W[k, n]| / amax of the group of (k, n);
+/// an all-zero group contributes 0.
+template <class T>
+std::vector<double> awq_weight_stat(const std::vector<matrix_input<T>>& ms, const quant_config& c) {
+  const std::size_t K = ms.front().rows;
+  const std::size_t gs = c.effective_group_size(K);
+  std::vector<double> sum(K, 0.0);
+  std::size_t columns = 0;
+  for (const auto& m : ms) {
+    const std::size_t N = m.cols;
+    std::vector<double> amax(N);
+    for (std::size_t r0 = 0; r0 < K; r0 += gs) {
+      const std::size_t r1 = std::min(K, r0 + gs);
+      std::fill(amax.begin(), amax.end(), 0.0);
+      for (std::size_t k = r0; k < r1; ++k) {
+        for (std::size_t n = 0; n < N; ++n) {
+          amax[n] = std::max(amax[n], std::abs(static_cast<double>(m.data[k * N + n])));
+        }
+      }
+      for (std::size_t k = r0; k < r1; ++k) {
+        double acc = 0;
+        for (std::size_t n = 0; n < N; ++n) {
+          if (amax[n] > 0) acc += std::abs(static_cast<double>(m.data[k * N + n])) / amax[n];
+        }
+        sum[k] += acc;
+      }
+    }
+    columns += N;
+  }
+  for (double& v : sum) v /= static_cast<double>(columns);
+  return sum;
+}
+
+/// The normalised scales of one alpha, in double.
+inline std::vector<double> awq_scale_values(const std::vector<double>& xbar,
+                                            const std::vector<double>& wbar, double alpha,
+                                            const awq_options& o) {
+  const std::size_t K = xbar.size();
+  std::vector<double> v(K);
+  for (std::size_t k = 0; k < K; ++k) {
+    double raw = std::pow(xbar[k], alpha);
+    if (o.form == awq_scale_form::activation_weight) {
+      raw /= std::pow(wbar[k], 1.0 - alpha) + o.weight_eps;
+    }
+    v[k] = std::min(std::max(raw, o.scale_min), o.scale_max);
+  }
+  const auto mm = std::minmax_element(v.begin(), v.end());
+  const double norm = std::sqrt(*mm.first * *mm.second);
+  for (double& s : v) s /= norm;
+  return v;
+}
+
+/// The scales rounded to T; throws when one leaves T's positive finite range.
+template <class T>
+std::vector<T> awq_round_scales(const std::vector<double>& s) {
+  std::vector<T> out(s.size());
+  for (std::size_t k = 0; k < s.size(); ++k) {
+    out[k] = static_cast<T>(s[k]);
+    if (!(out[k] > T(0)) || !std::isfinite(out[k])) {
+      throw config_error("AWQ scale of channel " + std::to_string(k) + " (" + std::to_string(s[k]) +
+                         ") is outside the compute type's range: lower scale_max or raise "
+                         "scale_min");
+    }
+  }
+  return out;
+}
+
+/// Scales given by the caller [K] as T: each finite and > 0 in T, else shape_error.
+template <class T, class E>
+std::vector<T> awq_given_scales(const xt::xexpression<E>& scales, std::size_t K) {
+  const std::vector<double> s = awq_channel_vector(scales, K, "AWQ scales");
+  std::vector<T> out(K);
+  for (std::size_t k = 0; k < K; ++k) {
+    out[k] = static_cast<T>(s[k]);
+    if (!(out[k] > T(0)) || !std::isfinite(out[k])) {
+      throw shape_error("AWQ scale[" + std::to_string(k) + "] = " + std::to_string(s[k]) +
+                        " must be > 0 and finite in the weights' compute type");
+    }
+  }
+  return out;
+}
+
+/// xs[t, k] = x[t, k] / s[k].
+template <class T>
+std::vector<T> awq_divide_sample(const T* x, std::size_t S, std::size_t K, const T* s) {
+  std::vector<T> xs(S * K);
+  for (std::size_t t = 0; t < S; ++t) {
+    for (std::size_t k = 0; k < K; ++k) xs[t * K + k] = x[t * K + k] / s[k];
+  }
+  return xs;
+}
+
+/// Losses of w[K, N] for every scale vector of `cands` (each [K]) on the sample x [S, K]:
+///   L(s) = || x diag(1/s) (Q(diag(s) w) - diag(s) w) ||^2
+/// (the 1/s goes on the error rows instead of the sample columns: the same product, and no
+/// [S, K] copy of x per candidate). Work items are column blocks of awq_column_block, each
+/// quantizing its [K, block] slice once per candidate and multiplying [S, K] x [K, block] in one
+/// gemm, with buffers reused across candidates; block sums are added in block order.
+template <class T>
+std::vector<double> awq_member_losses(const T* x, std::size_t S, const T* w, std::size_t K,
+                                      std::size_t N, const std::vector<std::vector<T>>& cands,
+                                      const quant_config& c, std::size_t threads) {
+  const std::size_t G = c.num_groups(K);
+  const std::size_t C = cands.size();
+  const std::size_t blocks = (N + awq_column_block - 1) / awq_column_block;
+  std::vector<double> partial(blocks * C, 0.0);  // [blocks, C]
+  parallel_for(blocks, threads, [&](std::size_t b) {
+    const std::size_t c0 = b * awq_column_block;
+    const std::size_t n = std::min(awq_column_block, N - c0);
+    std::vector<T> ws(K * n), fq(K * n), scales(G * n), r(S * n);
+    std::vector<std::uint8_t> zps(G * n);
+    quantize_sink<T> sink;
+    sink.scales = scales.data();
+    sink.zero_points = zps.data();
+    sink.fake_quant = fq.data();
+    for (std::size_t i = 0; i < C; ++i) {
+      const T* s = cands[i].data();
+      for (std::size_t k = 0; k < K; ++k) {
+        for (std::size_t j = 0; j < n; ++j) ws[k * n + j] = s[k] * w[k * N + c0 + j];
+      }
+      try {
+        quantize_matrix(simd_tag{}, ws.data(), K, n, c, static_cast<const T*>(nullptr), 1, sink);
+      } catch (const non_finite_error& e) {
+        throw non_finite_error("weight[" + std::to_string(e.row()) + ", " +
+                                   std::to_string(c0 + e.col()) +
+                                   "] times its AWQ scale overflows: lower scale_max",
+                               e.row(), c0 + e.col());
+      }
+      for (std::size_t k = 0; k < K; ++k) {
+        for (std::size_t j = 0; j < n; ++j) fq[k * n + j] = (fq[k * n + j] - ws[k * n + j]) / s[k];
+      }
+      gemm_nn(S, n, K, x, K, fq.data(), n, r.data(), n);
+      double acc = 0;
+      for (const T v : r) acc += static_cast<double>(v) * static_cast<double>(v);
+      partial[b * C + i] = acc;
+    }
+  });
+  std::vector<double> total(C, 0.0);
+  for (std::size_t b = 0; b < blocks; ++b) {
+    for (std::size_t i = 0; i < C; ++i) total[i] += partial[b * C + i];
+  }
+  return total;
+}
+
+/// L(s) of every candidate summed over the weights: each weight's loss first, added in order.
+template <class T>
+std::vector<double> awq_total_losses(const T* x, std::size_t S,
+                                     const std::vector<matrix_input<T>>& ms,
+                                     const std::vector<std::vector<T>>& cands,
+                                     const quant_config& c, std::size_t threads) {
+  std::vector<double> total(cands.size(), 0.0);
+  for (const auto& m : ms) {
+    const std::vector<double> l =
+        awq_member_losses(x, S, m.data, m.rows, m.cols, cands, c, threads);
+    for (std::size_t i = 0; i < l.size(); ++i) total[i] += l[i];
+  }
+  return total;
+}
+
+template <class T>
+awq_scales<T> search_awq_scales_matrix(const matrix_input<T>& x, const std::vector<double>& xbar,
+                                       const std::vector<matrix_input<T>>& ms,
+                                       const quant_config& c, const awq_options& o) {
+  const std::size_t K = ms.front().rows;
+  const std::vector<double> wbar = o.form == awq_scale_form::activation_weight
+                                       ? awq_weight_stat(ms, c)
+                                       : std::vector<double>(K, 0.0);
+  awq_scales<T> res;
+  res.alphas = awq_alpha_grid(o);
+  // Candidate 0 is s = 1; an alpha whose scales are all 1 reuses it.
+  std::vector<std::vector<T>> cands{std::vector<T>(K, T(1))};
+  std::vector<std::size_t> cand_of(res.alphas.size());
+  for (std::size_t i = 0; i < res.alphas.size(); ++i) {
+    std::vector<T> s = awq_round_scales<T>(awq_scale_values(xbar, wbar, res.alphas[i], o));
+    if (s == cands.front()) {
+      cand_of[i] = 0;
+    } else {
+      cand_of[i] = cands.size();
+      cands.push_back(std::move(s));
+    }
+  }
+  const std::vector<double> losses = awq_total_losses(x.data, x.rows, ms, cands, c, o.threads);
+  res.rtn_loss = losses[0];
+  res.losses.resize(res.alphas.size());
+  std::size_t best = 0;
+  for (std::size_t i = 0; i < res.alphas.size(); ++i) {
+    res.losses[i] = losses[cand_of[i]];
+    if (res.losses[i] < res.losses[best]) best = i;
+  }
+  res.alpha = res.alphas[best];
+  res.identity = res.rtn_loss < res.losses[best];
+  res.loss = res.identity ? res.rtn_loss : res.losses[best];
+  const std::vector<T>& s = cands[res.identity ? 0 : cand_of[best]];
+  res.scales = xt::xtensor<T, 1>::from_shape({K});
+  std::copy(s.begin(), s.end(), res.scales.begin());
+  return res;
+}
+
+/// The clip search on xs [S, K] and w [K, N] (see the top of this file).
+template <class T>
+clip_search_result<T> search_awq_clip_matrix(const T* xs, std::size_t S, const T* w, std::size_t K,
+                                             std::size_t N, const quant_config& c,
+                                             const awq_clip_options& o) {
+  const std::size_t gs = c.effective_group_size(K);
+  const std::size_t G = c.num_groups(K);
+  const std::vector<T> cand = awq_clip_grid<T>(o);
+  const std::size_t C = cand.size();
+
+  // H_g = X[:, g]^T X[:, g] in double, [rows_g, rows_g] at gram[g * gs * gs].
+  std::vector<double> xd(xs, xs + S * K);
+  std::vector<double> gram(G * gs * gs);
+  parallel_for(G, o.threads, [&](std::size_t g) {
+    const std::size_t r0 = g * gs, rows = std::min(gs, K - r0);
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(rows),
+                static_cast<int>(rows), static_cast<int>(S), 1.0, xd.data() + r0,
+                static_cast<int>(K), xd.data() + r0, static_cast<int>(K), 0.0,
+                gram.data() + g * gs * gs, static_cast<int>(rows));
+  });
+
+  clip_search_result<T> res;
+  res.ratios = xt::xtensor<T, 2>::from_shape({G, N});
+  std::vector<double> best_loss(G * N), max_loss(G * N);
+  const std::size_t tiles = (N + max_tile_cols - 1) / max_tile_cols;
+  parallel_for(tiles, o.threads, [&](std::size_t tile) {
+    const std::size_t c0 = tile * max_tile_cols;
+    const std::size_t n = std::min(max_tile_cols, N - c0);
+    const std::size_t width = C * n;  // columns of E: candidate-major, then column
+    std::vector<T> fq(std::min(gs, K) * n);
+    std::vector<double> e(std::min(gs, K) * width), he(std::min(gs, K) * width);
+    T lo[max_tile_cols], hi[max_tile_cols], scale[max_tile_cols], zp[max_tile_cols];
+    for (std::size_t g = 0; g < G; ++g) {
+      const std::size_t r0 = g * gs, rows = std::min(gs, K - r0);
+      const T* src = w + r0 * N + c0;
+      if (!minmax_columns(simd_tag{}, src, N, rows, n, lo, hi)) {
+        throw_non_finite(w, N, r0, rows, c0, n);
+      }
+      if (rows < gs && c.ragged_range_includes_zero) include_zero(lo, hi, n);
+      for (std::size_t s = 0; s < C; ++s) {
+        const T ratio = static_cast<T>(c.clip_ratio) * cand[s];
+        for (std::size_t j = 0; j < n; ++j) {
+          const group_param<T> p = compute_group_param(lo[j], hi[j], ratio, c);
+          scale[j] = p.scale;
+          zp[j] = static_cast<T>(p.zero_point);
+        }
+        encode_tile(simd_tag{}, src, N, rows, n, c, scale, zp, nullptr, fq.data(), n);
+        for (std::size_t i = 0; i < rows; ++i) {
+          for (std::size_t j = 0; j < n; ++j) {
+            e[i * width + s * n + j] =
+                static_cast<double>(src[i * N + j]) - static_cast<double>(fq[i * n + j]);
+          }
+        }
+      }
+      gemm_nn(rows, width, rows, gram.data() + g * gs * gs, rows, e.data(), width, he.data(),
+              width);
+      for (std::size_t s = 0; s < C; ++s) {
+        for (std::size_t j = 0; j < n; ++j) {
+          double l = 0;
+          for (std::size_t i = 0; i < rows; ++i) {
+            l += e[i * width + s * n + j] * he[i * width + s * n + j];
+          }
+          const std::size_t at = g * N + c0 + j;
+          if (s == 0) max_loss[at] = l;
+          if (s == 0 || l < best_loss[at]) {
+            best_loss[at] = l;
+            res.ratios.data()[at] = cand[s];
+          }
+        }
+      }
+    }
+  });
+  res.loss = 0;
+  res.loss_at_max = 0;
+  for (std::size_t i = 0; i < G * N; ++i) {
+    res.loss += best_loss[i];
+    res.loss_at_max += max_loss[i];
+  }
+  return res;
+}
+
+template <class E>
+using awq_compute_t = compute_type_t<typename E::value_type>;
+
+/// search_awq_scales on weights already converted and checked.
+template <class EX, class EM, class T>
+awq_scales<T> search_awq_scales_checked(const xt::xexpression<EX>& x,
+                                        const xt::xexpression<EM>& mean_abs_x,
+                                        const std::vector<matrix_input<T>>& ms,
+                                        const quant_config& config, const awq_options& options) {
+  validate(config);
+  validate(options);
+  const std::size_t K = ms.front().rows;
+  const auto xm = awq_sample<T>(x, K);
+  return search_awq_scales_matrix<T>(xm, awq_channel_vector(mean_abs_x, K, "mean |x|"), ms, config,
+                                     options);
+}
+
+}  // namespace detail
+
+/// wbar [K]: per input channel, the mean over the columns of all `weights` (sharing one input)
+/// of |W[k, n]| / max |W| over the group of (k, n) (groups of config); 0 for an all-zero group.
+template <class E>
+xt::xtensor<double, 1> awq_weight_stat(const std::vector<E>& weights, const quant_config& config) {
+  validate(config);
+  const auto ms = detail::awq_weights<detail::awq_compute_t<E>>(weights);
+  const std::vector<double> v = detail::awq_weight_stat(ms, config);
+  xt::xtensor<double, 1> out = xt::xtensor<double, 1>::from_shape({v.size()});
+  std::copy(v.begin(), v.end(), out.begin());
+  return out;
+}
+
+/// The normalised AWQ scales of one alpha (in double) from mean |x| [K] and wbar [K] (ignored by
+/// the activation form). The search uses these, rounded once to the weights' compute type.
+template <class EX, class EW>
+xt::xtensor<double, 1> awq_scale_for_alpha(const xt::xexpression<EX>& mean_abs_x,
+                                           const xt::xexpression<EW>& weight_stat, double alpha,
+                                           const awq_options& options = {}) {
+  detail::validate(options);
+  if (!(alpha >= 0 && alpha <= 1)) {
+    throw config_error("AWQ alpha = " + std::to_string(alpha) + " must be in [0, 1]");
+  }
+  const std::size_t K = mean_abs_x.derived_cast().size();
+  if (K == 0) throw shape_error("mean |x| must not be empty");
+  const std::vector<double> xbar = detail::awq_channel_vector(mean_abs_x, K, "mean |x|");
+  const std::vector<double> wbar = detail::awq_channel_vector(weight_stat, K, "weight statistic");
+  const std::vector<double> v = detail::awq_scale_values(xbar, wbar, alpha, options);
+  xt::xtensor<double, 1> out = xt::xtensor<double, 1>::from_shape({K});
+  std::copy(v.begin(), v.end(), out.begin());
+  return out;
+}
+
+/// The AWQ loss sum_j || X W_j - (X / s) Q(diag(s) W_j) ||^2 of given scales s [K] (rounded to
+/// the compute type), on the sample X [S, K].
+template <class EX, class E, class ES>
+double awq_loss(const xt::xexpression<EX>& x, const std::vector<E>& weights,
+                const xt::xexpression<ES>& scales, const quant_config& config,
+                const quant_options& options = {}) {
+  using T = detail::awq_compute_t<E>;
+  validate(config);
+  const auto ms = detail::awq_weights<T>(weights);
+  const std::size_t K = ms.front().rows;
+  const auto xm = detail::awq_sample<T>(x, K);
+  const std::vector<T> s = detail::awq_given_scales<T>(scales, K);
+  return detail::awq_total_losses(xm.data, xm.rows, ms, std::vector<std::vector<T>>{s}, config,
+                                  options.threads)[0];
+}
+
+/// awq_lite: the scale search for the weights W_1 .. W_m [K, N_j] that share one input (q/k/v,
+/// gate/up: one joint s on the summed loss), from the sample X [S, K] and mean |x| [K].
+/// Throws shape_error for mismatched shapes, config_error for bad options, non_finite_error for
+/// NaN/Inf in X or a weight.
+template <class EX, class EM, class E>
+auto search_awq_scales(const xt::xexpression<EX>& x, const xt::xexpression<EM>& mean_abs_x,
+                       const std::vector<E>& weights, const quant_config& config,
+                       const awq_options& options = {}) {
+  using T = detail::awq_compute_t<E>;
+  return detail::search_awq_scales_checked(x, mean_abs_x, detail::awq_weights<T>(weights), config,
+                                           options);
+}
+
+/// awq_lite for one weight.
+template <class EX, class EM, class E>
+auto search_awq_scales(const xt::xexpression<EX>& x, const xt::xexpression<EM>& mean_abs_x,
+                       const xt::xexpression<E>& weight, const quant_config& config,
+                       const awq_options& options = {}) {
+  using T = detail::awq_compute_t<E>;
+  std::vector<detail::matrix_input<T>> ms;
+  ms.push_back(detail::as_matrix<T>(weight, "weight"));
+  detail::awq_check_weights(ms);
+  return detail::search_awq_scales_checked(x, mean_abs_x, ms, config, options);
+}
+
+/// awq_lite from activation statistics gathered with a row sample (sample_rows > 0).
+template <class E>
+auto search_awq_scales(const activation_stats& stats, const std::vector<E>& weights,
+                       const quant_config& config, const awq_options& options = {}) {
+  if (stats.rows() == 0 || stats.sample().shape()[0] == 0) {
+    throw shape_error("AWQ needs activation_stats with rows and a row sample (sample_rows > 0)");
+  }
+  return search_awq_scales(stats.sample(), stats.mean_abs(), weights, config, options);
+}
+
+/// W' = diag(s) W: row k of W[K, N] times s[k], in the compute type (one rounding). The layer
+/// keeps computing x W only if the caller divides input channel k by s[k] (folded into the
+/// producer of x).
+template <class E, class ES>
+auto apply_awq_scales(const xt::xexpression<E>& w, const xt::xexpression<ES>& scales) {
+  using T = detail::awq_compute_t<E>;
+  const auto m = detail::as_matrix<T>(w, "weight");
+  const std::vector<T> s = detail::awq_given_scales<T>(scales, m.rows);
+  auto out = xt::xtensor<T, 2>::from_shape({m.rows, m.cols});
+  for (std::size_t k = 0; k < m.rows; ++k) {
+    for (std::size_t n = 0; n < m.cols; ++n)
+      out.data()[k * m.cols + n] = s[k] * m.data[k * m.cols + n];
+  }
+  return out;
+}
+
+/// awq_clip: per (group, column) clip ratios of W[K, N] minimising the group's partial output
+/// error on the sample X [S, K]; returns ratios [G, N] (apply with quant_tensor(w, config,
+/// ratios)), the objective at them and at ratio 1.
+template <class EX, class E>
+auto search_awq_clip(const xt::xexpression<EX>& x, const xt::xexpression<E>& w,
+                     const quant_config& config, const awq_clip_options& options = {}) {
+  using T = detail::awq_compute_t<E>;
+  validate(config);
+  detail::validate(options);
+  const auto m = detail::as_matrix<T>(w, "weight");
+  if (m.rows == 0 || m.cols == 0) throw shape_error("AWQ weights must not be empty");
+  const auto xm = detail::awq_sample<T>(x, m.rows);
+  return detail::search_awq_clip_matrix<T>(xm.data, xm.rows, m.data, m.rows, m.cols, config,
+                                           options);
+}
+
+/// awq_full: awq_lite on all weights together, then awq_clip of each scaled weight on X / s.
+template <class EX, class EM, class E>
+auto search_awq_full(const xt::xexpression<EX>& x, const xt::xexpression<EM>& mean_abs_x,
+                     const std::vector<E>& weights, const quant_config& config,
+                     const awq_options& options = {}, const awq_clip_options& clip_options = {}) {
+  using T = detail::awq_compute_t<E>;
+  validate(config);
+  detail::validate(options);
+  detail::validate(clip_options);
+  const auto ms = detail::awq_weights<T>(weights);
+  const std::size_t K = ms.front().rows;
+  const auto xm = detail::awq_sample<T>(x, K);
+  awq_full_result<T> res;
+  res.lite = detail::search_awq_scales_matrix<T>(
+      xm, detail::awq_channel_vector(mean_abs_x, K, "mean |x|"), ms, config, options);
+  const T* s = res.lite.scales.data();
+  const std::vector<T> xs = detail::awq_divide_sample(xm.data, xm.rows, K, s);
+  for (const auto& m : ms) {
+    std::vector<T> ws(K * m.cols);
+    for (std::size_t k = 0; k < K; ++k) {
+      for (std::size_t n = 0; n < m.cols; ++n) ws[k * m.cols + n] = s[k] * m.data[k * m.cols + n];
+    }
+    res.clips.push_back(detail::search_awq_clip_matrix<T>(xs.data(), xm.rows, ws.data(), K, m.cols,
+                                                          config, clip_options));
+  }
+  return res;
+}
+
+}  // namespace int4q
+
+#endif  // INT4Q_AWQ_HPP
+// end file include/int4q/awq.hpp
+// begin file include/int4q/bits.hpp
+// Bit-width traits and the single runtime-to-template switch for packed storage.
+#ifndef INT4Q_BITS_HPP
+#define INT4Q_BITS_HPP
+
+#include <cstdint>
+#include <string>
+
+// #include <int4q/error.hpp> (inlined above)
+
+namespace int4q {
+
+/// Compile-time facts of a code width.
+template <int Bits>
+struct bits_traits {
+  static_assert(Bits >= 1 && Bits <= 8, "codes are 1 to 8 bits");
+  static constexpr int bits = Bits;
+  static constexpr int qmax = (1 << Bits) - 1;     ///< largest unsigned code
+  static constexpr int mid = 1 << (Bits - 1);      ///< zero point of signed grids
+  static constexpr int codes_per_byte = 8 / Bits;  ///< when Bits divides 8
+  static constexpr std::uint8_t mask = static_cast<std::uint8_t>(qmax);
+};
+
+/// Calls f(bits_traits<B>{}) for the packable widths B in {2, 4, 8}; throws otherwise.
+template <class F>
+decltype(auto) dispatch_packed_bits(int bits, F&& f) {
+  switch (bits) {
+    case 2: return f(bits_traits<2>{});
+    case 4: return f(bits_traits<4>{});
+    case 8: return f(bits_traits<8>{});
+    default:
+      throw config_error("packing supports 2, 4 and 8 bits, got " + std::to_string(bits) +
+                         ": ONNX formats have no other packed widths");
+  }
+}
+
+}  // namespace int4q
+
+#endif  // INT4Q_BITS_HPP
+// end file include/int4q/bits.hpp
+// #include <int4q/clip_search.hpp> (inlined above)
+// #include <int4q/config.hpp> (inlined above)
 // begin file include/int4q/dequant.hpp
 // dequant: codes back to values. qdq: quantize then dequantize in one pass ("fake quant"),
 // without materialising the codes.
@@ -2200,6 +2913,544 @@ auto qdq(const xt::xexpression<E>& w, const quant_config& config,
 // end file include/int4q/dequant.hpp
 // #include <int4q/error.hpp> (inlined above)
 // #include <int4q/float16.hpp> (inlined above)
+// begin file include/int4q/gptq.hpp
+// gptq: GPTQ (Frantar et al., 2022) for a weight W[K, N] in the ONNX MatMul layout, given the
+// layer's Hessian proxy H = sum over calibration rows of x x^T ([K, K], any positive scale; e.g.
+// activation_stats::hessian()).
+//
+// GPTQ quantizes the rows of W (the input channels k; torch's columns) one after the other and
+// spreads each row's rounding error over the rows not yet quantized so that the layer output
+// error trace((W - Q)^T H (W - Q)) stays small. With U the upper Cholesky factor of H^-1
+// (H^-1 = U^T U, after damping):
+//
+//   for k = 0 .. K-1:   q_k = quantize(w_k)              (each column n in its group's grid)
+//                       e_k = (w_k - q_k) / U[k, k]
+//                       w_j -= U[k, j] * e_k  for j > k
+//
+// done in lazy blocks of `block_size` rows: inside a block a rank-1 update per row (BLAS ger),
+// then ONE gemm updates all rows after the block: W[i2:, :] -= U[i1:i2, i2:]^T E[i1:i2, :].
+// The grid (group parameters, codes, rounding, tables) is quant_tensor's: the result is the
+// same `quantized` type and decodes with dequant() to exactly the Q that the loss refers to.
+//
+// Precision: H, its Cholesky factorization and the factor's inverse are double (dpotrf, dtrtri);
+// the working copy of W, the error rows and the updates are in the compute type of W (float:
+// sgemm / sger for float, fp16 and bf16 weights; double: dgemm / dger for double weights).
+// Parallelism comes from the BLAS only (e.g. openblas_set_num_threads); int4q adds no threads.
+#ifndef INT4Q_GPTQ_HPP
+#define INT4Q_GPTQ_HPP
+
+#include <cblas.h>
+#include <lapacke.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <xtensor/xtensor.hpp>
+
+// #include <int4q/clip_search.hpp> (inlined above)
+// #include <int4q/config.hpp> (inlined above)
+// #include <int4q/dequant.hpp> (inlined above)
+// #include <int4q/detail/input.hpp> (inlined above)
+// #include <int4q/detail/kernels.hpp> (inlined above)
+// #include <int4q/error.hpp> (inlined above)
+// #include <int4q/group_params.hpp> (inlined above)
+// #include <int4q/quantize.hpp> (inlined above)
+// #include <int4q/quantized.hpp> (inlined above)
+
+namespace int4q {
+
+struct gptq_options {
+  /// Damping added to the diagonal of H, as a fraction of mean(diag H) (GPTQ's `percdamp`).
+  double damp = 0.01;
+  /// When a Cholesky factorization fails (H not positive definite), the damping is multiplied
+  /// by `damp_growth` and GPTQ starts over, up to this many times; then it throws.
+  std::size_t max_damp_retries = 4;
+  double damp_growth = 10.0;
+  /// Rows per lazy block: one gemm per block updates the rows after it (GPTQ's `blocksize`).
+  /// The result does not depend on it beyond float rounding.
+  std::size_t block_size = 128;
+  /// Quantize the rows in order of decreasing diag(H) (GPTQ's `act_order` / `desc_act`).
+  /// With more than one group along K it needs static_groups: the ONNX formats store groups
+  /// contiguous in K and have no g_idx.
+  bool act_order = false;
+  /// Group parameters all computed up front from the original W (GPTQ's `static_groups`);
+  /// otherwise each group's parameters come from the already updated weights when its first
+  /// row is reached.
+  bool static_groups = false;
+  /// Choose each group's clip ratio by search_clip (with `clip`, importance diag(H)) on the
+  /// weights the parameters are computed from (per group as it starts, or all up front).
+  bool search_clip = false;
+  clip_search_options clip;
+  /// Measure report.rtn_loss: one K x K x N product in the compute type (about the cost of
+  /// GPTQ's own updates).
+  bool rtn_loss = true;
+  /// Measure report.loss by a K x K x N product, and fill report.group_loss. Otherwise
+  /// report.loss comes from the error rows for free: with H' the damped H,
+  /// trace((W - Q)^T H' (W - Q)) = sum_k |e_k|^2, less the damping's share (measured by the
+  /// product after all when that share is over gptq_max_damping_share of the sum).
+  bool exact_loss = false;
+};
+
+/// Statistics of one gptq call. Losses are trace((W - Q)^T H (W - Q)) with the H given
+/// (undamped) and the W given.
+struct gptq_report {
+  double loss = 0;                                             ///< of GPTQ's Q
+  double rtn_loss = std::numeric_limits<double>::quiet_NaN();  ///< of quant_tensor(W, config)
+  /// [G, N] when options.exact_loss: sum over the rows k of group g of D[k, n] (H D)[k, n],
+  /// D = W - Q (sums to `loss`); empty otherwise.
+  xt::xtensor<double, 2> group_loss;
+  double damp = 0;              ///< absolute damping added to diag(H), the one that succeeded
+  double damp_fraction = 0;     ///< damp / mean(diag H) = options.damp * damp_growth^retries
+  std::size_t retries = 0;      ///< Cholesky failures before that damping
+  std::size_t dead_inputs = 0;  ///< rows k with H[k, k] == 0 (quantized as zero rows)
+  /// act_order: perm[i] = the row of W quantized i-th; empty otherwise.
+  std::vector<std::size_t> perm;
+};
+
+template <class T>
+struct gptq_result {
+  quantized<T> q;  ///< codes [K, N], scales and zero points [G, N]: as quant_tensor returns
+  gptq_report report;
+};
+
+namespace detail {
+
+/// Largest share of sum |e_k|^2 that the damping term may take before report.loss is measured
+/// by the K x K x N product instead of by the difference (which then loses digits: at 1/2, at
+/// most one bit of the error rows' precision).
+constexpr double gptq_max_damping_share = 0.5;
+
+// ---- BLAS in the compute type ------------------------------------------------------------------
+
+// C[m, n] = alpha * op(A) B + beta * C, row-major; op(A) = A ([m, k], lda) or A^T (A is [k, m]).
+inline void gemm(bool trans_a, std::size_t m, std::size_t n, std::size_t k, float alpha,
+                 const float* a, std::size_t lda, const float* b, std::size_t ldb, float beta,
+                 float* c, std::size_t ldc) {
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, CblasNoTrans, static_cast<int>(m),
+              static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b,
+              static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+}
+inline void gemm(bool trans_a, std::size_t m, std::size_t n, std::size_t k, double alpha,
+                 const double* a, std::size_t lda, const double* b, std::size_t ldb, double beta,
+                 double* c, std::size_t ldc) {
+  cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, CblasNoTrans, static_cast<int>(m),
+              static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b,
+              static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+}
+// A[m, n] (row-major, lda) += alpha * x y^T;  x : [m], y : [n]
+inline void ger(std::size_t m, std::size_t n, float alpha, const float* x, const float* y, float* a,
+                std::size_t lda) {
+  cblas_sger(CblasRowMajor, static_cast<int>(m), static_cast<int>(n), alpha, x, 1, y, 1, a,
+             static_cast<int>(lda));
+}
+inline void ger(std::size_t m, std::size_t n, double alpha, const double* x, const double* y,
+                double* a, std::size_t lda) {
+  cblas_dger(CblasRowMajor, static_cast<int>(m), static_cast<int>(n), alpha, x, 1, y, 1, a,
+             static_cast<int>(lda));
+}
+
+// ---- Hessian ---------------------------------------------------------------------------------
+
+/// H[a, b] of a symmetric h [K, K] read from its upper triangle.
+inline double hessian_at(const double* h, std::size_t K, std::size_t a, std::size_t b) noexcept {
+  return a <= b ? h[a * K + b] : h[b * K + a];
+}
+
+/// Edge of the tiles in which inverse_cholesky copies H (reads and writes both stay in cache).
+constexpr std::size_t hessian_copy_tile = 64;
+
+/// The upper Cholesky factor U of (H' + damp I)^-1, where H' = H with rows/columns permuted
+/// (row i of H' is row perm[i] of H) and dead diagonal entries set to 1, computed as
+///   J (H' + damp I) J = R^T R  (dpotrf; J reverses the order, R upper),  U = J R^-T J  (dtrtri)
+/// (then U^T U = J R^-1 R^-T J = (H' + damp I)^-1 and U is upper with a positive diagonal: the
+/// factor, which is unique): K^3 / 3 + K^3 / 3 flops instead of potrf + potri + potrf's 4 K^3 / 3.
+/// u [K, K] receives R^-1 in its row-major upper triangle, and U[i, j] = u[K-1-j, K-1-i]
+/// (read it with inverse_factor_at). Returns false when H' + damp I is not positive definite.
+inline bool inverse_cholesky(const double* h, std::size_t K, const std::vector<std::size_t>& perm,
+                             const std::vector<char>& dead, double damp, double* u) {
+  constexpr std::size_t t = hessian_copy_tile;
+  for (std::size_t i0 = 0; i0 < K; i0 += t) {
+    for (std::size_t j0 = i0; j0 < K; j0 += t) {
+      for (std::size_t i = i0; i < std::min(i0 + t, K); ++i) {
+        const std::size_t a = perm[K - 1 - i];
+        for (std::size_t j = std::max(i, j0); j < std::min(j0 + t, K); ++j)
+          u[i * K + j] = hessian_at(h, K, a, perm[K - 1 - j]);
+      }
+    }
+  }
+  for (std::size_t i = 0; i < K; ++i) {
+    if (dead[perm[K - 1 - i]]) u[i * K + i] = 1.0;
+    u[i * K + i] += damp;
+  }
+  // A row-major upper triangle is LAPACK's column-major lower one: the 'L' routines work on it
+  // in place, without LAPACKE's row-major transposes.
+  const auto n = static_cast<lapack_int>(K);
+  if (LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'L', n, u, n) != 0) return false;       // R
+  if (LAPACKE_dtrtri(LAPACK_COL_MAJOR, 'L', 'N', n, u, n) != 0) return false;  // R^-1
+  for (std::size_t i = 0; i < K; ++i) {
+    const double d = u[i * K + i];
+    if (!(d > 0.0) || !std::isfinite(d)) return false;
+  }
+  return true;
+}
+
+/// U[i, j] (i <= j) from inverse_cholesky's u.
+inline double inverse_factor_at(const double* u, std::size_t K, std::size_t i,
+                                std::size_t j) noexcept {
+  return u[(K - 1 - j) * K + (K - 1 - i)];
+}
+
+/// sum_{k, n} D[k, n] (H D)[k, n] for a symmetric h [K, K] (upper triangle read) and d [K, N],
+/// by panels of rows of H converted to T (gemm in T, sums in double). group_loss [G, N] (rows
+/// of `gs`) gets the per-group sums when not null.
+template <class T>
+double hessian_loss(const double* h, std::size_t K, const T* d, std::size_t N, std::size_t gs,
+                    double* group_loss) {
+  constexpr std::size_t panel_rows = 64;
+  std::vector<T> panel(std::min(panel_rows, K) * K);
+  std::vector<T> hd(std::min(panel_rows, K) * N);
+  double total = 0;
+  for (std::size_t i0 = 0; i0 < K; i0 += panel_rows) {
+    const std::size_t rows = std::min(panel_rows, K - i0);
+    for (std::size_t j = 0; j < K; ++j) {  // j outer: below the diagonal, reads rows of h
+      for (std::size_t r = 0; r < rows; ++r)
+        panel[r * K + j] = static_cast<T>(hessian_at(h, K, i0 + r, j));
+    }
+    gemm(false, rows, N, K, T(1), panel.data(), K, d, N, T(0), hd.data(), N);
+    for (std::size_t r = 0; r < rows; ++r) {
+      double row = 0;
+      double* gl = group_loss ? group_loss + ((i0 + r) / gs) * N : nullptr;
+      for (std::size_t n = 0; n < N; ++n) {
+        const double v =
+            static_cast<double>(d[(i0 + r) * N + n]) * static_cast<double>(hd[r * N + n]);
+        row += v;
+        if (gl) gl[n] += v;
+      }
+      total += row;
+    }
+  }
+  return total;
+}
+
+// ---- Grid --------------------------------------------------------------------------------------
+
+/// Parameters of one group from its current rows w [rows, N] (as quantize_matrix computes them),
+/// each column's clip ratio config.clip_ratio * ratios[n] (ratios may be null).
+//   scale, zero_point : [N]
+template <class T>
+void group_params_of_rows(const T* w, std::size_t rows, std::size_t N, bool ragged,
+                          const quant_config& c, const T* ratios, T* scale,
+                          std::uint8_t* zero_point) {
+  T lo[max_tile_cols], hi[max_tile_cols];
+  for (std::size_t c0 = 0; c0 < N; c0 += max_tile_cols) {
+    const std::size_t n = std::min(max_tile_cols, N - c0);
+    if (!minmax_columns(simd_tag{}, w + c0, N, rows, n, lo, hi)) {
+      throw error(
+          "gptq: the error updates made a weight non-finite: H is too ill-conditioned for "
+          "this damping; raise gptq_options::damp");
+    }
+    if (ragged && c.ragged_range_includes_zero) include_zero(lo, hi, n);
+    for (std::size_t j = 0; j < n; ++j) {
+      const T ratio = static_cast<T>(c.clip_ratio) * (ratios ? ratios[c0 + j] : T(1));
+      const group_param<T> p = compute_group_param(lo[j], hi[j], ratio, c);
+      scale[c0 + j] = p.scale;
+      zero_point[c0 + j] = p.zero_point;
+    }
+  }
+}
+
+/// Codes and dequantized values of one row w [N] against per-column parameters [N].
+template <class T>
+void encode_row(const T* w, std::size_t N, const quant_config& c, const T* scale,
+                const std::uint8_t* zero_point, std::uint8_t* codes, T* values) {
+  T zp[max_tile_cols];
+  for (std::size_t c0 = 0; c0 < N; c0 += max_tile_cols) {
+    const std::size_t n = std::min(max_tile_cols, N - c0);
+    for (std::size_t j = 0; j < n; ++j) zp[j] = static_cast<T>(zero_point[c0 + j]);
+    encode_tile(simd_tag{}, w + c0, N, 1, n, c, scale + c0, zp, codes + c0, values + c0, N);
+  }
+}
+
+/// Rows of a [K, N] in place: new row i = old row perm[i].
+template <class T>
+void permute_rows(T* a, std::size_t K, std::size_t N, const std::vector<std::size_t>& perm) {
+  std::vector<char> done(K, 0);
+  std::vector<T> tmp(N);
+  for (std::size_t s = 0; s < K; ++s) {
+    if (done[s] || perm[s] == s) continue;
+    std::copy(a + s * N, a + s * N + N, tmp.begin());
+    std::size_t i = s;
+    for (;;) {
+      done[i] = 1;
+      const std::size_t j = perm[i];
+      if (j == s) {
+        std::copy(tmp.begin(), tmp.end(), a + i * N);
+        break;
+      }
+      std::copy(a + j * N, a + j * N + N, a + i * N);
+      i = j;
+    }
+  }
+}
+
+/// Group parameters [G, N] for one group: rows [r0, r0 + rows) of w [*, N], with the clip
+/// search when asked (importance imp[r0 ..]).
+template <class T>
+void gptq_group_params(const T* w, std::size_t N, std::size_t r0, std::size_t rows, std::size_t gs,
+                       const quant_config& c, const gptq_options& o, const T* imp, T* scale,
+                       std::uint8_t* zero_point) {
+  const T* rows_w = w + r0 * N;
+  if (o.search_clip) {
+    // The group alone: effective group size >= rows, so one group of `rows` rows.
+    quant_config one = c;
+    one.granularity = grouping::group;
+    one.group_size = gs;
+    const clip_search_result<T> s = search_clip_matrix<T>(rows_w, rows, N, one, imp + r0, o.clip);
+    group_params_of_rows(rows_w, rows, N, rows < gs, c, s.ratios.data(), scale, zero_point);
+  } else {
+    group_params_of_rows(rows_w, rows, N, rows < gs, c, static_cast<const T*>(nullptr), scale,
+                         zero_point);
+  }
+}
+
+inline void validate(const gptq_options& o) {
+  if (!(o.damp > 0.0) || !std::isfinite(o.damp)) {
+    throw config_error("gptq damp = " + std::to_string(o.damp) +
+                       " must be > 0 and finite (a fraction of mean(diag H); GPTQ uses 0.01)");
+  }
+  if (!(o.damp_growth > 1.0) || !std::isfinite(o.damp_growth)) {
+    throw config_error("gptq damp_growth = " + std::to_string(o.damp_growth) + " must be > 1");
+  }
+  if (o.block_size == 0) throw config_error("gptq block_size must be >= 1 (GPTQ uses 128)");
+  if (o.search_clip) validate(o.clip);
+}
+
+/// GPTQ on w [K, N] (finite, checked) with h [K, K] (validated).
+template <class T>
+gptq_result<T> gptq_matrix(const T* w, std::size_t K, std::size_t N, const double* h,
+                           const quant_config& c, const gptq_options& o) {
+  const std::size_t gs = c.effective_group_size(K);
+  const std::size_t G = c.num_groups(K);
+  gptq_result<T> res;
+  gptq_report& rep = res.report;
+  res.q = allocate_quantized<T>(K, N, c);
+  quantized<T>& q = res.q;
+
+  // Dead inputs, order, damping.
+  std::vector<char> dead(K, 0);
+  double diag_sum = 0;
+  std::vector<double> diag(K);
+  for (std::size_t k = 0; k < K; ++k) {
+    diag[k] = h[k * K + k];
+    if (diag[k] == 0.0) {
+      dead[k] = 1;
+      ++rep.dead_inputs;
+      diag[k] = 1.0;
+    }
+    diag_sum += diag[k];
+  }
+  std::vector<std::size_t> perm(K);
+  std::iota(perm.begin(), perm.end(), std::size_t(0));
+  if (o.act_order) {
+    std::stable_sort(perm.begin(), perm.end(),
+                     [&](std::size_t a, std::size_t b) { return diag[a] > diag[b]; });
+    rep.perm = perm;
+  }
+  const double mean_diag = diag_sum / static_cast<double>(K);
+
+  // RTN baseline (before the big buffers, reusing its own).
+  if (o.rtn_loss) {
+    std::vector<T> d(K * N);
+    std::vector<T> scales(G * N);
+    std::vector<std::uint8_t> zps(G * N);
+    quantize_sink<T> sink;
+    sink.scales = scales.data();
+    sink.zero_points = zps.data();
+    sink.fake_quant = d.data();
+    quantize_matrix(simd_tag{}, w, K, N, c, static_cast<const T*>(nullptr), 1, sink);
+    for (std::size_t i = 0; i < K * N; ++i) d[i] = w[i] - d[i];
+    rep.rtn_loss = hessian_loss(h, K, d.data(), N, gs, nullptr);
+  }
+
+  // U: upper Cholesky factor of the damped, permuted H^-1 (double).
+  std::vector<double> u(K * K);
+  rep.damp_fraction = o.damp;
+  for (;;) {
+    rep.damp = rep.damp_fraction * mean_diag;
+    if (inverse_cholesky(h, K, perm, dead, rep.damp, u.data())) break;
+    if (rep.retries == o.max_damp_retries) {
+      throw error("gptq: H is not positive definite even with damping " +
+                  std::to_string(rep.damp_fraction) + " x mean(diag H) after " +
+                  std::to_string(rep.retries) +
+                  " retries: check the Hessian, or raise gptq_options::damp / max_damp_retries");
+    }
+    ++rep.retries;
+    rep.damp_fraction *= o.damp_growth;
+  }
+
+  // Working copy of W: dead rows zeroed, rows in quantization order.
+  std::vector<T> wp(w, w + K * N);
+  for (std::size_t k = 0; k < K; ++k) {
+    if (dead[k]) std::fill(wp.begin() + k * N, wp.begin() + (k + 1) * N, T(0));
+  }
+  std::vector<T> imp(K);
+  for (std::size_t k = 0; k < K; ++k) imp[k] = static_cast<T>(h[k * K + k]);
+  const bool static_params = o.static_groups;
+  if (static_params) {
+    for (std::size_t g = 0; g < G; ++g) {
+      const std::size_t r0 = g * gs;
+      gptq_group_params(wp.data(), N, r0, std::min(gs, K - r0), gs, c, o, imp.data(),
+                        q.scales.data() + g * N, q.zero_points.data() + g * N);
+    }
+  }
+  if (o.act_order) {
+    permute_rows(wp.data(), K, N, perm);
+    std::vector<T> permuted(K);
+    for (std::size_t i = 0; i < K; ++i) permuted[i] = imp[perm[i]];
+    imp.swap(permuted);
+  }
+
+  const std::size_t bs = std::min(o.block_size, K);
+  std::vector<T> err(bs * N);    // error rows of the block [bs, N]
+  std::vector<T> panel(bs * K);  // U[i1:i2, i1:K] in T, row stride K - i1
+  std::vector<T> values(N);      // dequantized row
+  double err_sq = 0, damp_sq = 0;
+  for (std::size_t i1 = 0; i1 < K;) {
+    std::size_t i2 = std::min(i1 + bs, K);
+    if (!static_params && G > 1) {
+      // A group's parameters come from its fully updated rows: a group that starts inside the
+      // block and runs past its end starts the next block instead.
+      const std::size_t s = ((i2 - 1) / gs) * gs;
+      if (s > i1 && std::min(s + gs, K) > i2) i2 = s;
+    }
+    const std::size_t rows = i2 - i1, ld = K - i1;
+    // panel[r, j - i1] = U[i1 + r, j] for j >= i1 + r: row K-1-j of u holds U[., j] reversed,
+    // so each j reads `rows` consecutive doubles
+    for (std::size_t j = i1; j < K; ++j) {
+      const double* src = u.data() + (K - 1 - j) * K + (K - 1 - i1);
+      const std::size_t top = std::min(rows, j - i1 + 1);
+      for (std::size_t r = 0; r < top; ++r) panel[r * ld + (j - i1)] = static_cast<T>(*(src - r));
+    }
+    for (std::size_t k = i1; k < i2; ++k) {
+      T* wk = wp.data() + k * N;
+      if (!static_params && k % gs == 0) {
+        const std::size_t g = k / gs;  // == perm[k] / gs: act_order here only with G == 1
+        gptq_group_params(wp.data(), N, k, std::min(gs, K - k), gs, c, o, imp.data(),
+                          q.scales.data() + g * N, q.zero_points.data() + g * N);
+      }
+      const std::size_t row = perm[k];
+      const std::size_t g = row / gs;
+      encode_row(wk, N, c, q.scales.data() + g * N, q.zero_points.data() + g * N,
+                 q.codes.data() + row * N, values.data());
+      const T dk = static_cast<T>(inverse_factor_at(u.data(), K, k, k));
+      T* ek = err.data() + (k - i1) * N;
+      for (std::size_t n = 0; n < N; ++n) ek[n] = (wk[n] - values[n]) / dk;
+      if (!dead[row]) {
+        const T* w0 = w + row * N;
+        for (std::size_t n = 0; n < N; ++n) {
+          const double e = static_cast<double>(ek[n]);
+          const double dd = static_cast<double>(w0[n]) - static_cast<double>(values[n]);
+          err_sq += e * e;
+          damp_sq += dd * dd;
+        }
+      }
+      if (k + 1 < i2) {
+        ger(i2 - k - 1, N, T(-1), panel.data() + (k - i1) * ld + (k + 1 - i1), ek,
+            wp.data() + (k + 1) * N, N);
+      }
+    }
+    if (i2 < K) {
+      gemm(true, K - i2, N, rows, T(-1), panel.data() + rows, ld, err.data(), N, T(1),
+           wp.data() + i2 * N, N);
+    }
+    i1 = i2;
+  }
+
+  // The free loss below subtracts the damping's share from sum |e_k|^2; when that share is most
+  // of it (large damping), the difference would keep few correct digits: measure instead.
+  const bool cancels = rep.damp * damp_sq > gptq_max_damping_share * err_sq;
+  if (o.exact_loss || cancels) {
+    dequant_matrix(simd_tag{}, q, 1, wp.data());
+    for (std::size_t i = 0; i < K * N; ++i) wp[i] = w[i] - wp[i];
+    if (o.exact_loss) rep.group_loss = xt::zeros<double>({G, N});
+    rep.loss = hessian_loss(h, K, wp.data(), N, gs, o.exact_loss ? rep.group_loss.data() : nullptr);
+  } else {
+    // trace(D^T H' D) = sum |e_k|^2 for D = W' - Q (W' = W with dead rows zeroed, H' damped
+    // with dead diagonals 1); removing the damping and the dead rows (whose rows of H are 0)
+    // leaves trace((W - Q)^T H (W - Q)).
+    rep.loss = err_sq - rep.damp * damp_sq;
+  }
+  return res;
+}
+
+}  // namespace detail
+
+/// GPTQ of W[K, N] (K = reduction axis) with the Hessian proxy H [K, K] (symmetric, its upper
+/// triangle is read; float or double; any positive scale) on the grid of `config`. W: any 2-D
+/// expression of float, double, float16_t or bfloat16_t (converted once to the compute type).
+/// Throws config_error (config, options), shape_error (shapes, negative diag(H)),
+/// non_finite_error (NaN/Inf in W or H), error (H not positive definite after the retries).
+template <class E, class EH>
+auto gptq(const xt::xexpression<E>& w, const xt::xexpression<EH>& hessian,
+          const quant_config& config, const gptq_options& options = {}) {
+  using T = compute_type_t<typename E::value_type>;
+  validate(config);
+  detail::validate(options);
+  const auto m = detail::as_matrix<T>(w, "weight");
+  const auto h = detail::as_matrix<double>(hessian, "hessian");
+  const std::size_t K = m.rows, N = m.cols;
+  if (K == 0 || N == 0) {
+    throw shape_error("gptq: the weight is empty ([" + std::to_string(K) + ", " +
+                      std::to_string(N) + "])");
+  }
+  if (h.rows != K || h.cols != K) {
+    throw shape_error("gptq: the Hessian must be [K, K] = [" + std::to_string(K) + ", " +
+                      std::to_string(K) + "] for a weight with K = " + std::to_string(K) +
+                      " rows, got [" + std::to_string(h.rows) + ", " + std::to_string(h.cols) +
+                      "]");
+  }
+  const std::size_t G = config.num_groups(K);
+  if (options.act_order && !options.static_groups && G > 1) {
+    throw config_error(
+        "gptq: act_order with " + std::to_string(G) +
+        " groups along K needs static_groups = true: the ONNX formats store groups contiguous "
+        "in K and have no g_idx (or use per-channel scales)");
+  }
+  for (std::size_t i = 0; i < K * N; ++i) {
+    if (!std::isfinite(m.data[i])) {
+      throw non_finite_error(i / N, i % N, static_cast<double>(m.data[i]));
+    }
+  }
+  for (std::size_t a = 0; a < K; ++a) {
+    for (std::size_t b = 0; b < K; ++b) {
+      const double v = h.data[a * K + b];
+      if (!std::isfinite(v)) {
+        throw non_finite_error("gptq: hessian[" + std::to_string(a) + ", " + std::to_string(b) +
+                                   "] is " + (v != v ? "NaN" : "infinite") +
+                                   ": the calibration activations are not finite",
+                               a, b);
+      }
+    }
+    if (h.data[a * K + a] < 0.0) {
+      throw shape_error("gptq: hessian[" + std::to_string(a) + ", " + std::to_string(a) +
+                        "] = " + std::to_string(h.data[a * K + a]) +
+                        " is negative: H must be a sum of x x^T (positive semidefinite)");
+    }
+  }
+  return detail::gptq_matrix<T>(m.data, K, N, h.data, config, options);
+}
+
+}  // namespace int4q
+
+#endif  // INT4Q_GPTQ_HPP
+// end file include/int4q/gptq.hpp
 // #include <int4q/group_params.hpp> (inlined above)
 // #include <int4q/metrics.hpp> (inlined above)
 // begin file include/int4q/pack.hpp

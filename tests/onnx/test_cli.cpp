@@ -371,6 +371,47 @@ TEST_F(CliQuantize, ThreadCountDoesNotChangeTheOutput) {
       << "--threads 1 and --threads 2 must write byte-identical files";
 }
 
+TEST_F(CliQuantize, GptqWithCalibrationDataReportsItsLossesAndIgnoresThreads) {
+  require_devgpt();
+  const std::vector<std::string> base = {"quantize",        devgpt.string(),
+                                         "--method",        "gptq",
+                                         "--calib",         (devgpt_dir / "devgpt_cal.u8").string(),
+                                         "--calib-samples", "8",
+                                         "--report",        "-"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run(args);
+  };
+  const result a = with({"-o", "g1.onnx", "--threads", "1"});
+  ASSERT_EQ(a.status, 0) << describe(a);
+  const result b = with({"-o", "g2.onnx", "--threads", "2"});
+  ASSERT_EQ(b.status, 0) << describe(b);
+  EXPECT_TRUE(read_text(dir_ / "g1.onnx") == read_text(dir_ / "g2.onnx"))
+      << "--threads 1 and --threads 2 must write byte-identical files with GPTQ too";
+  const auto report = nlohmann::json::parse(a.out);
+  EXPECT_EQ(report["config"]["method"], "gptq");
+  EXPECT_EQ(report["config"]["calibration"]["mode"], "sequential");
+  std::size_t gptq = 0;
+  for (const auto& t : report["tensors"]) {
+    if (!t["quantized"].get<bool>()) continue;
+    EXPECT_EQ(t["method"], "gptq");
+    EXPECT_EQ(t["calibration_rows"], 8 * 128);
+    EXPECT_LE(t["hessian_loss"].get<double>(), t["rtn_hessian_loss"].get<double>());
+    ++gptq;
+  }
+  EXPECT_EQ(gptq, 16u);  // the lm_head stays in float by default
+  // Without data: random inputs, with a warning on stderr; still exit 0.
+  const result r = run(
+      {"quantize", devgpt.string(), "-o", "g3.onnx", "--method", "gptq", "--calib-samples", "4"});
+  EXPECT_EQ(r.status, 0) << describe(r);
+  EXPECT_NE(r.err.find("random"), std::string::npos) << describe(r);
+  // --act-order with groups and without --static-groups is refused with the reason.
+  expect_failure({"quantize", devgpt.string(), "-o", "g4.onnx", "--method", "gptq", "--act-order",
+                  "--no-static-groups"},
+                 2, {"--static-groups", "g_idx"});
+}
+
 TEST_F(CliQuantize, OverwritesAnExistingOutput) {
   write_model(small_model(), dir_ / "small.onnx");
   {
@@ -641,8 +682,8 @@ TEST_F(CliErrors, UsageErrors) {
 
 TEST_F(CliErrors, MethodsOfLaterVersions) {
   write_model(small_model(), dir_ / "small.onnx");
-  expect_failure({"quantize", "small.onnx", "-o", "out.onnx", "--method", "gptq"}, 2,
-                 {"gptq", "later version"});
+  expect_failure({"quantize", "small.onnx", "-o", "out.onnx", "--method", "hqq"}, 2,
+                 {"hqq", "later version"});
   expect_failure({"quantize", "small.onnx", "-o", "out.onnx", "--method", "awq-clip"}, 2,
                  {"awq-clip", "later version"});
   expect_failure({"quantize", "small.onnx", "-o", "out.onnx", "--method", "magic"}, 2, {"magic"});

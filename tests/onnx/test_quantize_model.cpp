@@ -1006,8 +1006,7 @@ TEST(QuantizeConfig, ErrorsNameTheKeyAndTheEntry) {
                       "overrides[0].group_size");
   expect_config_error(R"({"overrides": [{"match": "a", "scheme": "sym"}]})", "overrides[0].scheme");
   expect_config_error(R"({"overrides": [{"match": "a", "skip": 1}]})", "overrides[0].skip");
-  expect_config_error(R"({"overrides": [{"match": "a", "method": "gptq"}]})",
-                      "overrides[0].method");
+  expect_config_error(R"({"overrides": [{"match": "a", "method": "hqq"}]})", "overrides[0].method");
   expect_config_error(R"({"overrides": [{"bits": 8}]})", "overrides[0] has no \"match\"");
   expect_config_error(R"({"overrides": {"match": "a"}})", "\"overrides\"");
   expect_config_error(R"({"overides": []})", "unknown key \"overides\"");

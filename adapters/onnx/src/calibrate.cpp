@@ -44,7 +44,7 @@ std::map<std::string, activation_stats> collect_activation_stats(
   for (const weight_info* w : weights)
     stats.emplace(w->name, activation_stats(w->k, options.stats));
   const auto by_node = uses_by_node(m, weights);
-  const executor ex(m);
+  const executor ex(m, options.threads);
   run_hooks hooks;
   hooks.before_node = [&](int, const ::onnx::NodeProto& node, std::vector<const value*>& in) {
     const auto it = by_node.find(&node);
@@ -83,7 +83,8 @@ struct sequential_calibration::impl {
   std::map<std::string, activation_stats> subgraph_stats;
   bool subgraph_done = false;
 
-  impl(const model& model_, const collect_options& o) : m(model_), options(o), ex(model_) {
+  impl(const model& model_, const collect_options& o)
+      : m(model_), options(o), ex(model_, o.threads) {
     hooks.before_node = [this](int, const ::onnx::NodeProto& node, std::vector<const value*>& in) {
       if (replacements.empty()) return;
       for (int k = 0; k < node.input_size() && k < static_cast<int>(in.size()); ++k) {

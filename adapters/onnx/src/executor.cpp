@@ -581,11 +581,9 @@ void exec::matmul_values(const node_context& c, const inputs_t& in, std::vector<
     // One weight for every batch: fold the batch into the rows, one sgemm [batch*M, K] x [K, N]
     // (a's batches are contiguous when a is not broadcast).
     if (numel(ba) == numel(batch)) {
-      const auto rows = static_cast<int>(numel(batch) * static_cast<std::size_t>(M));
-      if (rows > 0 && N > 0)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, static_cast<int>(N),
-                    static_cast<int>(K), 1.0f, a.f.data(), static_cast<int>(K), b.f.data(),
-                    static_cast<int>(N), 0.0f, r.f.data(), static_cast<int>(N));
+      const std::size_t rows = numel(batch) * static_cast<std::size_t>(M);
+      gemm(false, false, rows, std::size_t(N), std::size_t(K), 1.0f, a.f.data(), std::size_t(K),
+           b.f.data(), std::size_t(N), 0.0f, r.f.data(), std::size_t(N));
       if (K == 0) std::fill(r.f.begin(), r.f.end(), 0.0f);
       if (b_vec) r.shape.pop_back();
       if (a_vec) r.shape.erase(r.shape.end() - (b_vec ? 1 : 2));
@@ -594,16 +592,22 @@ void exec::matmul_values(const node_context& c, const inputs_t& in, std::vector<
     }
   }
   const auto ia = broadcast_index(ba, batch), ib = broadcast_index(bb, batch);
-  for (std::size_t e = 0; e < ia.size(); ++e) {
-    if (M == 0 || N == 0) break;
-    if (K == 0) {
-      std::fill(r.f.begin(), r.f.end(), 0.0f);
-      break;
+  if (K == 0) {
+    std::fill(r.f.begin(), r.f.end(), 0.0f);
+  } else if (M > 0 && N > 0) {
+    // One product per batch entry (attention heads), spread over threads when worth it; each
+    // entry is one single-threaded BLAS call whatever the thread count.
+    auto one = [&](std::size_t e) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M),
+                  static_cast<int>(N), static_cast<int>(K), 1.0f, a.f.data() + ia[e] * mk,
+                  static_cast<int>(K), b.f.data() + ib[e] * kn, static_cast<int>(N), 0.0f,
+                  r.f.data() + e * mn, static_cast<int>(N));
+    };
+    if (ia.size() * mn * static_cast<std::size_t>(K) < kGemmParallelMin || blas_threads() > 1) {
+      for (std::size_t e = 0; e < ia.size(); ++e) one(e);
+    } else {
+      int4q::detail::parallel_for(ia.size(), current_threads(), one);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(N),
-                static_cast<int>(K), 1.0f, a.f.data() + ia[e] * mk, static_cast<int>(K),
-                b.f.data() + ib[e] * kn, static_cast<int>(N), 0.0f, r.f.data() + e * mn,
-                static_cast<int>(N));
   }
   if (b_vec) r.shape.pop_back();
   if (a_vec) r.shape.erase(r.shape.end() - (b_vec ? 1 : 2));
@@ -920,7 +924,7 @@ void run_nodes(const model& m, const executor::graph_plan& p,
 
 }  // namespace
 
-executor::executor(const model& m) : m_(m) {
+executor::executor(const model& m, std::size_t threads) : m_(m), threads_(threads) {
   std::set<std::string> unsupported;
   collect_unsupported(m.proto.graph(), unsupported);
   if (!unsupported.empty()) {
@@ -931,6 +935,11 @@ executor::executor(const model& m) : m_(m) {
                       "the executor does not implement " + list + " (it implements: " + all + ")");
   }
   plan_ = make_plan(m, m.proto.graph());
+}
+
+std::size_t& exec::current_threads_slot() noexcept {
+  thread_local std::size_t threads = 0;
+  return threads;
 }
 
 struct executor::session::state {
@@ -981,6 +990,12 @@ executor::session executor::start(const std::map<std::string, value>& inputs) co
 }
 
 void executor::advance(session& s, int end_node, const run_hooks& hooks) const {
+  const std::size_t saved = current_threads_slot();
+  current_threads_slot() = threads_;
+  struct restore {
+    std::size_t v;
+    ~restore() { current_threads_slot() = v; }
+  } restore_threads{saved};
   const int end = std::min(end_node, m_.proto.graph().node_size());
   if (end <= s.s_->next) return;
   run_nodes(m_, *plan_, s.s_->env, nullptr, &hooks, s.s_->next, end);

@@ -14,6 +14,9 @@
 #include <utility>
 #include <vector>
 
+#include <cblas.h>
+
+#include <int4q/detail/parallel.hpp>
 #include <int4q/onnx/executor.hpp>
 
 #include "writers.hpp"
@@ -278,6 +281,53 @@ void copy_view(const std::vector<T>& src, const shape_t& shape, const shape_t& s
       j[k] = 0;
     }
   }
+}
+
+/// Threads of the executor running on this thread (0 = all cores): executor::run sets it for
+/// the duration of a run, the operators' parallel loops read it.
+std::size_t& current_threads_slot() noexcept;
+inline std::size_t current_threads() noexcept { return current_threads_slot(); }
+
+/// Threads of the BLAS library (1 when it cannot be asked).
+inline int blas_threads() noexcept {
+#if defined(OPENBLAS_VERSION)
+  return openblas_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+/// Rows of C per block of exec::gemm: a constant, so that the blocks (and so the arithmetic) do
+/// not depend on the thread count.
+constexpr std::size_t kGemmBlockRows = 64;
+/// Products below this many multiply-adds run as one BLAS call on the calling thread.
+constexpr std::size_t kGemmParallelMin = std::size_t(1) << 20;
+
+/// C[M, N] = alpha op(A) op(B) + beta C (row-major; op = transpose when ta / tb), computed in
+/// blocks of kGemmBlockRows rows of C, one BLAS call per block, the blocks spread over threads.
+/// Byte-identical results for any thread count need BLAS itself single-threaded (the int4q CLI
+/// sets it so): OpenBLAS's multi-threaded sgemm rounds differently from its single-threaded one.
+inline void gemm(bool ta, bool tb, std::size_t M, std::size_t N, std::size_t K, float alpha,
+                 const float* A, std::size_t lda, const float* B, std::size_t ldb, float beta,
+                 float* C, std::size_t ldc) {
+  if (M == 0 || N == 0) return;
+  auto call = [&](std::size_t r0, std::size_t rows) {
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                static_cast<int>(rows), static_cast<int>(N), static_cast<int>(K), alpha,
+                ta ? A + r0 : A + r0 * lda, static_cast<int>(lda), B, static_cast<int>(ldb), beta,
+                C + r0 * ldc, static_cast<int>(ldc));
+  };
+  // A multi-threaded BLAS does its own splitting (and must not be entered from several of our
+  // threads at once): one call then.
+  if (M <= kGemmBlockRows || M * N * K < kGemmParallelMin || blas_threads() > 1) {
+    call(0, M);
+    return;
+  }
+  const std::size_t blocks = (M + kGemmBlockRows - 1) / kGemmBlockRows;
+  int4q::detail::parallel_for(blocks, current_threads(), [&](std::size_t b) {
+    const std::size_t r0 = b * kGemmBlockRows;
+    call(r0, std::min(kGemmBlockRows, M - r0));
+  });
 }
 
 // ---- Operators ----------------------------------------------------------------------------------

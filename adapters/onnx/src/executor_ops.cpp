@@ -383,10 +383,9 @@ void op_gemm(const node_context& c, const model&, const inputs_t& in, std::vecto
     const auto idx = broadcast_index(bias->shape, r.shape);
     for (std::size_t e = 0; e < idx.size(); ++e) r.f[e] = beta * bias->f[idx[e]];
   }
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-              static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, a.f.data(),
-              static_cast<int>(a.shape[1]), b.f.data(), static_cast<int>(b.shape[1]),
-              bias && beta != 0.0f ? 1.0f : 0.0f, r.f.data(), static_cast<int>(N));
+  gemm(ta, tb, std::size_t(M), std::size_t(N), std::size_t(K), alpha, a.f.data(),
+       std::size_t(a.shape[1]), b.f.data(), std::size_t(b.shape[1]),
+       bias && beta != 0.0f ? 1.0f : 0.0f, r.f.data(), std::size_t(N));
   out.push_back(std::move(r));
 }
 

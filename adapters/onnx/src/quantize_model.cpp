@@ -6,11 +6,16 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <memory>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include <int4q/dequant.hpp>
 #include <int4q/onnx/opset.hpp>
+#include <int4q/quantize.hpp>
 
 #include "writers.hpp"
 
@@ -71,6 +76,108 @@ class spill_writer {
   std::uint64_t offset_ = 0;
 };
 
+/// The calibrated methods' side of quantize_model: the order weights are quantized in, their
+/// activation statistics (sequential: paused runs; parallel: one pass up front), and each
+/// job's quantize function (GPTQ on the statistics, then, sequentially, the quantized values
+/// swapped into the runs for the weights after it).
+class calibration {
+ public:
+  std::vector<std::size_t> order;  ///< indices into jobs, in the order to quantize them
+
+  calibration(const model& m, const quantize_options& options,
+              std::vector<detail::weight_job>& jobs, quantize_report& report)
+      : options_(options), report_(report) {
+    order.resize(jobs.size());
+    std::iota(order.begin(), order.end(), std::size_t(0));
+    std::vector<const weight_info*> calibrated;
+    for (const detail::weight_job& job : jobs)
+      if (job.algo != method::rtn) calibrated.push_back(job.info);
+    if (calibrated.empty()) return;
+    if (!options.calibration.data) {
+      throw model_error(model_error::kind::invalid,
+                        std::string("method ") + to_string(method::gptq) +
+                            " needs calibration data: give the model inputs (int4q quantize "
+                            "--calib FILE|DIR)");
+    }
+    collect_options co;
+    co.stats.hessian = true;
+    co.threads = options.threads;
+    if (options.calibration.mode == calibration_mode::sequential) {
+      // Graph order of the first main-graph use (weights only in subgraphs last): the paused
+      // runs only go forward.
+      auto first_use = [](const weight_info& w) {
+        int first = std::numeric_limits<int>::max();
+        for (const weight_use& u : w.uses)
+          if (u.path.empty()) first = std::min(first, u.node_index);
+        return first;
+      };
+      std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+        return first_use(*jobs[a].info) < first_use(*jobs[b].info);
+      });
+      sequential_ =
+          std::make_unique<sequential_calibration>(m, calibrated, options.calibration.data, co);
+    } else {
+      parallel_ = collect_activation_stats(m, calibrated, options.calibration.data, co);
+    }
+  }
+
+  /// Sets job.quantize for a calibrated job.
+  void prepare(detail::weight_job& job) {
+    if (job.algo == method::rtn) return;
+    job.quantize = [this, &job](const xt::xtensor<float, 2>& lw) {
+      tensor_report& r = report_.tensors[job.report_index];
+      activation_stats stats = statistics(*job.info);
+      r.calibration_rows = stats.rows();
+      if (stats.rows() == 0) {
+        // A branch the data never took: no activations to weigh the error with.
+        r.method = "rtn";
+        r.reason = "no calibration rows reached it (a branch the data never took): RTN";
+        int4q::quant_options qo;
+        qo.threads = options_.threads;
+        return int4q::quant_tensor(lw, job.config, qo);
+      }
+      auto result = int4q::gptq(lw, stats.hessian(), job.config, options_.gptq);
+      r.method = to_string(job.algo);
+      r.hessian_loss = result.report.loss;
+      r.rtn_hessian_loss = result.report.rtn_loss;
+      r.damp_retries = result.report.retries;
+      if (sequential_) sequential_->replace(*job.info, stored_values(*job.info, job, result.q));
+      return std::move(result.q);
+    };
+  }
+
+ private:
+  activation_stats statistics(const weight_info& w) {
+    if (sequential_) return sequential_->stats_for(w);
+    const auto it = parallel_.find(w.name);
+    activation_stats s = std::move(it->second);
+    parallel_.erase(it);  // memory: freed as the weights are done
+    return s;
+  }
+
+  /// The dequantized weight in the tensor's stored layout and scale: what the float model's
+  /// node must multiply with to compute what the quantized node will ([N, K] for Gemm transB,
+  /// Gemm alpha divided out again).
+  static value stored_values(const weight_info& w, const detail::weight_job& job,
+                             const quantized<float>& q) {
+    const xt::xtensor<float, 2> d = int4q::dequant(q);  // [K, N], alpha folded in
+    const bool trans = w.uses.front().trans_b;
+    const std::size_t K = w.k, N = w.n;
+    std::vector<float> v(K * N);
+    for (std::size_t k = 0; k < K; ++k)
+      for (std::size_t n = 0; n < N; ++n) v[trans ? n * K + k : k * N + n] = d(k, n) / job.alpha;
+    return value::floats(trans ? shape_t{std::int64_t(N), std::int64_t(K)}
+                               : shape_t{std::int64_t(K), std::int64_t(N)},
+                         std::move(v));
+  }
+
+  using shape_t = std::vector<std::int64_t>;
+  const quantize_options& options_;
+  quantize_report& report_;
+  std::unique_ptr<sequential_calibration> sequential_;
+  std::map<std::string, activation_stats> parallel_;
+};
+
 }  // namespace
 
 quantize_report quantize_model(model& m, const quantize_options& options) {
@@ -97,6 +204,7 @@ quantize_report quantize_model(model& m, const quantize_options& options) {
       detail::weight_job job;
       job.info = &w;
       job.config = choice.config;
+      job.algo = choice.algo;
       r.reason = detail::plan_writes(m, w, options.format, job);
       if (r.reason.empty()) {
         job.report_index = report.tensors.size();
@@ -117,11 +225,14 @@ quantize_report quantize_model(model& m, const quantize_options& options) {
   std::optional<spill_writer> spill;
   if (!options.spill_file.empty() && !jobs.empty())
     spill.emplace(options.spill_file, options.spill_min_bytes);
-  for (std::size_t i = 0; i < jobs.size(); ++i) {
+  calibration cal(m, options, jobs, report);
+  for (std::size_t step = 0; step < jobs.size(); ++step) {
+    const std::size_t i = cal.order[step];
     detail::weight_job& job = jobs[i];
+    cal.prepare(job);
     detail::build_tensors(m, options, job, names, report.tensors[job.report_index], references);
     if (spill) spill->spill(job.tensors);  // memory: one weight's new tensors at a time
-    if (options.on_progress) options.on_progress(i + 1, jobs.size(), job.info->name);
+    if (options.on_progress) options.on_progress(step + 1, jobs.size(), job.info->name);
   }
 
   // 5. Edit the graph (cannot fail from here on).

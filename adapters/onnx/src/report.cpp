@@ -21,6 +21,22 @@ const char* to_string(output_format f) noexcept {
   return "?";
 }
 
+const char* to_string(method m) noexcept {
+  switch (m) {
+    case method::rtn: return "rtn";
+    case method::gptq: return "gptq";
+  }
+  return "?";
+}
+
+const char* to_string(calibration_mode m) noexcept {
+  switch (m) {
+    case calibration_mode::sequential: return "sequential";
+    case calibration_mode::parallel: return "parallel";
+  }
+  return "?";
+}
+
 namespace {
 
 const char* to_string(lm_head_policy p) noexcept {
@@ -51,7 +67,7 @@ json override_json(const node_override& o) {
   }
   if (o.scheme) j["scheme"] = int4q::to_string(*o.scheme);
   if (o.skip) j["skip"] = *o.skip;
-  if (o.algo) j["method"] = "rtn";
+  if (o.algo) j["method"] = to_string(*o.algo);
   return j;
 }
 
@@ -89,8 +105,10 @@ int4q::scheme get_scheme(const json& v, const std::string& key) {
 }
 
 method get_method(const json& v, const std::string& key) {
-  if (v.is_string() && v.get<std::string>() == "rtn") return method::rtn;
-  bad(key, "\"rtn\" (the only method implemented so far)", v);
+  const std::string s = v.is_string() ? v.get<std::string>() : "";
+  if (s == "rtn") return method::rtn;
+  if (s == "gptq") return method::gptq;
+  bad(key, "\"rtn\" or \"gptq\"", v);
 }
 
 std::string get_string(const json& v, const std::string& key) {
@@ -150,7 +168,13 @@ json options_json(const quantize_options& options) {
   const quant_config& c = options.config;
   json j;
   j["format"] = to_string(options.format);
-  j["method"] = "rtn";
+  j["method"] = to_string(options.algo);
+  j["calibration"] = {{"mode", to_string(options.calibration.mode)},
+                      {"data", options.calibration.description}};
+  j["gptq"] = {{"block_size", options.gptq.block_size},
+               {"damp", options.gptq.damp},
+               {"act_order", options.gptq.act_order},
+               {"static_groups", options.gptq.static_groups}};
   j["preset"] = options.ort_preset ? "ort" : "none";
   j["bits"] = c.bits;
   j["group_size"] =
@@ -184,6 +208,13 @@ json to_json(const quantize_report& report) {
       e["bits"] = t.bits;
       e["group_size"] = t.group_size;
       e["scheme"] = t.scheme;
+      e["method"] = t.method;
+      if (t.method != "rtn") {
+        e["calibration_rows"] = t.calibration_rows;
+        e["hessian_loss"] = number_or_null(t.hessian_loss);
+        e["rtn_hessian_loss"] = number_or_null(t.rtn_hessian_loss);
+        e["damp_retries"] = t.damp_retries;
+      }
       e["error"] = {{"rmse", t.rmse},
                     {"max_abs", t.max_abs},
                     {"relative_l2", t.relative_l2},

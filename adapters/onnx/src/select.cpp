@@ -148,12 +148,9 @@ compiled_selection validate_options(const quantize_options& options) {
                   "them");
     }
   }
-  if (options.algo != method::rtn) unsupported("only --method rtn is implemented");
   check_grid(apply_preset(options.config, options), options, "");
   for (std::size_t i = 0; i < options.overrides.size(); ++i) {
     const node_override& o = options.overrides[i];
-    if (o.algo && *o.algo != method::rtn)
-      unsupported(override_label(i, o) + ": only method rtn is implemented");
     if (o.skip.value_or(false)) continue;
     check_grid(apply_preset(with_override(options.config, &o), options), options,
                override_label(i, o) + ": ");
@@ -212,6 +209,7 @@ weight_choice choose(const weight_info& w, const quantize_options& options,
   if (w.type == elem_type::bfloat16) c.scale_type = scale_type::bfloat16;
   ch.quantize = true;
   ch.config = c;
+  ch.algo = o && o->algo ? *o->algo : options.algo;
   return ch;
 }
 

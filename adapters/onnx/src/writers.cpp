@@ -152,7 +152,7 @@ void build_tensors(const model& m, const quantize_options& options, weight_job& 
   const xt::xtensor<float, 2> lw = logical_weight(m, w, job.alpha);
   quantized<float> q;
   try {
-    q = int4q::quant_tensor(lw, c, qo);
+    q = job.quantize ? job.quantize(lw) : int4q::quant_tensor(lw, c, qo);
   } catch (const int4q::non_finite_error& e) {
     throw model_error(model_error::kind::invalid, "weight '" + w.name + "': " + e.what());
   }

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <regex>
@@ -99,6 +100,7 @@ struct weight_choice {
   bool quantize = false;
   std::string reason;  ///< when !quantize
   int4q::quant_config config;
+  method algo = method::rtn;
 };
 
 /// Selection, overrides, lm_head policy, preset and scale type for one quantizable weight.
@@ -133,8 +135,12 @@ struct weight_job {
   const weight_info* info = nullptr;
   std::size_t report_index = 0;
   int4q::quant_config config;
+  method algo = method::rtn;
   float alpha = 1.0f;
   std::vector<bias_plan> bias;  ///< per use (matmulnbits)
+  /// Quantizes the logical weight [K, N] (alpha folded) instead of quant_tensor (calibrated
+  /// methods); empty: RTN.
+  std::function<int4q::quantized<float>(const xt::xtensor<float, 2>&)> quantize;
   // Filled by build_tensors:
   std::vector<::onnx::TensorProto> tensors;  ///< new initializers, in the order written
   std::string data_name, scales_name, zero_points_name;

@@ -40,6 +40,7 @@ activation_rows rows_of(const weight_info& w, const ::onnx::NodeProto& node, con
 
 struct collect_options {
   activation_stats_options stats;  ///< what to accumulate (H, row sample)
+  std::size_t threads = 0;         ///< of the executor (0 = all cores)
   /// Called after each batch with the number of batches done.
   std::function<void(std::size_t batches)> on_progress;
 };

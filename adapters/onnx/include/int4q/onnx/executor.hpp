@@ -61,7 +61,10 @@ struct run_hooks {
 /// supported (model_error unsupported, listing all the others), the graph must be sorted.
 class executor {
  public:
-  explicit executor(const model& m);
+  /// `threads`: of the executor's own parallel loops (MatMul/Gemm/Conv row blocks, attention
+  /// heads; 0 = all cores). Outputs do not depend on it when BLAS runs single-threaded (the
+  /// int4q CLI sets that): each block is one BLAS call with the same arithmetic.
+  explicit executor(const model& m, std::size_t threads = 0);
 
   /// Runs the graph; `inputs` by graph input name (initializers that are also inputs may be
   /// overridden, missing ones keep their initializer). Returns the graph outputs by name.
@@ -102,6 +105,7 @@ class executor {
 
  private:
   const model& m_;
+  std::size_t threads_ = 0;
   /// The main graph and, for each subgraph (If branches), its initializers converted once and
   /// the index of the last node reading each name (values are freed after it).
   std::shared_ptr<const graph_plan> plan_;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string>
@@ -15,6 +16,8 @@
 #include <nlohmann/json.hpp>
 
 #include <int4q/config.hpp>
+#include <int4q/gptq.hpp>
+#include <int4q/onnx/calibrate.hpp>
 #include <int4q/onnx/model.hpp>
 #include <int4q/onnx/weights.hpp>
 
@@ -29,8 +32,33 @@ enum class output_format {
 };
 const char* to_string(output_format f) noexcept;
 
-/// Quantization method. (GPTQ/AWQ arrive with later issues; only rtn is accepted now.)
-enum class method { rtn };
+/// Quantization method.
+enum class method {
+  rtn,   ///< round to nearest on the grid (no data)
+  gptq,  ///< GPTQ (int4q/gptq.hpp) on the Hessian X^T X of calibration activations
+};
+const char* to_string(method m) noexcept;
+
+/// Which activations a calibrated weight sees.
+enum class calibration_mode {
+  /// Weights in graph order, each calibrated on the activations that flow through the already
+  /// quantized earlier weights (GPTQ's own recipe). Memory: the live activations of all
+  /// calibration batches at the current point of the graph, plus one weight's statistics.
+  sequential,
+  /// Every weight calibrated on the float model's activations (as ONNX Runtime's and INC's
+  /// GPTQ do): one pass; memory: the statistics of every calibrated weight at once.
+  parallel,
+};
+const char* to_string(calibration_mode m) noexcept;
+
+/// Calibration data and mode, for the methods that need activations (gptq).
+struct calibration_options {
+  /// Batches of model inputs; required when any weight uses a calibrated method. Read once.
+  batch_source data;
+  calibration_mode mode = calibration_mode::sequential;
+  /// For the report: what the data is (a file, random inputs, ...).
+  std::string description;
+};
 
 /// Per-node settings from a JSON config file ({"overrides": [{"match": regex, "bits": 8, ...}]}).
 /// For each weight the first override whose `match` is found (std::regex_search, ECMAScript) in
@@ -41,7 +69,7 @@ struct node_override {
   std::optional<std::size_t> group_size;  ///< 0 = per-channel
   std::optional<int4q::scheme> scheme;
   std::optional<bool> skip;    ///< true: leave the node unquantized
-  std::optional<method> algo;  ///< "method" in JSON (rtn only for now)
+  std::optional<method> algo;  ///< "method" in JSON
 };
 
 /// What to do with the final projection to the logits ("lm_head").
@@ -56,6 +84,16 @@ struct quantize_options {
   bool ort_preset = false;  ///< use presets::ort_matmulnbits / ort_qdq grids (bit-exact with ORT)
   output_format format = output_format::matmulnbits;
   method algo = method::rtn;
+  calibration_options calibration;  ///< for method gptq
+  /// GPTQ's settings (block, damping, act_order, ...). int4q's default differs from the core's
+  /// (the reference algorithm's): act_order with static groups, which scores better on devgpt
+  /// (docs/quantization.md has the measurements) and decodes with plain contiguous groups.
+  int4q::gptq_options gptq = [] {
+    int4q::gptq_options g;
+    g.act_order = true;
+    g.static_groups = true;
+    return g;
+  }();
   std::optional<int>
       accuracy_level;                ///< MatMulNBits accuracy_level attribute (0-4); unset = absent
   std::vector<std::string> include;  ///< regexes on node display names; empty = all
@@ -89,6 +127,13 @@ struct tensor_report {
   std::size_t group_size = 0;  ///< rows per group (K for per-channel)
   std::string scheme;
   double rmse = 0, max_abs = 0, relative_l2 = 0, sqnr_db = 0;
+  std::string method = "rtn";  ///< the method that quantized it
+  /// Calibrated methods: rows of activations seen, and the Hessian-weighted loss
+  /// trace((W - Q)^T H (W - Q)) of the method and of RTN on the same H (NaN otherwise).
+  std::size_t calibration_rows = 0;
+  double hessian_loss = std::numeric_limits<double>::quiet_NaN();
+  double rtn_hessian_loss = std::numeric_limits<double>::quiet_NaN();
+  std::size_t damp_retries = 0;  ///< GPTQ: Cholesky failures before the damping that worked
   std::size_t bytes_before = 0, bytes_after = 0;
   double seconds = 0;
 };

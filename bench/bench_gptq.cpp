@@ -1,0 +1,191 @@
+// GPTQ (gptq.hpp) next to the time its floating-point work would take at the BLAS gemm rates
+// measured in the same run (see bench_common.hpp and README.md).
+//
+//   machine/dgemm_2048/threads:T      cblas_dgemm 2048^3 on T BLAS threads (GFLOP/s), the rate of
+//                                     the double part; machine/sgemm_2048 (bench_common) the other
+//   gptq/g128/K/N/threads             gptq(W, H, 4-bit asymmetric g128, block 128), report.rtn_loss
+//                                     off: the algorithm alone
+//   gptq_rtn_loss/g128/K/N/threads    the same with the default options (+ RTN's loss, one more
+//                                     K x K x N product)
+//   gptq_phase/inverse_cholesky/K/T   the double part alone: dpotrf + dtrtri of the damped H
+//
+// Counters: ideal_ms = the work at gemm speed: the updates, N K (K - 1) flops in the weight's
+// type (float: sgemm rate), plus the factorization, 2 K^3 / 3 flops in double (dgemm rate);
+// x_ideal = time / ideal_ms (goal: <= 2); GFLOP/s and pct_sgemm of the update flops alone.
+// Inputs: W normal(0, 0.02) fp32 (bench_common), H = X^T X of 2K normal rows; fixed seeds.
+#include <cstddef>
+#include <map>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+#include <xtensor/xtensor.hpp>
+
+#include <int4q/quant.hpp>
+
+#include "bench_common.hpp"
+
+namespace {
+
+using int4q_bench::stopwatch;
+
+// ---- dgemm reference ---------------------------------------------------------------------------
+
+constexpr int dgemm_n = 2048;
+constexpr double dgemm_flops = 2.0 * dgemm_n * dgemm_n * dgemm_n;
+
+std::map<int, double>& dgemm_rates() {
+  static std::map<int, double> r;
+  return r;
+}
+
+void dgemm_once() {
+  static const std::vector<double> a(std::size_t(dgemm_n) * dgemm_n, 0.5);
+  static const std::vector<double> b(std::size_t(dgemm_n) * dgemm_n, 0.25);
+  static std::vector<double> c(std::size_t(dgemm_n) * dgemm_n, 0.0);
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, dgemm_n, dgemm_n, dgemm_n, 1.0, a.data(),
+              dgemm_n, b.data(), dgemm_n, 0.0, c.data(), dgemm_n);
+  benchmark::ClobberMemory();
+}
+
+void bm_dgemm(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  int4q_bench::set_blas_threads(threads);
+  dgemm_once();  // allocate and warm up
+  stopwatch sw;
+  for (auto _ : state) dgemm_once();
+  const double s = sw.seconds();
+  int4q_bench::set_blas_threads(1);
+  if (s >= int4q_bench::min_reference_seconds) {
+    double& ref = dgemm_rates()[threads];
+    ref = std::max(ref, dgemm_flops * state.iterations() / s);
+  }
+  state.counters["GFLOP/s"] = dgemm_flops * state.iterations() / s / 1e9;
+}
+
+/// dgemm FLOP/s on `threads` BLAS threads (measured briefly if machine/dgemm did not run).
+double dgemm_reference(int threads) {
+  double& ref = dgemm_rates()[threads];
+  if (ref == 0) {
+    int4q_bench::set_blas_threads(threads);
+    dgemm_once();
+    for (int i = 0; i < 3; ++i) {
+      stopwatch sw;
+      dgemm_once();
+      ref = std::max(ref, dgemm_flops / sw.seconds());
+    }
+    int4q_bench::set_blas_threads(1);
+  }
+  return ref;
+}
+
+// ---- Inputs ------------------------------------------------------------------------------------
+
+/// H = X^T X for X [2K, K] normal (full rank), computed once per K.
+const xt::xtensor<double, 2>& cached_hessian(std::size_t K) {
+  static std::map<std::size_t, xt::xtensor<double, 2>> cache;
+  auto it = cache.find(K);
+  if (it != cache.end()) return it->second;
+  const auto& xf = int4q_bench::cached_weight(2 * K, K);
+  std::vector<double> x(xf.begin(), xf.end());
+  auto h = xt::xtensor<double, 2>::from_shape({K, K});
+  cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<int>(K), static_cast<int>(2 * K),
+              1.0, x.data(), static_cast<int>(K), 0.0, h.data(), static_cast<int>(K));
+  for (std::size_t a = 0; a < K; ++a) {
+    for (std::size_t b = 0; b < a; ++b) h(a, b) = h(b, a);
+  }
+  return cache.emplace(K, std::move(h)).first->second;
+}
+
+double update_flops(double K, double N) { return N * K * (K - 1); }
+double factor_flops(double K) { return 2.0 * K * K * K / 3.0; }
+
+// ---- Benchmarks --------------------------------------------------------------------------------
+
+// Args: K, N, BLAS threads.
+void bm_gptq(benchmark::State& state, bool rtn_loss) {
+  const std::size_t K = static_cast<std::size_t>(state.range(0));
+  const std::size_t N = static_cast<std::size_t>(state.range(1));
+  const int threads = static_cast<int>(state.range(2));
+  const auto& w = int4q_bench::cached_weight(K, N);
+  const auto& h = cached_hessian(K);
+  int4q::quant_config config;  // 4-bit asymmetric, group 128
+  int4q::gptq_options options;
+  options.block_size = 128;
+  options.rtn_loss = rtn_loss;
+  int4q_bench::set_blas_threads(threads);
+  stopwatch sw;
+  for (auto _ : state) {
+    auto r = int4q::gptq(w, h, config, options);
+    benchmark::DoNotOptimize(r.q.codes.data());
+    benchmark::ClobberMemory();
+  }
+  const double s = sw.seconds();
+  int4q_bench::set_blas_threads(1);
+  const double ideal = update_flops(K, N) / int4q_bench::sgemm_reference(threads) +
+                       factor_flops(K) / dgemm_reference(threads);
+  state.counters["ideal_ms"] = ideal * 1e3;
+  int4q_bench::set_multiple_counter(state, "x_ideal", s, ideal);
+  int4q_bench::set_flops_counters(state, update_flops(K, N), s, threads);
+}
+
+// Args: K, BLAS threads. The double part alone (internal API).
+void bm_inverse_cholesky(benchmark::State& state) {
+  const std::size_t K = static_cast<std::size_t>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  const auto& h = cached_hessian(K);
+  std::vector<std::size_t> perm(K);
+  for (std::size_t k = 0; k < K; ++k) perm[k] = k;
+  const std::vector<char> dead(K, 0);
+  std::vector<double> u(K * K);
+  double mean = 0;
+  for (std::size_t k = 0; k < K; ++k) mean += h(k, k) / static_cast<double>(K);
+  int4q_bench::set_blas_threads(threads);
+  stopwatch sw;
+  for (auto _ : state) {
+    const bool ok = int4q::detail::inverse_cholesky(h.data(), K, perm, dead, 0.01 * mean, u.data());
+    benchmark::DoNotOptimize(ok);
+  }
+  const double s = sw.seconds();
+  int4q_bench::set_blas_threads(1);
+  const double ideal = factor_flops(K) / dgemm_reference(threads);
+  state.counters["ideal_ms"] = ideal * 1e3;
+  int4q_bench::set_multiple_counter(state, "x_ideal", s, ideal);
+}
+
+bool register_benchmarks() {
+  using benchmark::RegisterBenchmark;
+  RegisterBenchmark("machine/dgemm_2048", bm_dgemm)
+      ->ArgName("threads")
+      ->Arg(1)
+      ->Arg(2)
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  for (int threads : {1, 2}) {
+    RegisterBenchmark("gptq_phase/inverse_cholesky", bm_inverse_cholesky)
+        ->ArgNames({"K", "threads"})
+        ->Args({4096, threads})
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  RegisterBenchmark("gptq/g128", bm_gptq, false)
+      ->ArgNames({"K", "N", "threads"})
+      ->Args({4096, 4096, 1})
+      ->Args({4096, 4096, 2})
+      ->Args({4096, 11008, 1})
+      ->Args({4096, 11008, 2})
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  RegisterBenchmark("gptq_rtn_loss/g128", bm_gptq, true)
+      ->ArgNames({"K", "N", "threads"})
+      ->Args({4096, 4096, 2})
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  return true;
+}
+
+const bool registered = register_benchmarks();
+
+}  // namespace
+
+int main(int argc, char** argv) { return int4q_bench::main(argc, argv); }

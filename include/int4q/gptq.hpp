@@ -1,0 +1,536 @@
+// gptq: GPTQ (Frantar et al., 2022) for a weight W[K, N] in the ONNX MatMul layout, given the
+// layer's Hessian proxy H = sum over calibration rows of x x^T ([K, K], any positive scale; e.g.
+// activation_stats::hessian()).
+//
+// GPTQ quantizes the rows of W (the input channels k; torch's columns) one after the other and
+// spreads each row's rounding error over the rows not yet quantized so that the layer output
+// error trace((W - Q)^T H (W - Q)) stays small. With U the upper Cholesky factor of H^-1
+// (H^-1 = U^T U, after damping):
+//
+//   for k = 0 .. K-1:   q_k = quantize(w_k)              (each column n in its group's grid)
+//                       e_k = (w_k - q_k) / U[k, k]
+//                       w_j -= U[k, j] * e_k  for j > k
+//
+// done in lazy blocks of `block_size` rows: inside a block a rank-1 update per row (BLAS ger),
+// then ONE gemm updates all rows after the block: W[i2:, :] -= U[i1:i2, i2:]^T E[i1:i2, :].
+// The grid (group parameters, codes, rounding, tables) is quant_tensor's: the result is the
+// same `quantized` type and decodes with dequant() to exactly the Q that the loss refers to.
+//
+// Precision: H, its Cholesky factorization and the factor's inverse are double (dpotrf, dtrtri);
+// the working copy of W, the error rows and the updates are in the compute type of W (float:
+// sgemm / sger for float, fp16 and bf16 weights; double: dgemm / dger for double weights).
+// Parallelism comes from the BLAS only (e.g. openblas_set_num_threads); int4q adds no threads.
+#ifndef INT4Q_GPTQ_HPP
+#define INT4Q_GPTQ_HPP
+
+#include <cblas.h>
+#include <lapacke.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <xtensor/xtensor.hpp>
+
+#include <int4q/clip_search.hpp>
+#include <int4q/config.hpp>
+#include <int4q/dequant.hpp>
+#include <int4q/detail/input.hpp>
+#include <int4q/detail/kernels.hpp>
+#include <int4q/error.hpp>
+#include <int4q/group_params.hpp>
+#include <int4q/quantize.hpp>
+#include <int4q/quantized.hpp>
+
+namespace int4q {
+
+struct gptq_options {
+  /// Damping added to the diagonal of H, as a fraction of mean(diag H) (GPTQ's `percdamp`).
+  double damp = 0.01;
+  /// When a Cholesky factorization fails (H not positive definite), the damping is multiplied
+  /// by `damp_growth` and GPTQ starts over, up to this many times; then it throws.
+  std::size_t max_damp_retries = 4;
+  double damp_growth = 10.0;
+  /// Rows per lazy block: one gemm per block updates the rows after it (GPTQ's `blocksize`).
+  /// The result does not depend on it beyond float rounding.
+  std::size_t block_size = 128;
+  /// Quantize the rows in order of decreasing diag(H) (GPTQ's `act_order` / `desc_act`).
+  /// With more than one group along K it needs static_groups: the ONNX formats store groups
+  /// contiguous in K and have no g_idx.
+  bool act_order = false;
+  /// Group parameters all computed up front from the original W (GPTQ's `static_groups`);
+  /// otherwise each group's parameters come from the already updated weights when its first
+  /// row is reached.
+  bool static_groups = false;
+  /// Choose each group's clip ratio by search_clip (with `clip`, importance diag(H)) on the
+  /// weights the parameters are computed from (per group as it starts, or all up front).
+  bool search_clip = false;
+  clip_search_options clip;
+  /// Measure report.rtn_loss: one K x K x N product in the compute type (about the cost of
+  /// GPTQ's own updates).
+  bool rtn_loss = true;
+  /// Measure report.loss by a K x K x N product, and fill report.group_loss. Otherwise
+  /// report.loss comes from the error rows for free: with H' the damped H,
+  /// trace((W - Q)^T H' (W - Q)) = sum_k |e_k|^2, less the damping's share (measured by the
+  /// product after all when that share is over gptq_max_damping_share of the sum).
+  bool exact_loss = false;
+};
+
+/// Statistics of one gptq call. Losses are trace((W - Q)^T H (W - Q)) with the H given
+/// (undamped) and the W given.
+struct gptq_report {
+  double loss = 0;                                             ///< of GPTQ's Q
+  double rtn_loss = std::numeric_limits<double>::quiet_NaN();  ///< of quant_tensor(W, config)
+  /// [G, N] when options.exact_loss: sum over the rows k of group g of D[k, n] (H D)[k, n],
+  /// D = W - Q (sums to `loss`); empty otherwise.
+  xt::xtensor<double, 2> group_loss;
+  double damp = 0;              ///< absolute damping added to diag(H), the one that succeeded
+  double damp_fraction = 0;     ///< damp / mean(diag H) = options.damp * damp_growth^retries
+  std::size_t retries = 0;      ///< Cholesky failures before that damping
+  std::size_t dead_inputs = 0;  ///< rows k with H[k, k] == 0 (quantized as zero rows)
+  /// act_order: perm[i] = the row of W quantized i-th; empty otherwise.
+  std::vector<std::size_t> perm;
+};
+
+template <class T>
+struct gptq_result {
+  quantized<T> q;  ///< codes [K, N], scales and zero points [G, N]: as quant_tensor returns
+  gptq_report report;
+};
+
+namespace detail {
+
+/// Largest share of sum |e_k|^2 that the damping term may take before report.loss is measured
+/// by the K x K x N product instead of by the difference (which then loses digits: at 1/2, at
+/// most one bit of the error rows' precision).
+constexpr double gptq_max_damping_share = 0.5;
+
+// ---- BLAS in the compute type ------------------------------------------------------------------
+
+// C[m, n] = alpha * op(A) B + beta * C, row-major; op(A) = A ([m, k], lda) or A^T (A is [k, m]).
+inline void gemm(bool trans_a, std::size_t m, std::size_t n, std::size_t k, float alpha,
+                 const float* a, std::size_t lda, const float* b, std::size_t ldb, float beta,
+                 float* c, std::size_t ldc) {
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, CblasNoTrans, static_cast<int>(m),
+              static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b,
+              static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+}
+inline void gemm(bool trans_a, std::size_t m, std::size_t n, std::size_t k, double alpha,
+                 const double* a, std::size_t lda, const double* b, std::size_t ldb, double beta,
+                 double* c, std::size_t ldc) {
+  cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, CblasNoTrans, static_cast<int>(m),
+              static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b,
+              static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+}
+// A[m, n] (row-major, lda) += alpha * x y^T;  x : [m], y : [n]
+inline void ger(std::size_t m, std::size_t n, float alpha, const float* x, const float* y, float* a,
+                std::size_t lda) {
+  cblas_sger(CblasRowMajor, static_cast<int>(m), static_cast<int>(n), alpha, x, 1, y, 1, a,
+             static_cast<int>(lda));
+}
+inline void ger(std::size_t m, std::size_t n, double alpha, const double* x, const double* y,
+                double* a, std::size_t lda) {
+  cblas_dger(CblasRowMajor, static_cast<int>(m), static_cast<int>(n), alpha, x, 1, y, 1, a,
+             static_cast<int>(lda));
+}
+
+// ---- Hessian ---------------------------------------------------------------------------------
+
+/// H[a, b] of a symmetric h [K, K] read from its upper triangle.
+inline double hessian_at(const double* h, std::size_t K, std::size_t a, std::size_t b) noexcept {
+  return a <= b ? h[a * K + b] : h[b * K + a];
+}
+
+/// Edge of the tiles in which inverse_cholesky copies H (reads and writes both stay in cache).
+constexpr std::size_t hessian_copy_tile = 64;
+
+/// The upper Cholesky factor U of (H' + damp I)^-1, where H' = H with rows/columns permuted
+/// (row i of H' is row perm[i] of H) and dead diagonal entries set to 1, computed as
+///   J (H' + damp I) J = R^T R  (dpotrf; J reverses the order, R upper),  U = J R^-T J  (dtrtri)
+/// (then U^T U = J R^-1 R^-T J = (H' + damp I)^-1 and U is upper with a positive diagonal: the
+/// factor, which is unique): K^3 / 3 + K^3 / 3 flops instead of potrf + potri + potrf's 4 K^3 / 3.
+/// u [K, K] receives R^-1 in its row-major upper triangle, and U[i, j] = u[K-1-j, K-1-i]
+/// (read it with inverse_factor_at). Returns false when H' + damp I is not positive definite.
+inline bool inverse_cholesky(const double* h, std::size_t K, const std::vector<std::size_t>& perm,
+                             const std::vector<char>& dead, double damp, double* u) {
+  constexpr std::size_t t = hessian_copy_tile;
+  for (std::size_t i0 = 0; i0 < K; i0 += t) {
+    for (std::size_t j0 = i0; j0 < K; j0 += t) {
+      for (std::size_t i = i0; i < std::min(i0 + t, K); ++i) {
+        const std::size_t a = perm[K - 1 - i];
+        for (std::size_t j = std::max(i, j0); j < std::min(j0 + t, K); ++j)
+          u[i * K + j] = hessian_at(h, K, a, perm[K - 1 - j]);
+      }
+    }
+  }
+  for (std::size_t i = 0; i < K; ++i) {
+    if (dead[perm[K - 1 - i]]) u[i * K + i] = 1.0;
+    u[i * K + i] += damp;
+  }
+  // A row-major upper triangle is LAPACK's column-major lower one: the 'L' routines work on it
+  // in place, without LAPACKE's row-major transposes.
+  const auto n = static_cast<lapack_int>(K);
+  if (LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'L', n, u, n) != 0) return false;       // R
+  if (LAPACKE_dtrtri(LAPACK_COL_MAJOR, 'L', 'N', n, u, n) != 0) return false;  // R^-1
+  for (std::size_t i = 0; i < K; ++i) {
+    const double d = u[i * K + i];
+    if (!(d > 0.0) || !std::isfinite(d)) return false;
+  }
+  return true;
+}
+
+/// U[i, j] (i <= j) from inverse_cholesky's u.
+inline double inverse_factor_at(const double* u, std::size_t K, std::size_t i,
+                                std::size_t j) noexcept {
+  return u[(K - 1 - j) * K + (K - 1 - i)];
+}
+
+/// sum_{k, n} D[k, n] (H D)[k, n] for a symmetric h [K, K] (upper triangle read) and d [K, N],
+/// by panels of rows of H converted to T (gemm in T, sums in double). group_loss [G, N] (rows
+/// of `gs`) gets the per-group sums when not null.
+template <class T>
+double hessian_loss(const double* h, std::size_t K, const T* d, std::size_t N, std::size_t gs,
+                    double* group_loss) {
+  constexpr std::size_t panel_rows = 64;
+  std::vector<T> panel(std::min(panel_rows, K) * K);
+  std::vector<T> hd(std::min(panel_rows, K) * N);
+  double total = 0;
+  for (std::size_t i0 = 0; i0 < K; i0 += panel_rows) {
+    const std::size_t rows = std::min(panel_rows, K - i0);
+    for (std::size_t j = 0; j < K; ++j) {  // j outer: below the diagonal, reads rows of h
+      for (std::size_t r = 0; r < rows; ++r)
+        panel[r * K + j] = static_cast<T>(hessian_at(h, K, i0 + r, j));
+    }
+    gemm(false, rows, N, K, T(1), panel.data(), K, d, N, T(0), hd.data(), N);
+    for (std::size_t r = 0; r < rows; ++r) {
+      double row = 0;
+      double* gl = group_loss ? group_loss + ((i0 + r) / gs) * N : nullptr;
+      for (std::size_t n = 0; n < N; ++n) {
+        const double v =
+            static_cast<double>(d[(i0 + r) * N + n]) * static_cast<double>(hd[r * N + n]);
+        row += v;
+        if (gl) gl[n] += v;
+      }
+      total += row;
+    }
+  }
+  return total;
+}
+
+// ---- Grid --------------------------------------------------------------------------------------
+
+/// Parameters of one group from its current rows w [rows, N] (as quantize_matrix computes them),
+/// each column's clip ratio config.clip_ratio * ratios[n] (ratios may be null).
+//   scale, zero_point : [N]
+template <class T>
+void group_params_of_rows(const T* w, std::size_t rows, std::size_t N, bool ragged,
+                          const quant_config& c, const T* ratios, T* scale,
+                          std::uint8_t* zero_point) {
+  T lo[max_tile_cols], hi[max_tile_cols];
+  for (std::size_t c0 = 0; c0 < N; c0 += max_tile_cols) {
+    const std::size_t n = std::min(max_tile_cols, N - c0);
+    if (!minmax_columns(simd_tag{}, w + c0, N, rows, n, lo, hi)) {
+      throw error(
+          "gptq: the error updates made a weight non-finite: H is too ill-conditioned for "
+          "this damping; raise gptq_options::damp");
+    }
+    if (ragged && c.ragged_range_includes_zero) include_zero(lo, hi, n);
+    for (std::size_t j = 0; j < n; ++j) {
+      const T ratio = static_cast<T>(c.clip_ratio) * (ratios ? ratios[c0 + j] : T(1));
+      const group_param<T> p = compute_group_param(lo[j], hi[j], ratio, c);
+      scale[c0 + j] = p.scale;
+      zero_point[c0 + j] = p.zero_point;
+    }
+  }
+}
+
+/// Codes and dequantized values of one row w [N] against per-column parameters [N].
+template <class T>
+void encode_row(const T* w, std::size_t N, const quant_config& c, const T* scale,
+                const std::uint8_t* zero_point, std::uint8_t* codes, T* values) {
+  T zp[max_tile_cols];
+  for (std::size_t c0 = 0; c0 < N; c0 += max_tile_cols) {
+    const std::size_t n = std::min(max_tile_cols, N - c0);
+    for (std::size_t j = 0; j < n; ++j) zp[j] = static_cast<T>(zero_point[c0 + j]);
+    encode_tile(simd_tag{}, w + c0, N, 1, n, c, scale + c0, zp, codes + c0, values + c0, N);
+  }
+}
+
+/// Rows of a [K, N] in place: new row i = old row perm[i].
+template <class T>
+void permute_rows(T* a, std::size_t K, std::size_t N, const std::vector<std::size_t>& perm) {
+  std::vector<char> done(K, 0);
+  std::vector<T> tmp(N);
+  for (std::size_t s = 0; s < K; ++s) {
+    if (done[s] || perm[s] == s) continue;
+    std::copy(a + s * N, a + s * N + N, tmp.begin());
+    std::size_t i = s;
+    for (;;) {
+      done[i] = 1;
+      const std::size_t j = perm[i];
+      if (j == s) {
+        std::copy(tmp.begin(), tmp.end(), a + i * N);
+        break;
+      }
+      std::copy(a + j * N, a + j * N + N, a + i * N);
+      i = j;
+    }
+  }
+}
+
+/// Group parameters [G, N] for one group: rows [r0, r0 + rows) of w [*, N], with the clip
+/// search when asked (importance imp[r0 ..]).
+template <class T>
+void gptq_group_params(const T* w, std::size_t N, std::size_t r0, std::size_t rows, std::size_t gs,
+                       const quant_config& c, const gptq_options& o, const T* imp, T* scale,
+                       std::uint8_t* zero_point) {
+  const T* rows_w = w + r0 * N;
+  if (o.search_clip) {
+    // The group alone: effective group size >= rows, so one group of `rows` rows.
+    quant_config one = c;
+    one.granularity = grouping::group;
+    one.group_size = gs;
+    const clip_search_result<T> s = search_clip_matrix<T>(rows_w, rows, N, one, imp + r0, o.clip);
+    group_params_of_rows(rows_w, rows, N, rows < gs, c, s.ratios.data(), scale, zero_point);
+  } else {
+    group_params_of_rows(rows_w, rows, N, rows < gs, c, static_cast<const T*>(nullptr), scale,
+                         zero_point);
+  }
+}
+
+inline void validate(const gptq_options& o) {
+  if (!(o.damp > 0.0) || !std::isfinite(o.damp)) {
+    throw config_error("gptq damp = " + std::to_string(o.damp) +
+                       " must be > 0 and finite (a fraction of mean(diag H); GPTQ uses 0.01)");
+  }
+  if (!(o.damp_growth > 1.0) || !std::isfinite(o.damp_growth)) {
+    throw config_error("gptq damp_growth = " + std::to_string(o.damp_growth) + " must be > 1");
+  }
+  if (o.block_size == 0) throw config_error("gptq block_size must be >= 1 (GPTQ uses 128)");
+  if (o.search_clip) validate(o.clip);
+}
+
+/// GPTQ on w [K, N] (finite, checked) with h [K, K] (validated).
+template <class T>
+gptq_result<T> gptq_matrix(const T* w, std::size_t K, std::size_t N, const double* h,
+                           const quant_config& c, const gptq_options& o) {
+  const std::size_t gs = c.effective_group_size(K);
+  const std::size_t G = c.num_groups(K);
+  gptq_result<T> res;
+  gptq_report& rep = res.report;
+  res.q = allocate_quantized<T>(K, N, c);
+  quantized<T>& q = res.q;
+
+  // Dead inputs, order, damping.
+  std::vector<char> dead(K, 0);
+  double diag_sum = 0;
+  std::vector<double> diag(K);
+  for (std::size_t k = 0; k < K; ++k) {
+    diag[k] = h[k * K + k];
+    if (diag[k] == 0.0) {
+      dead[k] = 1;
+      ++rep.dead_inputs;
+      diag[k] = 1.0;
+    }
+    diag_sum += diag[k];
+  }
+  std::vector<std::size_t> perm(K);
+  std::iota(perm.begin(), perm.end(), std::size_t(0));
+  if (o.act_order) {
+    std::stable_sort(perm.begin(), perm.end(),
+                     [&](std::size_t a, std::size_t b) { return diag[a] > diag[b]; });
+    rep.perm = perm;
+  }
+  const double mean_diag = diag_sum / static_cast<double>(K);
+
+  // RTN baseline (before the big buffers, reusing its own).
+  if (o.rtn_loss) {
+    std::vector<T> d(K * N);
+    std::vector<T> scales(G * N);
+    std::vector<std::uint8_t> zps(G * N);
+    quantize_sink<T> sink;
+    sink.scales = scales.data();
+    sink.zero_points = zps.data();
+    sink.fake_quant = d.data();
+    quantize_matrix(simd_tag{}, w, K, N, c, static_cast<const T*>(nullptr), 1, sink);
+    for (std::size_t i = 0; i < K * N; ++i) d[i] = w[i] - d[i];
+    rep.rtn_loss = hessian_loss(h, K, d.data(), N, gs, nullptr);
+  }
+
+  // U: upper Cholesky factor of the damped, permuted H^-1 (double).
+  std::vector<double> u(K * K);
+  rep.damp_fraction = o.damp;
+  for (;;) {
+    rep.damp = rep.damp_fraction * mean_diag;
+    if (inverse_cholesky(h, K, perm, dead, rep.damp, u.data())) break;
+    if (rep.retries == o.max_damp_retries) {
+      throw error("gptq: H is not positive definite even with damping " +
+                  std::to_string(rep.damp_fraction) + " x mean(diag H) after " +
+                  std::to_string(rep.retries) +
+                  " retries: check the Hessian, or raise gptq_options::damp / max_damp_retries");
+    }
+    ++rep.retries;
+    rep.damp_fraction *= o.damp_growth;
+  }
+
+  // Working copy of W: dead rows zeroed, rows in quantization order.
+  std::vector<T> wp(w, w + K * N);
+  for (std::size_t k = 0; k < K; ++k) {
+    if (dead[k]) std::fill(wp.begin() + k * N, wp.begin() + (k + 1) * N, T(0));
+  }
+  std::vector<T> imp(K);
+  for (std::size_t k = 0; k < K; ++k) imp[k] = static_cast<T>(h[k * K + k]);
+  const bool static_params = o.static_groups;
+  if (static_params) {
+    for (std::size_t g = 0; g < G; ++g) {
+      const std::size_t r0 = g * gs;
+      gptq_group_params(wp.data(), N, r0, std::min(gs, K - r0), gs, c, o, imp.data(),
+                        q.scales.data() + g * N, q.zero_points.data() + g * N);
+    }
+  }
+  if (o.act_order) {
+    permute_rows(wp.data(), K, N, perm);
+    std::vector<T> permuted(K);
+    for (std::size_t i = 0; i < K; ++i) permuted[i] = imp[perm[i]];
+    imp.swap(permuted);
+  }
+
+  const std::size_t bs = std::min(o.block_size, K);
+  std::vector<T> err(bs * N);    // error rows of the block [bs, N]
+  std::vector<T> panel(bs * K);  // U[i1:i2, i1:K] in T, row stride K - i1
+  std::vector<T> values(N);      // dequantized row
+  double err_sq = 0, damp_sq = 0;
+  for (std::size_t i1 = 0; i1 < K;) {
+    std::size_t i2 = std::min(i1 + bs, K);
+    if (!static_params && G > 1) {
+      // A group's parameters come from its fully updated rows: a group that starts inside the
+      // block and runs past its end starts the next block instead.
+      const std::size_t s = ((i2 - 1) / gs) * gs;
+      if (s > i1 && std::min(s + gs, K) > i2) i2 = s;
+    }
+    const std::size_t rows = i2 - i1, ld = K - i1;
+    // panel[r, j - i1] = U[i1 + r, j] for j >= i1 + r: row K-1-j of u holds U[., j] reversed,
+    // so each j reads `rows` consecutive doubles
+    for (std::size_t j = i1; j < K; ++j) {
+      const double* src = u.data() + (K - 1 - j) * K + (K - 1 - i1);
+      const std::size_t top = std::min(rows, j - i1 + 1);
+      for (std::size_t r = 0; r < top; ++r) panel[r * ld + (j - i1)] = static_cast<T>(*(src - r));
+    }
+    for (std::size_t k = i1; k < i2; ++k) {
+      T* wk = wp.data() + k * N;
+      if (!static_params && k % gs == 0) {
+        const std::size_t g = k / gs;  // == perm[k] / gs: act_order here only with G == 1
+        gptq_group_params(wp.data(), N, k, std::min(gs, K - k), gs, c, o, imp.data(),
+                          q.scales.data() + g * N, q.zero_points.data() + g * N);
+      }
+      const std::size_t row = perm[k];
+      const std::size_t g = row / gs;
+      encode_row(wk, N, c, q.scales.data() + g * N, q.zero_points.data() + g * N,
+                 q.codes.data() + row * N, values.data());
+      const T dk = static_cast<T>(inverse_factor_at(u.data(), K, k, k));
+      T* ek = err.data() + (k - i1) * N;
+      for (std::size_t n = 0; n < N; ++n) ek[n] = (wk[n] - values[n]) / dk;
+      if (!dead[row]) {
+        const T* w0 = w + row * N;
+        for (std::size_t n = 0; n < N; ++n) {
+          const double e = static_cast<double>(ek[n]);
+          const double dd = static_cast<double>(w0[n]) - static_cast<double>(values[n]);
+          err_sq += e * e;
+          damp_sq += dd * dd;
+        }
+      }
+      if (k + 1 < i2) {
+        ger(i2 - k - 1, N, T(-1), panel.data() + (k - i1) * ld + (k + 1 - i1), ek,
+            wp.data() + (k + 1) * N, N);
+      }
+    }
+    if (i2 < K) {
+      gemm(true, K - i2, N, rows, T(-1), panel.data() + rows, ld, err.data(), N, T(1),
+           wp.data() + i2 * N, N);
+    }
+    i1 = i2;
+  }
+
+  // The free loss below subtracts the damping's share from sum |e_k|^2; when that share is most
+  // of it (large damping), the difference would keep few correct digits: measure instead.
+  const bool cancels = rep.damp * damp_sq > gptq_max_damping_share * err_sq;
+  if (o.exact_loss || cancels) {
+    dequant_matrix(simd_tag{}, q, 1, wp.data());
+    for (std::size_t i = 0; i < K * N; ++i) wp[i] = w[i] - wp[i];
+    if (o.exact_loss) rep.group_loss = xt::zeros<double>({G, N});
+    rep.loss = hessian_loss(h, K, wp.data(), N, gs, o.exact_loss ? rep.group_loss.data() : nullptr);
+  } else {
+    // trace(D^T H' D) = sum |e_k|^2 for D = W' - Q (W' = W with dead rows zeroed, H' damped
+    // with dead diagonals 1); removing the damping and the dead rows (whose rows of H are 0)
+    // leaves trace((W - Q)^T H (W - Q)).
+    rep.loss = err_sq - rep.damp * damp_sq;
+  }
+  return res;
+}
+
+}  // namespace detail
+
+/// GPTQ of W[K, N] (K = reduction axis) with the Hessian proxy H [K, K] (symmetric, its upper
+/// triangle is read; float or double; any positive scale) on the grid of `config`. W: any 2-D
+/// expression of float, double, float16_t or bfloat16_t (converted once to the compute type).
+/// Throws config_error (config, options), shape_error (shapes, negative diag(H)),
+/// non_finite_error (NaN/Inf in W or H), error (H not positive definite after the retries).
+template <class E, class EH>
+auto gptq(const xt::xexpression<E>& w, const xt::xexpression<EH>& hessian,
+          const quant_config& config, const gptq_options& options = {}) {
+  using T = compute_type_t<typename E::value_type>;
+  validate(config);
+  detail::validate(options);
+  const auto m = detail::as_matrix<T>(w, "weight");
+  const auto h = detail::as_matrix<double>(hessian, "hessian");
+  const std::size_t K = m.rows, N = m.cols;
+  if (K == 0 || N == 0) {
+    throw shape_error("gptq: the weight is empty ([" + std::to_string(K) + ", " +
+                      std::to_string(N) + "])");
+  }
+  if (h.rows != K || h.cols != K) {
+    throw shape_error("gptq: the Hessian must be [K, K] = [" + std::to_string(K) + ", " +
+                      std::to_string(K) + "] for a weight with K = " + std::to_string(K) +
+                      " rows, got [" + std::to_string(h.rows) + ", " + std::to_string(h.cols) +
+                      "]");
+  }
+  const std::size_t G = config.num_groups(K);
+  if (options.act_order && !options.static_groups && G > 1) {
+    throw config_error(
+        "gptq: act_order with " + std::to_string(G) +
+        " groups along K needs static_groups = true: the ONNX formats store groups contiguous "
+        "in K and have no g_idx (or use per-channel scales)");
+  }
+  for (std::size_t i = 0; i < K * N; ++i) {
+    if (!std::isfinite(m.data[i])) {
+      throw non_finite_error(i / N, i % N, static_cast<double>(m.data[i]));
+    }
+  }
+  for (std::size_t a = 0; a < K; ++a) {
+    for (std::size_t b = 0; b < K; ++b) {
+      const double v = h.data[a * K + b];
+      if (!std::isfinite(v)) {
+        throw non_finite_error("gptq: hessian[" + std::to_string(a) + ", " + std::to_string(b) +
+                                   "] is " + (v != v ? "NaN" : "infinite") +
+                                   ": the calibration activations are not finite",
+                               a, b);
+      }
+    }
+    if (h.data[a * K + a] < 0.0) {
+      throw shape_error("gptq: hessian[" + std::to_string(a) + ", " + std::to_string(a) +
+                        "] = " + std::to_string(h.data[a * K + a]) +
+                        " is negative: H must be a sum of x x^T (positive semidefinite)");
+    }
+  }
+  return detail::gptq_matrix<T>(m.data, K, N, h.data, config, options);
+}
+
+}  // namespace int4q
+
+#endif  // INT4Q_GPTQ_HPP
