@@ -25,10 +25,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
 
+#include <int4q/onnx/calib_data.hpp>
 #include <int4q/onnx/model.hpp>
 #include <int4q/onnx/quantize_model.hpp>
 #include <int4q/onnx/weights.hpp>
@@ -268,6 +270,85 @@ BENCHMARK(bm_llama)
     ->Name("e2e/llama7b_layers")
     ->Arg(1)
     ->Arg(2)
+    ->Iterations(1)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+// ---- GPTQ end to end ----------------------------------------------------------------------
+//
+// gptq/devgpt/mode:M             --method gptq on devgpt (64 windows of 128 calibration bytes,
+//                                sequential or parallel): load, calibrate, GPTQ every weight
+// gptq/llama7b_layer              one Llama-7B-shaped layer (7 weights, synthetic N(0, 0.02)
+//                                weights and N(0, 1) activations, 512 calibration rows)
+// Counters: total_s, x_rtn (time / the RTN run of the same model in this process). BLAS runs
+// single-threaded, as in the CLI (byte-identical outputs); the executor's own threads: all.
+
+double rtn_seconds(const fs::path& model) {
+  namespace io = int4q::onnx;
+  io::model m = io::load_model(model);
+  io::quantize_options o;
+  o.lm_head = io::lm_head_policy::quantize;
+  int4q_bench::stopwatch sw;
+  io::quantize_model(m, o);
+  return sw.seconds();
+}
+
+using io_calib = int4q::onnx::calib_options;
+
+void run_gptq(benchmark::State& state, const fs::path& model, const io_calib& calib,
+              int4q::onnx::calibration_mode mode) {
+  namespace io = int4q::onnx;
+  int4q_bench::set_blas_threads(1);
+  double total = 0;
+  for (auto _ : state) {
+    int4q_bench::stopwatch sw;
+    io::model m = io::load_model(model);
+    const io::calib_data data = io::calib_data::open(m, calib);
+    std::size_t next = 0;
+    io::quantize_options o;
+    o.algo = io::method::gptq;
+    o.lm_head = io::lm_head_policy::quantize;
+    o.calibration.mode = mode;
+    o.calibration.data = [&](std::map<std::string, io::value>& in) {
+      if (next >= data.samples()) return false;
+      const std::size_t count = std::min<std::size_t>(8, data.samples() - next);
+      in = data.batch(next, std::min(count, data.max_batch()));
+      next += std::min(count, data.max_batch());
+      return true;
+    };
+    io::quantize_model(m, o);
+    total = sw.seconds();
+    state.SetIterationTime(total);
+  }
+  state.counters["total_s"] = total;
+  state.counters["x_rtn"] = total / rtn_seconds(model);
+}
+
+void bm_gptq_devgpt(benchmark::State& state) {
+  io_calib c;
+  c.path = fs::path(INT4Q_SOURCE_DIR) / ".." / "shared" / "models" / "devgpt" / "devgpt_cal.u8";
+  c.seq_len = 128;
+  c.samples = 64;
+  run_gptq(state,
+           fs::path(INT4Q_SOURCE_DIR) / ".." / "shared" / "models" / "devgpt" / "devgpt_fp32.onnx",
+           c, static_cast<int4q::onnx::calibration_mode>(state.range(0)));
+}
+BENCHMARK(bm_gptq_devgpt)
+    ->Name("gptq/devgpt")
+    ->ArgName("mode")
+    ->Arg(static_cast<int>(int4q::onnx::calibration_mode::sequential))
+    ->Arg(static_cast<int>(int4q::onnx::calibration_mode::parallel))
+    ->Iterations(1)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+void bm_gptq_llama(benchmark::State& state) {
+  io_calib c;  // random inputs: N(0, 1) rows of x [tokens, 4096] and h [tokens, 11008]
+  c.samples = 512;
+  run_gptq(state, llama_model(1), c, int4q::onnx::calibration_mode::parallel);
+}
+BENCHMARK(bm_gptq_llama)
+    ->Name("gptq/llama7b_layer")
     ->Iterations(1)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);

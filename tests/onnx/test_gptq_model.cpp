@@ -100,6 +100,7 @@ scored quantize_and_score(const ox::model& fp32, double fp32_nll, std::size_t gr
   o.config.group_size = group;
   o.lm_head = ox::lm_head_policy::quantize;
   o.algo = method;
+  o.gptq.rtn_loss = true;  // the report's RTN comparison, checked below
   o.calibration.mode = mode;
   if (method != ox::method::rtn) o.calibration.data = calibration(fp32, 64);
   scored s;
