@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <int4q/onnx/auto_quantize.hpp>
 #include <int4q/onnx/model.hpp>
 #include <int4q/version.hpp>
 
@@ -99,6 +100,10 @@ const std::vector<choice<ox::lm_head_policy>> lm_head_choices = {
     {"keep", ox::lm_head_policy::keep},
     {"quantize", ox::lm_head_policy::quantize},
     {"int8", ox::lm_head_policy::int8},
+};
+const std::vector<choice<ox::embedding_policy>> embedding_choices = {
+    {"keep", ox::embedding_policy::keep},
+    {"quantize", ox::embedding_policy::quantize},
 };
 const std::vector<choice<ox::external_data>> external_choices = {
     {"auto", ox::external_data::automatic},
@@ -472,13 +477,16 @@ void setup_quantize(CLI::App& app) {
              "Rounding of w/scale: half to even, or half away from zero", "half-even");
   sub->add_option_function<std::string>(
          "--method", [&o](const std::string& v) { o.method = v; },
-         "Quantization method: rtn (round to nearest, no data) or gptq (GPTQ on calibration "
-         "activations run by int4q's executor: see --calib)")
-      ->type_name("rtn|gptq")
+         "Quantization method: rtn (round to nearest, no data), gptq (GPTQ on calibration "
+         "activations run by int4q's executor: see --calib), awq_lite (AWQ per-channel scales, "
+         "1/s folded into the graph), awq_clip (AWQ clip ratios), awq_full (awq_lite then "
+         "awq_clip), awq_gptq (awq_lite scales then GPTQ)")
+      ->type_name("rtn|gptq|awq_lite|awq_clip|awq_full|awq_gptq")
       ->default_str("rtn");
-  add_data_options(*sub, o.calib, "--calib",
-                   "Calibration data for --method gptq (model inputs; without it, random inputs "
-                   "with a warning)");
+  add_data_options(
+      *sub, o.calib, "--calib",
+      "Calibration data for --method gptq and awq_* (model inputs; without it, random inputs "
+      "with a warning)");
   sub->add_option("--calib-samples", o.calib.samples,
                   "Calibration samples (token files, random inputs: this many windows; other "
                   "files: at most this many, 0 = all)")
@@ -510,6 +518,48 @@ void setup_quantize(CLI::App& app) {
   sub->add_flag("--static-groups,!--no-static-groups", o.static_groups,
                 "GPTQ: compute every group's scale up front from the original weights (default "
                 "on)");
+  sub->add_option("--awq-alpha-step", o.awq_alpha_step,
+                  "AWQ: spacing of the alpha grid 0, step, ..., 1 of the scale search")
+      ->check(CLI::Range(1e-6, 1.0).description(""))
+      ->type_name("X")
+      ->capture_default_str();
+  sub->add_option("--awq-clip-step", o.awq_clip_step,
+                  "AWQ clip: spacing of the clip ratios 1, 1 - step, ... >= --awq-clip-min")
+      ->check(CLI::PositiveNumber)
+      ->type_name("X")
+      ->capture_default_str();
+  sub->add_option("--awq-clip-min", o.awq_clip_min, "AWQ clip: the smallest clip ratio, in (0, 1]")
+      ->check(CLI::Range(1e-6, 1.0).description(""))
+      ->type_name("X")
+      ->capture_default_str();
+  sub->add_flag("--awq-per-subgraph,!--no-awq-per-subgraph", o.awq_per_subgraph,
+                "AWQ: weights sharing an input (q/k/v, gate/up) get one joint scale, so 1/s can "
+                "be folded into the input's producer (default on)");
+  sub->add_option("--awq-samples", o.awq_samples,
+                  "AWQ: calibration rows sampled (uniformly) for the scale and clip losses")
+      ->check(CLI::PositiveNumber)
+      ->type_name("N")
+      ->capture_default_str();
+  sub->add_flag("--compare-rtn", o.compare_rtn,
+                "GPTQ: also report RTN's Hessian-weighted loss for each weight (one more K x K x N "
+                "product per weight)");
+  sub->add_flag("--auto", o.auto_plan,
+                "Choose a format per weight (from --auto-candidates) for the least "
+                "Hessian-weighted error on --calib data within --effective-bits");
+  sub->add_option_function<double>(
+         "--effective-bits", [&o](const double& v) { o.effective_bits = v; },
+         "--auto: the budget, stored bits (codes, scales, zero points) per weight over the "
+         "weights quantized")
+      ->check(CLI::PositiveNumber)
+      ->type_name("B");
+  sub->add_option("--auto-candidates", o.auto_candidates,
+                  "--auto: the formats to choose from (default int4-g32 int4-g128 int8-g128 "
+                  "none; int8-channel instead of int8-g128 for qdq and fake)")
+      ->type_name("int<B>-g<N>|int<B>-channel|none");
+  sub->add_option("--plan-out", o.plan_out, "--auto: write the chosen plan (JSON) to FILE")
+      ->type_name("FILE");
+  sub->add_option("--plan", o.plan_in, "Apply a plan written by --plan-out (no calibration)")
+      ->type_name("FILE");
   add_choice(*sub, "--preset", o.ort_preset, preset_choices,
              "Reproduce a tool's quantizer bit for bit: ort = ONNX Runtime's MatMulNBits/QDQ "
              "quantizer (--scheme asymmetric, or symmetric = ONNX Runtime's full-range "
@@ -529,6 +579,11 @@ void setup_quantize(CLI::App& app) {
                   "({\"bits\": 4, \"overrides\": [{\"match\": REGEX, \"bits\": 8}]}); "
                   "command line flags win")
       ->type_name("FILE");
+  add_choice(*sub, "--embeddings", o.embeddings, embedding_choices,
+             "Gather tables (token embeddings): keep them in float, or quantize them "
+             "(GatherBlockQuantized with matmulnbits, DequantizeLinear + Gather with qdq); a "
+             "tied lm_head shares the quantized table",
+             "keep");
   add_choice(*sub, "--lm-head", o.lm_head, lm_head_choices,
              "The final projection to the logits: keep it in float, quantize it like the "
              "others, or quantize it to 8 bits",
@@ -570,16 +625,21 @@ ox::quantize_options to_quantize_options(const quantize_command_options& o,
   // Command line flags win over the config file.
   if (o.method) {
     const std::string method = normalized(*o.method);
-    if (method.rfind("awq", 0) == 0 || method == "hqq") {
+    if (method == "hqq") {
       throw usage_error("--method " + *o.method +
-                        " arrives in a later version of int4q; use --method rtn or gptq");
+                        " arrives in a later version of int4q; use --method rtn, gptq or awq_*");
     }
-    if (method == "rtn") {
-      q.algo = ox::method::rtn;
-    } else if (method == "gptq") {
-      q.algo = ox::method::gptq;
-    } else {
-      throw usage_error("--method '" + *o.method + "' is unknown: use rtn or gptq");
+    bool known = false;
+    for (const ox::method m : {ox::method::rtn, ox::method::gptq, ox::method::awq_lite,
+                               ox::method::awq_clip, ox::method::awq_full, ox::method::awq_gptq}) {
+      if (method == normalized(ox::to_string(m))) {
+        q.algo = m;
+        known = true;
+      }
+    }
+    if (!known) {
+      throw usage_error("--method '" + *o.method +
+                        "' is unknown: use rtn, gptq, awq_lite, awq_clip, awq_full or awq_gptq");
     }
   }
   q.calibration.mode = o.calib_mode;
@@ -587,6 +647,12 @@ ox::quantize_options to_quantize_options(const quantize_command_options& o,
   q.gptq.damp = o.damp;
   q.gptq.act_order = o.act_order;
   q.gptq.static_groups = o.static_groups;
+  q.gptq.rtn_loss = o.compare_rtn;
+  q.awq.scales.alpha_step = o.awq_alpha_step;
+  q.awq.clip.clip_step = o.awq_clip_step;
+  q.awq.clip.clip_min = o.awq_clip_min;
+  q.awq.per_subgraph = o.awq_per_subgraph;
+  q.awq.samples = o.awq_samples;
   if (o.act_order && !o.static_groups && q.config.granularity == int4q::grouping::group) {
     throw usage_error(
         "--act-order with groups needs --static-groups: the ONNX formats store groups "
@@ -605,6 +671,7 @@ ox::quantize_options to_quantize_options(const quantize_command_options& o,
   if (!o.include.empty()) q.include = o.include;
   if (!o.exclude.empty()) q.exclude = o.exclude;
   if (o.lm_head) q.lm_head = *o.lm_head;
+  if (o.embeddings) q.embeddings = *o.embeddings;
   if (o.accuracy_level) q.accuracy_level = o.accuracy_level;
   q.threads = o.threads;
   check_options(q, o.rounding.has_value(), o.config_file.string());
@@ -616,6 +683,21 @@ void run_quantize(const quantize_command_options& o) {
   const nlohmann::json config =
       o.config_file.empty() ? nlohmann::json(nullptr) : read_config(o.config_file);
   ox::quantize_options q = to_quantize_options(o, config);
+  if (o.auto_plan && !o.effective_bits) {
+    throw usage_error("--auto needs --effective-bits B (stored bits per weight, e.g. 4.5)");
+  }
+  if (!o.auto_plan && (o.effective_bits || !o.auto_candidates.empty() || !o.plan_out.empty())) {
+    throw usage_error("--effective-bits, --auto-candidates and --plan-out go with --auto");
+  }
+  if (o.auto_plan && !o.plan_in.empty()) {
+    throw usage_error("--auto computes a plan and --plan applies one: use one of them");
+  }
+  std::vector<ox::auto_candidate> auto_candidates;
+  try {
+    for (const auto& c : o.auto_candidates) auto_candidates.push_back(ox::parse_candidate(c));
+  } catch (const int4q::config_error& e) {
+    throw usage_error(std::string("--auto-candidates: ") + e.what());
+  }
   check_paths_before_loading(o);
 
   run_facts facts;
@@ -636,7 +718,7 @@ void run_quantize(const quantize_command_options& o) {
 
   // Calibration data for the methods that need activations, read batch by batch.
   std::optional<ox::calib_data> calib;
-  bool calibrated = q.algo != ox::method::rtn;
+  bool calibrated = q.algo != ox::method::rtn || o.auto_plan;
   for (const auto& ov : q.overrides)
     calibrated = calibrated || (ov.algo && *ov.algo != ox::method::rtn);
   std::size_t next_sample = 0;
@@ -652,6 +734,37 @@ void run_quantize(const quantize_command_options& o) {
       next_sample += count;
       return true;
     };
+    q.calibration.rewind = [&next_sample] { next_sample = 0; };
+  }
+
+  // --auto / --plan: a format per weight, as overrides ahead of the config file's.
+  std::optional<ox::quant_plan> plan;
+  if (o.auto_plan) {
+    ox::auto_options a;
+    a.effective_bits = *o.effective_bits;
+    a.candidates = auto_candidates;
+    if (!o.quiet) std::cerr << "int4q: --auto: scoring the candidates on calibration data\n";
+    plan = ox::auto_plan(m, q, a);
+    next_sample = 0;  // the method reads the data again from its start
+    if (!o.plan_out.empty()) write_file_atomically(o.plan_out, ox::to_json(*plan).dump(2) + "\n");
+  } else if (!o.plan_in.empty()) {
+    plan = ox::plan_from_json(read_config(o.plan_in));
+    std::map<std::string, bool> known;
+    for (const auto& w : ox::find_weights(m)) known[w.name] = w.quantizable;
+    for (const auto& w : plan->weights) {
+      if (!known[w.weight]) {
+        throw ox::model_error(ox::model_error::kind::invalid,
+                              "--plan file '" + o.plan_in.string() + "': weight '" + w.weight +
+                                  "' is not a quantizable weight of this model");
+      }
+    }
+  }
+  if (plan) {
+    std::vector<ox::node_override> ov = ox::plan_overrides(*plan);
+    ov.insert(ov.end(), q.overrides.begin(), q.overrides.end());
+    q.overrides = std::move(ov);
+    check_options(q, o.rounding.has_value(),
+                  o.plan_in.empty() ? std::string("--auto") : o.plan_in.string());
   }
 
   ox::quantize_report report;
@@ -665,6 +778,19 @@ void run_quantize(const quantize_command_options& o) {
     facts.quantize_s = seconds_since(t);
   }
 
+  // The achieved effective bits of a plan: stored bits over its weights, from the writers.
+  std::optional<double> achieved_bits;
+  if (plan) {
+    std::map<std::string, bool> in_plan;
+    for (const auto& w : plan->weights) in_plan[w.weight] = true;
+    std::uint64_t bits = 0, weights = 0;
+    for (const auto& tr : report.tensors) {
+      if (!in_plan.count(tr.weight)) continue;
+      bits += 8u * (tr.quantized ? tr.bytes_after : tr.bytes_before);
+      weights += std::uint64_t(tr.k) * tr.n;
+    }
+    if (weights) achieved_bits = double(bits) / double(weights);
+  }
   ox::save_options save;
   save.mode = o.external;
   const fs::path data = default_data_file(o.output);
@@ -685,7 +811,12 @@ void run_quantize(const quantize_command_options& o) {
   facts.total_s = seconds_since(start);
 
   if (!o.report.empty()) {
-    const std::string json = make_report(o, report, facts).dump(2) + "\n";
+    nlohmann::json rj = make_report(o, report, facts);
+    if (plan) {
+      rj["plan"] = ox::to_json(*plan);
+      rj["effective_bits"] = achieved_bits ? nlohmann::json(*achieved_bits) : nlohmann::json();
+    }
+    const std::string json = rj.dump(2) + "\n";
     if (o.report == "-") {
       std::cout << json << std::flush;
       return;
@@ -693,6 +824,20 @@ void run_quantize(const quantize_command_options& o) {
     write_file_atomically(o.report, json);
   }
   if (!o.quiet) print_summary(std::cout, o, q, report, facts);
+  if (!o.quiet && plan) {
+    std::map<std::string, int> counts;
+    for (const auto& w : plan->weights) ++counts[w.choice.name];
+    std::string mix;
+    for (const auto& c : counts)
+      mix += (mix.empty() ? "" : ", ") + c.first + " x" + std::to_string(c.second);
+    std::cout << "  plan                " << (o.auto_plan ? "auto" : o.plan_in.string()) << ": "
+              << mix << "\n";
+    if (achieved_bits) {
+      std::cout << "  effective bits      " << fixed(*achieved_bits, 4)
+                << (o.auto_plan ? " (budget " + fixed(*o.effective_bits, 4) + ")" : std::string())
+                << "\n";
+    }
+  }
 }
 
 }  // namespace cli

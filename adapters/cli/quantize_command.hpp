@@ -40,6 +40,8 @@ struct quantize_command_options {
   std::filesystem::path config_file;  ///< empty: none
   std::optional<int4q::onnx::lm_head_policy> lm_head;  ///< default keep
   std::optional<int> accuracy_level;                   ///< default absent
+  /// --embeddings; default keep
+  std::optional<int4q::onnx::embedding_policy> embeddings;
   int4q::onnx::external_data external = int4q::onnx::external_data::automatic;
   /// Quantized tensors to a scratch file as they are made (low memory): auto = inputs of at
   /// least quantize_options::spill_input_bytes on disk.
@@ -53,6 +55,21 @@ struct quantize_command_options {
   double damp = 0.01;
   bool act_order = true;  ///< GPTQ (default on, see quantize_options::gptq)
   bool static_groups = true;
+  bool compare_rtn = false;  ///< report RTN's Hessian-weighted loss next to GPTQ's
+  /// --auto: a format per weight under --effective-bits (int4q/onnx/auto_quantize.hpp), from
+  /// --auto-candidates (empty: the defaults); --plan applies a plan file instead (no
+  /// calibration); --plan-out writes the plan used.
+  bool auto_plan = false;
+  std::optional<double> effective_bits;
+  std::vector<std::string> auto_candidates;
+  std::filesystem::path plan_in, plan_out;
+  /// AWQ (--method awq_*): the alpha grid step, the clip grid step and smallest ratio, one joint
+  /// scale for weights sharing an input, rows sampled for the losses.
+  double awq_alpha_step = 0.1;
+  double awq_clip_step = 0.05;
+  double awq_clip_min = 0.5;
+  bool awq_per_subgraph = true;
+  std::size_t awq_samples = 512;
   std::size_t threads = 0;
   bool quiet = false;
 };

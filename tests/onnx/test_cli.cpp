@@ -26,6 +26,7 @@
 
 #include <int4q/version.hpp>
 
+#include "onnx/cli_runner.hpp"
 #include "onnx/graph_builder.hpp"
 
 #ifndef INT4Q_CLI_PATH
@@ -43,47 +44,10 @@ const fs::path devgpt = devgpt_dir / "devgpt_fp32.onnx";
 // ---- Running the binary
 // --------------------------------------------------------------------------
 
-struct result {
-  int status = -1;  ///< exit status (-1: did not exit normally)
-  std::string out;  ///< stdout
-  std::string err;  ///< stderr
-};
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-/// Runs `int4q args...` in `cwd` with stdout and stderr captured into files (so stderr is not a
-/// terminal: no progress line).
-result run_cli(const fs::path& cwd, const std::vector<std::string>& args) {
-  static std::atomic<int> counter{0};
-  const fs::path capture =
-      fs::temp_directory_path() /
-      ("int4q_cli_capture_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-  fs::create_directories(capture);
-  std::string command = "cd " + shell_quote(cwd.string()) + " && " + shell_quote(INT4Q_CLI_PATH);
-  for (const auto& a : args) command += " " + shell_quote(a);
-  command += " >" + shell_quote((capture / "out").string()) + " 2>" +
-             shell_quote((capture / "err").string()) + " </dev/null";
-  const int raw = std::system(command.c_str());
-  result r;
-  r.status = (raw != -1 && WIFEXITED(raw)) ? WEXITSTATUS(raw) : -1;
-  r.out = read_text(capture / "out");
-  r.err = read_text(capture / "err");
-  fs::remove_all(capture);
-  return r;
-}
-
-std::string describe(const result& r) {
-  return "exit " + std::to_string(r.status) + "\n--- stdout:\n" + r.out + "\n--- stderr:\n" + r.err;
-}
+using result = int4q::test::cli_result;
+using int4q::test::describe;
+using int4q::test::read_text;
+using int4q::test::run_cli;
 
 // ---- Models
 // --------------------------------------------------------------------------------------
@@ -373,11 +337,17 @@ TEST_F(CliQuantize, ThreadCountDoesNotChangeTheOutput) {
 
 TEST_F(CliQuantize, GptqWithCalibrationDataReportsItsLossesAndIgnoresThreads) {
   require_devgpt();
-  const std::vector<std::string> base = {"quantize",        devgpt.string(),
-                                         "--method",        "gptq",
-                                         "--calib",         (devgpt_dir / "devgpt_cal.u8").string(),
-                                         "--calib-samples", "8",
-                                         "--report",        "-"};
+  const std::vector<std::string> base = {"quantize",
+                                         devgpt.string(),
+                                         "--method",
+                                         "gptq",
+                                         "--calib",
+                                         (devgpt_dir / "devgpt_cal.u8").string(),
+                                         "--calib-samples",
+                                         "8",
+                                         "--compare-rtn",
+                                         "--report",
+                                         "-"};
   auto with = [&](std::vector<std::string> extra) {
     std::vector<std::string> args = base;
     args.insert(args.end(), extra.begin(), extra.end());
@@ -684,8 +654,8 @@ TEST_F(CliErrors, MethodsOfLaterVersions) {
   write_model(small_model(), dir_ / "small.onnx");
   expect_failure({"quantize", "small.onnx", "-o", "out.onnx", "--method", "hqq"}, 2,
                  {"hqq", "later version"});
-  expect_failure({"quantize", "small.onnx", "-o", "out.onnx", "--method", "awq-clip"}, 2,
-                 {"awq-clip", "later version"});
+  expect_failure({"quantize", "small.onnx", "-o", "out.onnx", "--method", "awq-magic"}, 2,
+                 {"awq-magic", "unknown", "awq_full"});
   expect_failure({"quantize", "small.onnx", "-o", "out.onnx", "--method", "magic"}, 2, {"magic"});
 }
 

@@ -19,6 +19,7 @@
 #include <zlib.h>
 #include <nlohmann/json.hpp>
 
+#include "onnx/cli_runner.hpp"
 #include "onnx/graph_builder.hpp"
 
 #ifndef INT4Q_CLI_PATH
@@ -37,44 +38,10 @@ fs::path models_dir() {
 const fs::path devgpt_dir = fs::path(INT4Q_SOURCE_DIR) / ".." / "shared" / "models" / "devgpt";
 const fs::path onnx_test_add = "/usr/share/libonnx-testdata/data/node/test_add";
 
-struct result {
-  int status = -1;
-  std::string out, err;
-};
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-result run_cli(const fs::path& cwd, const std::vector<std::string>& args) {
-  static std::atomic<int> counter{0};
-  const fs::path capture =
-      fs::temp_directory_path() /
-      ("int4q_eval_data_capture_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-  fs::create_directories(capture);
-  std::string command = "cd " + shell_quote(cwd.string()) + " && " + shell_quote(INT4Q_CLI_PATH);
-  for (const auto& a : args) command += " " + shell_quote(a);
-  command += " >" + shell_quote((capture / "out").string()) + " 2>" +
-             shell_quote((capture / "err").string()) + " </dev/null";
-  const int raw = std::system(command.c_str());
-  result r;
-  r.status = (raw != -1 && WIFEXITED(raw)) ? WEXITSTATUS(raw) : -1;
-  r.out = read_text(capture / "out");
-  r.err = read_text(capture / "err");
-  fs::remove_all(capture);
-  return r;
-}
-
-std::string describe(const result& r) {
-  return "exit " + std::to_string(r.status) + "\n--- stdout:\n" + r.out + "\n--- stderr:\n" + r.err;
-}
+using result = int4q::test::cli_result;
+using int4q::test::describe;
+using int4q::test::read_text;
+using int4q::test::run_cli;
 
 // ---- NumPy and ZIP bytes, from their specifications --------------------------------------------
 

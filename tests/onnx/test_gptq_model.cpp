@@ -169,6 +169,35 @@ TEST(GptqModel, OutputIsTheSameBytesWhateverTheThreads) {
   EXPECT_FALSE(outputs[0] == serialized(fp32));
 }
 
+// Parallel calibration under a memory budget: several passes over the data, each for the weights
+// whose statistics fit, give the bytes of one pass holding them all.
+TEST(GptqModel, ParallelPassesWithinAMemoryBudgetGiveTheSameBytes) {
+  set_blas_threads(1);
+  const ox::model fp32 = ox::load_model(devgpt_dir / "devgpt_fp32.onnx");
+  std::vector<std::string> outputs;
+  std::vector<std::size_t> passes;
+  for (const std::uint64_t budget : {std::uint64_t(1) << 30, std::uint64_t(1)}) {
+    ox::model m = fp32;
+    ox::quantize_options o;
+    o.algo = ox::method::gptq;
+    o.calibration.mode = ox::calibration_mode::parallel;
+    o.calibration.parallel_stats_bytes = budget;
+    auto next = std::make_shared<std::size_t>(0);
+    std::size_t rewinds = 0;
+    o.calibration.data = calibration(fp32, 16, next);
+    o.calibration.rewind = [next, &rewinds] {
+      *next = 0;
+      ++rewinds;
+    };
+    ox::quantize_model(m, o);
+    outputs.push_back(serialized(m));
+    passes.push_back(rewinds + 1);
+  }
+  EXPECT_EQ(passes[0], 1u);
+  EXPECT_EQ(passes[1], 16u);  // one weight per pass (the lm_head stays float)
+  EXPECT_TRUE(outputs[0] == outputs[1]) << "the passes changed the result";
+}
+
 TEST(GptqModel, WithoutCalibrationDataItSaysWhatToGive) {
   ox::model m = ox::load_model(devgpt_dir / "devgpt_fp32.onnx");
   const std::string before = serialized(m);

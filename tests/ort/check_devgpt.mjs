@@ -38,6 +38,7 @@ function reportSummary(file) {
       bytes_before: totals.bytes_before ?? r.bytes_before,
       bytes_after: totals.bytes_after ?? r.bytes_after,
       seconds: totals.seconds ?? r.seconds,
+      embeddings_quantized: (r.embeddings ?? []).filter((e) => e.quantized).length,
     };
   } catch {
     return undefined;
@@ -99,6 +100,13 @@ runMain(async () => {
     console.log(`  ONNX Runtime's ${spec.golden}: ${g.nats_per_byte.toFixed(6)} (int4q ${q.nats_per_byte <= g.nats_per_byte ? 'better' : 'worse'} by ${Math.abs(q.nats_per_byte - g.nats_per_byte).toFixed(6)})`);
     if (!(q.nats_per_byte <= limit))
       failures.push({ kind: 'golden', message: `${q.nats_per_byte.toFixed(6)} nats/byte is worse than ONNX Runtime's ${spec.golden} (${g.nats_per_byte.toFixed(6)}) by more than ${spec.golden_margin}` });
+  }
+  // The quantize report: the weights (and embedding tables) were quantized even where the loss
+  // cannot tell (8 bits score like fp32).
+  for (const [key, field] of [['min_weights_quantized', 'weights_quantized'], ['min_embeddings_quantized', 'embeddings_quantized']]) {
+    if (spec[key] === undefined) continue;
+    const got = result.report?.[field];
+    if (!(got >= spec[key])) failures.push({ kind: 'report', message: `report: ${field} ${got} < ${spec[key]}` });
   }
   console.log(`  bounds: ${spec.min_loss} <= loss <= ${spec.max_loss}`);
 

@@ -2,7 +2,8 @@
 // tests quantize with `int4q quantize` (both writers and fake-quant) and run in ONNX Runtime.
 // One graph per rewrite form of the adapter: plain MatMul (3-D activations), weights in Constant
 // nodes, Gemm transB 0 and 1 with alpha, beta and a bias, Gemm without bias and an odd N, a weight
-// shared by several nodes, fp16, a ragged K, an odd number of groups.
+// shared by several nodes, fp16, a ragged K, an odd number of groups; token embeddings, alone
+// and tied to a lm_head (Gemm transB = 1, Transpose + MatMul).
 //
 //   int4q_ort_graphs OUTDIR NAME...      writes OUTDIR/NAME.onnx for each NAME
 //   int4q_ort_graphs --list              prints the names it knows
@@ -156,6 +157,49 @@ graph_builder odd_groups() {
   return g;
 }
 
+// Token embedding (issue 7): ids [d0, 6] -> Gather(emb [256, 64]) -> MatMul(w [64, 48]). The
+// vocabulary is 256 because the harness feeds int64 inputs with text bytes.
+graph_builder embedding() {
+  graph_builder g;
+  g.input("ids", int4q::test::onnx_int64, {-1, 6});
+  g.initializer("emb", onnx_float, {256, 64}, weights(256, 64, 31));
+  g.node("Gather", {"emb", "ids"}, {"h"}, "embed");
+  g.initializer("w", onnx_float, {64, 48}, weights(64, 48, 32));
+  g.matmul("mm", "h", "w", "y");
+  g.output("y", onnx_float, {-1, 6, 48});
+  return g;
+}
+
+// Tied embedding, Gemm transB = 1 with a bias: ids [7] -> Gather(emb [256, 64]) -> Relu ->
+// Gemm(emb^T) + b -> logits [7, 256].
+graph_builder tied_gemm() {
+  graph_builder g;
+  g.input("ids", int4q::test::onnx_int64, {7});
+  g.initializer("emb", onnx_float, {256, 64}, weights(256, 64, 33));
+  g.node("Gather", {"emb", "ids"}, {"h"}, "embed");
+  g.node("Relu", {"h"}, {"hr"}, "relu");
+  g.initializer("b", onnx_float, {256}, weights(1, 256, 34));
+  gemm_attrs a;
+  a.trans_b = true;
+  g.gemm("head", "hr", "emb", "b", "logits", a);
+  g.output("logits", onnx_float, {7, 256});
+  return g;
+}
+
+// Tied embedding through a Transpose: ids [d0, 5] -> Gather(emb [256, 96]) -> MatMul(Transpose(
+// emb)) -> logits [d0, 5, 256]; the embedding output is a graph output too.
+graph_builder tied_transpose() {
+  graph_builder g;
+  g.input("ids", int4q::test::onnx_int64, {-1, 5});
+  g.initializer("emb", onnx_float, {256, 96}, weights(256, 96, 35));
+  g.node("Gather", {"emb", "ids"}, {"h"}, "embed");
+  g.node("Transpose", {"emb"}, {"emb_t"}, "emb_transpose");
+  g.matmul("head", "h", "emb_t", "logits");
+  g.output("logits", onnx_float, {-1, 5, 256});
+  g.output("h", onnx_float, {-1, 5, 96});
+  return g;
+}
+
 const std::map<std::string, std::function<graph_builder()>>& graphs() {
   static const std::map<std::string, std::function<graph_builder()>> all{
       {"matmul", matmul},
@@ -167,6 +211,9 @@ const std::map<std::string, std::function<graph_builder()>>& graphs() {
       {"fp16", fp16},
       {"ragged_k", ragged_k},
       {"odd_groups", odd_groups},
+      {"embedding", embedding},
+      {"tied_gemm", tied_gemm},
+      {"tied_transpose", tied_transpose},
   };
   return all;
 }

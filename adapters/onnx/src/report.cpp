@@ -25,6 +25,10 @@ const char* to_string(method m) noexcept {
   switch (m) {
     case method::rtn: return "rtn";
     case method::gptq: return "gptq";
+    case method::awq_lite: return "awq_lite";
+    case method::awq_clip: return "awq_clip";
+    case method::awq_full: return "awq_full";
+    case method::awq_gptq: return "awq_gptq";
   }
   return "?";
 }
@@ -107,8 +111,10 @@ int4q::scheme get_scheme(const json& v, const std::string& key) {
 method get_method(const json& v, const std::string& key) {
   const std::string s = v.is_string() ? v.get<std::string>() : "";
   if (s == "rtn") return method::rtn;
-  if (s == "gptq") return method::gptq;
-  bad(key, "\"rtn\" or \"gptq\"", v);
+  for (const method m : {method::rtn, method::gptq, method::awq_lite, method::awq_clip,
+                         method::awq_full, method::awq_gptq})
+    if (s == to_string(m)) return m;
+  bad(key, "one of \"rtn\", \"gptq\", \"awq_lite\", \"awq_clip\", \"awq_full\", \"awq_gptq\"", v);
 }
 
 std::string get_string(const json& v, const std::string& key) {
@@ -175,6 +181,15 @@ json options_json(const quantize_options& options) {
                {"damp", options.gptq.damp},
                {"act_order", options.gptq.act_order},
                {"static_groups", options.gptq.static_groups}};
+  j["awq"] = {{"alpha_step", options.awq.scales.alpha_step},
+              {"alpha_max", options.awq.scales.alpha_max},
+              {"form", options.awq.scales.form == int4q::awq_scale_form::activation_weight
+                           ? "activation_weight"
+                           : "activation"},
+              {"clip_step", options.awq.clip.clip_step},
+              {"clip_min", options.awq.clip.clip_min},
+              {"per_subgraph", options.awq.per_subgraph},
+              {"samples", options.awq.samples}};
   j["preset"] = options.ort_preset ? "ort" : "none";
   j["bits"] = c.bits;
   j["group_size"] =
@@ -189,6 +204,7 @@ json options_json(const quantize_options& options) {
   j["overrides"] = json::array();
   for (const auto& o : options.overrides) j["overrides"].push_back(override_json(o));
   j["lm_head"] = to_string(options.lm_head);
+  j["embeddings"] = to_string(options.embeddings);
   j["threads"] = options.threads;
   return j;
 }
@@ -215,6 +231,14 @@ json to_json(const quantize_report& report) {
         e["rtn_hessian_loss"] = number_or_null(t.rtn_hessian_loss);
         e["damp_retries"] = t.damp_retries;
       }
+      if (t.method.rfind("awq", 0) == 0) {
+        e["awq_alpha"] = number_or_null(t.awq_alpha);
+        e["awq_loss"] = number_or_null(t.awq_loss);
+        e["awq_rtn_loss"] = number_or_null(t.awq_rtn_loss);
+        e["awq_fold"] = t.awq_fold;
+        e["clip_loss"] = number_or_null(t.clip_loss);
+        e["clip_rtn_loss"] = number_or_null(t.clip_rtn_loss);
+      }
       e["error"] = {{"rmse", t.rmse},
                     {"max_abs", t.max_abs},
                     {"relative_l2", t.relative_l2},
@@ -227,6 +251,30 @@ json to_json(const quantize_report& report) {
     e["seconds"] = t.seconds;
     tensors.push_back(std::move(e));
   }
+  // --embeddings quantize: one entry per Gather table (tied lm_heads listed in "tied").
+  json embeddings = json::array();
+  for (const embedding_report& er : report.embeddings) {
+    const tensor_report& t = er.tensor;
+    json e = {{"table", t.weight}, {"gathers", t.nodes}, {"tied", er.tied},
+              {"vocabulary", t.n}, {"hidden", t.k},      {"quantized", t.quantized}};
+    if (t.quantized) {
+      e["bits"] = t.bits;
+      e["group_size"] = t.group_size;
+      e["scheme"] = t.scheme;
+      e["error"] = {{"rmse", t.rmse},
+                    {"max_abs", t.max_abs},
+                    {"relative_l2", t.relative_l2},
+                    {"sqnr_db", number_or_null(t.sqnr_db)}};
+      e["shared"] = er.shared;
+      e["bytes_saved_by_sharing"] = er.bytes_saved_by_sharing;
+    } else {
+      e["reason"] = t.reason;
+    }
+    e["bytes_before"] = t.bytes_before;
+    e["bytes_after"] = t.bytes_after;
+    e["seconds"] = t.seconds;
+    embeddings.push_back(std::move(e));
+  }
   json totals;
   totals["weights"] = report.tensors.size();
   totals["weights_quantized"] = report.weights_quantized;
@@ -237,7 +285,9 @@ json to_json(const quantize_report& report) {
           ? json(static_cast<double>(report.bytes_before) / static_cast<double>(report.bytes_after))
           : json(nullptr);
   totals["seconds"] = report.seconds;
-  return json{{"config", report.config}, {"tensors", tensors}, {"totals", totals}};
+  json out{{"config", report.config}, {"tensors", tensors}, {"totals", totals}};
+  if (!report.embeddings.empty()) out["embeddings"] = std::move(embeddings);
+  return out;
 }
 
 void apply_config(const json& config, quantize_options& options) {
@@ -298,6 +348,10 @@ void apply_config(const json& config, quantize_options& options) {
       } else {
         bad(key, "one of \"keep\", \"quantize\", \"int8\"", v);
       }
+    } else if (key == "embeddings") {
+      const std::string p = v.is_string() ? v.get<std::string>() : "";
+      if (p != "keep" && p != "quantize") bad(key, "\"keep\" or \"quantize\"", v);
+      o.embeddings = p == "keep" ? embedding_policy::keep : embedding_policy::quantize;
     } else if (key == "accuracy_level") {
       if (!v.is_number_integer() || v.get<long long>() < 0 || v.get<long long>() > 4)
         bad(key, "an integer 0..4", v);
@@ -306,10 +360,11 @@ void apply_config(const json& config, quantize_options& options) {
       if (!v.is_array()) bad(key, "an array of objects", v);
       for (std::size_t i = 0; i < v.size(); ++i) o.overrides.push_back(get_override(v[i], i));
     } else {
-      throw model_error(model_error::kind::invalid,
-                        "config: unknown key \"" + key +
-                            "\" (known: format, bits, group_size, scheme, rounding, method, "
-                            "preset, include, exclude, lm_head, accuracy_level, overrides)");
+      throw model_error(
+          model_error::kind::invalid,
+          "config: unknown key \"" + key +
+              "\" (known: format, bits, group_size, scheme, rounding, method, "
+              "preset, include, exclude, lm_head, embeddings, accuracy_level, overrides)");
     }
   }
   options = std::move(o);

@@ -370,7 +370,7 @@ std::vector<weight_info> find_weights(const model& m) {
       if (other != st.other_use.end()) {
         reason = "'" + w.name + "' is also used by " + other->second +
                  " (a tied embedding or another consumer): int4q quantizes weights used only "
-                 "as MatMul/Gemm B (tied embeddings: issue 7)";
+                 "as MatMul/Gemm B (a table also read by a Gather: --embeddings quantize)";
       }
     }
     w.quantizable = reason.empty();
@@ -387,6 +387,163 @@ std::vector<weight_info> find_weights(const model& m) {
     }
   }
   return std::move(st.weights);
+}
+
+namespace {
+
+void collect_subgraph_reads(const GraphProto& g, std::unordered_set<std::string>& reads) {
+  for (const NodeProto& n : g.node()) {
+    for (const std::string& in : n.input()) reads.insert(in);
+    for (const auto& a : n.attribute()) {
+      if (a.has_g()) collect_subgraph_reads(a.g(), reads);
+      for (const auto& sub : a.graphs()) collect_subgraph_reads(sub, reads);
+    }
+  }
+  for (const auto& v : g.output()) reads.insert(v.name());
+}
+
+bool is_default_domain(const NodeProto& n) { return n.domain().empty() || n.domain() == "ai.onnx"; }
+
+weight_use main_use(const NodeProto& node, int index) {
+  weight_use u;
+  u.node_index = index;
+  u.node_name = node.name();
+  u.op_type = node.op_type();
+  if (node.op_type() == "Gemm") {
+    u.trans_b = detail::attr_int(node, "transB", 0) != 0;
+    u.alpha = detail::attr_float(node, "alpha", 1.0f);
+    u.beta = detail::attr_float(node, "beta", 1.0f);
+    if (node.input_size() > 2) u.bias = node.input(2);
+  }
+  return u;
+}
+
+}  // namespace
+
+std::vector<embedding_info> find_embeddings(const model& m) {
+  const GraphProto& g = m.proto.graph();
+  std::unordered_set<std::string> inputs, outputs, sub_reads;
+  for (const auto& v : g.input()) inputs.insert(v.name());
+  for (const auto& v : g.output()) outputs.insert(v.name());
+  std::unordered_map<std::string, const TensorProto*> initializers;
+  for (const TensorProto& t : g.initializer()) initializers.emplace(t.name(), &t);
+  std::unordered_map<std::string, int> producer;
+  // name -> (node index, input slot) of every main-graph read, in graph order.
+  std::unordered_map<std::string, std::vector<std::pair<int, int>>> readers;
+  for (int i = 0; i < g.node_size(); ++i) {
+    const NodeProto& n = g.node(i);
+    for (const std::string& o : n.output())
+      if (!o.empty()) producer.emplace(o, i);
+    for (int j = 0; j < n.input_size(); ++j)
+      if (!n.input(j).empty()) readers[n.input(j)].emplace_back(i, j);
+    for (const auto& a : n.attribute()) {
+      if (a.has_g()) collect_subgraph_reads(a.g(), sub_reads);
+      for (const auto& sub : a.graphs()) collect_subgraph_reads(sub, sub_reads);
+    }
+  }
+  auto reads_of = [&](const std::string& name) -> const std::vector<std::pair<int, int>>& {
+    static const std::vector<std::pair<int, int>> none;
+    const auto it = readers.find(name);
+    return it == readers.end() ? none : it->second;
+  };
+  auto label = [&](int index) { return node_label(g.node(index), index); };
+
+  std::vector<embedding_info> out;
+  std::unordered_set<std::string> seen;
+  for (int i = 0; i < g.node_size(); ++i) {
+    const NodeProto& gather = g.node(i);
+    if (gather.op_type() != "Gather" || !is_default_domain(gather) || gather.input_size() < 2)
+      continue;
+    const std::string& name = gather.input(0);
+    if (seen.count(name)) continue;
+    // Only constant tables: a Gather on a computed tensor (Shape -> Gather) is no embedding.
+    const TensorProto* t = nullptr;
+    embedding_info e;
+    const auto init = initializers.find(name);
+    const auto prod = producer.find(name);
+    if (init != initializers.end() && prod == producer.end()) {
+      t = init->second;
+    } else if (prod != producer.end() && g.node(prod->second).op_type() == "Constant") {
+      const auto* value = detail::find_attr(g.node(prod->second), "value");
+      if (!value || !value->has_t()) continue;
+      t = &value->t();
+      e.from_constant_node = true;
+      e.constant_node_index = prod->second;
+    } else {
+      continue;
+    }
+    seen.insert(name);
+    e.name = name;
+    e.type = elem_type_of(t->data_type());
+    e.dims.assign(t->dims().begin(), t->dims().end());
+    std::string reason;
+    if (inputs.count(name)) {
+      reason = "'" + name + "' is also a graph input (an overridable initializer)";
+    } else if (e.type == elem_type::other || e.type == elem_type::float64) {
+      reason = "'" + name + "' has data type " + type_name(t->data_type()) +
+               ": int4q quantizes float32, float16 and bfloat16 tables";
+    } else if (e.dims.size() != 2) {
+      reason = "'" + name + "' is " + std::to_string(e.dims.size()) + "-D " +
+               detail::dims_string(e.dims) + ": only 2-D tables [vocabulary, hidden] are quantized";
+    } else if (e.dims[0] <= 0 || e.dims[1] <= 0) {
+      reason = "'" + name + "' " + detail::dims_string(e.dims) + " is empty";
+    }
+    if (e.dims.size() == 2) {
+      e.rows = static_cast<std::size_t>(std::max<std::int64_t>(e.dims[0], 0));
+      e.cols = static_cast<std::size_t>(std::max<std::int64_t>(e.dims[1], 0));
+    }
+    if (reason.empty() && outputs.count(name)) reason = "'" + name + "' is a graph output";
+    if (reason.empty() && sub_reads.count(name))
+      reason = "'" + name + "' is read inside a subgraph";
+    for (const auto& [j, slot] : reads_of(name)) {
+      const NodeProto& r = g.node(j);
+      if (r.op_type() == "Gather" && is_default_domain(r) && slot == 0) {
+        std::int64_t axis = detail::attr_int(r, "axis", 0);
+        if (axis < 0) axis += static_cast<std::int64_t>(e.dims.size());
+        if (axis != 0 && reason.empty())
+          reason = label(j) + " gathers '" + name + "' on axis " + std::to_string(axis) +
+                   " (embeddings are gathered on axis 0)";
+        e.gathers.push_back(main_use(r, j));
+      } else if (is_matmul_or_gemm(r) && slot == 1) {
+        e.tied.push_back(main_use(r, j));
+        if (r.op_type() == "Gemm" && detail::attr_int(r, "transA", 0) != 0 && reason.empty())
+          reason = label(j) + " (tied) has transA = 1";
+      } else if (r.op_type() == "Transpose" && is_default_domain(r) && slot == 0 &&
+                 r.output_size() == 1) {
+        const auto* perm = detail::find_attr(r, "perm");
+        const bool swap =
+            !perm || (perm->ints_size() == 2 && perm->ints(0) == 1 && perm->ints(1) == 0);
+        const std::string& tout = r.output(0);
+        std::string bad;
+        if (!swap) bad = label(j) + " permutes '" + name + "' other than [1, 0]";
+        if (outputs.count(tout) || sub_reads.count(tout))
+          bad = label(j) + "'s output is a graph output or read inside a subgraph";
+        for (const auto& [k, kslot] : reads_of(tout)) {
+          const NodeProto& mm = g.node(k);
+          if (!is_matmul_or_gemm(mm) || kslot != 1) {
+            if (bad.empty())
+              bad = "'" + name + "' is transposed for " + label(k) + ", not a MatMul/Gemm B";
+            continue;
+          }
+          weight_use u = main_use(mm, k);
+          u.trans_b = !u.trans_b;  // the node multiplies by table^T (or, Gemm transB, the table)
+          if (mm.op_type() == "Gemm" && detail::attr_int(mm, "transA", 0) != 0 && bad.empty())
+            bad = label(k) + " (tied) has transA = 1";
+          e.tied.push_back(u);
+        }
+        e.transposes.push_back(j);
+        if (reason.empty()) reason = bad;
+      } else if (reason.empty()) {
+        reason = "'" + name + "' is also read by " + label(j) + " (input " + std::to_string(slot) +
+                 "): only Gather, MatMul/Gemm B and a Transpose feeding "
+                 "them can share a quantized table";
+      }
+    }
+    e.quantizable = reason.empty();
+    e.reason = reason;
+    out.push_back(std::move(e));
+  }
+  return out;
 }
 
 }  // namespace onnx

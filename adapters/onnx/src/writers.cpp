@@ -149,7 +149,8 @@ void build_tensors(const model& m, const quantize_options& options, weight_job& 
   int4q::quant_options qo;
   qo.threads = options.threads;
 
-  const xt::xtensor<float, 2> lw = logical_weight(m, w, job.alpha);
+  xt::xtensor<float, 2> lw = logical_weight(m, w, job.alpha);
+  if (job.scale_weight) job.scale_weight(lw);
   quantized<float> q;
   try {
     q = job.quantize ? job.quantize(lw) : int4q::quant_tensor(lw, c, qo);
@@ -255,6 +256,8 @@ namespace {
 
 void add_initializer(GraphProto& g, TensorProto&& t) { g.add_initializer()->Swap(&t); }
 
+}  // namespace
+
 /// MatMulNBits (plus Mul/Add for a non-constant bias) in place of one MatMul/Gemm `orig`; new
 /// initializers go to `g` (the graph holding the weight, visible from `orig`).
 std::vector<NodeProto> matmulnbits_nodes(GraphProto& g, const NodeProto& orig,
@@ -324,6 +327,8 @@ std::vector<NodeProto> matmulnbits_nodes(GraphProto& g, const NodeProto& orig,
   }
   return out;
 }
+
+namespace {
 
 NodeProto dequantize_node(const weight_job& job, const std::string& name,
                           const std::string& output) {

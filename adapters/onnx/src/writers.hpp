@@ -141,6 +141,9 @@ struct weight_job {
   /// Quantizes the logical weight [K, N] (alpha folded) instead of quant_tensor (calibrated
   /// methods); empty: RTN.
   std::function<int4q::quantized<float>(const xt::xtensor<float, 2>&)> quantize;
+  /// AWQ: scales the logical weight in place (diag(s) W) before it is quantized, measured and
+  /// written; empty: unchanged.
+  std::function<void(xt::xtensor<float, 2>&)> scale_weight;
   // Filled by build_tensors:
   std::vector<::onnx::TensorProto> tensors;  ///< new initializers, in the order written
   std::string data_name, scales_name, zero_points_name;
@@ -164,6 +167,49 @@ void build_tensors(const model& m, const quantize_options& options, weight_job& 
 /// removed when nothing else reads them). Cannot fail.
 void rewrite_graph(model& m, const quantize_options& options, std::vector<weight_job>& jobs,
                    name_set& names);
+
+/// MatMulNBits (plus Mul/Add for a non-constant bias) in place of one MatMul/Gemm `orig` using
+/// the job's data/scales/zero_points names; new initializers (a folded bias) go to `g`.
+std::vector<::onnx::NodeProto> matmulnbits_nodes(::onnx::GraphProto& g,
+                                                 const ::onnx::NodeProto& orig,
+                                                 const quantize_options& options,
+                                                 const weight_job& job, const weight_use& u,
+                                                 const bias_plan& b, name_set& names);
+
+// ---- Embeddings (embeddings.cpp) ----------------------------------------------------------------
+
+/// One embedding table to quantize (--embeddings quantize), decided before the model changes.
+struct embedding_job {
+  const embedding_info* info = nullptr;
+  std::size_t report_index = 0;  ///< into quantize_report::embeddings
+  int4q::quant_config config;
+  /// The tied MatMul/Gemm nodes as one weight (table^T, [K = D, N = V]) and their MatMulNBits
+  /// plan (bias folds); used by the matmulnbits format only.
+  weight_info tied_info;
+  weight_job tied_job;
+  // Filled by build_embeddings:
+  std::vector<::onnx::TensorProto> tensors;
+  std::string data_name, scales_name, zero_points_name;
+  std::string shape_name, reshaped_name;  ///< matmulnbits, tied: B = Reshape(data, shape)
+  // Nodes are found again by output name at rewrite time (indices change in rewrite_graph).
+  std::vector<std::string> gather_outputs, tied_outputs, transpose_outputs;
+};
+
+/// Embedding tables to quantize (empty with --embeddings keep), with their report entries (and
+/// the tied weights' entries in report.tensors pointed at them). Throws nothing on a table that
+/// cannot be written: it gets a reason instead.
+std::vector<embedding_job> plan_embeddings(const model& m, const quantize_options& options,
+                                           const compiled_selection& sel,
+                                           const std::vector<embedding_info>& embeddings,
+                                           quantize_report& report);
+
+/// Reads, quantizes and packs every table (the model is only read); fills the report entries.
+void build_embeddings(const model& m, const quantize_options& options,
+                      std::vector<embedding_job>& jobs, name_set& names, quantize_report& report);
+
+/// Rewrites the Gathers (and tied nodes) of every job. Runs after rewrite_graph. Cannot fail.
+void rewrite_embeddings(model& m, const quantize_options& options, std::vector<embedding_job>& jobs,
+                        name_set& names);
 
 }  // namespace detail
 }  // namespace onnx

@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <int4q/awq.hpp>
 #include <int4q/config.hpp>
 #include <int4q/gptq.hpp>
 #include <int4q/onnx/calibrate.hpp>
@@ -36,6 +37,12 @@ const char* to_string(output_format f) noexcept;
 enum class method {
   rtn,   ///< round to nearest on the grid (no data)
   gptq,  ///< GPTQ (int4q/gptq.hpp) on the Hessian X^T X of calibration activations
+  /// AWQ (int4q/awq.hpp): per-input-channel scales s searched on calibration activations, the
+  /// weight quantized as diag(s) W and 1/s folded into the producer of its input (or a Mul).
+  awq_lite,
+  awq_clip,  ///< AWQ clip search only: per (group, column) clip ratios, no scaling
+  awq_full,  ///< awq_lite, then awq_clip on the scaled weight
+  awq_gptq,  ///< awq_lite scaling, then GPTQ on the scaled weight (Hessian of x / s)
 };
 const char* to_string(method m) noexcept;
 
@@ -53,9 +60,15 @@ const char* to_string(calibration_mode m) noexcept;
 
 /// Calibration data and mode, for the methods that need activations (gptq).
 struct calibration_options {
-  /// Batches of model inputs; required when any weight uses a calibrated method. Read once.
+  /// Batches of model inputs; required when any weight uses a calibrated method.
   batch_source data;
+  /// Starts `data` over from its first batch. Parallel mode reads the data once per pass, one
+  /// pass per set of weights whose statistics fit in parallel_stats_bytes; without `rewind`,
+  /// one pass collects every weight's statistics whatever their size.
+  std::function<void()> rewind;
   calibration_mode mode = calibration_mode::sequential;
+  /// Parallel mode: the most bytes of statistics held at once (H is K x K doubles per weight).
+  std::uint64_t parallel_stats_bytes = std::uint64_t(1) << 30;
   /// For the report: what the data is (a file, random inputs, ...).
   std::string description;
 };
@@ -79,12 +92,36 @@ enum class lm_head_policy {
   int8,      ///< quantize it to 8 bits per-channel whatever the base config
 };
 
+/// What to do with embedding tables (constant tables read by Gather): see docs/onnx.md.
+enum class embedding_policy {
+  keep,      ///< leave them in float (default)
+  quantize,  ///< MatMulNBits format: GatherBlockQuantized; qdq: DequantizeLinear + Gather;
+             ///< fake: dequantized values. A tied lm_head shares the quantized table.
+};
+const char* to_string(embedding_policy p) noexcept;
+
+/// AWQ's settings (methods awq_lite, awq_clip, awq_full, awq_gptq).
+struct awq_settings {
+  /// The scale search: alpha_step (default 0.1), form (default activation_weight, ModelOpt
+  /// awq_lite). `threads` is taken from quantize_options.
+  int4q::awq_options scales;
+  /// The clip search: clip_step (0.05), clip_min (0.5).
+  int4q::awq_clip_options clip;
+  /// Weights sharing one input (q/k/v, gate/up) get one joint scale on their summed loss, so
+  /// that 1/s can be folded into the input's producer; false: one scale per weight (each
+  /// then reads its own x / s through an inserted Mul).
+  bool per_subgraph = true;
+  /// Rows of the input sampled (uniformly, over all calibration rows) for the losses.
+  std::size_t samples = 512;
+};
+
 struct quantize_options {
   int4q::quant_config config;  ///< base grid for every selected weight
   bool ort_preset = false;  ///< use presets::ort_matmulnbits / ort_qdq grids (bit-exact with ORT)
   output_format format = output_format::matmulnbits;
   method algo = method::rtn;
-  calibration_options calibration;  ///< for method gptq
+  calibration_options calibration;  ///< for the calibrated methods (gptq, awq_*)
+  awq_settings awq;
   /// GPTQ's settings (block, damping, act_order, ...). int4q's default differs from the core's
   /// (the reference algorithm's): act_order with static groups, which scores better on devgpt
   /// (docs/quantization.md has the measurements) and decodes with plain contiguous groups.
@@ -92,6 +129,7 @@ struct quantize_options {
     int4q::gptq_options g;
     g.act_order = true;
     g.static_groups = true;
+    g.rtn_loss = false;  // the RTN comparison costs one more K x K x N product: on request
     return g;
   }();
   std::optional<int>
@@ -100,6 +138,7 @@ struct quantize_options {
   std::vector<std::string> exclude;  ///< regexes on node display names
   std::vector<node_override> overrides;
   lm_head_policy lm_head = lm_head_policy::keep;
+  embedding_policy embeddings = embedding_policy::keep;  ///< Gather tables (and tied lm_heads)
   std::size_t threads = 0;  ///< 0 = all cores; the output does not depend on it
   /// Low memory for large models: when set, each new tensor of at least `spill_min_bytes` is
   /// appended to this scratch file (created, or truncated) as soon as its weight is quantized,
@@ -134,13 +173,34 @@ struct tensor_report {
   double hessian_loss = std::numeric_limits<double>::quiet_NaN();
   double rtn_hessian_loss = std::numeric_limits<double>::quiet_NaN();
   std::size_t damp_retries = 0;  ///< GPTQ: Cholesky failures before the damping that worked
+  /// AWQ scaling (awq_lite, awq_full, awq_gptq): the chosen alpha, the AWQ loss
+  /// sum_j || X W_j - (X / s) Q(diag(s) W_j) ||^2 on the sampled rows at it and at s = 1 (RTN),
+  /// summed over the weights sharing the input when they share one scale (NaN for the other
+  /// methods), and where 1/s went ("LayerNormalization 'ln'", "Mul 'scale_x' (inserted)", ...).
+  double awq_alpha = std::numeric_limits<double>::quiet_NaN();
+  double awq_loss = std::numeric_limits<double>::quiet_NaN();
+  double awq_rtn_loss = std::numeric_limits<double>::quiet_NaN();
+  std::string awq_fold;
+  /// awq_clip, awq_full: the clip search's output error at the chosen ratios and at ratio 1.
+  double clip_loss = std::numeric_limits<double>::quiet_NaN();
+  double clip_rtn_loss = std::numeric_limits<double>::quiet_NaN();
   std::size_t bytes_before = 0, bytes_after = 0;
   double seconds = 0;
+};
+
+/// One embedding table in the report (--embeddings quantize, or found and kept).
+struct embedding_report {
+  tensor_report tensor;           ///< weight = the table, nodes = its Gathers, k = D, n = V
+  std::vector<std::string> tied;  ///< display names of the tied MatMul/Gemm nodes sharing it
+  bool shared = false;            ///< the tied nodes read the same quantized tensors as the Gathers
+  /// Bytes the tied nodes' own quantized copy would take (saved by sharing; 0 when not tied).
+  std::size_t bytes_saved_by_sharing = 0;
 };
 
 struct quantize_report {
   nlohmann::json config;  ///< the options, echoed
   std::vector<tensor_report> tensors;
+  std::vector<embedding_report> embeddings;  ///< every Gather table found (empty with keep)
   std::size_t weights_quantized = 0;
   std::size_t bytes_before = 0, bytes_after = 0;  ///< of the weights considered
   double seconds = 0;

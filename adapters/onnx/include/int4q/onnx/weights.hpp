@@ -4,6 +4,7 @@
 #define INT4Q_ONNX_WEIGHTS_HPP
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -78,6 +79,36 @@ struct weight_info {
 /// operand (a bias); it is a fact about the graph, set whether or not the weight is quantizable.
 /// Uses inside subgraphs are never taken for the lm_head.
 std::vector<weight_info> find_weights(const model& m);
+
+/// A Gather reading a constant table: the token embedding.
+struct embedding_info {
+  std::string name;  ///< the table (main-graph initializer or Constant output)
+  bool from_constant_node = false;
+  int constant_node_index = -1;  ///< index in the main graph
+  elem_type type = elem_type::other;
+  std::vector<std::int64_t> dims;  ///< as stored: [V, D] (rows = vocabulary)
+  std::size_t rows = 0, cols = 0;  ///< V and D
+  /// Every Gather (default domain, main graph, axis 0) with the table as data, in graph order
+  /// (op_type "Gather"; `trans_b` unused).
+  std::vector<weight_use> gathers;
+  /// Tied uses: MatMul/Gemm nodes (main graph) reading the table as B directly or through a
+  /// Transpose (perm [1, 0]). `trans_b` is true when the node multiplies by the table's
+  /// transpose (W[K, N] = table^T: Gemm transB = 1 on the table, MatMul on its Transpose), the
+  /// layout a lm_head needs; false when the node uses the table as [K, N] itself.
+  std::vector<weight_use> tied;
+  /// The Transpose nodes (main graph indices) between the table and tied uses.
+  std::vector<int> transposes;
+  bool quantizable = false;
+  std::string reason;  ///< why not, when !quantizable
+};
+
+/// Every constant table read by a Gather in the main graph (the embeddings), whether it can be
+/// quantized or not (reason: not 2-D, not float32/float16/bfloat16, a graph input, gathered on
+/// axis 1, read by anything other than Gather axis 0, MatMul/Gemm B or a Transpose feeding
+/// only those, read inside a subgraph, a graph output). Ordered by first Gather. find_weights is
+/// unchanged: a tied table stays "not quantizable" there (read by a Gather); quantize_model
+/// quantizes it as an embedding with --embeddings quantize and shares it with the tied uses.
+std::vector<embedding_info> find_embeddings(const model& m);
 
 /// The name a report and --include/--exclude use for a node: its name, or "<op>#<index>" (in a
 /// subgraph: "<scope>/<op>#<index>").

@@ -1,0 +1,508 @@
+// auto_quantize: candidate costs, Hessian-weighted scores, the exact budget solver, plans.
+#include <int4q/onnx/auto_quantize.hpp>
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <regex>
+#include <sstream>
+#include <utility>
+
+#include <int4q/activation_stats.hpp>
+#include <int4q/dequant.hpp>
+#include <int4q/error.hpp>
+#include <int4q/onnx/calibrate.hpp>
+#include <int4q/pack.hpp>
+#include <int4q/quantize.hpp>
+
+namespace int4q {
+namespace onnx {
+
+namespace {
+
+using ::onnx::GraphProto;
+using ::onnx::NodeProto;
+using ::onnx::TensorProto;
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+/// Digits only, at least one, no overflow for the sizes used here.
+bool parse_count(const std::string& s, std::size_t& out) {
+  if (s.empty() || s.size() > 9) return false;
+  out = 0;
+  for (char c : s) {
+    if (!std::isdigit(static_cast<unsigned char>(c))) return false;
+    out = out * 10 + static_cast<std::size_t>(c - '0');
+  }
+  return true;
+}
+
+std::string candidate_name(const auto_candidate& c) {
+  if (!c.quantize) return "none";
+  return "int" + std::to_string(c.bits) + "-" +
+         (c.group_size == 0 ? std::string("channel") : "g" + std::to_string(c.group_size));
+}
+
+/// The stored tensor of a weight: the initializer or the Constant node's value.
+const TensorProto& stored_tensor(const model& m, const weight_info& w) {
+  const GraphProto& g = graph_at(m.proto.graph(), w.defined_in);
+  if (w.from_constant_node) {
+    for (const auto& a : g.node(w.constant_node_index).attribute())
+      if (a.name() == "value" && a.has_t()) return a.t();
+  } else {
+    for (const auto& t : g.initializer())
+      if (t.name() == w.name) return t;
+  }
+  throw model_error(model_error::kind::invalid, "weight '" + w.name + "' has no stored tensor");
+}
+
+/// W[K, N] as the nodes multiply it (Gemm alpha folded in, as the writers do).
+xt::xtensor<float, 2> logical_weight(const model& m, const weight_info& w) {
+  xt::xtensor<float, 2> s = read_matrix(m, stored_tensor(m, w));
+  const bool trans = w.uses.front().trans_b;
+  xt::xtensor<float, 2> lw = trans ? xt::xtensor<float, 2>(xt::transpose(s)) : std::move(s);
+  if (lw.shape()[0] != w.k || lw.shape()[1] != w.n) {
+    throw model_error(model_error::kind::invalid,
+                      "weight '" + w.name + "' does not hold [K, N] = [" + std::to_string(w.k) +
+                          ", " + std::to_string(w.n) + "]");
+  }
+  const float alpha = w.uses.front().alpha;
+  if (alpha != 1.0f) {
+    for (auto& v : lw) v *= alpha;
+  }
+  return lw;
+}
+
+/// The grid of candidate `c` on top of the base grid, with scales in the weight's float type.
+int4q::quant_config grid_of(const weight_info& w, const auto_candidate& c,
+                            const int4q::quant_config& base) {
+  int4q::quant_config g = base;
+  g.bits = c.bits;
+  g.granularity = c.group_size == 0 ? grouping::per_channel : grouping::group;
+  if (c.group_size != 0) g.group_size = c.group_size;
+  if (w.type == elem_type::float16) g.scale_type = scale_type::float16;
+  if (w.type == elem_type::bfloat16) g.scale_type = scale_type::bfloat16;
+  return g;
+}
+
+/// trace(D^T H D) for D [K, N] (doubles), H [K, K].
+double hessian_trace(const xt::xtensor<double, 2>& h, const xt::xtensor<double, 2>& d) {
+  const std::size_t K = d.shape()[0], N = d.shape()[1];
+  auto hd = xt::xtensor<double, 2>::from_shape({K, N});
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(K), static_cast<int>(N),
+              static_cast<int>(K), 1.0, h.data(), static_cast<int>(K), d.data(),
+              static_cast<int>(N), 0.0, hd.data(), static_cast<int>(N));
+  double t = 0;
+  for (std::size_t i = 0; i < K * N; ++i) t += d.data()[i] * hd.data()[i];
+  return t;
+}
+
+/// The input tensor a weight's first node multiplies with it ("<scope>/<name>" in subgraphs).
+std::string input_of(const model& m, const weight_info& w) {
+  const weight_use& u = w.uses.front();
+  const NodeProto& n = graph_at(m.proto.graph(), u.path).node(u.node_index);
+  return (u.scope.empty() ? "" : u.scope + "/") + (n.input_size() > 0 ? n.input(0) : "");
+}
+
+std::string regex_escaped(const std::string& s) {
+  static const std::string special = R"(\^$.|?*+()[]{}/)";
+  std::string out;
+  for (char c : s) {
+    if (special.find(c) != std::string::npos) out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+bool matches(const std::regex& re, const weight_info& w) {
+  if (std::regex_search(w.name, re)) return true;
+  for (const auto& u : w.uses)
+    if (std::regex_search(display_name(u), re)) return true;
+  return false;
+}
+
+nlohmann::json candidate_json(const auto_candidate& c) {
+  nlohmann::json j = {{"name", c.name}, {"quantize", c.quantize}};
+  if (c.quantize) {
+    j["bits"] = c.bits;
+    j["group_size"] = c.group_size;
+  }
+  return j;
+}
+
+[[noreturn]] void bad_plan(const std::string& what) {
+  throw model_error(model_error::kind::invalid, "plan: " + what);
+}
+
+}  // namespace
+
+auto_candidate parse_candidate(const std::string& text) {
+  const std::string t = lower(text);
+  auto_candidate c;
+  c.name = t;
+  if (t == "none" || t == "float" || t == "fp") {
+    c.quantize = false;
+    c.bits = 0;
+    c.name = "none";
+    return c;
+  }
+  const std::size_t dash = t.find('-');
+  std::size_t bits = 0;
+  if (t.rfind("int", 0) == 0 && dash != std::string::npos &&
+      parse_count(t.substr(3, dash - 3), bits) && bits >= 2 && bits <= 8) {
+    c.bits = static_cast<int>(bits);
+    const std::string g = t.substr(dash + 1);
+    std::size_t size = 0;
+    if (g == "channel" || g == "per-channel") {
+      c.group_size = 0;
+      c.name = candidate_name(c);
+      return c;
+    }
+    if (g.size() > 1 && g[0] == 'g' && parse_count(g.substr(1), size) && size > 0) {
+      c.group_size = size;
+      c.name = candidate_name(c);
+      return c;
+    }
+  }
+  throw config_error("candidate '" + text +
+                     "' is not one of none, int<2-8>-g<N> (e.g. int4-g128) or "
+                     "int<2-8>-channel");
+}
+
+std::vector<auto_candidate> default_candidates(output_format format) {
+  std::vector<auto_candidate> c = {
+      parse_candidate("int4-g32"), parse_candidate("int4-g128"),
+      parse_candidate(format == output_format::matmulnbits ? "int8-g128" : "int8-channel"),
+      parse_candidate("none")};
+  return c;
+}
+
+std::uint64_t candidate_bits(const weight_info& w, const auto_candidate& c,
+                             const int4q::quant_config& base, output_format format) {
+  const std::uint64_t K = w.k, N = w.n, es = elem_size(w.type);
+  if (!c.quantize) return K * N * es * 8;
+  const int4q::quant_config g = grid_of(w, c, base);
+  const std::uint64_t gs = g.effective_group_size(w.k), G = g.num_groups(w.k);
+  std::uint64_t bytes = N * G * es;  // scales, in the weight's float type
+  if (format == output_format::matmulnbits) {
+    // B [N, G, group * bits / 8] (the last group padded), zero points [N, ceil(G * bits / 8)].
+    bytes += N * G * (gs * static_cast<std::uint64_t>(c.bits) / 8);
+    if (g.has_zero_points()) bytes += N * ((G * static_cast<std::uint64_t>(c.bits) + 7) / 8);
+  } else {
+    // DequantizeLinear: codes packed flat, zero points packed flat beside the scales. (fake
+    // stores floats; its cost is the qdq form it stands for.)
+    bytes += int4q::packed_bytes(K * N, c.bits);
+    if (g.has_zero_points()) bytes += int4q::packed_bytes(N * G, c.bits);
+  }
+  return bytes * 8;
+}
+
+std::vector<std::size_t> solve_choice(const std::vector<std::vector<choice_item>>& groups,
+                                      std::uint64_t capacity) {
+  // One state per Pareto-optimal (cost, score) of the groups so far, with its way back.
+  struct state {
+    std::uint64_t cost;
+    double score;
+    std::size_t prev;  ///< index in the previous layer
+    std::size_t item;  ///< item taken in this group
+  };
+  std::uint64_t cheapest = 0;
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    if (groups[g].empty())
+      throw config_error("solve_choice: group " + std::to_string(g) + " is empty");
+    std::uint64_t c = std::numeric_limits<std::uint64_t>::max();
+    for (const auto& it : groups[g]) c = std::min(c, it.cost);
+    cheapest += c;
+  }
+  if (cheapest > capacity) {
+    throw config_error("no choice fits: the cheapest costs " + std::to_string(cheapest) +
+                       ", the capacity is " + std::to_string(capacity));
+  }
+  std::vector<std::vector<state>> layers;
+  layers.push_back({{0, 0.0, 0, 0}});
+  for (const auto& items : groups) {
+    const auto& prev = layers.back();
+    std::vector<state> next;
+    next.reserve(prev.size() * items.size());
+    for (std::size_t p = 0; p < prev.size(); ++p) {
+      for (std::size_t i = 0; i < items.size(); ++i) {
+        const std::uint64_t c = prev[p].cost + items[i].cost;
+        if (c > capacity) continue;
+        next.push_back({c, prev[p].score + items[i].score, p, i});
+      }
+    }
+    // Keep a state only when its score is below that of every state at most as costly (stable
+    // order: equal cost and score keep the earlier item).
+    std::stable_sort(next.begin(), next.end(), [](const state& a, const state& b) {
+      return a.cost != b.cost ? a.cost < b.cost : a.score < b.score;
+    });
+    std::vector<state> frontier;
+    for (const state& s : next) {
+      if (frontier.empty() || s.score < frontier.back().score) frontier.push_back(s);
+    }
+    layers.push_back(std::move(frontier));
+  }
+  // The last frontier's scores decrease with cost: its last state is the best.
+  std::vector<std::size_t> choice(groups.size());
+  std::size_t at = layers.back().size() - 1;
+  for (std::size_t g = groups.size(); g > 0; --g) {
+    const state& s = layers[g][at];
+    choice[g - 1] = s.item;
+    at = s.prev;
+  }
+  return choice;
+}
+
+std::vector<const weight_info*> plan_candidates(const std::vector<weight_info>& weights,
+                                                const quantize_options& options) {
+  std::vector<std::regex> include, exclude, skip;
+  for (const auto& p : options.include) include.emplace_back(p, std::regex::ECMAScript);
+  for (const auto& p : options.exclude) exclude.emplace_back(p, std::regex::ECMAScript);
+  std::vector<const weight_info*> out;
+  for (const weight_info& w : weights) {
+    if (!w.quantizable) continue;
+    if (w.is_lm_head && options.lm_head != lm_head_policy::quantize) continue;
+    bool in = include.empty();
+    for (const auto& re : include) in = in || matches(re, w);
+    for (const auto& re : exclude) in = in && !matches(re, w);
+    // The first matching override decides; one that skips takes the weight out of the plan.
+    for (const auto& o : options.overrides) {
+      if (matches(std::regex(o.match, std::regex::ECMAScript), w)) {
+        in = in && !o.skip.value_or(false);
+        break;
+      }
+    }
+    if (in) out.push_back(&w);
+  }
+  return out;
+}
+
+quant_plan auto_plan(const model& m, const quantize_options& options, const auto_options& a) {
+  if (!(a.effective_bits > 0) || !std::isfinite(a.effective_bits)) {
+    throw config_error("effective bits must be a positive number");
+  }
+  const std::vector<auto_candidate> cands =
+      a.candidates.empty() ? default_candidates(options.format) : a.candidates;
+  for (const auto& c : cands) {
+    if (!c.quantize) continue;
+    if (options.format == output_format::matmulnbits &&
+        (c.group_size < 16 || c.group_size > 256 || (c.group_size & (c.group_size - 1)) != 0 ||
+         (c.bits != 2 && c.bits != 4 && c.bits != 8))) {
+      throw config_error("candidate '" + c.name +
+                         "' cannot be stored by MatMulNBits (2, 4 or 8 bits, a group of a power "
+                         "of two 16..256)");
+    }
+    if (options.format == output_format::qdq && c.bits != 4 && c.bits != 8) {
+      throw config_error("candidate '" + c.name +
+                         "' cannot be stored by DequantizeLinear-21 (4 or 8 bits)");
+    }
+  }
+  if (!options.calibration.data) {
+    throw model_error(model_error::kind::invalid,
+                      "auto_quantize needs calibration data (quantize_options::calibration.data)");
+  }
+  const std::vector<weight_info> all = find_weights(m);
+  const std::vector<const weight_info*> ws = plan_candidates(all, options);
+  if (ws.empty()) {
+    throw model_error(model_error::kind::unsupported, "auto_quantize: no weight to quantize");
+  }
+
+  // Statistics in passes that fit parallel_stats_bytes (one pass without rewind).
+  std::map<std::string, activation_stats> stats;
+  collect_options co;
+  co.threads = options.threads;
+  co.stats.sample_rows = 0;
+  co.on_progress = a.on_progress;
+  std::vector<std::vector<const weight_info*>> passes(1);
+  std::uint64_t held = 0;
+  for (const weight_info* w : ws) {
+    const std::uint64_t bytes = std::uint64_t(w->k) * w->k * sizeof(double);
+    if (options.calibration.rewind && !passes.back().empty() &&
+        held + bytes > options.calibration.parallel_stats_bytes) {
+      passes.emplace_back();
+      held = 0;
+    }
+    passes.back().push_back(w);
+    held += bytes;
+  }
+
+  quant_plan plan;
+  plan.candidates = cands;
+  plan.budget = a.effective_bits;
+  plan.format = to_string(options.format);
+  int4q::quant_options qo;
+  qo.threads = options.threads;
+  for (std::size_t p = 0; p < passes.size(); ++p) {
+    if (p > 0) options.calibration.rewind();
+    auto got = collect_activation_stats(m, passes[p], options.calibration.data, co);
+    for (const weight_info* w : passes[p]) {
+      const xt::xtensor<double, 2> h = got.at(w->name).hessian();
+      got.erase(w->name);
+      const xt::xtensor<float, 2> lw = logical_weight(m, *w);
+      plan_weight pw;
+      pw.weight = w->name;
+      for (const auto& u : w->uses) pw.nodes.push_back(display_name(u));
+      pw.input = input_of(m, *w);
+      pw.k = w->k;
+      pw.n = w->n;
+      for (const auto& c : cands) {
+        pw.costs.push_back(candidate_bits(*w, c, options.config, options.format));
+        if (!c.quantize) {
+          pw.scores.push_back(0.0);
+          continue;
+        }
+        const xt::xtensor<float, 2> dq = int4q::qdq(lw, grid_of(*w, c, options.config), qo);
+        auto d = xt::xtensor<double, 2>::from_shape({w->k, w->n});
+        for (std::size_t i = 0; i < d.size(); ++i)
+          d.data()[i] = double(lw.data()[i]) - double(dq.data()[i]);
+        pw.scores.push_back(hessian_trace(h, d));
+      }
+      plan.weights.push_back(std::move(pw));
+    }
+  }
+  // Model order, then groups by shared input.
+  std::map<std::string, std::size_t> order;
+  for (std::size_t i = 0; i < ws.size(); ++i) order[ws[i]->name] = i;
+  std::sort(plan.weights.begin(), plan.weights.end(),
+            [&](const plan_weight& x, const plan_weight& y) {
+              return order.at(x.weight) < order.at(y.weight);
+            });
+  std::vector<std::string> group_inputs;
+  std::map<std::string, std::vector<std::size_t>> members;
+  for (std::size_t i = 0; i < plan.weights.size(); ++i) {
+    auto& m_ = members[plan.weights[i].input];
+    if (m_.empty()) group_inputs.push_back(plan.weights[i].input);
+    m_.push_back(i);
+  }
+  std::vector<std::vector<choice_item>> groups;
+  for (const std::string& in : group_inputs) {
+    std::vector<choice_item> items(cands.size());
+    for (std::size_t c = 0; c < cands.size(); ++c) {
+      for (const std::size_t i : members[in]) {
+        items[c].cost += plan.weights[i].costs[c];
+        items[c].score += plan.weights[i].scores[c];
+      }
+    }
+    groups.push_back(std::move(items));
+  }
+  for (const auto& pw : plan.weights) plan.total_weights += std::uint64_t(pw.k) * pw.n;
+  const long double cap = static_cast<long double>(a.effective_bits) * plan.total_weights;
+  const std::uint64_t capacity = static_cast<std::uint64_t>(std::floor(cap + 1e-9L));
+  std::uint64_t cheapest = 0;
+  for (const auto& g : groups) {
+    std::uint64_t c = std::numeric_limits<std::uint64_t>::max();
+    for (const auto& it : g) c = std::min(c, it.cost);
+    cheapest += c;
+  }
+  if (cheapest > capacity) {
+    std::ostringstream s;
+    s.precision(6);
+    s << "--effective-bits " << a.effective_bits
+      << " is below the cheapest plan of these candidates: the smallest feasible budget is "
+      << std::ceil(1e4 * double(cheapest) / double(plan.total_weights)) / 1e4 << " bits per weight";
+    throw config_error(s.str());
+  }
+  const std::vector<std::size_t> pick = solve_choice(groups, capacity);
+  for (std::size_t g = 0; g < group_inputs.size(); ++g) {
+    for (const std::size_t i : members[group_inputs[g]]) {
+      plan_weight& pw = plan.weights[i];
+      pw.choice = cands[pick[g]];
+      pw.score = pw.scores[pick[g]];
+      pw.bits = pw.costs[pick[g]];
+      plan.total_bits += pw.bits;
+      plan.total_score += pw.score;
+    }
+  }
+  plan.effective_bits = double(plan.total_bits) / double(plan.total_weights);
+  return plan;
+}
+
+std::vector<node_override> plan_overrides(const quant_plan& plan) {
+  std::vector<node_override> out;
+  for (const auto& pw : plan.weights) {
+    node_override o;
+    o.match = "^" + regex_escaped(pw.weight) + "$";
+    if (!pw.choice.quantize) {
+      o.skip = true;
+    } else {
+      o.bits = pw.choice.bits;
+      o.group_size = pw.choice.group_size;
+    }
+    out.push_back(std::move(o));
+  }
+  return out;
+}
+
+nlohmann::json to_json(const quant_plan& plan) {
+  nlohmann::json j;
+  j["int4q_plan"] = 1;
+  j["format"] = plan.format;
+  j["budget_effective_bits"] = plan.budget;
+  j["effective_bits"] = plan.effective_bits;
+  j["total_bits"] = plan.total_bits;
+  j["total_weights"] = plan.total_weights;
+  j["total_score"] = plan.total_score;
+  j["score"] = "trace(dW^T H dW), H = X^T X of calibration activations (float model)";
+  j["candidates"] = nlohmann::json::array();
+  for (const auto& c : plan.candidates) j["candidates"].push_back(candidate_json(c));
+  j["weights"] = nlohmann::json::array();
+  for (const auto& pw : plan.weights) {
+    nlohmann::json w = {{"weight", pw.weight}, {"nodes", pw.nodes}, {"input", pw.input},
+                        {"k", pw.k},           {"n", pw.n},         {"choice", pw.choice.name},
+                        {"bits", pw.bits},     {"score", pw.score}};
+    if (!pw.scores.empty()) {
+      nlohmann::json per = nlohmann::json::object();
+      for (std::size_t c = 0; c < plan.candidates.size(); ++c)
+        per[plan.candidates[c].name] = {{"score", pw.scores[c]}, {"bits", pw.costs[c]}};
+      w["candidates"] = per;
+    }
+    j["weights"].push_back(std::move(w));
+  }
+  return j;
+}
+
+quant_plan plan_from_json(const nlohmann::json& j) {
+  if (!j.is_object() || !j.contains("weights") || !j["weights"].is_array()) {
+    bad_plan("expected an object with a \"weights\" array (written by --plan-out)");
+  }
+  quant_plan plan;
+  plan.format = j.value("format", "");
+  plan.budget = j.value("budget_effective_bits", 0.0);
+  for (std::size_t i = 0; i < j["weights"].size(); ++i) {
+    const auto& w = j["weights"][i];
+    const std::string where = "weights[" + std::to_string(i) + "]";
+    if (!w.is_object() || !w.contains("weight") || !w["weight"].is_string() ||
+        !w.contains("choice") || !w["choice"].is_string()) {
+      bad_plan(where + " needs \"weight\" and \"choice\" strings");
+    }
+    plan_weight pw;
+    pw.weight = w["weight"].get<std::string>();
+    try {
+      pw.choice = parse_candidate(w["choice"].get<std::string>());
+    } catch (const config_error& e) {
+      bad_plan(where + ": " + e.what());
+    }
+    if (w.contains("k") && w["k"].is_number_unsigned()) pw.k = w["k"].get<std::size_t>();
+    if (w.contains("n") && w["n"].is_number_unsigned()) pw.n = w["n"].get<std::size_t>();
+    if (w.contains("bits") && w["bits"].is_number_unsigned())
+      pw.bits = w["bits"].get<std::uint64_t>();
+    pw.score =
+        w.contains("score") && w["score"].is_number() ? w["score"].get<double>() : std::nan("");
+    plan.total_bits += pw.bits;
+    plan.total_weights += std::uint64_t(pw.k) * pw.n;
+    plan.weights.push_back(std::move(pw));
+  }
+  plan.effective_bits =
+      plan.total_weights ? double(plan.total_bits) / double(plan.total_weights) : 0.0;
+  return plan;
+}
+
+}  // namespace onnx
+}  // namespace int4q
