@@ -263,13 +263,14 @@ void check_options(const ox::quantize_options& q, bool rounding_given,
 
 // ---- --config FILE ------------------------------------------------------------------------------
 
-nlohmann::json read_config(const fs::path& path) {
-  require_readable_file(path, "--config file");
+/// A JSON file named by option `what` ("--config file", "--plan file").
+nlohmann::json read_json_file(const fs::path& path, const std::string& what = "--config file") {
+  require_readable_file(path, what);
   std::ifstream in(path, std::ios::binary);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) {
     throw ox::model_error(ox::model_error::kind::io,
-                          "cannot read --config file '" + path.string() + "'");
+                          "cannot read " + what + " '" + path.string() + "'");
   }
   try {
     return nlohmann::json::parse(text);
@@ -282,7 +283,7 @@ nlohmann::json read_config(const fs::path& path) {
     std::string why = e.what();
     const std::size_t colon = why.find(": ");
     if (colon != std::string::npos) why = why.substr(colon + 2);
-    throw usage_error("--config file '" + path.string() + "' is not valid JSON (line " +
+    throw usage_error(what + " '" + path.string() + "' is not valid JSON (line " +
                       std::to_string(line) + ", column " + std::to_string(column) + "): " + why);
   }
 }
@@ -681,7 +682,7 @@ ox::quantize_options to_quantize_options(const quantize_command_options& o,
 void run_quantize(const quantize_command_options& o) {
   const auto start = clock_type::now();
   const nlohmann::json config =
-      o.config_file.empty() ? nlohmann::json(nullptr) : read_config(o.config_file);
+      o.config_file.empty() ? nlohmann::json(nullptr) : read_json_file(o.config_file);
   ox::quantize_options q = to_quantize_options(o, config);
   if (o.auto_plan && !o.effective_bits) {
     throw usage_error("--auto needs --effective-bits B (stored bits per weight, e.g. 4.5)");
@@ -748,7 +749,7 @@ void run_quantize(const quantize_command_options& o) {
     next_sample = 0;  // the method reads the data again from its start
     if (!o.plan_out.empty()) write_file_atomically(o.plan_out, ox::to_json(*plan).dump(2) + "\n");
   } else if (!o.plan_in.empty()) {
-    plan = ox::plan_from_json(read_config(o.plan_in));
+    plan = ox::plan_from_json(read_json_file(o.plan_in, "--plan file"));
     std::map<std::string, bool> known;
     for (const auto& w : ox::find_weights(m)) known[w.name] = w.quantizable;
     for (const auto& w : plan->weights) {

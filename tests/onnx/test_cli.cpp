@@ -382,6 +382,33 @@ TEST_F(CliQuantize, GptqWithCalibrationDataReportsItsLossesAndIgnoresThreads) {
                  2, {"--static-groups", "g_idx"});
 }
 
+TEST_F(CliQuantize, AutoPlanWithinABudgetWrittenAndAppliedAgain) {
+  require_devgpt();
+  const std::string cal = (devgpt_dir / "devgpt_cal.u8").string();
+  const result a = run({"quantize", devgpt.string(), "-o", "auto.onnx", "--lm-head", "quantize",
+                        "--auto", "--effective-bits", "4.5", "--calib", cal, "--calib-samples", "8",
+                        "--plan-out", "plan.json", "--report", "-"});
+  ASSERT_EQ(a.status, 0) << describe(a);
+  const auto report = json::parse(a.out);
+  const double achieved = report["effective_bits"].get<double>();
+  EXPECT_LE(achieved, 4.5);
+  EXPECT_GT(achieved, 4.25);  // more than uniform int4 g128 (4.28 with its scales): used
+  const auto plan = json::parse(read_text(dir_ / "plan.json"));
+  ASSERT_TRUE(plan.is_object()) << read_text(dir_ / "plan.json");
+  // Applying the written plan (no calibration) writes the same model.
+  const result b = run({"quantize", devgpt.string(), "-o", "again.onnx", "--lm-head", "quantize",
+                        "--plan", "plan.json", "-q"});
+  ASSERT_EQ(b.status, 0) << describe(b);
+  EXPECT_TRUE(read_text(dir_ / "auto.onnx") == read_text(dir_ / "again.onnx"))
+      << "--plan must reproduce the model --auto wrote";
+  // Below the cheapest plan: a usage error naming the smallest feasible budget.
+  expect_failure({"quantize", devgpt.string(), "-o", "low.onnx", "--lm-head", "quantize", "--auto",
+                  "--effective-bits", "3", "--calib", cal, "--calib-samples", "4", "-q"},
+                 2, {"smallest feasible budget"});
+  expect_failure({"quantize", devgpt.string(), "-o", "x.onnx", "--plan", "missing.json"}, 3,
+                 {"--plan file"});
+}
+
 TEST_F(CliQuantize, OverwritesAnExistingOutput) {
   write_model(small_model(), dir_ / "small.onnx");
   {
