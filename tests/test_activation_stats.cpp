@@ -44,6 +44,9 @@ TEST(ActivationStats, AgreeWithTheDefinitions) {
     EXPECT_EQ(s.rows(), rows);
     const auto h = s.hessian();
     const auto mean = s.mean_abs();
+    const auto upper = s.hessian_upper();  // in place: the same values above the diagonal
+    ASSERT_EQ(upper.shape()[0], K);
+    ASSERT_EQ(upper.shape()[1], K);
     const auto mx = s.max_abs();
     for (std::size_t a = 0; a < K; ++a) {
       double sum_abs = 0;
@@ -62,6 +65,7 @@ TEST(ActivationStats, AgreeWithTheDefinitions) {
         }
         EXPECT_NEAR(h(a, b), ref, kSumOrderTolerance * mag) << a << ", " << b;
         EXPECT_EQ(h(a, b), h(b, a));
+        if (b >= a) EXPECT_EQ(upper(a, b), h(a, b)) << a << ", " << b;
       }
     }
   }

@@ -28,12 +28,14 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include <xtensor/xadapt.hpp>
 #include <xtensor/xtensor.hpp>
 
 // begin file include/int4q/detail/input.hpp
@@ -372,6 +374,13 @@ class activation_stats {
       for (std::size_t b = a; b < k_; ++b) h(a, b) = h(b, a) = h_[a * k_ + b];
     }
     return h;
+  }
+  /// H in place, without hessian()'s symmetric copy: a row-major [K, K] view of the accumulator
+  /// whose upper triangle (b >= a) holds H[a, b]; entries below the diagonal are unspecified.
+  /// What gptq() reads (it reads the upper triangle only). Valid while this object lives.
+  auto hessian_upper() const {
+    if (!o_.hessian) throw config_error("activation_stats: hessian = false in the options");
+    return xt::adapt(h_.data(), k_ * k_, xt::no_ownership(), std::array<std::size_t, 2>{k_, k_});
   }
   xt::xtensor<double, 1> mean_abs() const {
     auto m = xt::xtensor<double, 1>::from_shape({k_});

@@ -79,6 +79,8 @@ struct sequential_calibration::impl {
   /// valid.
   std::string cached_name;
   std::unique_ptr<activation_stats> cached;
+  /// Per activation name: the weights (first main-graph uses) that have yet to ask for it.
+  std::map<std::string, std::size_t> readers;
   std::vector<const weight_info*> subgraph_only;
   std::map<std::string, activation_stats> subgraph_stats;
   bool subgraph_done = false;
@@ -111,8 +113,14 @@ sequential_calibration::sequential_calibration(const model& m,
                                                const batch_source& source,
                                                const collect_options& options)
     : p_(std::make_unique<impl>(m, options)) {
-  for (const weight_info* w : weights)
-    if (first_main_use(*w) < 0) p_->subgraph_only.push_back(w);
+  for (const weight_info* w : weights) {
+    const int first = first_main_use(*w);
+    if (first < 0) {
+      p_->subgraph_only.push_back(w);
+    } else {
+      ++p_->readers[m.proto.graph().node(first).input(0)];
+    }
+  }
   std::map<std::string, value> batch;
   while (source(batch)) {
     if (!p_->subgraph_only.empty()) p_->inputs.push_back(batch);
@@ -159,9 +167,15 @@ activation_stats sequential_calibration::stats_for(const weight_info& w) {
   }
   const ::onnx::NodeProto& node = p.m.proto.graph().node(node_index);
   const std::string& name = node.input(0);
+  // Weights still to ask for this activation after this one: the last reader takes the cached
+  // statistics (no copy: H is K x K doubles).
+  const std::size_t others = --p.readers[name];
   if (p.cached && p.cached_name == name) {
     for (executor::session& s : p.runs) p.ex.advance(s, node_index, p.hooks);
-    return *p.cached;
+    if (others > 0) return *p.cached;
+    activation_stats last = std::move(*p.cached);
+    p.cached.reset();
+    return last;
   }
   activation_stats stats(w.k, p.options.stats);
   for (executor::session& s : p.runs) {
@@ -179,8 +193,11 @@ activation_stats sequential_calibration::stats_for(const weight_info& w) {
     const activation_rows r = rows_of(w, node, *a);
     stats.add(r.data, r.rows);
   }
-  p.cached_name = name;
-  p.cached = std::make_unique<activation_stats>(stats);
+  p.cached.reset();
+  if (others > 0) {
+    p.cached_name = name;
+    p.cached = std::make_unique<activation_stats>(stats);
+  }
   return stats;
 }
 

@@ -222,13 +222,16 @@ class calibration {
       quantized<float> q;
       try {
         if (needs_hessian(job.algo)) {
-          xt::xtensor<double, 2> h = stats.hessian();
+          // GPTQ reads H's upper triangle: in place (no K x K copy) unless AWQ scaled x.
+          xt::xtensor<double, 2> scaled;
           if (s) {  // the Hessian of x / s
-            for (std::size_t a = 0; a < h.shape()[0]; ++a)
-              for (std::size_t b = 0; b < h.shape()[1]; ++b)
-                h(a, b) /= static_cast<double>(s[a]) * static_cast<double>(s[b]);
+            scaled = stats.hessian();
+            for (std::size_t a = 0; a < scaled.shape()[0]; ++a)
+              for (std::size_t b = 0; b < scaled.shape()[1]; ++b)
+                scaled(a, b) /= static_cast<double>(s[a]) * static_cast<double>(s[b]);
           }
-          auto result = int4q::gptq(lw, h, job.config, options_.gptq);
+          auto result = s ? int4q::gptq(lw, scaled, job.config, options_.gptq)
+                          : int4q::gptq(lw, stats.hessian_upper(), job.config, options_.gptq);
           r.hessian_loss = result.report.loss;
           r.rtn_hessian_loss = result.report.rtn_loss;
           r.damp_retries = result.report.retries;
