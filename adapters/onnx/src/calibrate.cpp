@@ -142,8 +142,8 @@ activation_stats sequential_calibration::stats_for(const weight_info& w) {
         b = p.inputs[next++];
         return true;
       };
-      // The replacements reach these runs through a model-independent hook: collect with a
-      // local executor pass that also applies them.
+      // One run per batch with the replacements made so far (p.hooks), collecting the rows of
+      // the weights used only inside subgraphs.
       std::map<std::string, activation_stats> stats;
       for (const weight_info* s : p.subgraph_only)
         stats.emplace(s->name, activation_stats(s->k, p.options.stats));
