@@ -24,7 +24,9 @@
 #include <int4q/onnx/executor.hpp>
 #include <int4q/onnx/model.hpp>
 #include <int4q/onnx/quantize_model.hpp>
+
 #include <int4q/quantize.hpp>
+#include "onnx/devgpt_eval.hpp"
 
 #include "graph_builder.hpp"
 
@@ -288,55 +290,9 @@ TEST(AutoPlan, InfeasibleBudgetNamesTheSmallestFeasibleOne) {
 
 // ---- devgpt -------------------------------------------------------------------------------------
 
-const fs::path devgpt_dir = fs::path(INT4Q_SOURCE_DIR) / ".." / "shared" / "models" / "devgpt";
-
-/// Mean next-byte NLL (nats/byte) on devgpt_val.u8: 64 windows of 128 predictions, evenly
-/// spaced (int4q eval's protocol).
-double nats_per_byte(const ox::model& m) {
-  std::ifstream in(devgpt_dir / "devgpt_val.u8", std::ios::binary);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::size_t windows = 64, len = 129, seq = 128, batch = 16, vocab = 256;
-  const ox::executor e(m);
-  double nll = 0;
-  for (std::size_t b0 = 0; b0 < windows; b0 += batch) {
-    std::vector<std::int64_t> ids(batch * seq);
-    std::vector<int> targets(batch * seq);
-    for (std::size_t w = 0; w < batch; ++w) {
-      const std::size_t off = ((b0 + w) * (text.size() - len)) / (windows - 1);
-      for (std::size_t t = 0; t < seq; ++t) {
-        ids[w * seq + t] = static_cast<unsigned char>(text[off + t]);
-        targets[w * seq + t] = static_cast<unsigned char>(text[off + t + 1]);
-      }
-    }
-    const auto out =
-        e.run({{"input_ids", ox::value::ints({std::int64_t(batch), std::int64_t(seq)}, ids)}});
-    const ox::value& logits = out.at("logits");
-    for (std::size_t r = 0; r < batch * seq; ++r) {
-      const float* z = logits.f.data() + r * vocab;
-      double mx = -INFINITY, s = 0;
-      for (std::size_t v = 0; v < vocab; ++v) mx = std::max(mx, double(z[v]));
-      for (std::size_t v = 0; v < vocab; ++v) s += std::exp(z[v] - mx);
-      nll += mx + std::log(s) - z[targets[r]];
-    }
-  }
-  return nll / double(windows * seq);
-}
-
-ox::batch_source devgpt_calibration(const ox::model& m, std::size_t samples) {
-  ox::calib_options o;
-  o.path = devgpt_dir / "devgpt_cal.u8";
-  o.seq_len = 128;
-  o.samples = samples;
-  const ox::calib_data data = ox::calib_data::open(m, o);
-  auto next = std::make_shared<std::size_t>(0);
-  return [data, next](std::map<std::string, ox::value>& in) {
-    if (*next >= data.samples()) return false;
-    const std::size_t count = std::min<std::size_t>(8, data.samples() - *next);
-    in = data.batch(*next, count);
-    *next += count;
-    return true;
-  };
-}
+const fs::path devgpt_dir = int4q::test::devgpt_dir();
+using int4q::test::devgpt_calibration;
+using int4q::test::devgpt_nats_per_byte;
 
 struct outcome {
   double loss = 0;  ///< nats/byte above fp32
@@ -356,7 +312,7 @@ outcome run_with(const ox::model& fp32, double base, const std::vector<ox::node_
     bits += 8u * (t.quantized ? t.bytes_after : t.bytes_before);
     weights += std::uint64_t(t.k) * t.n;
   }
-  return {nats_per_byte(m) - base, double(bits) / double(weights)};
+  return {devgpt_nats_per_byte(m) - base, double(bits) / double(weights)};
 }
 
 ox::quant_plan devgpt_plan(const ox::model& fp32, double budget) {
@@ -373,7 +329,7 @@ ox::quant_plan devgpt_plan(const ox::model& fp32, double budget) {
 // beats the hand rule.
 TEST(AutoDevgpt, AutoPlanBeatsUniformInt4AndTheHandRule) {
   const ox::model fp32 = ox::load_model(devgpt_dir / "devgpt_fp32.onnx");
-  const double base = nats_per_byte(fp32);
+  const double base = devgpt_nats_per_byte(fp32);
 
   ox::node_override g128;
   g128.match = ".*";

@@ -30,71 +30,18 @@
 #include <int4q/onnx/model.hpp>
 #include <int4q/onnx/quantize_model.hpp>
 
+#include "onnx/cli_runner.hpp"
+#include "onnx/devgpt_eval.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
 namespace ox = int4q::onnx;
 
-const fs::path devgpt_dir = fs::path(INT4Q_SOURCE_DIR) / ".." / "shared" / "models" / "devgpt";
-
-/// Mean next-byte NLL (nats/byte) on devgpt_val.u8: 64 windows of 128 predictions, evenly
-/// spaced (int4q eval's protocol).
-double nats_per_byte(const ox::model& m) {
-  std::ifstream in(devgpt_dir / "devgpt_val.u8", std::ios::binary);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::size_t windows = 64, len = 129, seq = 128, batch = 16, vocab = 256;
-  const ox::executor e(m);
-  double nll = 0;
-  for (std::size_t b0 = 0; b0 < windows; b0 += batch) {
-    std::vector<std::int64_t> ids(batch * seq);
-    std::vector<int> targets(batch * seq);
-    for (std::size_t w = 0; w < batch; ++w) {
-      const std::size_t off = ((b0 + w) * (text.size() - len)) / (windows - 1);
-      for (std::size_t t = 0; t < seq; ++t) {
-        ids[w * seq + t] = static_cast<unsigned char>(text[off + t]);
-        targets[w * seq + t] = static_cast<unsigned char>(text[off + t + 1]);
-      }
-    }
-    const auto out =
-        e.run({{"input_ids", ox::value::ints({std::int64_t(batch), std::int64_t(seq)}, ids)}});
-    const ox::value& logits = out.at("logits");
-    for (std::size_t r = 0; r < batch * seq; ++r) {
-      const float* z = logits.f.data() + r * vocab;
-      double mx = -INFINITY, s = 0;
-      for (std::size_t v = 0; v < vocab; ++v) mx = std::max(mx, double(z[v]));
-      for (std::size_t v = 0; v < vocab; ++v) s += std::exp(z[v] - mx);
-      nll += mx + std::log(s) - z[targets[r]];
-    }
-  }
-  return nll / double(windows * seq);
-}
-
-/// The calibration windows of devgpt_cal.u8 (a text the validation file does not contain), in
-/// batches of 8.
-ox::batch_source calibration(const ox::model& m, std::size_t samples) {
-  ox::calib_options o;
-  o.path = devgpt_dir / "devgpt_cal.u8";
-  o.seq_len = 128;
-  o.samples = samples;
-  const ox::calib_data data = ox::calib_data::open(m, o);
-  auto next = std::make_shared<std::size_t>(0);
-  return [data, next](std::map<std::string, ox::value>& in) {
-    if (*next >= data.samples()) return false;
-    const std::size_t count = std::min<std::size_t>(8, data.samples() - *next);
-    in = data.batch(*next, count);
-    *next += count;
-    return true;
-  };
-}
-
-/// BLAS on one thread, as the int4q CLI runs it.
-void set_blas_threads(int n) {
-#if defined(OPENBLAS_VERSION)
-  openblas_set_num_threads(n);
-#else
-  (void)n;
-#endif
-}
+const fs::path devgpt_dir = int4q::test::devgpt_dir();
+using int4q::test::devgpt_calibration;
+using int4q::test::devgpt_nats_per_byte;
+using int4q::test::set_blas_threads;
 
 std::string serialized(const ox::model& m) {
   std::string s;
@@ -107,7 +54,7 @@ ox::quantize_options devgpt_options(ox::method method, const ox::model& fp32) {
   o.config.group_size = 128;
   o.lm_head = ox::lm_head_policy::quantize;
   o.algo = method;
-  if (method != ox::method::rtn) o.calibration.data = calibration(fp32, 64);
+  if (method != ox::method::rtn) o.calibration.data = devgpt_calibration(fp32, 64);
   return o;
 }
 
@@ -121,7 +68,7 @@ scored quantize_and_score(const ox::model& fp32, double fp32_nll, const ox::quan
   scored s;
   s.model = fp32;
   s.report = ox::quantize_model(s.model, o);
-  s.loss = nats_per_byte(s.model) - fp32_nll;
+  s.loss = devgpt_nats_per_byte(s.model) - fp32_nll;
   return s;
 }
 
@@ -137,7 +84,7 @@ std::size_t count_ops(const ox::model& m, const std::string& op) {
 TEST(AwqModel, DevgptEachVariantBeatsRtn) {
   set_blas_threads(1);
   const ox::model fp32 = ox::load_model(devgpt_dir / "devgpt_fp32.onnx");
-  const double base = nats_per_byte(fp32);
+  const double base = devgpt_nats_per_byte(fp32);
   const scored rtn = quantize_and_score(fp32, base, devgpt_options(ox::method::rtn, fp32));
   std::cout << "[awq devgpt] g128 rtn: loss " << rtn.loss << " nats/byte\n";
   ASSERT_GT(rtn.loss, 0.0);
@@ -193,12 +140,12 @@ TEST(AwqModel, DevgptEachVariantBeatsRtn) {
 TEST(AwqModel, TheThreeWritersStoreTheSameScaledWeights) {
   set_blas_threads(1);
   const ox::model fp32 = ox::load_model(devgpt_dir / "devgpt_fp32.onnx");
-  const double base = nats_per_byte(fp32);
+  const double base = devgpt_nats_per_byte(fp32);
   std::vector<double> losses;
   for (const ox::output_format f :
        {ox::output_format::matmulnbits, ox::output_format::qdq, ox::output_format::fake}) {
     ox::quantize_options o = devgpt_options(ox::method::awq_full, fp32);
-    o.calibration.data = calibration(fp32, 16);
+    o.calibration.data = devgpt_calibration(fp32, 16);
     o.calibration.mode = ox::calibration_mode::parallel;
     o.format = f;
     losses.push_back(quantize_and_score(fp32, base, o).loss);
@@ -224,7 +171,7 @@ TEST(AwqModel, ErrorsLeaveTheModelUnchanged) {
     EXPECT_NE(std::string(e.what()).find("awq_lite"), std::string::npos) << e.what();
   }
   EXPECT_TRUE(serialized(m) == before) << "the model changed on error";
-  o.calibration.data = calibration(m, 4);
+  o.calibration.data = devgpt_calibration(m, 4);
   o.awq.samples = 0;
   EXPECT_THROW(ox::quantize_model(m, o), ox::model_error);
   o.awq.samples = 512;
@@ -233,28 +180,16 @@ TEST(AwqModel, ErrorsLeaveTheModelUnchanged) {
   EXPECT_TRUE(serialized(m) == before) << "the model changed on error";
 }
 
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
 // The CLI: --method awq_full with --calib exits 0 and reports the AWQ fields per weight.
 TEST(AwqModel, CliAwqFullReportsItsLosses) {
   const fs::path dir = fs::temp_directory_path() / ("int4q_awq_cli_" + std::to_string(::getpid()));
   fs::create_directories(dir);
-  const std::string command =
-      shell_quote(INT4Q_CLI_PATH) + " quantize " +
-      shell_quote((devgpt_dir / "devgpt_fp32.onnx").string()) + " -o " +
-      shell_quote((dir / "a.onnx").string()) + " --method awq_full --calib " +
-      shell_quote((devgpt_dir / "devgpt_cal.u8").string()) +
-      " --calib-samples 8 --awq-samples 256 --awq-alpha-step 0.25 --report - > " +
-      shell_quote((dir / "report.json").string()) + " 2> " + shell_quote((dir / "err").string());
-  const int raw = std::system(command.c_str());
-  ASSERT_TRUE(raw != -1 && WIFEXITED(raw)) << command;
-  std::ifstream in(dir / "report.json");
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  ASSERT_EQ(WEXITSTATUS(raw), 0) << text;
+  const int4q::test::cli_result r = int4q::test::run_cli(
+      dir, {"quantize", (devgpt_dir / "devgpt_fp32.onnx").string(), "-o", "a.onnx", "--method",
+            "awq_full", "--calib", (devgpt_dir / "devgpt_cal.u8").string(), "--calib-samples", "8",
+            "--awq-samples", "256", "--awq-alpha-step", "0.25", "--report", "-"});
+  ASSERT_EQ(r.status, 0) << int4q::test::describe(r);
+  const std::string& text = r.out;
   const auto report = nlohmann::json::parse(text);
   EXPECT_EQ(report["config"]["method"], "awq_full");
   EXPECT_EQ(report["config"]["awq"]["samples"], 256);

@@ -24,6 +24,7 @@
 #include <int4q/onnx/model.hpp>
 
 #include "onnx/graph_builder.hpp"
+#include "onnx/scratch_dir.hpp"
 
 namespace {
 
@@ -196,19 +197,8 @@ std::string zip(const std::vector<zip_member>& members, zip64 z64 = zip64::none,
 
 // ---- Files ------------------------------------------------------------------------------------
 
-class CalibTest : public ::testing::Test {
+class CalibTest : public int4q::test::scratch_dir_test {
  protected:
-  void SetUp() override {
-    static std::atomic<int> counter{0};
-    dir_ = fs::temp_directory_path() /
-           ("int4q_calib_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
   fs::path write(const std::string& name, const std::string& bytes) {
     const fs::path p = dir_ / name;
     fs::create_directories(p.parent_path());
@@ -216,7 +206,6 @@ class CalibTest : public ::testing::Test {
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     return p;
   }
-  fs::path dir_;
 };
 
 /// Runs `fn`, expects a model_error of kind `k` whose message holds every one of `parts`.

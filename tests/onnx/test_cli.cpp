@@ -28,6 +28,7 @@
 
 #include "onnx/cli_runner.hpp"
 #include "onnx/graph_builder.hpp"
+#include "onnx/scratch_dir.hpp"
 
 #ifndef INT4Q_CLI_PATH
 #error "INT4Q_CLI_PATH (the built int4q executable) must be defined by the build"
@@ -121,19 +122,8 @@ std::set<std::string> listing(const fs::path& dir) {
 // ---- Fixture: a fresh temporary directory per test
 // -----------------------------------------------
 
-class CliTest : public ::testing::Test {
+class CliTest : public int4q::test::scratch_dir_test {
  protected:
-  void SetUp() override {
-    static std::atomic<int> counter{0};
-    dir_ = fs::temp_directory_path() /
-           ("int4q_cli_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
   void require_devgpt() {
     if (!fs::exists(devgpt)) GTEST_SKIP() << "devgpt model not found at " << devgpt;
   }
@@ -151,7 +141,6 @@ class CliTest : public ::testing::Test {
       EXPECT_NE(r.err.find(m), std::string::npos) << m << "\n" << describe(r);
     EXPECT_EQ(listing(dir_), before) << "a failed run must not leave files behind";
   }
-  fs::path dir_;
 };
 
 using CliQuantize = CliTest;

@@ -21,6 +21,7 @@
 
 #include "onnx/cli_runner.hpp"
 #include "onnx/graph_builder.hpp"
+#include "onnx/scratch_dir.hpp"
 
 #ifndef INT4Q_CLI_PATH
 #error "INT4Q_CLI_PATH (the built int4q executable) must be defined by the build"
@@ -114,19 +115,8 @@ std::string float_bytes(const std::vector<float>& v) {
 
 // ---- Fixture -----------------------------------------------------------------------------------
 
-class CliEvalData : public ::testing::Test {
+class CliEvalData : public int4q::test::scratch_dir_test {
  protected:
-  void SetUp() override {
-    static std::atomic<int> counter{0};
-    dir_ = fs::temp_directory_path() /
-           ("int4q_eval_data_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
   result run(const std::vector<std::string>& args) { return run_cli(dir_, args); }
   void write(const std::string& name, const std::string& bytes) {
     std::ofstream out(dir_ / name, std::ios::binary);
@@ -150,7 +140,6 @@ class CliEvalData : public ::testing::Test {
     for (const auto& m : mentions)
       EXPECT_NE(r.err.find(m), std::string::npos) << m << "\n" << describe(r);
   }
-  fs::path dir_;
   bool skip_ = false;
 };
 

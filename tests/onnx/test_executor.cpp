@@ -17,6 +17,7 @@
 #include <int4q/onnx/model.hpp>
 #include <int4q/onnx/quantize_model.hpp>
 
+#include "onnx/devgpt_eval.hpp"
 #include "onnx/graph_builder.hpp"
 
 namespace {
@@ -194,40 +195,9 @@ TEST(Executor, UnsupportedOperatorsAreAllNamedBeforeAnyWork) {
 // devgpt through the executor: the mean next-byte NLL over the held-out windows, the protocol of
 // tests/ort/devgpt.mjs, equals ONNX Runtime's 1.0872612 nats/byte (tests/ort/tolerances.mjs).
 TEST(Executor, DevgptScoresWhatOnnxRuntimeScores) {
-  const fs::path dir = fs::path(INT4Q_SOURCE_DIR) / ".." / "shared" / "models" / "devgpt";
-  const model m = int4q::onnx::load_model(dir / "devgpt_fp32.onnx");
-  std::ifstream in(dir / "devgpt_val.u8", std::ios::binary);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  ASSERT_GT(text.size(), 1000u);
-  const std::size_t windows = 64, len = 129, seq = 128, batch = 16, vocab = 256;
-  const executor e(m);
-  double nll = 0;
-  for (std::size_t b0 = 0; b0 < windows; b0 += batch) {
-    std::vector<std::int64_t> ids(batch * seq);
-    std::vector<int> targets(batch * seq);
-    for (std::size_t w = 0; w < batch; ++w) {
-      const std::size_t off = ((b0 + w) * (text.size() - len)) / (windows - 1);
-      for (std::size_t t = 0; t < seq; ++t) {
-        ids[w * seq + t] = static_cast<unsigned char>(text[off + t]);
-        targets[w * seq + t] = static_cast<unsigned char>(text[off + t + 1]);
-      }
-    }
-    const auto out =
-        e.run({{"input_ids", value::ints({std::int64_t(batch), std::int64_t(seq)}, ids)}});
-    const value& logits = out.at("logits");
-    ASSERT_EQ(logits.shape, (std::vector<std::int64_t>{std::int64_t(batch), std::int64_t(seq),
-                                                       std::int64_t(vocab)}));
-    for (std::size_t r = 0; r < batch * seq; ++r) {
-      const float* z = logits.f.data() + r * vocab;
-      double mx = -INFINITY, s = 0;
-      for (std::size_t v = 0; v < vocab; ++v) mx = std::max(mx, double(z[v]));
-      for (std::size_t v = 0; v < vocab; ++v) s += std::exp(z[v] - mx);
-      nll += mx + std::log(s) - z[targets[r]];
-    }
-  }
-  const double nats_per_byte = nll / double(windows * seq);
+  const model m = int4q::onnx::load_model(int4q::test::devgpt_dir() / "devgpt_fp32.onnx");
   // ORT's score; float summation orders differ (BLAS kernels), which moves the 6th decimal.
-  EXPECT_NEAR(nats_per_byte, 1.0872612, 2e-5);
+  EXPECT_NEAR(int4q::test::devgpt_nats_per_byte(m), 1.0872612, 2e-5);
 }
 
 // int4q's own outputs run in the executor: MatMulNBits and DequantizeLinear-21 (INT4 and UINT4,

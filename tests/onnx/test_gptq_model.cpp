@@ -22,71 +22,17 @@
 #include <int4q/onnx/model.hpp>
 #include <int4q/onnx/quantize_model.hpp>
 
+#include "onnx/devgpt_eval.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
 namespace ox = int4q::onnx;
 
-const fs::path devgpt_dir = fs::path(INT4Q_SOURCE_DIR) / ".." / "shared" / "models" / "devgpt";
-
-/// Mean next-byte NLL (nats/byte) on devgpt_val.u8: 64 windows of 128 predictions, evenly
-/// spaced (int4q eval's and the ORT tests' protocol).
-double nats_per_byte(const ox::model& m) {
-  std::ifstream in(devgpt_dir / "devgpt_val.u8", std::ios::binary);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::size_t windows = 64, len = 129, seq = 128, batch = 16, vocab = 256;
-  const ox::executor e(m);
-  double nll = 0;
-  for (std::size_t b0 = 0; b0 < windows; b0 += batch) {
-    std::vector<std::int64_t> ids(batch * seq);
-    std::vector<int> targets(batch * seq);
-    for (std::size_t w = 0; w < batch; ++w) {
-      const std::size_t off = ((b0 + w) * (text.size() - len)) / (windows - 1);
-      for (std::size_t t = 0; t < seq; ++t) {
-        ids[w * seq + t] = static_cast<unsigned char>(text[off + t]);
-        targets[w * seq + t] = static_cast<unsigned char>(text[off + t + 1]);
-      }
-    }
-    const auto out =
-        e.run({{"input_ids", ox::value::ints({std::int64_t(batch), std::int64_t(seq)}, ids)}});
-    const ox::value& logits = out.at("logits");
-    for (std::size_t r = 0; r < batch * seq; ++r) {
-      const float* z = logits.f.data() + r * vocab;
-      double mx = -INFINITY, s = 0;
-      for (std::size_t v = 0; v < vocab; ++v) mx = std::max(mx, double(z[v]));
-      for (std::size_t v = 0; v < vocab; ++v) s += std::exp(z[v] - mx);
-      nll += mx + std::log(s) - z[targets[r]];
-    }
-  }
-  return nll / double(windows * seq);
-}
-
-/// The calibration windows of devgpt_cal.u8 (a text the validation file does not contain), in
-/// batches of 8.
-ox::batch_source calibration(const ox::model& m, std::size_t samples,
-                             std::shared_ptr<std::size_t> next = std::make_shared<std::size_t>(0)) {
-  ox::calib_options o;
-  o.path = devgpt_dir / "devgpt_cal.u8";
-  o.seq_len = 128;
-  o.samples = samples;
-  const ox::calib_data data = ox::calib_data::open(m, o);
-  return [data, next](std::map<std::string, ox::value>& in) {
-    if (*next >= data.samples()) return false;
-    const std::size_t count = std::min<std::size_t>(8, data.samples() - *next);
-    in = data.batch(*next, count);
-    *next += count;
-    return true;
-  };
-}
-
-/// BLAS on one thread, as the int4q CLI runs it (byte-identical outputs for any thread count).
-void set_blas_threads(int n) {
-#if defined(OPENBLAS_VERSION)
-  openblas_set_num_threads(n);
-#else
-  (void)n;
-#endif
-}
+const fs::path devgpt_dir = int4q::test::devgpt_dir();
+using int4q::test::devgpt_calibration;
+using int4q::test::devgpt_nats_per_byte;
+using int4q::test::set_blas_threads;
 
 struct scored {
   double loss = 0;  ///< nats/byte above fp32
@@ -102,10 +48,10 @@ scored quantize_and_score(const ox::model& fp32, double fp32_nll, std::size_t gr
   o.algo = method;
   o.gptq.rtn_loss = true;  // the report's RTN comparison, checked below
   o.calibration.mode = mode;
-  if (method != ox::method::rtn) o.calibration.data = calibration(fp32, 64);
+  if (method != ox::method::rtn) o.calibration.data = devgpt_calibration(fp32, 64);
   scored s;
   s.report = ox::quantize_model(m, o);
-  s.loss = nats_per_byte(m) - fp32_nll;
+  s.loss = devgpt_nats_per_byte(m) - fp32_nll;
   return s;
 }
 
@@ -118,7 +64,7 @@ constexpr double kGptqOverRtnMax = 0.70;
 TEST(GptqModel, DevgptLossIsAtMost70PercentOfRtns) {
   set_blas_threads(1);
   const ox::model fp32 = ox::load_model(devgpt_dir / "devgpt_fp32.onnx");
-  const double base = nats_per_byte(fp32);
+  const double base = devgpt_nats_per_byte(fp32);
   for (const std::size_t group : {std::size_t(128), std::size_t(32)}) {
     const scored rtn =
         quantize_and_score(fp32, base, group, ox::method::rtn, ox::calibration_mode::parallel);
@@ -161,7 +107,7 @@ TEST(GptqModel, OutputIsTheSameBytesWhateverTheThreads) {
     ox::quantize_options o;
     o.algo = ox::method::gptq;
     o.threads = static_cast<std::size_t>(threads);
-    o.calibration.data = calibration(fp32, 16);
+    o.calibration.data = devgpt_calibration(fp32, 16);
     ox::quantize_model(m, o);
     outputs.push_back(serialized(m));
   }
@@ -184,7 +130,7 @@ TEST(GptqModel, ParallelPassesWithinAMemoryBudgetGiveTheSameBytes) {
     o.calibration.parallel_stats_bytes = budget;
     auto next = std::make_shared<std::size_t>(0);
     std::size_t rewinds = 0;
-    o.calibration.data = calibration(fp32, 16, next);
+    o.calibration.data = devgpt_calibration(fp32, 16, next);
     o.calibration.rewind = [next, &rewinds] {
       *next = 0;
       ++rewinds;

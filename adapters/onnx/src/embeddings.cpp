@@ -293,16 +293,7 @@ void build_embeddings(const model& m, const quantize_options& options,
         break;
       }
     }
-    r.quantized = true;
-    r.bits = c.bits;
-    r.group_size = c.effective_group_size(D);
-    r.scheme = c.data_type == data_type::integer ? to_string(c.scheme) : to_string(c.data_type);
-    r.rmse = stats.rmse;
-    r.max_abs = stats.max_abs;
-    r.relative_l2 = stats.relative_l2;
-    r.sqnr_db = stats.sqnr_db;
-    r.bytes_after = after;
-    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    record_quantized(r, c, D, stats, after, start);
   }
 }
 

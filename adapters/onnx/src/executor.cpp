@@ -116,12 +116,7 @@ void op_gather(const node_context& c, const model&, const inputs_t& in, std::vec
       static_cast<std::size_t>(normalize_axis(c, attr_int(c.node, "axis", 0), data.shape.size()));
   const std::int64_t dim = data.shape[axis];
   shape_t ids = int_list(c, idx, "indices");
-  for (std::int64_t& v : ids) {
-    if (v < -dim || v >= dim)
-      c.fail("index " + std::to_string(v) + " is out of range for a dimension of " +
-             std::to_string(dim));
-    if (v < 0) v += dim;
-  }
+  for (std::int64_t& v : ids) v = checked_index(c, v, dim);
   std::size_t outer = 1, inner = 1;
   for (std::size_t k = 0; k < axis; ++k) outer *= static_cast<std::size_t>(data.shape[k]);
   for (std::size_t k = axis + 1; k < data.shape.size(); ++k)

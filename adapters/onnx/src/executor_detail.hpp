@@ -100,6 +100,15 @@ inline std::int64_t normalize_axis(const node_context& c, std::int64_t axis, std
   return axis < 0 ? axis + r : axis;
 }
 
+/// An index into a dimension of `dim` (negative counts from the end) as a non-negative one;
+/// out of range: model_error naming the node.
+inline std::int64_t checked_index(const node_context& c, std::int64_t ix, std::int64_t dim) {
+  if (ix < -dim || ix >= dim)
+    c.fail("index " + std::to_string(ix) + " is out of range for a dimension of " +
+           std::to_string(dim));
+  return ix < 0 ? ix + dim : ix;
+}
+
 /// Integer values of an int64 input (shape, axes, starts, ...).
 inline shape_t int_list(const node_context& c, const value& v, const char* what) {
   if (v.type != value_type::int64) c.fail(std::string(what) + " must be an integer tensor");

@@ -807,12 +807,7 @@ void op_gather_block_quantized(const node_context& c, const model& m, const inpu
   // Output [shape[:g], indices.shape, shape[g+1:]].
   const std::int64_t dim = shape[gaxis];
   shape_t ids = indices.i;
-  for (std::int64_t& v : ids) {
-    if (v < -dim || v >= dim)
-      c.fail("index " + std::to_string(v) + " is out of range for a dimension of " +
-             std::to_string(dim));
-    if (v < 0) v += dim;
-  }
+  for (std::int64_t& v : ids) v = checked_index(c, v, dim);
   std::size_t outer = 1, inner = 1;
   for (std::size_t k = 0; k < gaxis; ++k) outer *= to_size(shape[k]);
   for (std::size_t k = gaxis + 1; k < rank; ++k) inner *= to_size(shape[k]);

@@ -46,11 +46,7 @@ std::vector<std::size_t> element_positions(const node_context& c, const value& d
   shape_t j(rank, 0);
   std::int64_t base = 0;  // sum over k != axis of j[k] * st[k]
   for (std::size_t e = 0; e < ids.size(); ++e) {
-    std::int64_t ix = ids[e];
-    if (ix < -dim || ix >= dim)
-      c.fail("index " + std::to_string(ix) + " is out of range for a dimension of " +
-             std::to_string(dim));
-    if (ix < 0) ix += dim;
+    const std::int64_t ix = checked_index(c, ids[e], dim);
     pos[e] = static_cast<std::size_t>(base + ix * st[axis]);
     for (std::size_t k = rank; k-- > 0;) {
       if (++j[k] < indices.shape[k]) {
@@ -148,12 +144,7 @@ void op_scatter_nd(const node_context& c, const model&, const inputs_t& in,
     for (std::size_t t = 0; t < tuples; ++t) {
       std::int64_t off = 0;
       for (std::size_t q = 0; q < k; ++q) {
-        std::int64_t ix = ids[t * k + q];
-        const std::int64_t dim = data.shape[q];
-        if (ix < -dim || ix >= dim)
-          c.fail("index " + std::to_string(ix) + " is out of range for a dimension of " +
-                 std::to_string(dim));
-        off += (ix < 0 ? ix + dim : ix) * st[q];
+        off += checked_index(c, ids[t * k + q], data.shape[q]) * st[q];
       }
       for (std::size_t e = 0; e < slice; ++e)
         combine(dst[static_cast<std::size_t>(off) + e], src[t * slice + e], r);

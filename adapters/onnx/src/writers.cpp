@@ -240,15 +240,21 @@ void build_tensors(const model& m, const quantize_options& options, weight_job& 
     }
   }
 
+  record_quantized(report, c, K, stats, after, start);
+}
+
+void record_quantized(tensor_report& report, const quant_config& c, std::size_t k,
+                      const int4q::error_stats& stats, std::size_t bytes_after,
+                      std::chrono::steady_clock::time_point start) {
   report.quantized = true;
   report.bits = c.bits;
-  report.group_size = c.effective_group_size(K);
+  report.group_size = c.effective_group_size(k);
   report.scheme = c.data_type == data_type::integer ? to_string(c.scheme) : to_string(c.data_type);
   report.rmse = stats.rmse;
   report.max_abs = stats.max_abs;
   report.relative_l2 = stats.relative_l2;
   report.sqnr_db = stats.sqnr_db;
-  report.bytes_after = after;
+  report.bytes_after = bytes_after;
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 

@@ -3,6 +3,7 @@
 #ifndef INT4Q_ONNX_SRC_WRITERS_HPP
 #define INT4Q_ONNX_SRC_WRITERS_HPP
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -17,6 +18,7 @@
 #include <xtensor/xtensor.hpp>
 
 #include <int4q/config.hpp>
+#include <int4q/metrics.hpp>
 #include <int4q/onnx/model.hpp>
 #include <int4q/onnx/quantize_model.hpp>
 #include <int4q/onnx/weights.hpp>
@@ -156,6 +158,12 @@ struct weight_job {
 /// job's alpha and bias plans. Returns "" when it can be written.
 std::string plan_writes(const model& m, const weight_info& w, output_format format,
                         weight_job& job);
+
+/// Fills a quantized weight's report entry: its grid (K rows), the error measured against the
+/// float values, the bytes written and the time since `start`.
+void record_quantized(tensor_report& report, const int4q::quant_config& c, std::size_t k,
+                      const int4q::error_stats& stats, std::size_t bytes_after,
+                      std::chrono::steady_clock::time_point start);
 
 /// Reads, quantizes and packs one weight into job.tensors (no change to the model). Returns the
 /// report entry's measurements.
