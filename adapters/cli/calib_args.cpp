@@ -1,6 +1,13 @@
 #include "calib_args.hpp"
 
 #include <cstdio>
+#include <limits>
+#include <string>
+
+#include <int4q/error.hpp>
+
+#include "cli_common.hpp"
+#include "option_checks.hpp"
 
 namespace int4q {
 namespace cli {
@@ -33,13 +40,60 @@ void add_data_options(CLI::App& sub, data_args& args, const std::string& flag,
       ->type_name("T");
 }
 
-ox::calib_data open_data(const ox::model& m, const data_args& args, bool quiet) {
-  const ox::calib_data data = ox::calib_data::open(m, args.to_options());
-  if (!quiet) {
-    for (const auto& w : data.warnings()) std::fprintf(stderr, "int4q: warning: %s\n", w.c_str());
-    std::fflush(stderr);
+void add_count_options(CLI::App& sub, data_args& args, const std::string& samples_help,
+                       const std::string& seq_len_help) {
+  const int_range counts{0, std::numeric_limits<std::int64_t>::max(), "all of a data file"};
+  add_int_option(
+      sub, args.samples_flag, counts,
+      [&args](std::int64_t v) {
+        args.samples = static_cast<std::size_t>(v);
+        args.samples_given = true;
+      },
+      samples_help, std::to_string(args.samples));
+  add_int_option(sub, args.seq_len_flag, args.seq_len, {1}, seq_len_help);
+}
+
+namespace {
+
+/// The library names its fields ("samples 0: ..."); the command line names its options.
+std::string with_flags(std::string message, const data_args& args) {
+  for (const auto& [field, flag] :
+       {std::pair<std::string, std::string>{"samples ", args.samples_flag},
+        {"seq_len ", args.seq_len_flag}}) {
+    if (message.rfind(field, 0) == 0) return flag + " " + message.substr(field.size());
   }
+  return message;
+}
+
+}  // namespace
+
+ox::calib_data open_data(const ox::model& m, const data_args& args, bool quiet) {
+  if (args.path == "-") {
+    throw ox::model_error(ox::model_error::kind::io,
+                          "data '-': int4q does not read data from stdin (it reads files by "
+                          "offset, more than once); save the data to a file and pass its path");
+  }
+  const ox::calib_data data = [&] {
+    try {
+      return ox::calib_data::open(m, args.to_options());
+    } catch (const int4q::config_error& e) {
+      throw usage_error(with_flags(e.what(), args));
+    }
+  }();
+  if (args.samples_given && args.samples > 0 && data.available_samples() < args.samples) {
+    const std::string most = std::to_string(data.available_samples());
+    throw usage_error(args.samples_flag + " " + std::to_string(args.samples) +
+                      ": more samples than the data gives: " + data.available_description() +
+                      "; use " + args.samples_flag + " " + most + " or less");
+  }
+  print_data_warnings(data, quiet);
   return data;
+}
+
+void print_data_warnings(const ox::calib_data& data, bool quiet) {
+  if (quiet) return;
+  for (const auto& w : data.warnings()) std::fprintf(stderr, "int4q: warning: %s\n", w.c_str());
+  std::fflush(stderr);
 }
 
 }  // namespace cli

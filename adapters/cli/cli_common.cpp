@@ -25,18 +25,40 @@ const char* exit_codes_text() noexcept {
   return "Exit codes:\n"
          "  0  success\n"
          "  1  internal error (a bug in int4q: please report it)\n"
-         "  2  usage: unknown option, bad value, bad --config file, an option the chosen\n"
-         "     --format cannot hold (e.g. --group-size 48 with matmulnbits), -o equal to the "
-         "input\n"
+         "  2  usage: unknown option, bad value (out of range, NaN, Inf), bad --config or\n"
+         "     --plan file, an option the chosen --format cannot hold (e.g. --group-size 48\n"
+         "     with matmulnbits), -o equal to the input, more samples than the data holds or\n"
+         "     the memory allows\n"
          "  3  a file cannot be read or written: missing input or --config file, missing\n"
-         "     external data file, output directory missing or not writable\n"
+         "     external data file, output directory missing or not writable, an input that is\n"
+         "     not a regular file (a pipe, -), an output that is a FIFO or a device\n"
          "  4  the input is not a valid ONNX model (not ONNX, truncated, inconsistent tensors,\n"
          "     a NaN/Inf weight)\n"
          "  5  the model has a form int4q cannot handle (the message names the node and the fix)\n"
          "On failure int4q prints one line \"int4q: error: ...\" on stderr and writes no output.";
 }
 
+namespace {
+/// "a FIFO (named pipe)", "a character device", ...: what a path that is no regular file is.
+std::string kind_of_file(const fs::file_status& st) {
+  switch (st.type()) {
+    case fs::file_type::fifo: return "a FIFO (pipe)";
+    case fs::file_type::character: return "a character device";
+    case fs::file_type::block: return "a block device";
+    case fs::file_type::socket: return "a socket";
+    case fs::file_type::directory: return "a directory";
+    default: return "a special file";
+  }
+}
+}  // namespace
+
 void require_readable_file(const fs::path& path, const std::string& what) {
+  if (path == "-") {
+    throw model_error(model_error::kind::io,
+                      what +
+                          " '-': int4q does not read inputs from stdin (it reads them by "
+                          "offset, more than once); save the data to a file and pass its path");
+  }
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
   if (!fs::exists(st)) {
@@ -46,6 +68,14 @@ void require_readable_file(const fs::path& path, const std::string& what) {
   if (fs::is_directory(st)) {
     throw model_error(model_error::kind::io,
                       what + " '" + path.string() + "' is a directory; pass the path of a file");
+  }
+  if (!fs::is_regular_file(st)) {
+    // A pipe (`int4q quantize /dev/stdin` fed by `cat m.onnx |`, or a process substitution), a
+    // device or a socket: int4q reads its inputs by offset and more than once.
+    throw model_error(model_error::kind::io,
+                      what + " '" + path.string() + "' is " + kind_of_file(st) +
+                          ", not a regular file: int4q reads its inputs from files (save the "
+                          "data to a file first)");
   }
   if (::access(path.c_str(), R_OK) != 0) {
     throw model_error(model_error::kind::io,
@@ -58,9 +88,19 @@ void require_writable_path(const fs::path& path, const std::string& option) {
   if (path.empty()) {
     throw usage_error(option + " needs a file name");
   }
-  if (fs::is_directory(path, ec)) {
+  const fs::file_status target = fs::status(path, ec);
+  if (fs::is_directory(target)) {
     throw model_error(model_error::kind::io,
                       option + " '" + path.string() + "' is a directory; name the file to write");
+  }
+  if (fs::exists(target) && !fs::is_regular_file(target)) {
+    // int4q writes a temporary file next to the output and renames it over the output, which
+    // would replace a FIFO or a device node (/dev/null, /dev/stdout) with a plain file.
+    throw model_error(model_error::kind::io,
+                      option + " '" + path.string() + "' is " + kind_of_file(target) +
+                          ": int4q writes a regular file (through a temporary file and a "
+                          "rename); name a file" +
+                          (option == "-o" ? std::string() : " (or - for stdout)"));
   }
   fs::path dir = path.parent_path();
   if (dir.empty()) dir = ".";
@@ -204,66 +244,46 @@ std::string onnx_type_name(int t) {
 }
 
 namespace {
-/// mkstemp of "<dir of near>/.<name of near><suffix>XXXXXX": the open descriptor (-1 on failure,
-/// errno set) and the file's path.
-std::pair<int, fs::path> make_hidden_temp(const fs::path& near, const std::string& suffix) {
+/// "<dir of near>/.<name of near><suffix>": the prefix of a hidden temporary file next to `near`.
+fs::path hidden_prefix(const fs::path& near, const std::string& suffix) {
   fs::path dir = near.parent_path();
   if (dir.empty()) dir = ".";
-  const std::string pattern = (dir / ("." + near.filename().string() + suffix + "XXXXXX")).string();
-  std::vector<char> name(pattern.begin(), pattern.end());
-  name.push_back('\0');
-  const int fd = ::mkstemp(name.data());
-  return {fd, fs::path(name.data())};
+  return dir / ("." + near.filename().string() + suffix);
 }
 }  // namespace
 
 scratch_file::scratch_file(const fs::path& near) {
   if (near.empty()) return;
-  const auto [fd, path] = make_hidden_temp(near, ".spill-");
-  if (fd < 0) {
-    throw model_error(model_error::kind::io, "cannot create a scratch file next to '" +
-                                                 near.string() + "': " + std::strerror(errno) +
-                                                 " (use --spill never to keep it all in memory)");
+  try {
+    file_.emplace(hidden_prefix(near, ".spill-"), near);
+  } catch (const model_error& e) {
+    throw model_error(model_error::kind::io,
+                      std::string(e.what()) + " (use --spill never to keep it all in memory)");
   }
-  ::close(fd);
-  path_ = path;
+  file_->close();  // quantize_model reopens it by name
 }
 
-scratch_file::~scratch_file() {
-  if (path_.empty()) return;
-  std::error_code ec;
-  fs::remove(path_, ec);
+const fs::path& scratch_file::path() const noexcept {
+  static const fs::path none;
+  return file_ ? file_->path() : none;
 }
 
 void write_file_atomically(const fs::path& path, const std::string& content) {
-  const auto [fd, temp] = make_hidden_temp(path, ".tmp-");
-  if (fd < 0) {
-    throw model_error(model_error::kind::io,
-                      "cannot write '" + path.string() + "': " + std::strerror(errno));
-  }
-  bool ok = true;
+  // Created with mode 0666 less the umask, registered for the signal handler until renamed.
+  int4q::onnx::registered_temp_file temp(hidden_prefix(path, ".tmp-"), path);
+  int error = 0;
   std::size_t done = 0;
-  while (ok && done < content.size()) {
-    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+  while (error == 0 && done < content.size()) {
+    const ssize_t n = ::write(temp.fd(), content.data() + done, content.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    ok = n > 0;
-    if (ok) done += static_cast<std::size_t>(n);
+    if (n <= 0) error = n < 0 ? errno : EIO;
+    if (n > 0) done += static_cast<std::size_t>(n);
   }
-  const int write_errno = errno;
-  ok = (::close(fd) == 0) && ok;
-  std::error_code ec;
-  if (ok) {
-    // mkstemp creates the file 0600; give it the usual permissions (umask applies).
-    const mode_t mask = ::umask(0);
-    ::umask(mask);
-    fs::permissions(temp, static_cast<fs::perms>(0666 & ~mask), ec);
-    fs::rename(temp, path, ec);
-    ok = !ec;
-  }
-  if (!ok) {
-    fs::remove(temp, ec);
-    throw model_error(model_error::kind::io, "cannot write '" + path.string() + "': " +
-                                                 std::strerror(write_errno ? write_errno : EIO));
+  if (error == 0) error = temp.close();
+  if (error == 0) error = temp.commit(path);
+  if (error != 0) {
+    throw model_error(model_error::kind::io,
+                      "cannot write '" + path.string() + "': " + std::strerror(error));
   }
 }
 
@@ -272,6 +292,11 @@ double seconds_since(std::chrono::steady_clock::time_point start) noexcept {
 }
 
 bool stderr_is_terminal() noexcept { return ::isatty(STDERR_FILENO) == 1; }
+
+std::uint64_t physical_memory_bytes() noexcept {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? std::uint64_t(pages) * std::uint64_t(page) : 0;
+}
 
 progress_line::progress_line(bool enabled)
     : enabled_(enabled), start_(std::chrono::steady_clock::now()), last_draw_() {}

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <int4q/onnx/model.hpp>
+#include <int4q/onnx/temp_files.hpp>
 
 namespace int4q {
 namespace cli {
@@ -70,22 +71,21 @@ std::string format_seconds(double seconds);
 /// The name int4q uses for an ONNX TensorProto data type ("float32", "int64", ...).
 std::string onnx_type_name(int onnx_data_type);
 
-/// An empty scratch file next to `near` ("." + its name + ".spill-XXXXXX"), removed when this
-/// goes out of scope. An empty `near` makes none (path() is empty).
+/// An empty scratch file next to `near` ("." + its name + ".spill-XXXXXXXX"), removed when this
+/// goes out of scope or by the signal handler (int4q::onnx::remove_registered_temp_files). An
+/// empty `near` makes none (path() is empty).
 class scratch_file {
  public:
   explicit scratch_file(const std::filesystem::path& near);
-  ~scratch_file();
-  scratch_file(const scratch_file&) = delete;
-  scratch_file& operator=(const scratch_file&) = delete;
-  const std::filesystem::path& path() const noexcept { return path_; }
+  const std::filesystem::path& path() const noexcept;
 
  private:
-  std::filesystem::path path_;
+  std::optional<int4q::onnx::registered_temp_file> file_;
 };
 
-/// Writes `content` to `path` through a temporary file in the same directory and a rename, so
-/// that a failure leaves no partial file. Throws model_error(io).
+/// Writes `content` to `path` through a temporary file in the same directory
+/// ("." + its name + ".tmp-XXXXXXXX") and a rename, so that a failure or a signal leaves no
+/// partial file. Throws model_error(io).
 void write_file_atomically(const std::filesystem::path& path, const std::string& content);
 
 /// Seconds since `start`.
@@ -114,6 +114,9 @@ class progress_line {
 
 /// True when stderr is a terminal.
 bool stderr_is_terminal() noexcept;
+
+/// The machine's physical memory in bytes (sysconf: pages * page size); 0 when unknown.
+std::uint64_t physical_memory_bytes() noexcept;
 
 }  // namespace cli
 }  // namespace int4q

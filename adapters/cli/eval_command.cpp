@@ -8,6 +8,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -19,6 +20,8 @@
 #include <int4q/onnx/model.hpp>
 
 #include "cli_common.hpp"
+#include "option_checks.hpp"
+#include "validate_args.hpp"
 
 namespace int4q {
 namespace cli {
@@ -122,19 +125,41 @@ std::string shape_text(const std::vector<std::int64_t>& s) {
 nlohmann::json eval_tokens(const eval_command_options& o, const ox::model& ref,
                            const ox::model& cand, const ox::executor& run_ref,
                            const ox::executor& run_cand) {
-  const std::size_t seq_len = o.data.seq_len, samples = o.data.samples;
-  if (seq_len == 0 || samples == 0) throw usage_error("--seq-len and --samples must be >= 1");
+  const std::size_t seq_len = o.data.seq_len;
+  if (o.data.samples == 0) {
+    throw usage_error(range_message("--samples", "0",
+                                    "an integer >= 1 with --tokens (0 = all is "
+                                    "for --data files)"));
+  }
   const ox::token_file tokens(o.tokens, ox::parse_token_dtype(o.data.token_dtype));
   const std::size_t window = seq_len + 1;
   if (tokens.size() < window) {
-    throw usage_error("'" + o.tokens.string() + "' holds " + std::to_string(tokens.size()) +
+    throw usage_error("--seq-len " + std::to_string(seq_len) + ": '" + o.tokens.string() +
+                      "' holds " + std::to_string(tokens.size()) +
                       " tokens, fewer than --seq-len + 1 = " + std::to_string(window));
   }
-  const std::string input = token_input(ref, o.reference);
-  if (token_input(cand, o.candidate) != input) {
-    throw ox::model_error(ox::model_error::kind::unsupported,
-                          "the two models name their token input differently");
+  // Windows start at distinct tokens: at most size - window + 1 of them. A count given on the
+  // command line must be there; the default is cut to it.
+  const std::uint64_t available = tokens.size() - window + 1;
+  if (o.data.samples_given && o.data.samples > available) {
+    throw usage_error("--samples " + std::to_string(o.data.samples) + ": more windows than '" +
+                      o.tokens.string() + "' gives: its " + std::to_string(tokens.size()) +
+                      " tokens hold at most " + std::to_string(available) +
+                      " distinct windows of --seq-len + 1 = " + std::to_string(window) +
+                      " tokens; use --samples " + std::to_string(available) + " or less");
   }
+  const auto samples = static_cast<std::size_t>(std::min<std::uint64_t>(o.data.samples, available));
+  const std::string input = token_input(ref, o.reference);
+  const std::string cand_input = token_input(cand, o.candidate);
+  if (cand_input != input) {
+    throw ox::model_error(ox::model_error::kind::unsupported,
+                          "the candidate '" + o.candidate.string() + "' takes its token ids as '" +
+                              cand_input + "', the reference '" + o.reference.string() + "' as '" +
+                              input + "': the two models must take the same input");
+  }
+  // Token ids the models cannot look up: data that does not fit the model (exit 4), found
+  // before the executor's Gather refuses them.
+  const std::int64_t vocab = ox::vocabulary_of(ref, input);
   const std::string logits_ref = logits_output(ref), logits_cand = logits_output(cand);
 
   // Window i starts at floor(i * (L - window) / (samples - 1)); the target of position t is
@@ -147,7 +172,17 @@ nlohmann::json eval_tokens(const eval_command_options& o, const ox::model& ref,
     std::vector<std::int64_t> ids(nb * seq_len);
     std::vector<std::int64_t> targets(nb * seq_len);
     for (std::size_t w = 0; w < nb; ++w) {
-      const auto text = tokens.read(tokens.window_start(b0 + w, samples, window), window);
+      const std::uint64_t start = tokens.window_start(b0 + w, samples, window);
+      const auto text = tokens.read(start, window);
+      for (std::size_t t = 0; t < window; ++t) {
+        if (text[t] < 0 || (vocab > 0 && text[t] >= vocab)) {
+          throw ox::model_error(ox::model_error::kind::invalid,
+                                "'" + o.tokens.string() + "': token " + std::to_string(text[t]) +
+                                    " at position " + std::to_string(start + t) +
+                                    " is outside the vocabulary of input '" + input + "' (" +
+                                    std::to_string(vocab) + " entries); check --token-dtype");
+        }
+      }
       for (std::size_t t = 0; t < seq_len; ++t) {
         ids[w * seq_len + t] = text[t];
         targets[w * seq_len + t] = text[t + 1];
@@ -159,8 +194,12 @@ nlohmann::json eval_tokens(const eval_command_options& o, const ox::model& ref,
     const ox::value b = run_cand.run(feeds).at(logits_cand);
     if (a.shape != b.shape || a.shape.size() != 3) {
       throw ox::model_error(ox::model_error::kind::unsupported,
-                            "the models' first outputs must be logits [batch, sequence, "
-                            "vocabulary] of the same shape");
+                            "output '" + logits_ref + "' of the reference '" +
+                                o.reference.string() + "' is " + shape_text(a.shape) +
+                                ", output '" + logits_cand + "' of the candidate '" +
+                                o.candidate.string() + "' is " + shape_text(b.shape) +
+                                ": the first outputs must be logits [batch, sequence, "
+                                "vocabulary] of the same shape");
     }
     const auto vocab = static_cast<std::size_t>(a.shape[2]);
     auto nll = [&](const ox::value& logits) {
@@ -198,8 +237,8 @@ nlohmann::json eval_tokens(const eval_command_options& o, const ox::model& ref,
 void print_tokens(const eval_command_options& o, const nlohmann::json& j) {
   const double r = j["nll_reference"].get<double>(), c = j["nll_candidate"].get<double>();
   const nlohmann::json e = j["logits_error"];
-  std::printf("int4q eval: %zu windows of %zu tokens from %s\n", o.data.samples, o.data.seq_len,
-              o.tokens.string().c_str());
+  std::printf("int4q eval: %zu windows of %zu tokens from %s\n", j["windows"].get<std::size_t>(),
+              o.data.seq_len, o.tokens.string().c_str());
   std::printf("  %-10s NLL %.6f nats/token (perplexity %.4f)  %s\n", "reference", r, std::exp(r),
               o.reference.string().c_str());
   std::printf("  %-10s NLL %.6f nats/token (perplexity %.4f)  %s\n", "candidate", c, std::exp(c),
@@ -210,9 +249,9 @@ void print_tokens(const eval_command_options& o, const nlohmann::json& j) {
 }
 
 /// --data (or random inputs): every output of the reference against the candidate's.
-nlohmann::json eval_data(const eval_command_options& o, const ox::model& ref, const ox::model& cand,
-                         const ox::executor& run_ref, const ox::executor& run_cand, bool quiet) {
-  const ox::calib_data data = open_data(ref, o.data, quiet);
+nlohmann::json eval_data(const eval_command_options& o, const ox::calib_data& data,
+                         const ox::model& ref, const ox::model& cand, const ox::executor& run_ref,
+                         const ox::executor& run_cand) {
   std::set<std::string> cand_inputs;
   for (const auto* in : graph_inputs(cand)) cand_inputs.insert(in->name());
   std::vector<std::string> outputs;
@@ -228,6 +267,7 @@ nlohmann::json eval_data(const eval_command_options& o, const ox::model& ref, co
   }
   std::map<std::string, output_error> errors;
   std::map<std::string, std::vector<std::int64_t>> shapes;
+  std::map<std::string, bool> unknown;
   const std::size_t batch = std::max<std::size_t>(1, std::min(o.batch, data.max_batch()));
   for (std::size_t s = 0; s < data.samples(); s += batch) {
     const auto feeds = data.batch(s, std::min(batch, data.samples() - s));
@@ -253,7 +293,17 @@ nlohmann::json eval_data(const eval_command_options& o, const ox::model& ref, co
                 " in the candidate (or of another type): they cannot be compared");
       }
       errors[name].add(x, y);
-      if (!shapes.count(name)) shapes[name] = x.shape;
+      // The whole output: the runs' outputs concatenated along axis 0 (null when they do not
+      // share their other axes, or are scalars, so that no concatenation exists).
+      const auto [it, first] = shapes.emplace(name, x.shape);
+      std::vector<std::int64_t>& whole = it->second;
+      if (first) continue;
+      if (!whole.empty() && whole.size() == x.shape.size() &&
+          std::equal(whole.begin() + 1, whole.end(), x.shape.begin() + 1)) {
+        whole[0] += x.shape[0];
+      } else {
+        unknown[name] = true;
+      }
     }
   }
   nlohmann::json list = nlohmann::json::array();
@@ -261,7 +311,7 @@ nlohmann::json eval_data(const eval_command_options& o, const ox::model& ref, co
     const output_error& e = errors[name];
     list.push_back(
         {{"name", name},
-         {"shape", shapes[name]},
+         {"shape", unknown[name] ? nlohmann::json(nullptr) : nlohmann::json(shapes[name])},
          {"elements", e.count},
          {"max_abs", e.max_abs},
          {"max_rel", finite_or_null(e.max_rel())},
@@ -294,7 +344,9 @@ void print_data(const nlohmann::json& j) {
     }();
     std::printf("  %-*s  %-16s  %10.4g  %10s  %10.4g  %9.6f\n", int(width),
                 e["name"].get<std::string>().c_str(),
-                shape_text(e["shape"].get<std::vector<std::int64_t>>()).c_str(),
+                e["shape"].is_null()
+                    ? "(varies)"
+                    : shape_text(e["shape"].get<std::vector<std::int64_t>>()).c_str(),
                 e["max_abs"].get<double>(), rel.c_str(), e["mean_abs"].get<double>(),
                 e["cosine"].get<double>());
   }
@@ -320,14 +372,10 @@ void setup_eval(CLI::App& app) {
                    "Inputs for both models (.npy, .npz, folder of ONNX .pb, token file): per "
                    "output max abs/relative error, mean abs error, cosine. Without --data and "
                    "--tokens, a model that is not a language model gets random inputs");
-  sub->add_option("--seq-len", opt->data.seq_len, "Tokens per window")
-      ->capture_default_str()
-      ->type_name("N");
-  sub->add_option("--samples", opt->data.samples,
-                  "Windows, evenly spaced over a token file; random samples; at most this many "
-                  "samples of a .npy/.npz/.pb data (0 = all)")
-      ->capture_default_str()
-      ->type_name("N");
+  add_count_options(*sub, opt->data,
+                    "Windows, evenly spaced over a token file (at most its distinct windows); "
+                    "random samples (>= 1); at most this many samples of a .npy/.npz/.pb data",
+                    "Tokens per window (symbolic dimensions of random inputs)");
   sub->add_option("--json", opt->json, "Write the results as JSON to FILE, or to stdout with -")
       ->type_name("FILE|-");
   sub->footer(std::string(data_formats_text()) + "\n\n" + exit_codes_text());
@@ -343,10 +391,26 @@ void run_eval(const eval_command_options& o) {
                           "--data '" + o.data.path.string() + "': no such file or folder");
   }
   (void)ox::parse_token_dtype(o.data.token_dtype);  // a bad --token-dtype before any work
-  if (!o.json.empty() && o.json != "-") require_writable_path(o.json, "--json");
+  if (!o.json.empty() && o.json != "-") {
+    require_writable_path(o.json, "--json");
+    for (const auto& [model, role] :
+         {std::pair<fs::path, std::string>{o.reference, "reference"}, {o.candidate, "candidate"}}) {
+      if (same_file(o.json, model)) {
+        throw usage_error("--json '" + o.json + "' names the " + role + " model '" +
+                          model.string() + "'; write the results to another file");
+      }
+    }
+  }
   const auto start = std::chrono::steady_clock::now();
   const ox::model ref = ox::load_model(o.reference);
   const ox::model cand = ox::load_model(o.candidate);
+  {
+    // Both models, before any work; the executor holds every tensor in float32.
+    ox::validate_options v;
+    v.available_memory_bytes = physical_memory_bytes();
+    print_validation_warnings(ox::validate_model(ref, v), /*quiet=*/false);
+    print_validation_warnings(ox::validate_model(cand, v), /*quiet=*/false);
+  }
   const bool use_tokens = !o.tokens.empty();
   const bool use_data = !o.data.path.empty() || !use_tokens;
   if (o.tokens.empty() && o.data.path.empty() && is_language_model(ref)) {
@@ -354,6 +418,9 @@ void run_eval(const eval_command_options& o) {
                       "' is a language model: give --tokens FILE (held-out text) to measure its "
                       "NLL, or --data FILE|DIR");
   }
+  // The data opened (and its sample count checked) before any model runs.
+  std::optional<ox::calib_data> data;
+  if (use_data) data.emplace(open_data(ref, o.data, /*quiet=*/false));
   const ox::executor run_ref(ref), run_cand(cand);
   nlohmann::json result = nlohmann::json::object();
   nlohmann::json tokens_part, data_part;
@@ -362,7 +429,7 @@ void run_eval(const eval_command_options& o) {
     result.update(tokens_part);
   }
   if (use_data) {
-    data_part = eval_data(o, ref, cand, run_ref, run_cand, /*quiet=*/false);
+    data_part = eval_data(o, *data, ref, cand, run_ref, run_cand);
     result.update(data_part);
   }
   const double seconds = seconds_since(start);

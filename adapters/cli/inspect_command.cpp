@@ -11,6 +11,7 @@
 #include <int4q/onnx/weights.hpp>
 
 #include "cli_common.hpp"
+#include "validate_args.hpp"
 
 namespace int4q {
 namespace cli {
@@ -246,6 +247,9 @@ void setup_inspect(CLI::App& app) {
 void run_inspect(const inspect_command_options& options) {
   require_readable_file(options.input, "input model");
   const ox::model m = ox::load_model(options.input);
+  // Structure, tensors, shapes and NaN/Inf (warnings: inspect changes nothing); no memory
+  // check, as inspect holds no tensor in float.
+  print_validation_warnings(ox::validate_model(m), /*quiet=*/false);
   const nlohmann::json d = describe_model(m);
   if (options.json) {
     std::cout << d.dump(2) << "\n";

@@ -21,11 +21,13 @@
 #include "eval_command.hpp"
 #include "inspect_command.hpp"
 #include "quantize_command.hpp"
+#include "signal_cleanup.hpp"
 #include "version_text.hpp"
 
 namespace {
 
 int fail(int code, std::string message) {
+  int4q::cli::wait_if_interrupted();  // a signal on another thread ends the run, not this error
   for (char& c : message) c = c == '\n' ? ' ' : c;
   std::fflush(stdout);
   std::fprintf(stderr, "int4q: error: %s\n", message.c_str());
@@ -36,6 +38,9 @@ int fail(int code, std::string message) {
 
 int main(int argc, char** argv) {
   using namespace int4q::cli;
+  // SIGINT, SIGTERM, SIGHUP, SIGPIPE, SIGABRT: remove the run's temporary files, one line on
+  // stderr, end by the same signal (signal_cleanup.hpp).
+  install_signal_cleanup();
 #if defined(__GLIBC__)
   // Weights are read, quantized and packed one after the other into buffers of similar sizes.
   // glibc maps every block above 32 MiB afresh and unmaps it on free, so each weight paid a page
@@ -66,6 +71,7 @@ int main(int argc, char** argv) {
           "a subcommand is required: int4q quantize IN -o OUT, int4q inspect IN, or "
           "int4q eval REFERENCE CANDIDATE --tokens FILE");
     }
+    wait_if_interrupted();
     return exit_ok;
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version

@@ -22,6 +22,9 @@
 #include <int4q/version.hpp>
 
 #include "cli_common.hpp"
+#include "option_checks.hpp"
+#include "signal_cleanup.hpp"
+#include "validate_args.hpp"
 
 namespace int4q {
 namespace cli {
@@ -33,6 +36,11 @@ using clock_type = std::chrono::steady_clock;
 namespace {
 
 // ---- Option values ------------------------------------------------------------------------------
+
+/// (0, 1]: AWQ's grid steps and smallest clip ratio.
+const real_range unit_interval{0.0, true, 1.0, false};
+/// --effective-bits: stored bits per weight; no format stores more than 64 (a float64 weight).
+const real_range effective_bits_range{0.0, true, 64.0, false};
 
 /// Lower case, '_' read as '-': `--scheme symmetric_full_range` is `symmetric-full-range`.
 std::string normalized(std::string s) {
@@ -129,6 +137,9 @@ const char* name_of(const std::vector<choice<E>>& choices, E value) {
   return "?";
 }
 
+/// Rows per group (a --config file's "group_size" too).
+const int_range group_size_range(1);
+
 /// --group-size: a positive number of rows, or per-channel.
 void parse_group_size(const std::string& value, quantize_command_options& o) {
   const std::string key = normalized(value);
@@ -136,19 +147,13 @@ void parse_group_size(const std::string& value, quantize_command_options& o) {
     o.granularity = int4q::grouping::per_channel;
     return;
   }
-  std::size_t size = 0;
-  bool ok = !key.empty() && key.size() <= 12;
-  for (char c : key) {
-    ok = ok && std::isdigit(static_cast<unsigned char>(c));
-    if (ok) size = size * 10 + static_cast<std::size_t>(c - '0');
-  }
-  if (!ok || size == 0) {
-    throw CLI::ValidationError("--group-size", "'" + value +
-                                                   "' is not a group size: use a positive "
-                                                   "number of rows or per-channel");
+  const auto size = parse_int(key, group_size_range);
+  if (!size) {
+    throw CLI::ValidationError("--group-size " + value,
+                               "must be " + group_size_range.text() + " or per-channel");
   }
   o.granularity = int4q::grouping::group;
-  o.group_size = size;
+  o.group_size = static_cast<std::size_t>(*size);
 }
 
 bool is_power_of_two(std::size_t v) { return v != 0 && (v & (v - 1)) == 0; }
@@ -209,11 +214,44 @@ void check_grid(const int4q::quant_config& c, const ox::quantize_options& q,
   }
 }
 
+/// Where each of q.overrides comes from, for messages: "--config file 'c.json': override #0
+/// ('mm0')".
+std::vector<std::string> config_sources(const ox::quantize_options& q,
+                                        const std::string& config_file) {
+  std::vector<std::string> where;
+  for (std::size_t i = 0; i < q.overrides.size(); ++i) {
+    where.push_back("--config file '" + config_file + "': override #" + std::to_string(i) + " ('" +
+                    q.overrides[i].match + "')");
+  }
+  return where;
+}
+
+/// GPTQ's act-order reorders rows, so groups must be computed up front (static groups) to stay
+/// contiguous in K, as the ONNX formats store them (no g_idx). Checked on the merged settings
+/// (command line over --config file, then every override), before any work.
+void check_act_order(const ox::quantize_options& q, const std::vector<std::string>& sources) {
+  if (!q.gptq.act_order || q.gptq.static_groups) return;
+  const std::string fix =
+      "the ONNX formats store groups contiguous in K and have no g_idx (drop "
+      "--no-static-groups, or add --no-act-order, or use --group-size per-channel)";
+  if (q.config.granularity == int4q::grouping::group) {
+    throw usage_error("--act-order with --group-size " + std::to_string(q.config.group_size) +
+                      " needs --static-groups: " + fix);
+  }
+  for (std::size_t i = 0; i < q.overrides.size(); ++i) {
+    const ox::node_override& o = q.overrides[i];
+    if (o.skip.value_or(false) || !o.group_size || *o.group_size == 0) continue;
+    throw usage_error(sources.at(i) + ": group_size " + std::to_string(*o.group_size) +
+                      " with --act-order needs --static-groups: " + fix);
+  }
+}
+
 /// What the output format can hold, checked before any work so that a wrong combination of
 /// options is a usage error (exit code 2) naming them. quantize_model checks the same again
-/// (and throws model_error(unsupported), exit code 5, for anything this misses).
+/// (and throws model_error(unsupported), exit code 5, for anything this misses). `sources`
+/// names where each of q.overrides comes from (config_sources, plan_sources).
 void check_options(const ox::quantize_options& q, bool rounding_given,
-                   const std::string& config_file) {
+                   const std::vector<std::string>& sources) {
   if (q.ort_preset && rounding_given) {
     throw usage_error(
         "--rounding cannot be combined with --preset ort: the preset rounds half away from "
@@ -228,8 +266,7 @@ void check_options(const ox::quantize_options& q, bool rounding_given,
   check_grid(q.config, q, "");
   for (std::size_t i = 0; i < q.overrides.size(); ++i) {
     const ox::node_override& o = q.overrides[i];
-    const std::string where = "--config file '" + config_file + "': override #" +
-                              std::to_string(i) + " ('" + o.match + "'): ";
+    const std::string where = sources.at(i) + ": ";
     if (o.skip.value_or(false)) continue;
     int4q::quant_config c = q.config;
     if (o.bits) c.bits = *o.bits;
@@ -250,12 +287,12 @@ void check_options(const ox::quantize_options& q, bool rounding_given,
       }
     }
   }
+  check_act_order(q, sources);
   for (std::size_t i = 0; i < q.overrides.size(); ++i) {
     try {
       std::regex check(q.overrides[i].match, std::regex::ECMAScript);
     } catch (const std::regex_error& e) {
-      throw usage_error("--config file '" + config_file + "': override #" + std::to_string(i) +
-                        ": match '" + q.overrides[i].match +
+      throw usage_error(sources.at(i) + ": match '" + q.overrides[i].match +
                         "' is not a valid regular expression (" + e.what() + ")");
     }
   }
@@ -288,6 +325,19 @@ nlohmann::json read_json_file(const fs::path& path, const std::string& what = "-
   }
 }
 
+/// A --plan file: JSON written by --plan-out. Errors name the file and the field (exit 2, as
+/// for a --config file).
+ox::quant_plan read_plan_file(const fs::path& path) {
+  const nlohmann::json j = read_json_file(path, "--plan file");
+  try {
+    return ox::plan_from_json(j);
+  } catch (const ox::model_error& e) {
+    std::string why = e.what();
+    if (why.rfind("plan: ", 0) == 0) why = why.substr(6);
+    throw usage_error("--plan file '" + path.string() + "': " + why);
+  }
+}
+
 // ---- Paths --------------------------------------------------------------------------------------
 
 /// The external data file save_model writes next to `output` by default.
@@ -304,7 +354,16 @@ fs::path resolved(const fs::path& p) {
 
 void check_paths_before_loading(const quantize_command_options& o) {
   require_readable_file(o.input, "input model");
+  for (const auto& [path, option] :
+       {std::pair<fs::path, std::string>{o.output, "-o"}, {o.plan_out, "--plan-out"}}) {
+    if (path == "-") {
+      throw usage_error(option +
+                        " -: int4q writes this to a file (a model with its external data, a "
+                        "plan), not to stdout; name a file");
+    }
+  }
   require_writable_path(o.output, "-o");
+  if (!o.plan_out.empty()) require_writable_path(o.plan_out, "--plan-out");
   if (same_file(o.input, o.output) || same_file(o.input, default_data_file(o.output))) {
     throw usage_error("-o '" + o.output.string() + "' would overwrite the input model '" +
                       o.input.string() + "'; write the quantized model to another file");
@@ -319,6 +378,47 @@ void check_paths_before_loading(const quantize_command_options& o) {
                         "' names the input or the output model; write the report to another file");
     }
   }
+}
+
+/// --calib-mode sequential holds the live activations of every calibration sample at once
+/// (ox::sequential_calibration): a sample count whose estimate passes the machine's physical
+/// memory is refused before any work. The estimate is a lower bound: per sample, the bytes of
+/// its inputs, plus its rows times the widest input or output of a quantizable weight (K or N)
+/// times 4 bytes. Parallel mode holds one batch at a time and is not limited.
+void check_calibration_memory(const ox::model& m, const ox::calib_data& data,
+                              const quantize_command_options& o) {
+  const std::uint64_t memory = physical_memory_bytes();
+  if (memory == 0 || data.samples() == 0) return;
+  std::uint64_t width = 0;
+  for (const auto& w : ox::find_weights(m)) {
+    if (w.quantizable) width = std::max<std::uint64_t>(width, std::max(w.k, w.n));
+  }
+  long double input_bytes = 0;
+  std::uint64_t rows = 1;
+  for (const auto& [name, v] : data.batch(0, 1)) {
+    const bool is_float = v.type == ox::value_type::float32;
+    input_bytes += static_cast<long double>(v.size()) * (is_float ? 4 : 8);
+    // Token ids [1, L]: L rows; floats [.., D]: size / D rows of D values.
+    const std::uint64_t r = is_float && !v.shape.empty() && v.shape.back() > 0
+                                ? v.size() / static_cast<std::uint64_t>(v.shape.back())
+                                : v.size();
+    rows = std::max(rows, r);
+  }
+  const long double per_sample = input_bytes + static_cast<long double>(rows) * width * 4;
+  const long double total = per_sample * data.samples();
+  if (total <= static_cast<long double>(memory)) return;
+  const auto most = static_cast<std::uint64_t>(static_cast<long double>(memory) / per_sample);
+  const auto shown = total >= 1.8e19L ? std::numeric_limits<std::uint64_t>::max()
+                                      : static_cast<std::uint64_t>(total);
+  throw usage_error(o.calib.samples_flag + " " + std::to_string(data.samples()) +
+                    ": --calib-mode sequential holds the activations of every sample at once, at "
+                    "least " +
+                    format_bytes(shown) + " here (" + std::to_string(rows) + " rows x " +
+                    std::to_string(width) +
+                    " values x 4 bytes per sample, and its inputs), more "
+                    "than this machine's " +
+                    format_bytes(memory) + " of memory; use " + o.calib.samples_flag + " " +
+                    std::to_string(most) + " or less, or --calib-mode parallel");
 }
 
 void check_paths_after_loading(const quantize_command_options& o, const ox::model& m) {
@@ -338,7 +438,8 @@ struct run_facts {
   std::vector<std::pair<fs::path, std::uint64_t>> output_files;
   std::uint64_t output_bytes = 0;
   std::optional<std::uint64_t> peak_rss;
-  double load_s = 0, quantize_s = 0, save_s = 0, total_s = 0;
+  /// auto_s: --auto's calibration and scoring of the candidates (0 without --auto).
+  double load_s = 0, auto_s = 0, quantize_s = 0, save_s = 0, total_s = 0;
 };
 
 nlohmann::json make_report(const quantize_command_options& o, const ox::quantize_report& r,
@@ -356,6 +457,7 @@ nlohmann::json make_report(const quantize_command_options& o, const ox::quantize
   j["output_bytes"] = f.output_bytes;
   j["peak_rss_bytes"] = f.peak_rss ? nlohmann::json(*f.peak_rss) : nlohmann::json(nullptr);
   j["timing"] = {{"load_seconds", f.load_s},
+                 {"auto_plan_seconds", f.auto_s},
                  {"quantize_seconds", f.quantize_s},
                  {"save_seconds", f.save_s},
                  {"total_seconds", f.total_s}};
@@ -436,8 +538,10 @@ void print_summary(std::ostream& out, const quantize_command_options& o,
                                  ")");
     row("SQNR", "min " + fixed(sqnr_min, 1) + " dB");
   }
-  row("time", format_seconds(f.total_s) + " (load " + format_seconds(f.load_s) + ", quantize " +
-                  format_seconds(f.quantize_s) + ", save " + format_seconds(f.save_s) + ")");
+  row("time", format_seconds(f.total_s) + " (load " + format_seconds(f.load_s) +
+                  (f.auto_s > 0 ? ", auto plan " + format_seconds(f.auto_s) : std::string()) +
+                  ", quantize " + format_seconds(f.quantize_s) + ", save " +
+                  format_seconds(f.save_s) + ")");
   if (f.peak_rss) row("peak memory", format_bytes(*f.peak_rss));
 }
 
@@ -461,12 +565,9 @@ void setup_quantize(CLI::App& app) {
              "What quantized weights become: com.microsoft MatMulNBits, DequantizeLinear-21 + "
              "the original node (QDQ), or fake-quant float weights (for evaluation)",
              "matmulnbits");
-  sub->add_option_function<int>(
-         "--bits", [&o](const int& v) { o.bits = v; },
-         "Bits per weight, 2-8 (matmulnbits: 2, 4 or 8; qdq: 4 or 8)")
-      ->check(CLI::Range(2, 8).description(""))
-      ->type_name("2-8")
-      ->default_str("4");
+  add_int_option(
+      *sub, "--bits", {2, 8}, [&o](std::int64_t v) { o.bits = static_cast<int>(v); },
+      "Bits per weight (matmulnbits: 2, 4 or 8; qdq: 4 or 8)", "4");
   sub->add_option_function<std::string>(
          "--group-size", [&o](const std::string& v) { parse_group_size(v, o); },
          "Rows of K that share a scale, or per-channel (matmulnbits: a power of two 16..256)")
@@ -488,70 +589,52 @@ void setup_quantize(CLI::App& app) {
       *sub, o.calib, "--calib",
       "Calibration data for --method gptq and awq_* (model inputs; without it, random inputs "
       "with a warning)");
-  sub->add_option("--calib-samples", o.calib.samples,
-                  "Calibration samples (token files, random inputs: this many windows; other "
-                  "files: at most this many, 0 = all)")
-      ->type_name("N")
-      ->capture_default_str();
-  sub->add_option("--calib-seq-len", o.calib.seq_len, "Tokens per calibration window (token files)")
-      ->type_name("N")
-      ->capture_default_str();
-  sub->add_option("--calib-batch", o.calib_batch, "Calibration samples per executor run")
-      ->check(CLI::PositiveNumber)
-      ->type_name("N")
-      ->capture_default_str();
+  o.calib.samples_flag = "--calib-samples";
+  o.calib.seq_len_flag = "--calib-seq-len";
+  add_count_options(*sub, o.calib,
+                    "Calibration samples: windows of a token file (at most its distinct windows), "
+                    "random samples, or at most this many samples of a .npy/.npz/.pb data; a "
+                    "count given is checked against the data and, with --calib-mode sequential, "
+                    "the machine's memory",
+                    "Tokens per calibration window (token files; symbolic dimensions of random "
+                    "inputs)");
+  add_int_option(*sub, "--calib-batch", o.calib_batch, {1}, "Calibration samples per executor run");
   add_choice(*sub, "--calib-mode", o.calib_mode, calib_mode_choices,
              "sequential: each weight sees the activations of the already quantized earlier "
              "weights (GPTQ's recipe); parallel: every weight sees the float model's (ONNX "
              "Runtime's and INC's GPTQ)",
              "sequential");
-  sub->add_option("--gptq-block", o.gptq_block, "GPTQ: rows per lazy block (one GEMM each)")
-      ->check(CLI::PositiveNumber)
-      ->type_name("N")
-      ->capture_default_str();
-  sub->add_option("--damp", o.damp, "GPTQ: damping added to diag(H), a fraction of its mean")
-      ->check(CLI::PositiveNumber)
-      ->type_name("X")
-      ->capture_default_str();
-  sub->add_flag("--act-order,!--no-act-order", o.act_order,
-                "GPTQ: quantize rows in order of decreasing diag(H) (default on; with groups it "
-                "needs --static-groups: the ONNX formats have no g_idx)");
-  sub->add_flag("--static-groups,!--no-static-groups", o.static_groups,
-                "GPTQ: compute every group's scale up front from the original weights (default "
-                "on)");
-  sub->add_option("--awq-alpha-step", o.awq_alpha_step,
-                  "AWQ: spacing of the alpha grid 0, step, ..., 1 of the scale search")
-      ->check(CLI::Range(1e-6, 1.0).description(""))
-      ->type_name("X")
-      ->capture_default_str();
-  sub->add_option("--awq-clip-step", o.awq_clip_step,
-                  "AWQ clip: spacing of the clip ratios 1, 1 - step, ... >= --awq-clip-min")
-      ->check(CLI::PositiveNumber)
-      ->type_name("X")
-      ->capture_default_str();
-  sub->add_option("--awq-clip-min", o.awq_clip_min, "AWQ clip: the smallest clip ratio, in (0, 1]")
-      ->check(CLI::Range(1e-6, 1.0).description(""))
-      ->type_name("X")
-      ->capture_default_str();
-  sub->add_flag("--awq-per-subgraph,!--no-awq-per-subgraph", o.awq_per_subgraph,
-                "AWQ: weights sharing an input (q/k/v, gate/up) get one joint scale, so 1/s can "
-                "be folded into the input's producer (default on)");
-  sub->add_option("--awq-samples", o.awq_samples,
-                  "AWQ: calibration rows sampled (uniformly) for the scale and clip losses")
-      ->check(CLI::PositiveNumber)
-      ->type_name("N")
-      ->capture_default_str();
+  add_int_option(*sub, "--gptq-block", o.gptq_block, {1},
+                 "GPTQ: rows per lazy block (one GEMM each)");
+  add_real_option(*sub, "--damp", o.damp, {0, true},
+                  "GPTQ: damping added to diag(H), a fraction of its mean");
+  add_switch(*sub, "act-order", o.act_order,
+             "GPTQ: quantize rows in order of decreasing diag(H) (with groups it needs "
+             "--static-groups: the ONNX formats have no g_idx)");
+  add_switch(*sub, "static-groups", o.static_groups,
+             "GPTQ: compute every group's scale up front from the original weights");
+  add_real_option(*sub, "--awq-alpha-step", o.awq_alpha_step, unit_interval,
+                  "AWQ: spacing of the alpha grid 0, step, ..., 1 of the scale search");
+  add_real_option(*sub, "--awq-clip-step", o.awq_clip_step, unit_interval,
+                  "AWQ clip: spacing of the clip ratios 1, 1 - step, ... >= --awq-clip-min");
+  add_real_option(*sub, "--awq-clip-min", o.awq_clip_min, unit_interval,
+                  "AWQ clip: the smallest clip ratio");
+  add_switch(*sub, "awq-per-subgraph", o.awq_per_subgraph,
+             "AWQ: weights sharing an input (q/k/v, gate/up) get one joint scale, so 1/s can "
+             "be folded into the input's producer");
+  add_int_option(*sub, "--awq-samples", o.awq_samples, {1},
+                 "AWQ: calibration rows sampled (uniformly) for the scale and clip losses");
   sub->add_flag("--compare-rtn", o.compare_rtn,
                 "GPTQ: also report RTN's Hessian-weighted loss for each weight (one more K x K x N "
                 "product per weight)");
   sub->add_flag("--auto", o.auto_plan,
                 "Choose a format per weight (from --auto-candidates) for the least "
                 "Hessian-weighted error on --calib data within --effective-bits");
-  sub->add_option_function<double>(
-         "--effective-bits", [&o](const double& v) { o.effective_bits = v; },
-         "--auto: the budget, stored bits (codes, scales, zero points) per weight over the "
-         "weights quantized")
-      ->check(CLI::PositiveNumber)
+  add_real_option(
+      *sub, "--effective-bits", effective_bits_range, [&o](double v) { o.effective_bits = v; },
+      "--auto: the budget, stored bits (codes, scales, zero points) per weight over the "
+      "weights quantized",
+      "")
       ->type_name("B");
   sub->add_option("--auto-candidates", o.auto_candidates,
                   "--auto: the formats to choose from (default int4-g32 int4-g128 int8-g128 "
@@ -589,11 +672,10 @@ void setup_quantize(CLI::App& app) {
              "The final projection to the logits: keep it in float, quantize it like the "
              "others, or quantize it to 8 bits",
              "keep");
-  sub->add_option_function<int>(
-         "--accuracy-level", [&o](const int& v) { o.accuracy_level = v; },
-         "MatMulNBits accuracy_level attribute (absent unless given)")
-      ->check(CLI::Range(0, 4).description(""))
-      ->type_name("0-4");
+  add_int_option(
+      *sub, "--accuracy-level", {0, 4},
+      [&o](std::int64_t v) { o.accuracy_level = static_cast<int>(v); },
+      "MatMulNBits accuracy_level attribute (absent unless given)", "");
   add_choice(*sub, "--external-data", o.external, external_choices,
              "Write weights to OUT.data: when the model would pass 2 GB, always, or never", "auto");
   add_choice(*sub, "--spill", o.spill, spill_choices,
@@ -604,10 +686,8 @@ void setup_quantize(CLI::App& app) {
                   "Write a JSON report (per-weight error, sizes, timings, peak memory) to FILE, "
                   "or to stdout with - (instead of the summary)")
       ->type_name("FILE|-");
-  sub->add_option("--threads", o.threads,
-                  "Threads, 0 = all cores (the output does not depend on it)")
-      ->type_name("N")
-      ->capture_default_str();
+  add_int_option(*sub, "--threads", o.threads, threads_range(),
+                 "Threads (the output does not depend on it)");
   sub->add_flag("-q,--quiet", o.quiet, "Print nothing but errors (and the report with --report -)");
   sub->footer(exit_codes_text());
   sub->callback([opt]() { run_quantize(*opt); });
@@ -620,7 +700,9 @@ ox::quantize_options to_quantize_options(const quantize_command_options& o,
     try {
       ox::apply_config(config, q);
     } catch (const ox::model_error& e) {
-      throw usage_error("--config file '" + o.config_file.string() + "': " + e.what());
+      std::string why = e.what();  // "config: \"bits\" 9: must be ..." names the field
+      if (why.rfind("config: ", 0) == 0) why = why.substr(8);
+      throw usage_error("--config file '" + o.config_file.string() + "': " + why);
     }
   }
   // Command line flags win over the config file.
@@ -654,12 +736,6 @@ ox::quantize_options to_quantize_options(const quantize_command_options& o,
   q.awq.clip.clip_min = o.awq_clip_min;
   q.awq.per_subgraph = o.awq_per_subgraph;
   q.awq.samples = o.awq_samples;
-  if (o.act_order && !o.static_groups && q.config.granularity == int4q::grouping::group) {
-    throw usage_error(
-        "--act-order with groups needs --static-groups: the ONNX formats store groups "
-        "contiguous in K and have no g_idx (drop --no-static-groups, or add --no-act-order, or use "
-        "--group-size per-channel)");
-  }
   if (o.format) q.format = *o.format;
   if (o.bits) q.config.bits = *o.bits;
   if (o.granularity) {
@@ -675,7 +751,7 @@ ox::quantize_options to_quantize_options(const quantize_command_options& o,
   if (o.embeddings) q.embeddings = *o.embeddings;
   if (o.accuracy_level) q.accuracy_level = o.accuracy_level;
   q.threads = o.threads;
-  check_options(q, o.rounding.has_value(), o.config_file.string());
+  check_options(q, o.rounding.has_value(), config_sources(q, o.config_file.string()));
   return q;
 }
 
@@ -699,14 +775,31 @@ void run_quantize(const quantize_command_options& o) {
   } catch (const int4q::config_error& e) {
     throw usage_error(std::string("--auto-candidates: ") + e.what());
   }
+  // A --plan file, read and checked before any work (its weights against the model once loaded).
+  std::optional<ox::quant_plan> plan_file;
+  if (!o.plan_in.empty()) plan_file = read_plan_file(o.plan_in);
   check_paths_before_loading(o);
+  note_output_for_signals(o.output);
 
   run_facts facts;
   auto t = clock_type::now();
   ox::model m = ox::load_model(o.input);
-  facts.load_s = seconds_since(t);
   facts.input_bytes = model_bytes_on_disk(m);
   check_paths_after_loading(o, m);
+  bool calibrated = q.algo != ox::method::rtn || o.auto_plan;
+  for (const auto& ov : q.overrides)
+    calibrated = calibrated || (ov.algo && *ov.algo != ox::method::rtn);
+  {
+    // The whole model, before any work: NaN/Inf is an error in the weights this run
+    // quantizes (the selection of the options, before a --plan), a warning elsewhere; the
+    // executor of calibrated methods holds every tensor in float32.
+    ox::validate_options v;
+    v.quantize = &q;
+    v.available_memory_bytes = physical_memory_bytes();
+    v.materializes_all = calibrated;
+    print_validation_warnings(ox::validate_model(m, v), o.quiet);
+  }
+  facts.load_s = seconds_since(t);  // loading and validation
 
   // Low memory: quantized tensors go to a scratch file next to the output as they are made;
   // save_model copies them into OUT (or OUT.data) and the scratch file is removed whatever
@@ -719,12 +812,15 @@ void run_quantize(const quantize_command_options& o) {
 
   // Calibration data for the methods that need activations, read batch by batch.
   std::optional<ox::calib_data> calib;
-  bool calibrated = q.algo != ox::method::rtn || o.auto_plan;
-  for (const auto& ov : q.overrides)
-    calibrated = calibrated || (ov.algo && *ov.algo != ox::method::rtn);
   std::size_t next_sample = 0;
   if (calibrated) {
-    calib.emplace(open_data(m, o.calib, o.quiet));
+    calib.emplace(open_data(m, o.calib, /*quiet=*/true));
+    bool method_calibrated = q.algo != ox::method::rtn;
+    for (const auto& ov : q.overrides)
+      method_calibrated = method_calibrated || (ov.algo && *ov.algo != ox::method::rtn);
+    if (method_calibrated && q.calibration.mode == ox::calibration_mode::sequential)
+      check_calibration_memory(m, *calib, o);
+    print_data_warnings(*calib, o.quiet);
     q.calibration.description = calib->description();
     const std::size_t per_run =
         std::max<std::size_t>(1, std::min(o.calib_batch, calib->max_batch()));
@@ -745,27 +841,38 @@ void run_quantize(const quantize_command_options& o) {
     a.effective_bits = *o.effective_bits;
     a.candidates = auto_candidates;
     if (!o.quiet) std::cerr << "int4q: --auto: scoring the candidates on calibration data\n";
+    t = clock_type::now();
     plan = ox::auto_plan(m, q, a);
+    facts.auto_s = seconds_since(t);
     next_sample = 0;  // the method reads the data again from its start
     if (!o.plan_out.empty()) write_file_atomically(o.plan_out, ox::to_json(*plan).dump(2) + "\n");
-  } else if (!o.plan_in.empty()) {
-    plan = ox::plan_from_json(read_json_file(o.plan_in, "--plan file"));
+  } else if (plan_file) {
+    plan = std::move(plan_file);
     std::map<std::string, bool> known;
     for (const auto& w : ox::find_weights(m)) known[w.name] = w.quantizable;
-    for (const auto& w : plan->weights) {
-      if (!known[w.weight]) {
-        throw ox::model_error(ox::model_error::kind::invalid,
-                              "--plan file '" + o.plan_in.string() + "': weight '" + w.weight +
-                                  "' is not a quantizable weight of this model");
+    for (std::size_t i = 0; i < plan->weights.size(); ++i) {
+      if (!known[plan->weights[i].weight]) {
+        throw usage_error("--plan file '" + o.plan_in.string() + "': weights[" + std::to_string(i) +
+                          "]: '" + plan->weights[i].weight +
+                          "' is not a quantizable weight of this model (a plan is made for one "
+                          "model: make one for this model with --auto --plan-out)");
       }
     }
   }
   if (plan) {
+    std::vector<std::string> sources;
+    for (std::size_t i = 0; i < plan->weights.size(); ++i) {
+      sources.push_back(o.auto_plan
+                            ? "--auto plan: weight '" + plan->weights[i].weight + "'"
+                            : "--plan file '" + o.plan_in.string() + "': weights[" +
+                                  std::to_string(i) + "] ('" + plan->weights[i].weight + "')");
+    }
+    const auto config_part = config_sources(q, o.config_file.string());
+    sources.insert(sources.end(), config_part.begin(), config_part.end());
     std::vector<ox::node_override> ov = ox::plan_overrides(*plan);
     ov.insert(ov.end(), q.overrides.begin(), q.overrides.end());
     q.overrides = std::move(ov);
-    check_options(q, o.rounding.has_value(),
-                  o.plan_in.empty() ? std::string("--auto") : o.plan_in.string());
+    check_options(q, o.rounding.has_value(), sources);
   }
 
   ox::quantize_report report;

@@ -167,6 +167,21 @@ inline void set_attr(::onnx::NodeProto& n, const std::string& name, const ::onnx
   *a.mutable_t() = v;
 }
 
+/// Makes `t` point to external data: `location`, and `offset` / `length` unless negative (absent).
+inline void set_external(::onnx::TensorProto& t, const std::string& location, std::int64_t offset,
+                         std::int64_t length) {
+  t.clear_raw_data();
+  t.set_data_location(::onnx::TensorProto::EXTERNAL);
+  auto add = [&](const char* k, const std::string& v) {
+    auto* e = t.add_external_data();
+    e->set_key(k);
+    e->set_value(v);
+  };
+  add("location", location);
+  if (offset >= 0) add("offset", std::to_string(offset));
+  if (length >= 0) add("length", std::to_string(length));
+}
+
 // ---- Lookups in a built or rewritten model ---------------------------------------------------
 
 /// The initializer named `name`, or nullptr.

@@ -1,9 +1,7 @@
 // Calibration/evaluation data (calib_data.hpp): the readers on bytes written here from the
 // published formats (NumPy's .npy format description, PKWARE's APPNOTE for ZIP, RFC 1951 deflate
-// through zlib), ONNX's own test data, token files, random inputs, the defaults for
-// language-model inputs, and the error messages.
-#include <zlib.h>
-
+// through zlib), ONNX test data folders (made by the tests), token files, random inputs, the
+// defaults for language-model inputs, and the error messages.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -23,7 +21,9 @@
 #include <int4q/onnx/executor.hpp>
 #include <int4q/onnx/model.hpp>
 
+#include "onnx/add_test_data.hpp"
 #include "onnx/graph_builder.hpp"
+#include "onnx/npy_files.hpp"
 #include "onnx/scratch_dir.hpp"
 
 namespace {
@@ -32,168 +32,13 @@ namespace fs = std::filesystem;
 namespace ox = int4q::onnx;
 using int4q::test::graph_builder;
 
-// ---- Bytes from the specifications ---------------------------------------------------------
-
-void put16(std::string& s, std::uint32_t v) {
-  s += static_cast<char>(v & 0xFF);
-  s += static_cast<char>((v >> 8) & 0xFF);
-}
-void put32(std::string& s, std::uint32_t v) {
-  put16(s, v & 0xFFFF);
-  put16(s, v >> 16);
-}
-void put64(std::string& s, std::uint64_t v) {
-  put32(s, static_cast<std::uint32_t>(v));
-  put32(s, static_cast<std::uint32_t>(v >> 32));
-}
-template <class T>
-std::string raw(const std::vector<T>& v) {
-  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
-}
-
-/// A .npy file (NumPy format description): "\x93NUMPY", major, minor, header length (uint16 for
-/// 1.0, uint32 for 2.0/3.0), the dict padded with spaces and ended by '\n' so that the data
-/// starts at a multiple of 64, then the data.
-std::string npy(const std::string& dict, const std::string& data, int major = 1) {
-  const std::size_t pre = major == 1 ? 10 : 12;
-  std::string header = dict;
-  while ((pre + header.size() + 1) % 64 != 0) header += ' ';
-  header += '\n';
-  std::string out = "\x93NUMPY";
-  out += static_cast<char>(major);
-  out += '\0';
-  if (major == 1)
-    put16(out, static_cast<std::uint32_t>(header.size()));
-  else
-    put32(out, static_cast<std::uint32_t>(header.size()));
-  return out + header + data;
-}
-
-std::string dict(const std::string& descr, const std::string& shape, bool fortran = false) {
-  return "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") +
-         ", 'shape': " + shape + ", }";
-}
-
-std::uint32_t crc_of(const std::string& s) {
-  return static_cast<std::uint32_t>(
-      crc32(0, reinterpret_cast<const Bytef*>(s.data()), static_cast<uInt>(s.size())));
-}
-
-/// Raw deflate (RFC 1951, no zlib header), as ZIP method 8 stores it.
-std::string deflate_raw(const std::string& in) {
-  z_stream s{};
-  EXPECT_EQ(deflateInit2(&s, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY), Z_OK);
-  std::string out(deflateBound(&s, static_cast<uLong>(in.size())), '\0');
-  s.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
-  s.avail_in = static_cast<uInt>(in.size());
-  s.next_out = reinterpret_cast<Bytef*>(&out[0]);
-  s.avail_out = static_cast<uInt>(out.size());
-  EXPECT_EQ(deflate(&s, Z_FINISH), Z_STREAM_END);
-  out.resize(s.total_out);
-  deflateEnd(&s);
-  return out;
-}
-
-struct zip_member {
-  std::string name;
-  std::string data;
-  bool deflate = false;
-};
-
-/// How ZIP64 appears: none; local headers only (Python's zipfile with force_zip64, as
-/// numpy.savez writes: sizes 0xFFFFFFFF in the local header and an 0x0001 extra field); or
-/// everywhere (central directory, ZIP64 end record and locator too).
-enum class zip64 { none, local_only, full };
-
-/// A ZIP archive (APPNOTE 6.3: 4.3.7 local header, 4.3.12 central directory header, 4.3.14
-/// ZIP64 end of central directory record, 4.3.15 its locator, 4.3.16 end of central directory
-/// record, 4.5.3 ZIP64 extended information extra field).
-std::string zip(const std::vector<zip_member>& members, zip64 z64 = zip64::none,
-                std::uint16_t method_override = 0xFFFF, bool bad_crc = false) {
-  std::string out, central;
-  for (const auto& m : members) {
-    const std::string body = m.deflate ? deflate_raw(m.data) : m.data;
-    const std::uint16_t method = method_override != 0xFFFF ? method_override : m.deflate ? 8 : 0;
-    const std::uint32_t crc = crc_of(m.data) ^ (bad_crc ? 1u : 0u);
-    const std::uint64_t offset = out.size();
-    // Local file header.
-    put32(out, 0x04034b50);
-    put16(out, z64 == zip64::none ? 20 : 45);  // version needed
-    put16(out, 0);                             // flags
-    put16(out, method);
-    put16(out, 0);     // time
-    put16(out, 0x21);  // date: 1980-01-01
-    put32(out, crc);
-    put32(out, z64 == zip64::none ? static_cast<std::uint32_t>(body.size()) : 0xFFFFFFFFu);
-    put32(out, z64 == zip64::none ? static_cast<std::uint32_t>(m.data.size()) : 0xFFFFFFFFu);
-    put16(out, static_cast<std::uint32_t>(m.name.size()));
-    put16(out, z64 == zip64::none ? 0 : 20);
-    out += m.name;
-    if (z64 != zip64::none) {
-      put16(out, 0x0001);
-      put16(out, 16);
-      put64(out, m.data.size());  // uncompressed first, then compressed
-      put64(out, body.size());
-    }
-    out += body;
-    // Central directory header.
-    const bool big = z64 == zip64::full;
-    put32(central, 0x02014b50);
-    put16(central, 45);  // version made by
-    put16(central, big ? 45 : 20);
-    put16(central, 0);
-    put16(central, method);
-    put16(central, 0);
-    put16(central, 0x21);
-    put32(central, crc);
-    put32(central, big ? 0xFFFFFFFFu : static_cast<std::uint32_t>(body.size()));
-    put32(central, big ? 0xFFFFFFFFu : static_cast<std::uint32_t>(m.data.size()));
-    put16(central, static_cast<std::uint32_t>(m.name.size()));
-    put16(central, big ? 28 : 0);  // extra length
-    put16(central, 0);             // comment length
-    put16(central, 0);             // disk number start
-    put16(central, 0);             // internal attributes
-    put32(central, 0);             // external attributes
-    put32(central, big ? 0xFFFFFFFFu : static_cast<std::uint32_t>(offset));
-    central += m.name;
-    if (big) {
-      put16(central, 0x0001);
-      put16(central, 24);
-      put64(central, m.data.size());
-      put64(central, body.size());
-      put64(central, offset);
-    }
-  }
-  const std::uint64_t cd_offset = out.size();
-  out += central;
-  if (z64 == zip64::full) {
-    const std::uint64_t record = out.size();
-    put32(out, 0x06064b50);
-    put64(out, 44);  // size of the rest of the record
-    put16(out, 45);
-    put16(out, 45);
-    put32(out, 0);
-    put32(out, 0);
-    put64(out, members.size());
-    put64(out, members.size());
-    put64(out, central.size());
-    put64(out, cd_offset);
-    put32(out, 0x07064b50);
-    put32(out, 0);
-    put64(out, record);
-    put32(out, 1);
-  }
-  const bool big = z64 == zip64::full;
-  put32(out, 0x06054b50);
-  put16(out, 0);
-  put16(out, 0);
-  put16(out, big ? 0xFFFF : static_cast<std::uint32_t>(members.size()));
-  put16(out, big ? 0xFFFF : static_cast<std::uint32_t>(members.size()));
-  put32(out, big ? 0xFFFFFFFFu : static_cast<std::uint32_t>(central.size()));
-  put32(out, big ? 0xFFFFFFFFu : static_cast<std::uint32_t>(cd_offset));
-  put16(out, 0);
-  return out;
-}
+using int4q::test::npy;
+using int4q::test::npy_dict;
+using int4q::test::put16;
+using int4q::test::put32;
+using int4q::test::raw;
+using int4q::test::zip;
+using int4q::test::zip64;
 
 // ---- Files ------------------------------------------------------------------------------------
 
@@ -251,21 +96,21 @@ ox::model lm_model(std::int64_t vocab = 10) {
 TEST_F(CalibTest, NpyReadsEveryDtype) {
   // Half bits: 0x3C00 = 1, 0xC000 = -2, 0x3555 = 0.333251953125 (fp16 nearest to 1/3).
   const std::string f2 =
-      npy(dict("<f2", "(3,)"), raw(std::vector<std::uint16_t>{0x3C00, 0xC000, 0x3555}));
+      npy(npy_dict("<f2", "(3,)"), raw(std::vector<std::uint16_t>{0x3C00, 0xC000, 0x3555}));
   ox::value v = ox::npy_to_value(f2, "f2");
   EXPECT_EQ(v.type, ox::value_type::float32);
   EXPECT_EQ(v.shape, (std::vector<std::int64_t>{3}));
   EXPECT_EQ(v.f, (std::vector<float>{1.0f, -2.0f, 0.333251953125f}));
 
-  v = ox::npy_to_value(npy(dict("<f4", "(2, 3)"), raw(std::vector<float>{1, 2, 3, 4, 5, -6.5f})),
-                       "f4");
+  v = ox::npy_to_value(
+      npy(npy_dict("<f4", "(2, 3)"), raw(std::vector<float>{1, 2, 3, 4, 5, -6.5f})), "f4");
   EXPECT_EQ(v.shape, (std::vector<std::int64_t>{2, 3}));
   EXPECT_EQ(v.f, (std::vector<float>{1, 2, 3, 4, 5, -6.5f}));
-  v = ox::npy_to_value(npy(dict("<f8", "(2,)"), raw(std::vector<double>{0.1, -1e300})), "f8");
+  v = ox::npy_to_value(npy(npy_dict("<f8", "(2,)"), raw(std::vector<double>{0.1, -1e300})), "f8");
   EXPECT_EQ(v.f, (std::vector<float>{0.1f, -INFINITY}));
 
   auto ints = [](const std::string& descr, const std::string& data) {
-    const ox::value r = ox::npy_to_value(npy(dict(descr, "(2,)"), data), descr);
+    const ox::value r = ox::npy_to_value(npy(npy_dict(descr, "(2,)"), data), descr);
     EXPECT_EQ(r.type, ox::value_type::int64) << descr;
     return r.i;
   };
@@ -281,17 +126,18 @@ TEST_F(CalibTest, NpyReadsEveryDtype) {
   EXPECT_EQ(ints("<u8", raw(std::vector<std::uint64_t>{std::uint64_t(1) << 62, 3})),
             (I{std::int64_t(1) << 62, 3}));
 
-  v = ox::npy_to_value(npy(dict("|b1", "(2, 2)"), std::string("\x01\x00\x00\x01", 4)), "b1");
+  v = ox::npy_to_value(npy(npy_dict("|b1", "(2, 2)"), std::string("\x01\x00\x00\x01", 4)), "b1");
   EXPECT_EQ(v.type, ox::value_type::boolean);
   EXPECT_EQ(v.i, (I{1, 0, 0, 1}));
 
   // Versions 2.0 and 3.0: a 4-byte header length; a scalar; an empty array.
   for (int major : {2, 3}) {
-    v = ox::npy_to_value(npy(dict("<i8", "()"), raw(std::vector<std::int64_t>{42}), major), "v2");
+    v = ox::npy_to_value(npy(npy_dict("<i8", "()"), raw(std::vector<std::int64_t>{42}), major),
+                         "v2");
     EXPECT_TRUE(v.shape.empty());
     EXPECT_EQ(v.i, (I{42}));
   }
-  v = ox::npy_to_value(npy(dict("<f4", "(0, 4)"), ""), "empty");
+  v = ox::npy_to_value(npy(npy_dict("<f4", "(0, 4)"), ""), "empty");
   EXPECT_EQ(v.shape, (std::vector<std::int64_t>{0, 4}));
   // Keys in another order, double quotes, no trailing comma: still a NumPy header.
   v = ox::npy_to_value(npy("{\"shape\": (1,), \"fortran_order\": False, \"descr\": \"<i4\"}",
@@ -303,27 +149,27 @@ TEST_F(CalibTest, NpyReadsEveryDtype) {
 TEST_F(CalibTest, NpyRefusesWhatItCannotRead) {
   using K = ox::model_error::kind;
   const std::string data = raw(std::vector<float>{1, 2, 3, 4});
-  expect_error([&] { ox::npy_to_value(npy(dict("<f4", "(2, 2)", true), data), "'f.npy'"); },
+  expect_error([&] { ox::npy_to_value(npy(npy_dict("<f4", "(2, 2)", true), data), "'f.npy'"); },
                K::unsupported, {"'f.npy'", "Fortran order", "C order"});
-  expect_error([&] { ox::npy_to_value(npy(dict(">f4", "(4,)"), data), "'b.npy'"); }, K::unsupported,
-               {"'b.npy'", "big-endian"});
-  expect_error([&] { ox::npy_to_value(npy(dict("<c8", "(2,)"), data), "'c.npy'"); }, K::unsupported,
-               {"'c.npy'", "<c8"});
-  expect_error([&] { ox::npy_to_value(npy(dict("<f4", "(5,)"), data), "'t.npy'"); }, K::invalid,
+  expect_error([&] { ox::npy_to_value(npy(npy_dict(">f4", "(4,)"), data), "'b.npy'"); },
+               K::unsupported, {"'b.npy'", "big-endian"});
+  expect_error([&] { ox::npy_to_value(npy(npy_dict("<c8", "(2,)"), data), "'c.npy'"); },
+               K::unsupported, {"'c.npy'", "<c8"});
+  expect_error([&] { ox::npy_to_value(npy(npy_dict("<f4", "(5,)"), data), "'t.npy'"); }, K::invalid,
                {"'t.npy'", "truncated"});
   expect_error([&] { ox::npy_to_value("PK\x03\x04 not numpy", "'x.npy'"); }, K::invalid,
                {"'x.npy'", "not a .npy"});
-  expect_error([&] { ox::npy_to_value(npy(dict("<f4", "(4,)"), data, 4), "'v.npy'"); },
+  expect_error([&] { ox::npy_to_value(npy(npy_dict("<f4", "(4,)"), data, 4), "'v.npy'"); },
                K::unsupported, {"version 4.0"});
   expect_error(
       [&] {
         ox::npy_to_value(
-            npy(dict("<u8", "(1,)"), raw(std::vector<std::uint64_t>{~std::uint64_t(0)})),
+            npy(npy_dict("<u8", "(1,)"), raw(std::vector<std::uint64_t>{~std::uint64_t(0)})),
             "'u.npy'");
       },
       K::invalid, {"'u.npy'", "int64"});
   expect_error([&] { ox::read_npy(dir_ / "missing.npy"); }, K::io, {"missing.npy"});
-  const fs::path f = write("fortran.npy", npy(dict("<f4", "(2, 2)", true), data));
+  const fs::path f = write("fortran.npy", npy(npy_dict("<f4", "(2, 2)", true), data));
   expect_error([&] { ox::read_npy(f); }, K::unsupported, {"fortran.npy", "Fortran"});
 }
 
@@ -360,11 +206,11 @@ TEST_F(CalibTest, NpyWriterWritesTheFormatsBytes) {
 
 TEST_F(CalibTest, NpzStoredDeflatedAndZip64) {
   const std::string ids =
-      npy(dict("<i8", "(2, 3)"), raw(std::vector<std::int64_t>{1, 2, 3, 4, 5, 6}));
+      npy(npy_dict("<i8", "(2, 3)"), raw(std::vector<std::int64_t>{1, 2, 3, 4, 5, 6}));
   // Compressible enough that deflate does shrink it.
   std::vector<float> big(1000);
   for (std::size_t k = 0; k < big.size(); ++k) big[k] = static_cast<float>(k % 7);
-  const std::string x = npy(dict("<f4", "(10, 100)"), raw(big));
+  const std::string x = npy(npy_dict("<f4", "(10, 100)"), raw(big));
   for (const zip64 z : {zip64::none, zip64::local_only, zip64::full}) {
     for (const bool deflate : {false, true}) {
       SCOPED_TRACE(std::string(deflate ? "deflate" : "stored") + " zip64 " +
@@ -386,7 +232,7 @@ TEST_F(CalibTest, NpzStoredDeflatedAndZip64) {
 
 TEST_F(CalibTest, NpzErrors) {
   using K = ox::model_error::kind;
-  const std::string ids = npy(dict("<i8", "(1, 2)"), raw(std::vector<std::int64_t>{1, 2}));
+  const std::string ids = npy(npy_dict("<i8", "(1, 2)"), raw(std::vector<std::int64_t>{1, 2}));
   fs::path p = write("crc.npz", zip({{"input_ids.npy", ids, false}}, zip64::none, 0xFFFF, true));
   expect_error([&] { ox::read_npz(p); }, K::invalid, {"crc.npz", "input_ids.npy", "CRC"});
   p = write("crc2.npz", zip({{"input_ids.npy", ids, true}}, zip64::none, 0xFFFF, true));
@@ -402,27 +248,76 @@ TEST_F(CalibTest, NpzErrors) {
   expect_error([&] { ox::read_npz(p); }, K::invalid, {"notzip.npz", "end of central directory"});
 }
 
-TEST_F(CalibTest, RealNumpyFilesIfAny) {
-  // NumPy itself cannot run here; read any .npy/.npz that the machine's packages ship.
-  std::size_t read = 0;
-  for (const char* root : {"/usr/lib/python3", "/usr/local/lib", "/usr/share/doc"}) {
-    std::error_code ec;
-    if (!fs::is_directory(root, ec)) continue;
-    for (auto it = fs::recursive_directory_iterator(
-             root, fs::directory_options::skip_permission_denied, ec);
-         it != fs::recursive_directory_iterator() && read < 4; it.increment(ec)) {
-      if (ec) break;
-      const std::string ext = it->path().extension().string();
-      if (ext == ".npy") {
-        EXPECT_NO_THROW(ox::read_npy(it->path())) << it->path();
-        ++read;
-      } else if (ext == ".npz") {
-        EXPECT_NO_THROW(ox::read_npz(it->path())) << it->path();
-        ++read;
-      }
-    }
+TEST_F(CalibTest, FilesLaidOutAsNumPyWritesThem) {
+  // Fixed bytes, laid out as numpy.save / savez / savez_compressed write them (numpy/lib/
+  // format.py): the dict as Python's repr, shapes "(3,)" and "()", old NumPy padding the
+  // preamble + header to 16 bytes, newer NumPy to 64 plus spaces that let the first axis grow
+  // in place, version 2.0 / 3.0 for long or UTF-8 headers, object arrays ('|O'), which int4q
+  // refuses by design, and archives whose members are arr_0.npy, arr_1.npy, written with
+  // ZIP64 local headers (zipfile's force_zip64), stored or deflated. None is read from the
+  // machine, so the test does not depend on what else is installed.
+  using I = std::vector<std::int64_t>;
+  auto numpy_file = [](const std::string& dict_text, const std::string& data, std::size_t align,
+                       std::size_t growth_spaces, int major) {
+    const std::size_t pre = major == 1 ? 10 : 12;
+    std::string header = dict_text + std::string(growth_spaces, ' ');
+    while ((pre + header.size() + 1) % align != 0) header += ' ';
+    header += '\n';
+    std::string out = "\x93NUMPY";
+    out += static_cast<char>(major);
+    out += '\0';
+    if (major == 1)
+      put16(out, static_cast<std::uint32_t>(header.size()));
+    else
+      put32(out, static_cast<std::uint32_t>(header.size()));
+    return out + header + data;
+  };
+  // Old NumPy: 16-byte alignment. '<f4' (2, 3): 10 + 59 + 1 = 70 -> 80 bytes before the data.
+  const std::string f4_old =
+      numpy_file(npy_dict("<f4", "(2, 3)"), raw(std::vector<float>{1, 2, 3, 4, 5, 6}), 16, 0, 1);
+  ASSERT_EQ(f4_old.size(), 80u + 24u);
+  ox::value v = ox::npy_to_value(f4_old, "old");
+  EXPECT_EQ(v.shape, (std::vector<std::int64_t>{2, 3}));
+  EXPECT_EQ(v.f, (std::vector<float>{1, 2, 3, 4, 5, 6}));
+  // Newer NumPy: 64-byte alignment after 21 - len(repr(shape[0])) growth spaces.
+  const std::string i8_new = numpy_file(
+      npy_dict("<i8", "(3,)"), raw(std::vector<std::int64_t>{-1, 0, 1ll << 50}), 64, 20, 1);
+  v = ox::npy_to_value(i8_new, "new");
+  EXPECT_EQ(v.shape, (std::vector<std::int64_t>{3}));
+  EXPECT_EQ(v.i, (I{-1, 0, 1ll << 50}));
+  const std::string u1 =
+      numpy_file(npy_dict("|u1", "(2, 2)"), std::string("\x00\x7f\x80\xff", 4), 64, 20, 1);
+  EXPECT_EQ(ox::npy_to_value(u1, "u1").i, (I{0, 127, 128, 255}));
+  const std::string b1 = numpy_file(npy_dict("|b1", "()"), std::string("\x01", 1), 64, 0, 1);
+  v = ox::npy_to_value(b1, "b1");
+  EXPECT_TRUE(v.shape.empty());
+  EXPECT_EQ(v.type, ox::value_type::boolean);
+  EXPECT_EQ(v.i, (I{1}));
+  // Versions 2.0 (a 4-byte header length) and 3.0 (the same, the header in UTF-8).
+  for (int major : {2, 3}) {
+    const std::string f8 =
+        numpy_file(npy_dict("<f8", "(2,)"), raw(std::vector<double>{0.5, -2}), 64, 20, major);
+    EXPECT_EQ(ox::npy_to_value(f8, "v" + std::to_string(major)).f, (std::vector<float>{0.5f, -2}));
   }
-  if (read == 0) GTEST_SKIP() << "no .npy/.npz file written by NumPy on this machine";
+  // An object array (pickled Python objects): refused, naming the dtype.
+  expect_error(
+      [&] {
+        ox::npy_to_value(numpy_file(npy_dict("|O", "(2,)"), std::string(16, '\0'), 64, 20, 1),
+                         "'objects.npy'");
+      },
+      ox::model_error::kind::unsupported, {"'objects.npy'", "|O"});
+  // np.savez (stored) and np.savez_compressed (deflated): arr_0.npy, arr_1.npy, ZIP64 locals.
+  for (const bool deflate : {false, true}) {
+    SCOPED_TRACE(deflate ? "savez_compressed" : "savez");
+    const fs::path p = write(
+        deflate ? "compressed.npz" : "stored.npz",
+        zip({{"arr_0.npy", i8_new, deflate}, {"arr_1.npy", f4_old, deflate}}, zip64::local_only));
+    const auto arrays = ox::read_npz(p);
+    ASSERT_EQ(arrays.size(), 2u);
+    EXPECT_EQ(arrays.at("arr_0").i, (I{-1, 0, 1ll << 50}));
+    EXPECT_EQ(arrays.at("arr_1").f, (std::vector<float>{1, 2, 3, 4, 5, 6}));
+    EXPECT_EQ(arrays.at("arr_1").shape, (std::vector<std::int64_t>{2, 3}));
+  }
 }
 
 // ---- calib_data: .npy / .npz
@@ -434,7 +329,7 @@ TEST_F(CalibTest, NpzFeedsALanguageModelAndFillsTheRest) {
   std::vector<std::int32_t> tokens(15);
   for (std::size_t k = 0; k < tokens.size(); ++k) tokens[k] = static_cast<std::int32_t>(k % 10);
   const fs::path p =
-      write("lm.npz", zip({{"input_ids.npy", npy(dict("<i4", "(3, 5)"), raw(tokens)), false}}));
+      write("lm.npz", zip({{"input_ids.npy", npy(npy_dict("<i4", "(3, 5)"), raw(tokens)), false}}));
   const ox::model m = lm_model();
   ox::calib_options o;
   o.path = p;
@@ -488,7 +383,7 @@ TEST_F(CalibTest, DefaultsWithNamedDimensionsAndGivenMask) {
   past->mutable_dim(0)->set_dim_param("batch");
   past->mutable_dim(1)->set_dim_param("past_sequence_length");
   const ox::model m = g.model();
-  const fs::path p = write("ids.npy", npy(dict("<i8", "(4, 3)"), raw(iota_ids(12, 100))));
+  const fs::path p = write("ids.npy", npy(npy_dict("<i8", "(4, 3)"), raw(iota_ids(12, 100))));
   ox::calib_options o;
   o.path = p;
   const auto data = ox::calib_data::open(m, o);
@@ -515,7 +410,7 @@ TEST_F(CalibTest, FixedFirstDimensionMeansRowsPerSample) {
   std::vector<float> x(4 * 6);
   for (std::size_t k = 0; k < x.size(); ++k) x[k] = static_cast<float>(k);
   ox::calib_options o;
-  o.path = write("data.npy", npy(dict("<f4", "(4, 2, 3)"), raw(x)));
+  o.path = write("data.npy", npy(npy_dict("<f4", "(4, 2, 3)"), raw(x)));
   const auto data = ox::calib_data::open(m, o);
   EXPECT_EQ(data.samples(), 4u);
   EXPECT_EQ(data.max_batch(), 1u);
@@ -529,12 +424,12 @@ TEST_F(CalibTest, FixedFirstDimensionMeansRowsPerSample) {
   graph_builder g2;
   g2.input("features", int4q::test::onnx_float, {2, 3});
   ox::calib_options o2;
-  o2.path = write("pairs.npy",
-                  npy(dict("<f4", "(4, 3)"), raw(std::vector<float>(x.begin(), x.begin() + 12))));
+  o2.path = write("pairs.npy", npy(npy_dict("<f4", "(4, 3)"),
+                                   raw(std::vector<float>(x.begin(), x.begin() + 12))));
   const auto pairs = ox::calib_data::open(g2.model(), o2);
   EXPECT_EQ(pairs.samples(), 2u);
   EXPECT_EQ(pairs.batch(1, 1).at("features").f, std::vector<float>(x.begin() + 6, x.begin() + 12));
-  o2.path = write("odd.npy", npy(dict("<f4", "(3, 3)"), raw(std::vector<float>(9))));
+  o2.path = write("odd.npy", npy(npy_dict("<f4", "(3, 3)"), raw(std::vector<float>(9))));
   expect_error([&] { ox::calib_data::open(g2.model(), o2); }, ox::model_error::kind::invalid,
                {"odd.npy", "'features'", "whole number of samples"});
 }
@@ -543,7 +438,7 @@ TEST_F(CalibTest, ErrorsNameTheFileTheInputAndTheWayOut) {
   using K = ox::model_error::kind;
   const ox::model m = lm_model();
   ox::calib_options o;
-  const std::string ids = npy(dict("<i8", "(2, 3)"), raw(iota_ids(6)));
+  const std::string ids = npy(npy_dict("<i8", "(2, 3)"), raw(iota_ids(6)));
   // A name that is not an input: the real ones listed.
   o.path = write("typo.npz", zip({{"input_id.npy", ids, false}}));
   expect_error([&] { ox::calib_data::open(m, o); }, K::invalid,
@@ -551,25 +446,25 @@ TEST_F(CalibTest, ErrorsNameTheFileTheInputAndTheWayOut) {
   // Float data for the token ids.
   o.path = write(
       "float.npz",
-      zip({{"input_ids.npy", npy(dict("<f4", "(2, 3)"), raw(std::vector<float>(6))), false}}));
+      zip({{"input_ids.npy", npy(npy_dict("<f4", "(2, 3)"), raw(std::vector<float>(6))), false}}));
   expect_error([&] { ox::calib_data::open(m, o); }, K::invalid,
                {"float.npz", "'input_ids'", "<f4", "integer", "astype"});
   // Rank.
   o.path = write("rank.npz",
-                 zip({{"input_ids.npy", npy(dict("<i8", "(6,)"), raw(iota_ids(6))), false}}));
+                 zip({{"input_ids.npy", npy(npy_dict("<i8", "(6,)"), raw(iota_ids(6))), false}}));
   expect_error([&] { ox::calib_data::open(m, o); }, K::invalid,
                {"rank.npz", "'input_ids'", "rank 2"});
   // A fixed dimension.
   graph_builder g;
   g.input("x", int4q::test::onnx_float, {-1, 4});
-  o.path = write("x.npy", npy(dict("<f4", "(2, 5)"), raw(std::vector<float>(10))));
+  o.path = write("x.npy", npy(npy_dict("<f4", "(2, 5)"), raw(std::vector<float>(10))));
   expect_error([&] { ox::calib_data::open(g.model(), o); }, K::invalid,
                {"x.npy", "[2, 5]", "'x'", "dimension 1 fixed at 4"});
   // Samples that disagree.
   o.path =
       write("count.npz",
             zip({{"input_ids.npy", ids, false},
-                 {"attention_mask.npy", npy(dict("<i8", "(3, 3)"), raw(iota_ids(9))), false}}));
+                 {"attention_mask.npy", npy(npy_dict("<i8", "(3, 3)"), raw(iota_ids(9))), false}}));
   expect_error([&] { ox::calib_data::open(m, o); }, K::invalid,
                {"count.npz", "different numbers of samples"});
   // An input without a default left out.
@@ -608,8 +503,6 @@ TEST_F(CalibTest, ErrorsNameTheFileTheInputAndTheWayOut) {
 
 // ---- calib_data: ONNX test data ----------------------------------------------------------------
 
-const fs::path onnx_test_add = "/usr/share/libonnx-testdata/data/node/test_add";
-
 ox::value pb_value(const fs::path& p) {
   ::onnx::TensorProto t;
   std::ifstream in(p, std::ios::binary);
@@ -618,7 +511,7 @@ ox::value pb_value(const fs::path& p) {
 }
 
 TEST_F(CalibTest, OnnxTestDataFolders) {
-  if (!fs::exists(onnx_test_add / "model.onnx")) GTEST_SKIP() << "libonnx-testdata not installed";
+  const fs::path onnx_test_add = int4q::test::write_add_test(dir_ / "test_add");
   const ox::model m = ox::load_model(onnx_test_add / "model.onnx");
   const fs::path set0 = onnx_test_add / "test_data_set_0";
   for (const fs::path& p : {set0, onnx_test_add}) {  // one set, or a folder of sets

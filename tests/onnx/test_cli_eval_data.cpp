@@ -16,11 +16,12 @@
 #include <vector>
 
 #include <gtest/gtest.h>
-#include <zlib.h>
 #include <nlohmann/json.hpp>
 
+#include "onnx/add_test_data.hpp"
 #include "onnx/cli_runner.hpp"
 #include "onnx/graph_builder.hpp"
+#include "onnx/npy_files.hpp"
 #include "onnx/scratch_dir.hpp"
 
 #ifndef INT4Q_CLI_PATH
@@ -37,7 +38,6 @@ fs::path models_dir() {
   return env && *env ? fs::path(env) : fs::path(INT4Q_SOURCE_DIR) / "build" / "models";
 }
 const fs::path devgpt_dir = fs::path(INT4Q_SOURCE_DIR) / ".." / "shared" / "models" / "devgpt";
-const fs::path onnx_test_add = "/usr/share/libonnx-testdata/data/node/test_add";
 
 using result = int4q::test::cli_result;
 using int4q::test::describe;
@@ -46,68 +46,8 @@ using int4q::test::run_cli;
 
 // ---- NumPy and ZIP bytes, from their specifications --------------------------------------------
 
-void put16(std::string& s, std::uint32_t v) {
-  s += static_cast<char>(v & 0xFF);
-  s += static_cast<char>((v >> 8) & 0xFF);
-}
-void put32(std::string& s, std::uint32_t v) {
-  put16(s, v & 0xFFFF);
-  put16(s, v >> 16);
-}
-
-/// A version 1.0 .npy: magic, 1, 0, uint16 header length, the dict padded with spaces and a
-/// '\n' to a multiple of 64 bytes, the data.
-std::string npy(const std::string& descr, const std::string& shape, const std::string& data,
-                bool fortran = false) {
-  std::string header = "{'descr': '" + descr +
-                       "', 'fortran_order': " + (fortran ? "True" : "False") +
-                       ", 'shape': " + shape + ", }";
-  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
-  header += '\n';
-  std::string out("\x93NUMPY\x01\x00", 8);
-  put16(out, static_cast<std::uint32_t>(header.size()));
-  return out + header + data;
-}
-
-/// A ZIP (APPNOTE 4.3.7 local headers, 4.3.12 central directory, 4.3.16 end record) of stored
-/// entries.
-std::string zip_stored(const std::vector<std::pair<std::string, std::string>>& members) {
-  std::string out, central;
-  for (const auto& [name, data] : members) {
-    const auto crc = static_cast<std::uint32_t>(
-        crc32(0, reinterpret_cast<const Bytef*>(data.data()), static_cast<uInt>(data.size())));
-    const auto offset = static_cast<std::uint32_t>(out.size());
-    put32(out, 0x04034b50);
-    for (std::uint32_t v : {20u, 0u, 0u, 0u, 0x21u}) put16(out, v);
-    put32(out, crc);
-    put32(out, static_cast<std::uint32_t>(data.size()));
-    put32(out, static_cast<std::uint32_t>(data.size()));
-    put16(out, static_cast<std::uint32_t>(name.size()));
-    put16(out, 0);
-    out += name + data;
-    put32(central, 0x02014b50);
-    for (std::uint32_t v : {20u, 20u, 0u, 0u, 0u, 0x21u}) put16(central, v);
-    put32(central, crc);
-    put32(central, static_cast<std::uint32_t>(data.size()));
-    put32(central, static_cast<std::uint32_t>(data.size()));
-    put16(central, static_cast<std::uint32_t>(name.size()));
-    for (std::uint32_t v : {0u, 0u, 0u, 0u}) put16(central, v);
-    put32(central, 0);
-    put32(central, offset);
-    central += name;
-  }
-  const auto cd_offset = static_cast<std::uint32_t>(out.size());
-  out += central;
-  put32(out, 0x06054b50);
-  put16(out, 0);
-  put16(out, 0);
-  put16(out, static_cast<std::uint32_t>(members.size()));
-  put16(out, static_cast<std::uint32_t>(members.size()));
-  put32(out, static_cast<std::uint32_t>(central.size()));
-  put32(out, cd_offset);
-  put16(out, 0);
-  return out;
-}
+using int4q::test::npy_array;
+using int4q::test::zip_stored;
 
 std::string float_bytes(const std::vector<float>& v) {
   return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
@@ -161,7 +101,7 @@ std::vector<float> wakeword_features(std::size_t samples) {
 TEST_F(CliEvalData, WakewordAgainstItsQuantizedSelfOnNpyAndNpz) {
   REQUIRE_WAKEWORD(model);
   ASSERT_EQ(run({"quantize", model.string(), "-o", "q.onnx", "-q"}).status, 0);
-  const std::string features = npy("<f4", "(16, 25, 96)", float_bytes(wakeword_features(16)));
+  const std::string features = npy_array("<f4", "(16, 25, 96)", float_bytes(wakeword_features(16)));
   write("features.npy", features);
   write("features.npz", zip_stored({{"onnx::Flatten_0.npy", features}}));
   for (const char* data : {"features.npy", "features.npz"}) {
@@ -183,14 +123,15 @@ TEST_F(CliEvalData, WakewordAgainstItsQuantizedSelfOnNpyAndNpz) {
     EXPECT_GT(e["cosine"].get<double>(), 0.99);
     EXPECT_LT(e["cosine"].get<double>(), 1.0);
   }
-  // The model against itself: exactly no error; the table names the output and the columns.
+  // The model against itself: exactly no error; the table names the output (its whole shape:
+  // 16 samples of [1, 1], run one by one) and the columns.
   const result same = run({"eval", model.string(), model.string(), "--data", "features.npy"});
   ASSERT_EQ(same.status, 0) << describe(same);
   EXPECT_NE(same.out.find("16 samples from 'features.npy' (npy)"), std::string::npos) << same.out;
   EXPECT_NE(same.out.find("max abs     max rel    mean abs     cosine"), std::string::npos)
       << same.out;
   EXPECT_NE(
-      same.out.find("  39      [1, 1]                     0           0           0   1.000000"),
+      same.out.find("  39      [16, 1]                    0           0           0   1.000000"),
       std::string::npos)
       << same.out;
   // --samples takes the first ones.
@@ -214,7 +155,7 @@ TEST_F(CliEvalData, RandomInputsWarnOnStderr) {
 }
 
 TEST_F(CliEvalData, OnnxTestDataFolder) {
-  if (!fs::exists(onnx_test_add / "model.onnx")) GTEST_SKIP() << "libonnx-testdata not installed";
+  const fs::path onnx_test_add = int4q::test::write_add_test(dir_ / "test_add");
   const std::string m = (onnx_test_add / "model.onnx").string();
   const result r =
       run({"eval", m, m, "--data", (onnx_test_add / "test_data_set_0").string(), "--json", "-"});
@@ -250,15 +191,16 @@ TEST_F(CliEvalData, ErrorsAndExitCodes) {
   const std::string m = model.string();
   const std::vector<float> x(2 * 25 * 96, 0.5f);
   expect_failure({"eval", m, m, "--data", "missing.npz"}, 3, {"missing.npz"});
-  write("typo.npz", zip_stored({{"features.npy", npy("<f4", "(2, 25, 96)", float_bytes(x))}}));
+  write("typo.npz",
+        zip_stored({{"features.npy", npy_array("<f4", "(2, 25, 96)", float_bytes(x))}}));
   expect_failure({"eval", m, m, "--data", "typo.npz"}, 4,
                  {"typo.npz", "'features'", "'onnx::Flatten_0' float32 [1, 25, 96]"});
-  write("shape.npy", npy("<f4", "(2, 25, 48)", float_bytes(std::vector<float>(2 * 25 * 48))));
+  write("shape.npy", npy_array("<f4", "(2, 25, 48)", float_bytes(std::vector<float>(2 * 25 * 48))));
   expect_failure({"eval", m, m, "--data", "shape.npy"}, 4,
                  {"shape.npy", "[2, 25, 48]", "dimension 2 fixed at 96"});
-  write("ints.npy", npy("<i8", "(1, 25, 96)", std::string(25 * 96 * 8, '\0')));
+  write("ints.npy", npy_array("<i8", "(1, 25, 96)", std::string(25 * 96 * 8, '\0')));
   expect_failure({"eval", m, m, "--data", "ints.npy"}, 4, {"ints.npy", "<i8", "float"});
-  write("fortran.npy", npy("<f4", "(2, 25, 96)", float_bytes(x), true));
+  write("fortran.npy", npy_array("<f4", "(2, 25, 96)", float_bytes(x), true));
   expect_failure({"eval", m, m, "--data", "fortran.npy"}, 5, {"fortran.npy", "Fortran"});
   expect_failure({"eval", m, m, "--data", "shape.npy", "--token-dtype", "f32"}, 2, {"f32"});
   write("tokens.bin", std::string(300, 'a'));

@@ -21,6 +21,8 @@
 #include <int4q/float16.hpp>
 #include <int4q/onnx/model.hpp>
 
+#include "onnx/graph_builder.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -87,19 +89,7 @@ TensorProto raw_tensor(const std::string& name, int type, const std::vector<std:
   return int4q::onnx::make_tensor(name, type, dims, bytes.data(), bytes.size());
 }
 
-void set_external(TensorProto& t, const std::string& location, std::int64_t offset,
-                  std::int64_t length) {
-  t.clear_raw_data();
-  t.set_data_location(TensorProto::EXTERNAL);
-  auto add = [&](const char* k, const std::string& v) {
-    auto* e = t.add_external_data();
-    e->set_key(k);
-    e->set_value(v);
-  };
-  add("location", location);
-  if (offset >= 0) add("offset", std::to_string(offset));
-  if (length >= 0) add("length", std::to_string(length));
-}
+using int4q::test::set_external;
 
 // y = MatMul(x, w0) + b, z = MatMul(y, w1): four float initializers of different sizes, one
 // int64 (typed field) and a Constant node with a tensor value.

@@ -473,8 +473,30 @@ quant_plan plan_from_json(const nlohmann::json& j) {
     bad_plan("expected an object with a \"weights\" array (written by --plan-out)");
   }
   quant_plan plan;
-  plan.format = j.value("format", "");
-  plan.budget = j.value("budget_effective_bits", 0.0);
+  if (j.contains("format")) {
+    if (!j["format"].is_string())
+      bad_plan("\"format\" " + j["format"].dump() + ": must be a string");
+    plan.format = j["format"].get<std::string>();
+  }
+  if (j.contains("budget_effective_bits")) {
+    const auto& b = j["budget_effective_bits"];
+    // The same range as auto_options::effective_bits takes from the command line.
+    if (!b.is_number() || !(b.get<double>() > 0 && b.get<double>() <= 64))
+      bad_plan("\"budget_effective_bits\" " + b.dump() + ": must be a number in (0, 64]");
+    plan.budget = b.get<double>();
+  }
+  // Sizes and bits of a weight: unsigned integers whose products and sums fit 64 bits.
+  constexpr std::uint64_t max_dim = std::uint64_t(1) << 31, max_bits = std::uint64_t(1) << 40;
+  auto count = [](const nlohmann::json& w, const char* key, std::uint64_t max,
+                  const std::string& where) -> std::uint64_t {
+    if (!w.contains(key)) return 0;
+    const auto& v = w[key];
+    if (!v.is_number_unsigned() || v.get<std::uint64_t>() > max) {
+      bad_plan(where + ": \"" + key + "\" " + v.dump() + ": must be an integer from 0 to " +
+               std::to_string(max));
+    }
+    return v.get<std::uint64_t>();
+  };
   for (std::size_t i = 0; i < j["weights"].size(); ++i) {
     const auto& w = j["weights"][i];
     const std::string where = "weights[" + std::to_string(i) + "]";
@@ -489,14 +511,17 @@ quant_plan plan_from_json(const nlohmann::json& j) {
     } catch (const config_error& e) {
       bad_plan(where + ": " + e.what());
     }
-    if (w.contains("k") && w["k"].is_number_unsigned()) pw.k = w["k"].get<std::size_t>();
-    if (w.contains("n") && w["n"].is_number_unsigned()) pw.n = w["n"].get<std::size_t>();
-    if (w.contains("bits") && w["bits"].is_number_unsigned())
-      pw.bits = w["bits"].get<std::uint64_t>();
+    pw.k = static_cast<std::size_t>(count(w, "k", max_dim, where));
+    pw.n = static_cast<std::size_t>(count(w, "n", max_dim, where));
+    pw.bits = count(w, "bits", max_bits, where);
     pw.score =
         w.contains("score") && w["score"].is_number() ? w["score"].get<double>() : std::nan("");
+    const std::uint64_t weights = std::uint64_t(pw.k) * pw.n;  // < 2^62: both <= 2^31
+    constexpr std::uint64_t most = std::numeric_limits<std::uint64_t>::max();
+    if (plan.total_bits > most - pw.bits || plan.total_weights > most - weights)
+      bad_plan(where + ": the sizes and bits of the weights add up to more than 64 bits hold");
     plan.total_bits += pw.bits;
-    plan.total_weights += std::uint64_t(pw.k) * pw.n;
+    plan.total_weights += weights;
     plan.weights.push_back(std::move(pw));
   }
   plan.effective_bits =

@@ -61,7 +61,13 @@ std::uint64_t le64(const std::uint8_t* p) {
 
 std::uint64_t size_of_file(const fs::path& p) {
   std::error_code ec;
-  if (!fs::is_regular_file(p, ec)) fail(kind::io, quoted(p) + ": no such file");
+  const fs::file_status st = fs::status(p, ec);
+  if (!fs::exists(st)) fail(kind::io, quoted(p) + ": no such file");
+  if (!fs::is_regular_file(st)) {
+    fail(kind::io, quoted(p) +
+                       " is not a regular file (a pipe, device or socket): int4q reads data by "
+                       "offset, more than once; save it to a file first");
+  }
   const auto n = fs::file_size(p, ec);
   if (ec) fail(kind::io, quoted(p) + ": cannot read it (" + ec.message() + ")");
   return n;
@@ -329,7 +335,7 @@ std::vector<zip_entry> read_zip_directory(const fs::path& file) {
     read_at(file, eocd_at - zip64_locator_size, loc, sizeof(loc));
     if (le32(loc) == zip64_locator_sig) {
       const std::uint64_t at = le64(loc + 8);
-      if (at + zip64_eocd_size > size) bad("ZIP64 end record outside the file");
+      if (at > size || size - at < zip64_eocd_size) bad("ZIP64 end record outside the file");
       std::uint8_t r[zip64_eocd_size];
       read_at(file, at, r, sizeof(r));
       if (le32(r) != zip64_eocd_sig) bad("no ZIP64 end record where its locator points");
@@ -383,7 +389,8 @@ std::vector<zip_entry> read_zip_directory(const fs::path& file) {
                                   "; int4q reads stored and deflated entries (numpy.savez, "
                                   "numpy.savez_compressed)");
     }
-    if (z.local_offset + zip_local_size > size) bad("entry '" + z.name + "' lies outside the file");
+    if (z.local_offset > size || size - z.local_offset < zip_local_size)
+      bad("entry '" + z.name + "' lies outside the file");
     std::uint8_t l[zip_local_size];
     read_at(file, z.local_offset, l, sizeof(l));
     if (le32(l) != zip_local_sig) bad("no local header for entry '" + z.name + "'");
@@ -413,6 +420,14 @@ std::uint32_t crc_update(std::uint32_t crc, const std::uint8_t* b, std::size_t n
 std::shared_ptr<const std::vector<std::uint8_t>> inflate_entry(const fs::path& file,
                                                                const zip_entry& z) {
   const std::string what = quoted(file) + " entry '" + z.name + "'";
+  // Deflate expands at most 1032:1 (RFC 1951: a 258-byte match per 2 bits); a larger size claimed
+  // by the directory is a damaged (or hostile) file, not a reason to allocate it.
+  constexpr std::uint64_t max_deflate_ratio = 1032;
+  if (z.uncompressed / max_deflate_ratio > z.compressed + 1) {
+    fail(kind::invalid, what + ": claims " + std::to_string(z.uncompressed) + " bytes from " +
+                            std::to_string(z.compressed) +
+                            " compressed ones, more than deflate can give (the file is damaged)");
+  }
   const auto in = read_bytes_at(file, z.data_offset, static_cast<std::size_t>(z.compressed));
   auto out = std::make_shared<std::vector<std::uint8_t>>(static_cast<std::size_t>(z.uncompressed));
   z_stream s{};
@@ -759,6 +774,17 @@ npy_header parse_npy_header(const std::uint8_t* bytes, std::size_t size, const s
     h.shape.push_back(static_cast<std::int64_t>(v));
     p = q;
   }
+  // Elements and bytes must fit 63 bits (data_bytes() and every offset computed from it).
+  const bool empty = std::find(h.shape.begin(), h.shape.end(), 0) != h.shape.end();
+  std::uint64_t total = npy_item_size(h.dtype);
+  for (std::size_t k = 0; k < h.shape.size() && !empty; ++k) {
+    const auto dim = static_cast<std::uint64_t>(h.shape[k]);
+    if (total > (std::uint64_t(1) << 62) / dim) {
+      fail(kind::invalid, what + ": shape " + shape_string(h.shape) +
+                              " holds more bytes than a file can (over 2^62): " + text);
+    }
+    total *= dim;
+  }
   h.data_offset = start + len;
   return h;
 }
@@ -889,7 +915,9 @@ std::vector<std::int64_t> token_file::read(std::uint64_t first, std::size_t coun
 std::uint64_t token_file::window_start(std::size_t i, std::size_t samples,
                                        std::size_t length) const noexcept {
   if (samples <= 1 || size_ <= length) return 0;
-  return static_cast<std::uint64_t>(i) * (size_ - length) / (samples - 1);
+  // i * (size - length) can pass 64 bits for large files: in 128 bits.
+  __extension__ typedef unsigned __int128 u128;  // GCC and Clang; no -Wpedantic warning
+  return static_cast<std::uint64_t>(static_cast<u128>(i) * (size_ - length) / (samples - 1));
 }
 
 // ---- calib_data --------------------------------------------------------------------------------
@@ -912,6 +940,9 @@ struct calib_data::impl {
   std::vector<input_info> inputs;
   std::size_t samples = 0;
   std::size_t max_batch = 1;
+  /// The most samples the data gives, and in words (available_samples()).
+  std::uint64_t available = std::numeric_limits<std::uint64_t>::max();
+  std::string available_text = "random inputs: any number";
   std::vector<std::string> warnings;
   std::string description;
   std::vector<std::string> given;  ///< inputs the data (or the random generator) gives
@@ -1300,10 +1331,14 @@ calib_data calib_data::open(const model& m, const calib_options& o) {
                             "', which the model does not have; its inputs are: " + d->input_list());
   };
   bool fixed_first = false;
+  std::int64_t pb_rows = 0;   // onnx_pb: rows along axis 0 of a sample's first input, 0 if none
+  std::string pb_rows_input;  // ... its name and shape
 
   switch (d->format) {
     case data_format::random: {
-      if (o.samples == 0) throw config_error("random inputs: samples must be >= 1");
+      if (o.samples == 0)
+        throw config_error(
+            "samples 0: random inputs need a count >= 1 (0 = all is for data files)");
       d->samples = o.samples;
       std::vector<std::string> vocab_text;
       for (const auto* in : required) {
@@ -1375,6 +1410,9 @@ calib_data calib_data::open(const model& m, const calib_options& o) {
         fixed_first |= in.fixed_first_dim();
       }
       if (!count || *count == 0) fail(kind::invalid, what + ": holds no samples");
+      d->available = static_cast<std::uint64_t>(*count);
+      d->available_text = what + " holds " + std::to_string(*count) +
+                          " samples (the first axis of its arrays counts samples)";
       d->samples = o.samples ? std::min<std::size_t>(o.samples, static_cast<std::size_t>(*count))
                              : static_cast<std::size_t>(*count);
       d->arrays = std::move(arrays);
@@ -1430,6 +1468,25 @@ calib_data calib_data::open(const model& m, const calib_options& o) {
                                         ", which the executor does not compute with");
           }
           const shape_t shape(t.dims().begin(), t.dims().end());
+          // Dims from the file: non-negative, and a size (as int64 values) that fits 62 bits.
+          std::uint64_t elements = 1;
+          bool empty = false;
+          for (const auto dim : shape) {
+            if (dim < 0) {
+              fail(kind::invalid, quoted(file) + ": tensor for input '" + name + "' has dims " +
+                                      shape_string(shape) + ", a negative dimension");
+            }
+            empty = empty || dim == 0;
+          }
+          for (std::size_t k = 0; k < shape.size() && !empty; ++k) {
+            const auto dim = static_cast<std::uint64_t>(shape[k]);
+            if (elements > (std::uint64_t(1) << 59) / dim) {
+              fail(kind::invalid, quoted(file) + ": tensor for input '" + name + "' has dims " +
+                                      shape_string(shape) +
+                                      ", more elements than memory can hold (over 2^59)");
+            }
+            elements *= dim;
+          }
           check_fits(in, vt, onnx_type_word(t.data_type()) + " data", shape, false, quoted(file));
           set[name] = file;
           shapes[name] = shape;
@@ -1443,11 +1500,28 @@ calib_data calib_data::open(const model& m, const calib_options& o) {
       }
       for (const auto& [name, file] : d->pb_sets[0]) d->given.push_back(name);
       d->samples = d->pb_sets.size();
+      d->available = dirs.size();
+      d->available_text = what + " holds " + std::to_string(dirs.size()) +
+                          (dirs[0] == o.path ? " sample (a folder of input_K.pb files is one sample"
+                                             : " samples (one per test_data_set_N folder") +
+                          "; a .pb tensor's first axis is not split)";
+      // What a sample holds, for the description: the rows along axis 0 of its first input
+      // (a [16, 128] tensor is one sample of 16 rows, run as one batch of 16).
+      for (const auto& [name, shape] : *first_shapes) {
+        if (!shape.empty() && !by_name(name)->fixed_first_dim()) {
+          pb_rows = shape[0];
+          pb_rows_input = name + " " + shape_string(shape);
+          break;
+        }
+      }
       fixed_first |= !same_shapes;
       break;
     }
     case data_format::tokens: {
-      if (o.samples == 0) throw config_error("token file: samples must be >= 1");
+      if (o.samples == 0)
+        throw config_error(
+            "samples 0: a token file gives windows, so a count >= 1 (0 = all is "
+            "for .npy/.npz/.pb data)");
       d->tokens.emplace(o.path, o.tokens);
       const input_info* in = by_name("input_ids");
       if (!in) {
@@ -1483,7 +1557,12 @@ calib_data calib_data::open(const model& m, const calib_options& o) {
       }
       d->vocab = vocab_of(m, in->name);
       d->given.push_back(in->name);
-      d->samples = o.samples;
+      // Windows start at distinct tokens: at most size - seq_len + 1 of them.
+      d->available = d->tokens->size() - d->seq_len + 1;
+      d->available_text = what + " holds " + std::to_string(d->tokens->size()) +
+                          " tokens: at most " + std::to_string(d->available) +
+                          " distinct windows of " + std::to_string(d->seq_len) + " tokens";
+      d->samples = static_cast<std::size_t>(std::min<std::uint64_t>(o.samples, d->available));
       fixed_first |= in->fixed_first_dim();
       break;
     }
@@ -1512,7 +1591,11 @@ calib_data calib_data::open(const model& m, const calib_options& o) {
     d->description =
         std::to_string(d->samples) +
         (d->format == data_format::tokens ? " windows of " + std::to_string(d->seq_len) + " tokens"
+         : d->samples == 1                ? std::string(" sample")
                                           : std::string(" samples")) +
+        (pb_rows > 1 ? (d->samples == 1 ? " of " : " each of ") + std::to_string(pb_rows) +
+                           " rows (" + pb_rows_input + ")"
+                     : std::string()) +
         " from " + what + " (" + to_string(d->format) + ")";
   }
   d->description += "; given: " + join(d->given) + "; filled by default: " + join(filled);
@@ -1525,6 +1608,15 @@ calib_data calib_data::open(const model& m, const calib_options& o) {
 
 std::size_t calib_data::samples() const noexcept { return impl_ ? impl_->samples : 0; }
 std::size_t calib_data::max_batch() const noexcept { return impl_ ? impl_->max_batch : 1; }
+std::int64_t vocabulary_of(const model& m, const std::string& input) { return vocab_of(m, input); }
+
+std::uint64_t calib_data::available_samples() const noexcept {
+  return impl_ ? impl_->available : 0;
+}
+const std::string& calib_data::available_description() const noexcept {
+  static const std::string none;
+  return impl_ ? impl_->available_text : none;
+}
 data_format calib_data::format() const noexcept {
   return impl_ ? impl_->format : data_format::random;
 }

@@ -24,6 +24,7 @@
 #include <google/protobuf/wire_format_lite.h>
 
 #include <int4q/float16.hpp>
+#include <int4q/onnx/temp_files.hpp>
 
 namespace int4q {
 namespace onnx {
@@ -80,6 +81,39 @@ std::size_t onnx_type_size(int data_type) noexcept {
 
 bool is_4bit_type(int data_type) noexcept {
   return data_type == 21 || data_type == 22 || data_type == 23;  // UINT4, INT4, FLOAT4E2M1
+}
+
+// Throws model_error(invalid) naming `t` (after `prefix`, e.g. "'model.onnx': ") when a dim is
+// negative, the element count overflows 64 bits, or, for a type with a fixed size, the byte
+// size does: nothing computed from such dims (buffer sizes, strides) can be trusted.
+void check_dims(const TensorProto& t, const std::string& prefix) {
+  for (const std::int64_t d : t.dims()) {
+    if (d < 0) {
+      throw model_error(kind::invalid, prefix + tensor_label(t) + " has a negative dimension " +
+                                           std::to_string(d) + " in dims " + dims_string(t) +
+                                           ": fix the model (re-export it)");
+    }
+  }
+  const bool sized = is_4bit_type(t.data_type()) || onnx_type_size(t.data_type()) != 0;
+  if (!tensor_element_count(t) || (sized && !tensor_payload_bytes(t))) {
+    throw model_error(kind::invalid, prefix + tensor_label(t) + " has dims " + dims_string(t) +
+                                         " whose " + (sized ? "byte size" : "element count") +
+                                         " overflows 64 bits: fix the model (re-export it)");
+  }
+}
+
+// Element count of a float tensor about to be materialized as `float` values, checked to fit
+// in memory arithmetic (size_t sizes and the signed strides of xtensor).
+std::size_t float_count(const TensorProto& t) {
+  check_dims(t, "");
+  const std::uint64_t n = *tensor_element_count(t);
+  if (n > static_cast<std::uint64_t>(std::numeric_limits<std::ptrdiff_t>::max()) / sizeof(float)) {
+    throw model_error(kind::invalid, tensor_label(t) + " has dims " + dims_string(t) + " (" +
+                                         std::to_string(n) +
+                                         " elements), too many to hold as float32 in memory: "
+                                         "fix the model");
+  }
+  return static_cast<std::size_t>(n);
 }
 
 // Appends `count` elements of `size` bytes from typed values (each narrowed to `size` bytes,
@@ -278,6 +312,7 @@ std::vector<std::uint8_t> read_external(const model& m, const TensorProto& t) {
 }  // namespace
 
 std::vector<std::uint8_t> read_tensor_bytes(const model& m, const TensorProto& t) {
+  check_dims(t, "");
   if (is_external(t)) return read_external(m, t);
   const int type = t.data_type();
   const auto expected = tensor_payload_bytes(t);
@@ -369,6 +404,7 @@ elem_type require_float_tensor(const TensorProto& t, int rank) {
 
 xt::xtensor<float, 2> read_matrix(const model& m, const TensorProto& t) {
   const elem_type type = require_float_tensor(t, 2);
+  float_count(t);  // dims non-negative, rows * cols * 4 fits
   const auto rows = static_cast<std::size_t>(t.dims(0));
   const auto cols = static_cast<std::size_t>(t.dims(1));
   xt::xtensor<float, 2> out = xt::empty<float>({rows, cols});
@@ -392,8 +428,8 @@ xt::xtensor<float, 2> read_matrix(const model& m, const TensorProto& t) {
 
 xt::xtensor<float, 1> read_vector(const model& m, const TensorProto& t) {
   const elem_type type = require_float_tensor(t, 1);
+  const std::size_t count = float_count(t);
   const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, t);
-  const auto count = static_cast<std::size_t>(t.dims(0));
   xt::xtensor<float, 1> out = xt::empty<float>({count});
   to_float(bytes.data(), type, count, out.data());
   return out;
@@ -601,44 +637,16 @@ class fd_guard {
   int fd_;
 };
 
-// A new file next to `final_path` ("<name>.tmp-XXXXXX"), removed unless committed by rename.
+// A new file next to `final_path` ("<name>.tmp-XXXXXXXX"), removed unless committed by rename;
+// registered for signal handlers meanwhile (temp_files.hpp).
 class temp_file {
  public:
-  explicit temp_file(const std::filesystem::path& final_path) : final_(final_path) {
-    static thread_local std::mt19937_64 rng(std::random_device{}());
-    const char* hex = "0123456789abcdef";
-    for (int attempt = 0; attempt < 100; ++attempt) {
-      std::string suffix = ".tmp-";
-      std::uint64_t x = rng();
-      for (int i = 0; i < 8; ++i, x >>= 4) suffix += hex[x & 15];
-      path_ = final_path;
-      path_ += suffix;
-      const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-      if (fd >= 0) {
-        fd_ = std::make_unique<fd_guard>(fd);
-        return;
-      }
-      if (errno != EEXIST) {
-        const int e = errno;
-        throw model_error(kind::io, "cannot write " + quoted(final_path) + " (" + errno_text(e) +
-                                        "): choose a writable output directory");
-      }
-    }
-    throw model_error(kind::io, "cannot create a temporary file next to " + quoted(final_path));
-  }
-  temp_file(const temp_file&) = delete;
-  temp_file& operator=(const temp_file&) = delete;
-  ~temp_file() {
-    fd_.reset();
-    if (!committed_) {
-      std::error_code ec;
-      std::filesystem::remove(path_, ec);
-    }
-  }
-  int fd() const noexcept { return fd_->get(); }
+  explicit temp_file(const std::filesystem::path& final_path)
+      : final_(final_path), file_(final_path.string() + ".tmp-", final_path) {}
+  int fd() const noexcept { return file_.fd(); }
   // Closes the file; throws on a delayed write error.
   void close() {
-    if (const int e = fd_->close_checked()) fail(e);
+    if (const int e = file_.close()) fail(e);
   }
   [[noreturn]] void fail(int e) const {
     throw model_error(kind::io, "cannot write " + quoted(final_) + " (" + errno_text(e) +
@@ -646,20 +654,15 @@ class temp_file {
   }
   // Renames the temporary file onto the final path.
   void commit() {
-    std::error_code ec;
-    std::filesystem::rename(path_, final_, ec);
-    if (ec) {
-      throw model_error(kind::io, "cannot write " + quoted(final_) + " (" + ec.message() +
+    if (const int e = file_.commit(final_)) {
+      throw model_error(kind::io, "cannot write " + quoted(final_) + " (" + errno_text(e) +
                                       "): choose a writable output path");
     }
-    committed_ = true;
   }
 
  private:
   std::filesystem::path final_;
-  std::filesystem::path path_;
-  std::unique_ptr<fd_guard> fd_;
-  bool committed_ = false;
+  registered_temp_file file_;
 };
 
 void write_all(temp_file& out, const void* data, std::size_t size) {
@@ -914,7 +917,9 @@ model load_model(const std::filesystem::path& path) {
 
   // External data: every file present, every range inside its file; inline sizes consistent.
   std::map<std::string, std::uint64_t> file_sizes;
+  const std::filesystem::path real_base = std::filesystem::weakly_canonical(m.base_dir, ec);
   auto check = [&](const TensorProto& t, bool) {
+    check_dims(t, quoted(path) + ": ");
     const auto expected = tensor_payload_bytes(t);
     if (!is_external(t)) {
       if (t.has_raw_data() && expected && t.raw_data().size() != *expected) {
@@ -925,7 +930,12 @@ model load_model(const std::filesystem::path& path) {
       }
       return;
     }
-    const detail::external_ref ref = detail::parse_external_ref(t);
+    detail::external_ref ref;
+    try {
+      ref = detail::parse_external_ref(t);
+    } catch (const model_error& e) {
+      throw model_error(e.what_kind(), quoted(path) + ": " + e.what());
+    }
     const std::filesystem::path file = m.base_dir / ref.location;
     auto it = file_sizes.find(file.string());
     if (it == file_sizes.end()) {
@@ -937,6 +947,17 @@ model load_model(const std::filesystem::path& path) {
                                         (std::filesystem::exists(fst) ? ", which is not a file"
                                                                       : ", which is missing") +
                                         ": keep the data file next to the model");
+      }
+      // The data file, its symbolic links resolved, must stay inside the model's directory
+      // (as the location itself must: parse_external_ref).
+      const std::filesystem::path real = std::filesystem::weakly_canonical(file, fec);
+      const auto rel = real.lexically_relative(real_base);
+      if (fec || real_base.empty() || rel.empty() || *rel.begin() == "..") {
+        throw model_error(kind::invalid,
+                          quoted(path) + ": " + tensor_label(t) + " is stored in " + quoted(file) +
+                              ", which resolves (through a symbolic link) to " + quoted(real) +
+                              ", outside the model's directory " + quoted(real_base) +
+                              ": copy the data file next to the model instead of linking it");
       }
       const auto size = std::filesystem::file_size(file, fec);
       if (fec) {
@@ -1196,10 +1217,11 @@ void save_model(const model& m, const std::filesystem::path& path, const save_op
     if (!stream.Flush()) file.fail(stream.GetErrno() ? stream.GetErrno() : EIO);
   }
   file.close();
-  if (data) {
-    data->close();
-    data->commit();
-  }
+  if (data) data->close();
+  // Both renames in one section: a signal handler sees both files committed or neither, so an
+  // interrupted run never pairs a new data file with an old model (temp_files.hpp).
+  const temp_file_section section;
+  if (data) data->commit();
   try {
     file.commit();
   } catch (...) {

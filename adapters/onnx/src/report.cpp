@@ -79,13 +79,14 @@ json override_json(const node_override& o) {
 // --------------------------------------------------------------------------------
 
 [[noreturn]] void bad(const std::string& key, const std::string& expected, const json& got) {
+  // The words of the command line's range checks: "\"bits\" 9: must be an integer from 2 to 8".
   throw model_error(model_error::kind::invalid,
-                    "config: \"" + key + "\" must be " + expected + ", got " + got.dump());
+                    "config: \"" + key + "\" " + got.dump() + ": must be " + expected);
 }
 
 int get_bits(const json& v, const std::string& key) {
   if (!v.is_number_integer() || v.get<long long>() < 2 || v.get<long long>() > 8)
-    bad(key, "an integer 2..8", v);
+    bad(key, "an integer from 2 to 8", v);
   return v.get<int>();
 }
 
@@ -93,7 +94,7 @@ int get_bits(const json& v, const std::string& key) {
 std::size_t get_group_size(const json& v, const std::string& key) {
   if (v.is_string() && v.get<std::string>() == "per_channel") return 0;
   if (!v.is_number_integer() || v.get<long long>() < 1)
-    bad(key, "a positive integer or \"per_channel\"", v);
+    bad(key, "an integer >= 1 or \"per_channel\"", v);
   return v.get<std::size_t>();
 }
 
@@ -354,7 +355,7 @@ void apply_config(const json& config, quantize_options& options) {
       o.embeddings = p == "keep" ? embedding_policy::keep : embedding_policy::quantize;
     } else if (key == "accuracy_level") {
       if (!v.is_number_integer() || v.get<long long>() < 0 || v.get<long long>() > 4)
-        bad(key, "an integer 0..4", v);
+        bad(key, "an integer from 0 to 4", v);
       o.accuracy_level = v.get<int>();
     } else if (key == "overrides") {
       if (!v.is_array()) bad(key, "an array of objects", v);

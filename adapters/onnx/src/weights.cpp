@@ -81,6 +81,22 @@ bool reaches_output(const std::string& name,
   return false;
 }
 
+/// Throws model_error(invalid) when the stored tensor's dims are negative or its size overflows
+/// 64 bits (load_model refuses such files; a model built in memory can still hold them), so
+/// that K, N and byte counts computed from the dims are sound.
+void check_weight_dims(const TensorProto& t) {
+  bool ok = tensor_element_count(t).has_value();
+  if (ok && elem_type_of(t.data_type()) != elem_type::other)
+    ok = tensor_payload_bytes(t).has_value();
+  if (!ok) {
+    throw model_error(
+        model_error::kind::invalid,
+        "tensor '" + t.name() + "' has dims " +
+            detail::dims_string(std::vector<std::int64_t>(t.dims().begin(), t.dims().end())) +
+            " that are negative or whose size overflows 64 bits: fix the model");
+  }
+}
+
 bool is_matmul_or_gemm(const NodeProto& node) {
   return (node.op_type() == "MatMul" || node.op_type() == "Gemm") &&
          (node.domain().empty() || node.domain() == "ai.onnx");
@@ -325,6 +341,7 @@ std::vector<weight_info> find_weights(const model& m) {
     std::string reason = st.def_reason[wi];
 
     if (t) {
+      check_weight_dims(*t);
       w.type = elem_type_of(t->data_type());
       w.dims.assign(t->dims().begin(), t->dims().end());
     }
@@ -472,6 +489,7 @@ std::vector<embedding_info> find_embeddings(const model& m) {
     } else {
       continue;
     }
+    check_weight_dims(*t);
     seen.insert(name);
     e.name = name;
     e.type = elem_type_of(t->data_type());

@@ -18,9 +18,11 @@
 //           and .npy files are read by rows on demand.
 //   folder  ONNX test-data layout: input_0.pb, input_1.pb, ... (TensorProto; its name picks the
 //           input, else its index among the model's inputs), one sample; or test_data_set_0/,
-//           test_data_set_1/, ... one sample each. Read on demand.
+//           test_data_set_1/, ... one sample each. Read on demand. A sample holds the tensors as
+//           they are: a [16, 128] input_ids is one sample of 16 rows, run as one batch.
 //   tokens  any other file: raw token ids (token_dtype: u8 by default, one byte per token), cut
-//           into `samples` windows of `seq_len` tokens evenly spaced over the file; feeds the
+//           into `samples` windows of `seq_len` tokens evenly spaced over the file (at most
+//           tokens - seq_len + 1: the distinct windows); feeds the
 //           model's token input (input_ids, or its only integer input). Read by window.
 // In .npy/.npz the first axis counts samples: a sample is `r` rows along axis 0, where r is the
 // input's fixed first dimension when it has one (e.g. [1, 25, 96]), else 1; batch() concatenates
@@ -125,6 +127,10 @@ class token_file {
 // ---- Calibration data
 // ----------------------------------------------------------------------------
 
+/// The vocabulary size of a token input: rows of the initializer table of a Gather (axis 0)
+/// whose indices are `input` (directly or through one Cast); 0 when none is found.
+std::int64_t vocabulary_of(const model& m, const std::string& input);
+
 /// How calib_data reads its file.
 enum class data_format { automatic, npy, npz, onnx_pb, tokens, random };
 const char* to_string(data_format f) noexcept;
@@ -138,8 +144,9 @@ struct calib_options {
   /// Tokens per window (token files), and every symbolic dimension after the first of random
   /// inputs.
   std::size_t seq_len = 128;
-  /// Token files and random inputs: this many samples. Other files: at most this many (the first
-  /// ones); 0 = all.
+  /// Random inputs: this many samples (>= 1). Files: at most this many (the first ones of a
+  /// .npy/.npz/.pb data, 0 = all; windows evenly spaced over a token file, >= 1, at most its
+  /// distinct windows: tokens - seq_len + 1). See calib_data::available_samples().
   std::size_t samples = 64;
   token_dtype tokens = token_dtype::u8;
   /// Random inputs: the seed (the same seed gives the same inputs, whatever the batching).
@@ -156,6 +163,14 @@ class calib_data {
 
   /// Number of samples.
   std::size_t samples() const noexcept;
+  /// The most samples this data gives (samples() is the smaller of this and the count asked
+  /// for): a token file's distinct windows (tokens - seq_len + 1), the first axis of .npy/.npz
+  /// arrays (in samples), the test-data sets of a .pb folder; no limit (UINT64_MAX) for random
+  /// inputs. Callers that must get what was asked compare it with the request.
+  std::uint64_t available_samples() const noexcept;
+  /// The same in words, naming the file: "'t.u8' holds 4221 tokens: at most 4094 distinct
+  /// windows of 128 tokens".
+  const std::string& available_description() const noexcept;
   /// The most samples one batch() may concatenate: 1 when an input has a fixed first dimension
   /// or the samples differ in shape (ONNX test-data sets), else samples().
   std::size_t max_batch() const noexcept;
