@@ -21,6 +21,7 @@ ox::calib_options data_args::to_options() const {
   o.samples = samples;
   o.tokens = ox::parse_token_dtype(token_dtype);
   o.seed = seed;
+  o.max_sample_bytes = physical_memory_bytes();  // a huge --seq-len: refused, not run
   return o;
 }
 

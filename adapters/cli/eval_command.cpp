@@ -159,7 +159,7 @@ nlohmann::json eval_tokens(const eval_command_options& o, const ox::model& ref,
   }
   // Token ids the models cannot look up: data that does not fit the model (exit 4), found
   // before the executor's Gather refuses them.
-  const std::int64_t vocab = ox::vocabulary_of(ref, input);
+  const std::int64_t input_vocab = ox::vocabulary_of(ref, input);
   const std::string logits_ref = logits_output(ref), logits_cand = logits_output(cand);
 
   // Window i starts at floor(i * (L - window) / (samples - 1)); the target of position t is
@@ -175,12 +175,12 @@ nlohmann::json eval_tokens(const eval_command_options& o, const ox::model& ref,
       const std::uint64_t start = tokens.window_start(b0 + w, samples, window);
       const auto text = tokens.read(start, window);
       for (std::size_t t = 0; t < window; ++t) {
-        if (text[t] < 0 || (vocab > 0 && text[t] >= vocab)) {
+        if (text[t] < 0 || (input_vocab > 0 && text[t] >= input_vocab)) {
           throw ox::model_error(ox::model_error::kind::invalid,
                                 "'" + o.tokens.string() + "': token " + std::to_string(text[t]) +
                                     " at position " + std::to_string(start + t) +
                                     " is outside the vocabulary of input '" + input + "' (" +
-                                    std::to_string(vocab) + " entries); check --token-dtype");
+                                    std::to_string(input_vocab) + " entries); check --token-dtype");
         }
       }
       for (std::size_t t = 0; t < seq_len; ++t) {

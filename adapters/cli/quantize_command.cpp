@@ -380,13 +380,14 @@ void check_paths_before_loading(const quantize_command_options& o) {
   }
 }
 
-/// --calib-mode sequential holds the live activations of every calibration sample at once
-/// (ox::sequential_calibration): a sample count whose estimate passes the machine's physical
-/// memory is refused before any work. The estimate is a lower bound: per sample, the bytes of
-/// its inputs, plus its rows times the widest input or output of a quantizable weight (K or N)
-/// times 4 bytes. Parallel mode holds one batch at a time and is not limited.
+/// The activations calibration holds, estimated before any work and refused when they pass
+/// the machine's physical memory: --calib-mode sequential holds those of every sample at once
+/// (ox::sequential_calibration), parallel mode those of one batch (`per_run` samples). The
+/// estimate is a lower bound: per sample, the bytes of its inputs, plus its rows times the widest
+/// input or output of a quantizable weight (K or N) times 4 bytes.
 void check_calibration_memory(const ox::model& m, const ox::calib_data& data,
-                              const quantize_command_options& o) {
+                              const quantize_command_options& o, bool sequential,
+                              std::size_t per_run) {
   const std::uint64_t memory = physical_memory_bytes();
   if (memory == 0 || data.samples() == 0) return;
   std::uint64_t width = 0;
@@ -405,19 +406,37 @@ void check_calibration_memory(const ox::model& m, const ox::calib_data& data,
     rows = std::max(rows, r);
   }
   const long double per_sample = input_bytes + static_cast<long double>(rows) * width * 4;
-  const long double total = per_sample * data.samples();
+  const std::size_t held = sequential ? data.samples() : std::min(per_run, data.samples());
+  const long double total = per_sample * static_cast<long double>(held);
   if (total <= static_cast<long double>(memory)) return;
   const auto most = static_cast<std::uint64_t>(static_cast<long double>(memory) / per_sample);
-  const auto shown = total >= 1.8e19L ? std::numeric_limits<std::uint64_t>::max()
-                                      : static_cast<std::uint64_t>(total);
+  auto bytes = [](long double b) {
+    return format_bytes(b >= 1.8e19L ? std::numeric_limits<std::uint64_t>::max()
+                                     : static_cast<std::uint64_t>(b));
+  };
+  const std::string estimate = "(" + std::to_string(rows) + " rows x " + std::to_string(width) +
+                               " values x 4 bytes per sample, and its inputs), more than this "
+                               "machine's " +
+                               format_bytes(memory) + " of memory";
+  if (most == 0) {
+    const bool windows =
+        data.format() == ox::data_format::tokens || data.format() == ox::data_format::random;
+    throw usage_error(
+        (windows ? "--calib-seq-len " + std::to_string(o.calib.seq_len) + ": one"
+                 : std::string("One")) +
+        " calibration sample needs at least " + bytes(per_sample) + " of activations here " +
+        estimate + "; " +
+        (windows ? "use a shorter --calib-seq-len" : "give data with shorter samples"));
+  }
+  if (!sequential) {
+    throw usage_error("--calib-batch " + std::to_string(held) + ": a batch holds at least " +
+                      bytes(total) + " of activations here " + estimate + "; use --calib-batch " +
+                      std::to_string(most) + " or less");
+  }
   throw usage_error(o.calib.samples_flag + " " + std::to_string(data.samples()) +
                     ": --calib-mode sequential holds the activations of every sample at once, at "
                     "least " +
-                    format_bytes(shown) + " here (" + std::to_string(rows) + " rows x " +
-                    std::to_string(width) +
-                    " values x 4 bytes per sample, and its inputs), more "
-                    "than this machine's " +
-                    format_bytes(memory) + " of memory; use " + o.calib.samples_flag + " " +
+                    bytes(total) + " here " + estimate + "; use " + o.calib.samples_flag + " " +
                     std::to_string(most) + " or less, or --calib-mode parallel");
 }
 
@@ -818,12 +837,14 @@ void run_quantize(const quantize_command_options& o) {
     bool method_calibrated = q.algo != ox::method::rtn;
     for (const auto& ov : q.overrides)
       method_calibrated = method_calibrated || (ov.algo && *ov.algo != ox::method::rtn);
-    if (method_calibrated && q.calibration.mode == ox::calibration_mode::sequential)
-      check_calibration_memory(m, *calib, o);
-    print_data_warnings(*calib, o.quiet);
-    q.calibration.description = calib->description();
     const std::size_t per_run =
         std::max<std::size_t>(1, std::min(o.calib_batch, calib->max_batch()));
+    if (method_calibrated) {
+      check_calibration_memory(m, *calib, o, q.calibration.mode == ox::calibration_mode::sequential,
+                               per_run);
+    }
+    print_data_warnings(*calib, o.quiet);
+    q.calibration.description = calib->description();
     q.calibration.data = [&calib, &next_sample, per_run](std::map<std::string, ox::value>& in) {
       if (next_sample >= calib->samples()) return false;
       const std::size_t count = std::min(per_run, calib->samples() - next_sample);

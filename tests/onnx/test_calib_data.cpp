@@ -658,4 +658,35 @@ TEST_F(CalibTest, RandomInputsWarnAndAreReproducible) {
   EXPECT_NO_THROW(ox::executor(lm_model(13)).run(f));
 }
 
+TEST_F(CalibTest, RandomInputsLargerThanTheLimitAreRefusedBeforeAnything) {
+  // x [-1, 3, -1] with seq_len 5: one sample is [1, 3, 5] floats, 60 bytes.
+  graph_builder g;
+  g.input("x", int4q::test::onnx_float, {-1, 3, -1});
+  const ox::model m = g.model();
+  ox::calib_options o;
+  o.samples = 2;
+  o.seq_len = 5;
+  o.max_sample_bytes = 60;
+  EXPECT_NO_THROW((void)ox::calib_data::open(m, o));
+  o.max_sample_bytes = 59;
+  try {
+    (void)ox::calib_data::open(m, o);
+    ADD_FAILURE() << "60 bytes per sample passed a limit of 59";
+  } catch (const int4q::config_error& e) {
+    const std::string what = e.what();
+    for (const char* part : {"'x'", "[1, 3, 5]", "sequence length, 5"})
+      EXPECT_NE(what.find(part), std::string::npos) << part << " not in: " << what;
+  }
+  // A sequence length whose byte count passes 64 bits is refused, not wrapped around.
+  o.max_sample_bytes = std::uint64_t(1) << 40;
+  o.seq_len = std::size_t(1) << 62;
+  EXPECT_THROW((void)ox::calib_data::open(m, o), int4q::config_error);
+  // Token ids of a language model: 8 bytes each.
+  o.seq_len = 4;
+  o.max_sample_bytes = 31;
+  EXPECT_THROW((void)ox::calib_data::open(lm_model(13), o), int4q::config_error);
+  o.max_sample_bytes = 32;
+  EXPECT_NO_THROW((void)ox::calib_data::open(lm_model(13), o));
+}
+
 }  // namespace

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -1077,6 +1078,49 @@ std::map<std::size_t, fs::path> pb_files(const fs::path& dir) {
 
 }  // namespace
 
+namespace {
+
+/// The shape of a random input of graph dims `dims`: a symbolic (negative) first dimension 1,
+/// every other symbolic one `seq_len`.
+shape_t random_shape(const shape_t& dims, std::size_t seq_len) {
+  shape_t shape = dims;
+  for (std::size_t k = 0; k < shape.size(); ++k)
+    if (shape[k] < 0) shape[k] = k == 0 ? 1 : static_cast<std::int64_t>(seq_len);
+  return shape;
+}
+
+/// `bytes` as "12.3 GB" (10^9 bytes), for messages.
+std::string gigabytes(long double bytes) {
+  char text[64];
+  std::snprintf(text, sizeof text, "%.3Lg GB", bytes / 1e9L);
+  return text;
+}
+
+/// Throws config_error when one random sample of `inputs` would take more than `limit` bytes
+/// (4 per float element, 8 per integer or bool one: how value holds them), or its size
+/// overflows 64 bits. Before anything is allocated.
+void check_random_sample_size(const std::vector<const input_info*>& inputs, std::size_t seq_len,
+                              std::uint64_t limit) {
+  if (limit == 0) return;
+  long double total = 0;
+  for (const input_info* in : inputs) {
+    if (!in->has_shape || !in->computable) continue;  // refused later, with its own message
+    const shape_t shape = random_shape(in->dims, seq_len);
+    long double bytes = in->type == value_type::float32 ? 4 : 8;
+    for (const std::int64_t d : shape) bytes *= static_cast<long double>(d);
+    total += bytes;
+    if (total <= static_cast<long double>(limit)) continue;
+    throw config_error("random inputs: input '" + in->name + "' " + shape_string(shape) +
+                       " takes " + gigabytes(bytes) + " per sample, and one sample's inputs more " +
+                       "than the " + gigabytes(static_cast<long double>(limit)) +
+                       " allowed (the machine's memory): its symbolic dimensions after the "
+                       "first are the sequence length, " +
+                       std::to_string(seq_len) + "; use a shorter one, or give real data");
+  }
+}
+
+}  // namespace
+
 value calib_data::impl::random_value(const input_info& in, std::size_t sample) const {
   if (!in.has_shape) {
     fail(kind::invalid, "random inputs: input '" + in.name +
@@ -1087,16 +1131,13 @@ value calib_data::impl::random_value(const input_info& in, std::size_t sample) c
                                 onnx_type_word(in.elem_type) +
                                 ", which int4q's executor does not compute with");
   }
-  shape_t shape = in.dims;
-  for (std::size_t k = 0; k < shape.size(); ++k)
-    if (shape[k] < 0) shape[k] = k == 0 ? 1 : static_cast<std::int64_t>(seq_len);
-  value v = empty_value(in.type, shape);
+  value v = empty_value(in.type, random_shape(in.dims, seq_len));
   std::size_t index = 0;
   while (inputs[index].name != in.name) ++index;
   std::uint64_t state = mix64(seed ^ mix64(sample * 0x100000001B3ull + index));
   auto next = [&]() { return state = mix64(state); };
   const auto it = vocabs.find(in.name);
-  const std::int64_t vocab = it == vocabs.end() ? 0 : it->second;
+  const std::int64_t input_vocab = it == vocabs.end() ? 0 : it->second;
   const std::size_t n = v.size();
   for (std::size_t e = 0; e < n; ++e) {
     if (in.type == value_type::float32) {
@@ -1108,8 +1149,9 @@ value calib_data::impl::random_value(const input_info& in, std::size_t sample) c
     } else if (in.type == value_type::boolean) {
       v.i[e] = static_cast<std::int64_t>(next() >> 63);
     } else {
-      v.i[e] =
-          vocab > 0 ? static_cast<std::int64_t>(next() % static_cast<std::uint64_t>(vocab)) : 0;
+      v.i[e] = input_vocab > 0
+                   ? static_cast<std::int64_t>(next() % static_cast<std::uint64_t>(input_vocab))
+                   : 0;
     }
   }
   return v;
@@ -1339,6 +1381,7 @@ calib_data calib_data::open(const model& m, const calib_options& o) {
       if (o.samples == 0)
         throw config_error(
             "samples 0: random inputs need a count >= 1 (0 = all is for data files)");
+      check_random_sample_size(required, o.seq_len, o.max_sample_bytes);
       d->samples = o.samples;
       std::vector<std::string> vocab_text;
       for (const auto* in : required) {
@@ -1478,8 +1521,8 @@ calib_data calib_data::open(const model& m, const calib_options& o) {
             }
             empty = empty || dim == 0;
           }
-          for (std::size_t k = 0; k < shape.size() && !empty; ++k) {
-            const auto dim = static_cast<std::uint64_t>(shape[k]);
+          for (std::size_t axis = 0; axis < shape.size() && !empty; ++axis) {
+            const auto dim = static_cast<std::uint64_t>(shape[axis]);
             if (elements > (std::uint64_t(1) << 59) / dim) {
               fail(kind::invalid, quoted(file) + ": tensor for input '" + name + "' has dims " +
                                       shape_string(shape) +

@@ -151,6 +151,11 @@ struct calib_options {
   token_dtype tokens = token_dtype::u8;
   /// Random inputs: the seed (the same seed gives the same inputs, whatever the batching).
   std::uint64_t seed = 0;
+  /// Random inputs: the most bytes one sample's inputs may take (4 per float, 8 per integer or
+  /// bool element of the shapes the generator gives), checked at open() before anything is made
+  /// (config_error naming the input, its shape and its size); 0: no limit. The int4q command
+  /// passes the machine's memory, so that a huge seq_len is refused instead of running out.
+  std::uint64_t max_sample_bytes = 0;
 };
 
 /// Samples of a model's inputs (see the top of this file). Copies are cheap and share the data.
