@@ -338,6 +338,17 @@ TEST(ModelRead, TypedFields) {
   EXPECT_EQ(wd(0), 0.75f);
   EXPECT_EQ(wd(1), -8.0f);
 
+  // Empty tensors (dims [0] and [0, 3], of every float type): empty results (found by
+  // tests/fuzz: memcpy was given null pointers, undefined behaviour that UBSan reports).
+  for (const auto type : {TensorProto::FLOAT, TensorProto::FLOAT16, TensorProto::DOUBLE}) {
+    TensorProto e;
+    e.set_data_type(type);
+    e.add_dims(0);
+    EXPECT_EQ(int4q::onnx::read_vector(m, e).size(), 0u);
+    e.add_dims(3);
+    EXPECT_EQ(int4q::onnx::read_matrix(m, e).size(), 0u);
+  }
+
   TensorProto i8;  // int8 in int32_data: one byte each
   i8.set_data_type(TensorProto::INT8);
   i8.add_dims(3);

@@ -359,6 +359,7 @@ namespace {
 
 // Converts `count` values of float type `type` from little-endian `bytes` to float.
 void to_float(const std::uint8_t* bytes, elem_type type, std::size_t count, float* out) {
+  if (count == 0) return;  // an empty tensor: both pointers may be null (memcpy must not see them)
   switch (type) {
     case elem_type::float32: std::memcpy(out, bytes, count * 4); break;
     case elem_type::float16:
