@@ -83,11 +83,17 @@ const std::string memory_limit =
 const std::string memory_limit = "ulimit -v 4194304";
 #endif
 
+/// The command prefix that runs a program as user nobody (65534) when the tests run as root
+/// (util-linux setpriv), else "".
+std::string as_nobody_if_root() {
+  return ::geteuid() == 0 ? "setpriv --reuid=65534 --regid=65534 --clear-groups " : "";
+}
+
 /// `int4q args...` in `cwd` under `ulimit -v` (4 GiB), `ulimit -f` (`file_limit_kb`, 1 GiB by
 /// default) and a 60 s timeout (exit 124 when it runs out). A run ended by a signal has status
 /// 128 + the signal's number, as a shell shows it, and `sig` set.
 cli_result run_limited(const fs::path& cwd, const std::vector<std::string>& args,
-                       std::uint64_t file_limit_kb, int& sig) {
+                       std::uint64_t file_limit_kb, int& sig, bool unprivileged = false) {
   static std::atomic<int> counter{0};
   const fs::path capture =
       fs::temp_directory_path() /
@@ -95,6 +101,7 @@ cli_result run_limited(const fs::path& cwd, const std::vector<std::string>& args
   fs::create_directories(capture);
   std::string command = memory_limit + "; ulimit -f " + std::to_string(file_limit_kb) + "; cd " +
                         shell_quote(cwd.string()) + " && exec timeout -k 5 60 " +
+                        (unprivileged ? as_nobody_if_root() : std::string()) +
                         shell_quote(INT4Q_CLI_PATH);
   for (const auto& a : args) command += " " + shell_quote(a);
   command += " >" + shell_quote((capture / "out").string()) + " 2>" +
@@ -207,6 +214,8 @@ struct bad_case {
   std::vector<std::string> absent = {};   ///< must not be on stderr
   std::vector<std::string> outputs = {};  ///< exit 0: the files the run writes
   std::uint64_t file_limit_kb = 1 << 20;  ///< ulimit -f of the run, KiB
+  /// Run as user nobody when the tests run as root (root writes into read-only folders).
+  bool unprivileged = false;
 };
 
 void PrintTo(const bad_case& c, std::ostream* os) {
@@ -576,16 +585,29 @@ std::vector<bad_case> cases() {
                all({model(small), file("plainfile", "x")}),
                3,
                {"plainfile"}});
-  c.push_back({"quantize_output_folder_read_only",
+  {
+    bad_case r{"quantize_output_folder_read_only",
                today,
                {"quantize", "m.onnx", "-o", "ro/out.onnx"},
                all({model(small), folder("ro"),
                     [](const fs::path& d) {
-                      if (::geteuid() == 0) GTEST_SKIP() << "root writes into read-only folders";
-                      fs::permissions(d / "ro", fs::perms::owner_read | fs::perms::owner_exec);
+                      fs::permissions(d / "ro", fs::perms::owner_read | fs::perms::owner_exec |
+                                                    fs::perms::others_read |
+                                                    fs::perms::others_exec);
+                      // As root the run is user nobody's: it must reach the program and input.
+                      const std::string probe = as_nobody_if_root() + "test -x " +
+                                                shell_quote(INT4Q_CLI_PATH) + " -a -r " +
+                                                shell_quote((d / "m.onnx").string());
+                      if (std::system(probe.c_str()) != 0) {
+                        GTEST_SKIP() << "as root, user nobody cannot run int4q on " << d
+                                     << " here (setpriv missing, or a folder closed to others)";
+                      }
                     }}),
                3,
-               {"ro"}});
+               {"ro"}};
+    r.unprivileged = true;
+    c.push_back(r);
+  }
   c.push_back({"quantize_output_is_a_folder",
                today,
                quantize({}),
@@ -1617,7 +1639,7 @@ TEST_P(BadInput, Case) {
   if (IsSkipped() || HasFatalFailure()) return;
   const auto before = snapshot(dir_);
   int sig = 0;
-  const cli_result r = run_limited(dir_, c.args, c.file_limit_kb, sig);
+  const cli_result r = run_limited(dir_, c.args, c.file_limit_kb, sig, c.unprivileged);
   RecordProperty("exit", r.status);  // in --gtest_output=xml: what each row got
   RecordProperty("stderr", r.err);
 

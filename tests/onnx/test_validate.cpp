@@ -222,6 +222,46 @@ TEST(ValidateGraph, SubgraphReadingAnOuterValueComputedLater) {
                  {"Relu 'then_node'", "'late'", "Neg 'late_node'", "only after the node"});
 }
 
+/// A model-local function 'Scale' (domain "local"): r = Relu(a), y = Mul(b, r), with
+/// {a, b} = `body_inputs` ({"x", "x"}: y = x * Relu(x)).
+::onnx::FunctionProto scale_function(const std::vector<std::string>& body_inputs) {
+  ::onnx::FunctionProto f;
+  f.set_name("Scale");
+  f.set_domain("local");
+  f.add_input("x");
+  f.add_output("y");
+  auto* relu = f.add_node();
+  relu->set_op_type("Relu");
+  relu->set_name("relu");
+  relu->add_input(body_inputs[0]);
+  relu->add_output("r");
+  auto* mul = f.add_node();
+  mul->set_op_type("Mul");
+  mul->set_name("mul");
+  mul->add_input(body_inputs[1]);
+  mul->add_input("r");
+  mul->add_output("y");
+  return f;
+}
+
+TEST(ValidateGraph, FunctionBodiesAreCheckedAsGraphsOfTheirOwn) {
+  ox::model m = two_matmuls().model();
+  *m.proto.add_functions() = scale_function({"x", "x"});
+  const ox::validation_report r = ox::validate_model(m);
+  EXPECT_EQ(r.nodes, 4u) << "2 graph nodes + 2 in the body";
+
+  // A body reading a name that is not among its inputs: the graph's 'w0' is not visible there.
+  m.proto.mutable_functions(0)->CopyFrom(scale_function({"w0", "x"}));
+  expect_invalid(m, {"Relu 'relu'", "'w0'", "function 'Scale'"});
+  // A body whose nodes form a cycle (relu reads y, which mul computes from relu's r).
+  m.proto.mutable_functions(0)->CopyFrom(scale_function({"y", "x"}));
+  expect_invalid(m, {"cycle", "Relu 'relu'", "Mul 'mul'", "function 'Scale'"});
+  // An output nothing computes.
+  m.proto.mutable_functions(0)->CopyFrom(scale_function({"x", "x"}));
+  m.proto.mutable_functions(0)->set_output(0, "nothing");
+  expect_invalid(m, {"'nothing'", "function 'Scale'"});
+}
+
 TEST(ValidateGraph, UnnamedNodesAreNamedByOpAndIndex) {
   graph_builder g = two_matmuls();
   g.graph().mutable_node(1)->set_name("");

@@ -878,6 +878,16 @@ validation_report validate_model(const model& m, const validate_options& options
   v.check_graph(g, "", chain);
   v.check_tensors(g, "");
   for (const auto& f : m.proto.functions()) {
+    // A function body is a graph of its own (it sees only its inputs): the same structure
+    // checks on a graph made of its inputs, nodes and outputs.
+    {
+      GraphProto body;
+      for (const std::string& in : f.input()) body.add_input()->set_name(in);
+      *body.mutable_node() = f.node();
+      for (const std::string& out : f.output()) body.add_output()->set_name(out);
+      std::vector<const validator::level*> own;
+      v.check_graph(body, " (in function '" + f.name() + "')", own);
+    }
     for (int i = 0; i < f.node_size(); ++i) {
       const std::string where = " (in function '" + f.name() + "')";
       v.check_attribute_tensors(f.node(i), i, where);

@@ -38,7 +38,7 @@ struct validation_report {
   /// Non-fatal findings, one line each (a NaN in a tensor that stays float, ...).
   std::vector<std::string> warnings;
   std::uint64_t tensors = 0;        ///< tensors checked (initializers, attributes, subgraphs)
-  std::uint64_t nodes = 0;          ///< nodes checked, subgraphs included
+  std::uint64_t nodes = 0;          ///< nodes checked, subgraphs and function bodies included
   std::uint64_t scanned_bytes = 0;  ///< float payload bytes read for NaN/Inf
   double seconds = 0;
 };
