@@ -100,7 +100,7 @@ void require_writable_path(const fs::path& path, const std::string& option) {
                       option + " '" + path.string() + "' is " + kind_of_file(target) +
                           ": int4q writes a regular file (through a temporary file and a "
                           "rename); name a file" +
-                          (option == "-o" ? std::string() : " (or - for stdout)"));
+                          (option == "--report" || option == "--json" ? " (or - for stdout)" : ""));
   }
   fs::path dir = path.parent_path();
   if (dir.empty()) dir = ".";

@@ -810,10 +810,21 @@ void run_quantize(const quantize_command_options& o) {
     calibrated = calibrated || (ov.algo && *ov.algo != ox::method::rtn);
   {
     // The whole model, before any work: NaN/Inf is an error in the weights this run
-    // quantizes (the selection of the options, before a --plan), a warning elsewhere; the
-    // executor of calibrated methods holds every tensor in float32.
+    // quantizes (the selection of the options and of a --plan file: a weight the plan keeps in
+    // float is not refused), a warning elsewhere; the executor of calibrated methods holds
+    // every tensor in float32.
+    ox::quantize_options selection = q;
+    if (plan_file) {
+      // Only which weights the plan keeps in float matters here; its bits and group sizes are
+      // checked later, with the plan file named.
+      std::vector<ox::node_override> ov;
+      for (ox::node_override& plan_override : ox::plan_overrides(*plan_file))
+        if (plan_override.skip) ov.push_back(std::move(plan_override));
+      ov.insert(ov.end(), q.overrides.begin(), q.overrides.end());
+      selection.overrides = std::move(ov);
+    }
     ox::validate_options v;
-    v.quantize = &q;
+    v.quantize = &selection;
     v.available_memory_bytes = physical_memory_bytes();
     v.materializes_all = calibrated;
     print_validation_warnings(ox::validate_model(m, v), o.quiet);

@@ -97,6 +97,8 @@ void on_signal(int sig) {
       line.add("' was left unchanged");
     } else if (!output_existed && !exists) {
       line.add("' was not written");
+    } else if (output_existed && !exists) {
+      line.add("' is gone (removed by something else during the run)");
     } else {
       line.add("' was written completely before the signal");
     }

@@ -1020,6 +1020,17 @@ std::vector<bad_case> cases() {
                {"b1"},
                {},
                {"out.onnx"}});
+  // A --plan file that keeps the NaN weight in float: a warning, as --exclude gives.
+  c.push_back(
+      {"quantize_nan_in_a_weight_the_plan_keeps_in_float_warns",
+       validate,
+       quantize({"--group-size", "32", "--plan", "plan.json"}),
+       all({model(small_with([](auto& m) { set_value(tensor(m, "w0"), 100, nan_value); })),
+            file("plan.json", "{\"weights\": [{\"weight\": \"w0\", \"choice\": \"none\"}]}")}),
+       0,
+       {"w0"},
+       {},
+       {"out.onnx"}});
   c.push_back({"quantize_nan_in_an_excluded_weight_warns",
                validate,
                quantize({"--exclude", "mm0", "--lm-head", "quantize", "--group-size", "32"}),

@@ -3,6 +3,8 @@
 // other tests passing with no warnings.
 #include <int4q/onnx/validate.hpp>
 
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -727,6 +729,22 @@ TEST(TensorReaders, OverflowingDimsAreRefusedNotAllocated) {
   expect_error([&] { ox::find_weights(g.model()); }, kind::invalid, {"tensor 'w0'"});
 }
 
+TEST_F(LoadModelSizes, FourBitTensorOfTwoToThe64MinusOneElementsNeedsItsBytes) {
+  // 3 * 5 * 17 * 257 * 641 * 65537 * 6700417 = 2^64 - 1 elements: (count + 1) / 2 would wrap to
+  // 0 bytes and let an empty payload through; it needs 2^63 bytes.
+  graph_builder g = two_matmuls();
+  TensorProto& t = *g.graph().add_initializer();
+  t.set_name("q");
+  t.set_data_type(22);  // INT4 (Debian's onnx.proto predates the name)
+  for (const std::int64_t d : {3, 5, 17, 257, 641, 65537, 6700417}) t.add_dims(d);
+  t.set_raw_data("");
+  write_proto(g.build(), dir_ / "q.onnx");
+  expect_error([&] { ox::load_model(dir_ / "q.onnx"); }, kind::invalid,
+               {"tensor 'q'", "9223372036854775808"});
+  t.clear_raw_data();  // int32_data: two 4-bit values per entry, none given
+  expect_invalid(g.model(), {"initializer 'q'", "9223372036854775808"});
+}
+
 TEST_F(LoadModelSizes, ExternalDataThroughASymlinkOutsideTheFolderIsRefused) {
   fs::create_directories(dir_ / "model");
   fs::create_directories(dir_ / "elsewhere");
@@ -750,6 +768,58 @@ TEST_F(LoadModelSizes, ExternalDataThroughASymlinkOutsideTheFolderIsRefused) {
   expect_clean(m);
   fs::create_directory_symlink(dir_ / "model", dir_ / "linked");
   expect_clean(ox::load_model(dir_ / "linked" / "m.onnx"));
+
+  // The Hugging Face cache: snapshots/<rev>/model.onnx and its data are links to files side by
+  // side in blobs/. The data leaves the snapshot folder but stays next to the real model file.
+  const fs::path hub = dir_ / "hub";
+  fs::create_directories(hub / "blobs");
+  fs::create_directories(hub / "snapshots" / "rev");
+  fs::copy_file(dir_ / "model" / "m.onnx", hub / "blobs" / "a1b2");
+  fs::copy_file(dir_ / "elsewhere" / "w1.data", hub / "blobs" / "c3d4");
+  fs::create_symlink("../../blobs/a1b2", hub / "snapshots" / "rev" / "m.onnx");
+  fs::create_symlink("../../blobs/c3d4", hub / "snapshots" / "rev" / "w1.data");
+  expect_clean(ox::load_model(hub / "snapshots" / "rev" / "m.onnx"));
+  // ... but a model file that is no link gives no such licence.
+  fs::remove(hub / "snapshots" / "rev" / "m.onnx");
+  fs::copy_file(hub / "blobs" / "a1b2", hub / "snapshots" / "rev" / "m.onnx");
+  expect_error([&] { ox::load_model(hub / "snapshots" / "rev" / "m.onnx"); }, kind::invalid,
+               {"tensor 'w1'", "symbolic link", "blobs"});
+}
+
+TEST_F(LoadModelSizes, OneExternalFilePerTensorNeedsOneDescriptorAtATime) {
+  // 64 initializers, each in its own data file (torch.onnx's layout for models over 2 GB):
+  // the NaN/Inf scan must not hold them all open. Checked in a child with RLIMIT_NOFILE 32.
+  graph_builder g;
+  g.input("x", onnx_float, {2, 4});
+  g.node("Identity", {"x"}, {"y"}, "id");
+  g.output("y", onnx_float, {2, 4});
+  for (int i = 0; i < 64; ++i) {
+    const std::string name = "c" + std::to_string(i);
+    g.initializer(name, onnx_float, {4}, random_values(4, static_cast<std::uint32_t>(100 + i)));
+    TensorProto& t = *g.graph().mutable_initializer(i);
+    { std::ofstream(dir_ / (name + ".bin"), std::ios::binary) << t.raw_data(); }
+    set_external(t, name + ".bin", 0, 16);
+  }
+  write_proto(g.build(), dir_ / "m.onnx");
+  const ox::model m = ox::load_model(dir_ / "m.onnx");
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    const rlimit few{32, 32};
+    int status = ::setrlimit(RLIMIT_NOFILE, &few) == 0 ? 0 : 2;
+    try {
+      const ox::validation_report r = ox::validate_model(m);
+      if (r.scanned_bytes != 64 * 16) status = 3;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      status = 1;
+    }
+    ::_exit(status);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: refused (see stderr), 2: setrlimit, 3: bytes scanned";
 }
 
 // ---- Every valid model passes with no warnings -------------------------------------------------

@@ -180,7 +180,8 @@ std::optional<std::uint64_t> tensor_element_count(const TensorProto& t) noexcept
 std::optional<std::uint64_t> tensor_payload_bytes(const TensorProto& t) noexcept {
   const auto count = tensor_element_count(t);
   if (!count) return std::nullopt;
-  if (is_4bit_type(t.data_type())) return (*count + 1) / 2;
+  if (is_4bit_type(t.data_type()))
+    return *count / 2 + (*count & 1);  // (count + 1) / 2 without overflow
   const std::size_t size = onnx_type_size(t.data_type());
   if (size == 0) return std::nullopt;
   if (*count > std::numeric_limits<std::uint64_t>::max() / size) return std::nullopt;
@@ -918,7 +919,18 @@ model load_model(const std::filesystem::path& path) {
 
   // External data: every file present, every range inside its file; inline sizes consistent.
   std::map<std::string, std::uint64_t> file_sizes;
+  // Where external data may resolve to: the model's folder, or the folder of the model file with
+  // its own links resolved (a Hugging Face cache links snapshots/<rev>/model.onnx and its data
+  // to blobs/<hash> files side by side).
   const std::filesystem::path real_base = std::filesystem::weakly_canonical(m.base_dir, ec);
+  std::error_code mec;
+  const std::filesystem::path real_model_dir =
+      std::filesystem::weakly_canonical(path, mec).parent_path();
+  auto inside = [](const std::filesystem::path& p, const std::filesystem::path& dir) {
+    if (dir.empty()) return false;
+    const auto rel = p.lexically_relative(dir);
+    return !rel.empty() && *rel.begin() != "..";
+  };
   auto check = [&](const TensorProto& t, bool) {
     check_dims(t, quoted(path) + ": ");
     const auto expected = tensor_payload_bytes(t);
@@ -952,8 +964,11 @@ model load_model(const std::filesystem::path& path) {
       // The data file, its symbolic links resolved, must stay inside the model's directory
       // (as the location itself must: parse_external_ref).
       const std::filesystem::path real = std::filesystem::weakly_canonical(file, fec);
-      const auto rel = real.lexically_relative(real_base);
-      if (fec || real_base.empty() || rel.empty() || *rel.begin() == "..") {
+      if (fec) {
+        throw model_error(kind::io, quoted(path) + ": cannot resolve external data file " +
+                                        quoted(file) + " (" + fec.message() + ")");
+      }
+      if (!inside(real, real_base) && !(mec ? false : inside(real, real_model_dir))) {
         throw model_error(kind::invalid,
                           quoted(path) + ": " + tensor_label(t) + " is stored in " + quoted(file) +
                               ", which resolves (through a symbolic link) to " + quoted(real) +

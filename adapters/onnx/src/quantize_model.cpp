@@ -19,6 +19,7 @@
 #include <int4q/dequant.hpp>
 #include <int4q/onnx/awq_fold.hpp>
 #include <int4q/onnx/opset.hpp>
+#include <int4q/onnx/temp_files.hpp>
 #include <int4q/quantize.hpp>
 
 #include "awq_fold_detail.hpp"
@@ -35,8 +36,12 @@ class spill_writer {
  public:
   spill_writer(const std::filesystem::path& file, std::size_t min_bytes)
       : path_(std::filesystem::absolute(file)), min_bytes_(min_bytes) {
-    out_.open(path_, std::ios::binary | std::ios::trunc);
-    if (!out_) fail();
+    // Opened (created when the caller has not made it) inside a section: a signal handler
+    // removing the registered temporary files either finds it or has closed the table, and
+    // then nothing is created behind it.
+    const temp_file_section section;
+    if (section.allowed()) out_.open(path_, std::ios::binary | std::ios::trunc);
+    if (!out_.is_open() || !out_) fail();
   }
 
   void spill(std::vector<::onnx::TensorProto>& tensors) {

@@ -400,7 +400,7 @@ struct validator {
         break;
       case 21:
       case 22:
-      case 23: need = (*count + 1) / 2; break;  // two 4-bit values per int32_data entry
+      case 23: need = *count / 2 + (*count & 1); break;  // two 4-bit values per int32_data entry
       default: break;
     }
     if (have != need || static_cast<std::uint64_t>(typed) != have) {
@@ -734,12 +734,14 @@ struct validator {
     }
   }
 
-  /// Open external data files, by path.
-  std::map<std::string, int> fds;
+  /// The external data file open now (one at a time: a model saved with one file per tensor
+  /// can have more files than a process may hold open), and its path.
+  int fd = -1;
+  std::string fd_path;
   std::vector<std::uint8_t> buffer;
 
   ~validator() {
-    for (const auto& [path, fd] : fds) ::close(fd);
+    if (fd >= 0) ::close(fd);
   }
   validator(const model& model_, const validate_options& o, validation_report& r)
       : m(model_), options(o), report(r) {}
@@ -754,16 +756,16 @@ struct validator {
   finding scan_external(const TensorProto& t, const std::string& label, elem_type type) {
     const detail::external_ref ref = detail::parse_external_ref(t);
     const std::filesystem::path path = external_path(ref.location);
-    auto it = fds.find(path.string());
-    if (it == fds.end()) {
-      const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fd_path != path.string()) {
+      if (fd >= 0) ::close(fd);
+      fd_path = path.string();
+      fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
       if (fd < 0) {
         const int e = errno;
         fail(kind::io, label + ": cannot open its external data file '" + path.string() + "' (" +
                            std::error_code(e, std::generic_category()).message() +
                            "): keep the data file next to the model");
       }
-      it = fds.emplace(path.string(), fd).first;
     }
     const std::size_t size = elem_size(type);
     const std::uint64_t length = ref.length.value_or(*tensor_payload_bytes(t));
@@ -775,7 +777,7 @@ struct validator {
           static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), length - done));
       std::size_t got = 0;
       while (got < want) {
-        const ssize_t n = ::pread(it->second, buffer.data() + got, want - got,
+        const ssize_t n = ::pread(fd, buffer.data() + got, want - got,
                                   static_cast<off_t>(ref.offset + done + got));
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
