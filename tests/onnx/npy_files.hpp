@@ -45,12 +45,14 @@ inline std::string npy_dict(const std::string& descr, const std::string& shape,
 }
 
 /// A .npy file: "\x93NUMPY", major, minor, header length (uint16 for 1.0, uint32 for 2.0/3.0),
-/// the dict padded with spaces and ended by '\n' so that the data starts at a multiple of 64,
-/// then the data.
-inline std::string npy(const std::string& dict, const std::string& data, int major = 1) {
+/// the dict followed by `growth_spaces` spaces (NumPy's room for appending in place), padded
+/// with spaces and ended by '\n' so that the data starts at a multiple of `align` (64 today,
+/// 16 in old NumPy), then the data.
+inline std::string npy(const std::string& dict, const std::string& data, int major = 1,
+                       std::size_t align = 64, std::size_t growth_spaces = 0) {
   const std::size_t pre = major == 1 ? 10 : 12;
-  std::string header = dict;
-  while ((pre + header.size() + 1) % 64 != 0) header += ' ';
+  std::string header = dict + std::string(growth_spaces, ' ');
+  while ((pre + header.size() + 1) % align != 0) header += ' ';
   header += '\n';
   std::string out = "\x93NUMPY";
   out += static_cast<char>(major);

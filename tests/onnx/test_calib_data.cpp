@@ -35,7 +35,6 @@ using int4q::test::graph_builder;
 using int4q::test::npy;
 using int4q::test::npy_dict;
 using int4q::test::put16;
-using int4q::test::put32;
 using int4q::test::raw;
 using int4q::test::zip;
 using int4q::test::zip64;
@@ -258,20 +257,8 @@ TEST_F(CalibTest, FilesLaidOutAsNumPyWritesThem) {
   // machine, so the test does not depend on what else is installed.
   using I = std::vector<std::int64_t>;
   auto numpy_file = [](const std::string& dict_text, const std::string& data, std::size_t align,
-                       std::size_t growth_spaces, int major) {
-    const std::size_t pre = major == 1 ? 10 : 12;
-    std::string header = dict_text + std::string(growth_spaces, ' ');
-    while ((pre + header.size() + 1) % align != 0) header += ' ';
-    header += '\n';
-    std::string out = "\x93NUMPY";
-    out += static_cast<char>(major);
-    out += '\0';
-    if (major == 1)
-      put16(out, static_cast<std::uint32_t>(header.size()));
-    else
-      put32(out, static_cast<std::uint32_t>(header.size()));
-    return out + header + data;
-  };
+                       std::size_t growth_spaces,
+                       int major) { return npy(dict_text, data, major, align, growth_spaces); };
   // Old NumPy: 16-byte alignment. '<f4' (2, 3): 10 + 59 + 1 = 70 -> 80 bytes before the data.
   const std::string f4_old =
       numpy_file(npy_dict("<f4", "(2, 3)"), raw(std::vector<float>{1, 2, 3, 4, 5, 6}), 16, 0, 1);
