@@ -1089,10 +1089,10 @@ shape_t random_shape(const shape_t& dims, std::size_t seq_len) {
   return shape;
 }
 
-/// `bytes` as "12.3 GB" (10^9 bytes), for messages.
+/// `bytes` as "12.3 GB" (10^9 bytes, one decimal), for messages.
 std::string gigabytes(long double bytes) {
   char text[64];
-  std::snprintf(text, sizeof text, "%.3Lg GB", bytes / 1e9L);
+  std::snprintf(text, sizeof text, "%.1Lf GB", bytes / 1e9L);
   return text;
 }
 
