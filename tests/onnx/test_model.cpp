@@ -1,4 +1,5 @@
-// Tests for int4q::onnx load_model / save_model / tensor payloads (adapters/onnx/src/model.cpp).
+// Tests for int4q::onnx load_model / save_model / tensor payloads
+// (adapters/onnx/model/src/model.cpp).
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>

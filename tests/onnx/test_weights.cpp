@@ -1,4 +1,4 @@
-// Tests for int4q::onnx::find_weights and display_name (adapters/onnx/src/weights.cpp).
+// Tests for int4q::onnx::find_weights and display_name (adapters/onnx/quantize/src/weights.cpp).
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>

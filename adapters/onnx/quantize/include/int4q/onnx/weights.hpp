@@ -8,27 +8,11 @@
 #include <string>
 #include <vector>
 
+#include <int4q/onnx/graph.hpp>
 #include <int4q/onnx/model.hpp>
 
 namespace int4q {
 namespace onnx {
-
-/// One step from a graph into one of its subgraphs: the node holding it, the attribute
-/// (`then_branch`, `else_branch`, `body`, ...) and, for a GRAPHS attribute, the index in it.
-struct graph_step {
-  int node_index = -1;    ///< index in the enclosing graph's node()
-  std::string attribute;  ///< attribute name
-  int graph_index = -1;   ///< index in attribute.graphs() for GRAPHS; -1 for a GRAPH attribute
-  bool operator==(const graph_step& o) const {
-    return node_index == o.node_index && attribute == o.attribute && graph_index == o.graph_index;
-  }
-};
-
-/// The (sub)graph reached from the main graph `main` by `path` (empty: `main` itself). Throws
-/// model_error(invalid) when the path does not exist.
-const ::onnx::GraphProto& graph_at(const ::onnx::GraphProto& main,
-                                   const std::vector<graph_step>& path);
-::onnx::GraphProto& graph_at(::onnx::GraphProto& main, const std::vector<graph_step>& path);
 
 /// One node that uses a weight.
 struct weight_use {

@@ -1,5 +1,6 @@
-// Internal to int4q::onnx: graph editing helpers, weight selection and the three writers used by
-// quantize_model (quantize_model.cpp orchestrates; select.cpp, writers*.cpp, opset.cpp implement).
+// Internal to the quantization passes: weight selection, the report's config and the writers used
+// by quantize_model (quantize_model.cpp orchestrates; select.cpp, writers.cpp, embeddings.cpp
+// implement). Graph helpers are in <int4q/onnx/graph.hpp> (model layer).
 #ifndef INT4Q_ONNX_SRC_WRITERS_HPP
 #define INT4Q_ONNX_SRC_WRITERS_HPP
 
@@ -19,6 +20,7 @@
 
 #include <int4q/config.hpp>
 #include <int4q/metrics.hpp>
+#include <int4q/onnx/graph.hpp>
 #include <int4q/onnx/model.hpp>
 #include <int4q/onnx/quantize_model.hpp>
 #include <int4q/onnx/weights.hpp>
@@ -26,65 +28,6 @@
 namespace int4q {
 namespace onnx {
 namespace detail {
-
-// ---- Graph helpers (writers_graph.cpp)
-// -----------------------------------------------------------
-
-/// Every name in a model (tensors, nodes, graph inputs/outputs, value_info, subgraphs included);
-/// hands out fresh names deterministically: `base`, else `base_1`, `base_2`, ...
-class name_set {
- public:
-  explicit name_set(const ::onnx::ModelProto& m);
-  std::string unique(const std::string& base);
-
- private:
-  void add_graph(const ::onnx::GraphProto& g);
-  std::set<std::string> used_;
-};
-
-/// How many times each tensor name is read: node inputs (subgraphs included: they may read
-/// outer-scope names) and graph outputs.
-std::map<std::string, int> count_references(const ::onnx::GraphProto& g);
-
-/// The value of a constant tensor `name` of `g`: an initializer that is not also a graph input
-/// (those can be overridden at run time), or the `value` of a Constant node. nullptr otherwise.
-const ::onnx::TensorProto* constant_tensor(const ::onnx::GraphProto& g, const std::string& name);
-
-/// The constant tensor `name` as seen from the graph at `path` (ONNX scoping: the innermost graph
-/// defining the name decides; see constant_tensor). Sets `defined_in` to that graph's path when
-/// found. nullptr when the name is not a constant there.
-const ::onnx::TensorProto* constant_tensor_in_scope(const ::onnx::GraphProto& main,
-                                                    const std::vector<graph_step>& path,
-                                                    const std::string& name,
-                                                    std::vector<graph_step>* defined_in);
-
-/// Removes the initializer, the producing Constant node, the graph input and the value_info
-/// named `name`.
-void remove_tensor(::onnx::GraphProto& g, const std::string& name);
-
-const ::onnx::AttributeProto* find_attr(const ::onnx::NodeProto& n, const std::string& name);
-std::int64_t attr_int(const ::onnx::NodeProto& n, const std::string& name, std::int64_t dflt);
-float attr_float(const ::onnx::NodeProto& n, const std::string& name, float dflt);
-void set_attr_int(::onnx::NodeProto& n, const std::string& name, std::int64_t v);
-void set_attr_float(::onnx::NodeProto& n, const std::string& name, float v);
-void set_attr_string(::onnx::NodeProto& n, const std::string& name, const std::string& v);
-void remove_attr(::onnx::NodeProto& n, const std::string& name);
-
-/// ONNX data_type of a float elem_type (FLOAT, FLOAT16, BFLOAT16, DOUBLE).
-int onnx_type_of(elem_type t) noexcept;
-/// A tensor's values as float (FLOAT, FLOAT16, BFLOAT16, DOUBLE; any rank).
-std::vector<float> read_floats(const model& m, const ::onnx::TensorProto& t);
-/// A TensorProto of float type `type` holding `values` (converted, round to nearest even).
-::onnx::TensorProto float_tensor(const std::string& name, elem_type type,
-                                 const std::vector<std::int64_t>& dims,
-                                 const std::vector<float>& values);
-/// An INT64 tensor.
-::onnx::TensorProto int64_tensor(const std::string& name, const std::vector<std::int64_t>& dims,
-                                 const std::vector<std::int64_t>& values);
-/// A (sub)graph path as text, unique per graph: "<node>.<attribute>.<index>/..." ("" for main).
-std::string path_key(const std::vector<graph_step>& path);
-/// Shape as "[a, b]".
-std::string dims_string(const std::vector<std::int64_t>& dims);
 
 // ---- Selection (select.cpp) -------------------------------------------------------------------
 

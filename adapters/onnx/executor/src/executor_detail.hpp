@@ -19,7 +19,7 @@
 #include <int4q/detail/parallel.hpp>
 #include <int4q/onnx/executor.hpp>
 
-#include "writers.hpp"
+#include <int4q/onnx/graph.hpp>
 
 namespace int4q {
 namespace onnx {

@@ -6,7 +6,7 @@
 #include <unordered_map>
 #include <utility>
 
-#include "writers.hpp"
+#include <int4q/onnx/graph.hpp>
 
 namespace int4q {
 namespace onnx {

@@ -12,7 +12,7 @@
 
 #include <int4q/onnx/opset.hpp>
 
-#include "writers.hpp"
+#include <int4q/onnx/graph.hpp>
 
 namespace int4q {
 namespace onnx {

@@ -1,14 +1,40 @@
-// Graph helpers for the writers and the opset upgrade: names, references, attributes, tensors.
+// Graph helpers (int4q/onnx/graph.hpp): subgraph paths, names, references, attributes, tensors.
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include <int4q/float16.hpp>
 
-#include "writers.hpp"
+#include <int4q/onnx/graph.hpp>
 
 namespace int4q {
 namespace onnx {
+
+const ::onnx::GraphProto& graph_at(const ::onnx::GraphProto& main,
+                                   const std::vector<graph_step>& path) {
+  const ::onnx::GraphProto* g = &main;
+  for (const graph_step& s : path) {
+    if (s.node_index < 0 || s.node_index >= g->node_size()) {
+      throw model_error(model_error::kind::invalid,
+                        "subgraph path: no node " + std::to_string(s.node_index));
+    }
+    const ::onnx::AttributeProto* a = detail::find_attr(g->node(s.node_index), s.attribute);
+    if (!a || (s.graph_index < 0 && !a->has_g()) ||
+        (s.graph_index >= 0 && s.graph_index >= a->graphs_size())) {
+      throw model_error(model_error::kind::invalid,
+                        "subgraph path: node " + std::to_string(s.node_index) +
+                            " has no graph attribute '" + s.attribute + "'");
+    }
+    g = s.graph_index < 0 ? &a->g() : &a->graphs(s.graph_index);
+  }
+  return *g;
+}
+
+::onnx::GraphProto& graph_at(::onnx::GraphProto& main, const std::vector<graph_step>& path) {
+  const ::onnx::GraphProto& g = graph_at(static_cast<const ::onnx::GraphProto&>(main), path);
+  return const_cast<::onnx::GraphProto&>(g);  // reached from a mutable `main`
+}
+
 namespace detail {
 
 using ::onnx::AttributeProto;

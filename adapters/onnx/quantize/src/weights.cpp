@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "writers.hpp"
+#include <int4q/onnx/graph.hpp>
 
 namespace int4q {
 namespace onnx {
@@ -278,30 +278,6 @@ void walk(std::vector<scope>& stack, walk_state& st) {
 }
 
 }  // namespace
-
-const GraphProto& graph_at(const GraphProto& main, const std::vector<graph_step>& path) {
-  const GraphProto* g = &main;
-  for (const graph_step& s : path) {
-    if (s.node_index < 0 || s.node_index >= g->node_size()) {
-      throw model_error(model_error::kind::invalid,
-                        "subgraph path: no node " + std::to_string(s.node_index));
-    }
-    const ::onnx::AttributeProto* a = detail::find_attr(g->node(s.node_index), s.attribute);
-    if (!a || (s.graph_index < 0 && !a->has_g()) ||
-        (s.graph_index >= 0 && s.graph_index >= a->graphs_size())) {
-      throw model_error(model_error::kind::invalid,
-                        "subgraph path: node " + std::to_string(s.node_index) +
-                            " has no graph attribute '" + s.attribute + "'");
-    }
-    g = s.graph_index < 0 ? &a->g() : &a->graphs(s.graph_index);
-  }
-  return *g;
-}
-
-GraphProto& graph_at(GraphProto& main, const std::vector<graph_step>& path) {
-  const GraphProto& g = graph_at(static_cast<const GraphProto&>(main), path);
-  return const_cast<GraphProto&>(g);  // reached from a mutable `main`
-}
 
 std::string display_name(const weight_use& u) {
   if (!u.node_name.empty()) return u.node_name;
