@@ -1,9 +1,12 @@
 # CTest package.find_package, run with cmake -P:
 #   1. cmake --install the int4q build tree into INT4Q_PREFIX (emptied first);
 #   2. configure and build tests/consumer against that prefix with find_package(int4q);
-#   3. run the consumer and check that it prints EXPECTED_VERSION.
+#   3. run the consumer and check that it prints EXPECTED_VERSION;
+#   4. with WITH_ONNX=ON: run consumer_onnx (int4q::onnx: quantize, save, reload, execute) and check
+#      that it prints "int4q::onnx ok MatMulNBits ...".
 # Inputs (-D): INT4Q_BINARY_DIR INT4Q_PREFIX CONSUMER_SOURCE_DIR CONSUMER_BINARY_DIR
-#              EXPECTED_VERSION, optional CONSUMER_GENERATOR CONSUMER_CXX_COMPILER CONSUMER_CONFIG.
+#              EXPECTED_VERSION, optional CONSUMER_GENERATOR CONSUMER_CXX_COMPILER CONSUMER_CONFIG
+#              WITH_ONNX.
 cmake_minimum_required(VERSION 3.18)
 
 foreach(_var INT4Q_BINARY_DIR INT4Q_PREFIX CONSUMER_SOURCE_DIR CONSUMER_BINARY_DIR
@@ -42,6 +45,9 @@ set(_configure_args
   -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
   "-DINT4Q_EXPECTED_VERSION=${EXPECTED_VERSION}"
   "-DINT4Q_EXPECTED_PREFIX=${INT4Q_PREFIX}")
+if(WITH_ONNX)
+  list(APPEND _configure_args -DWITH_ONNX=ON)
+endif()
 if(CONSUMER_GENERATOR)
   list(APPEND _configure_args -G "${CONSUMER_GENERATOR}")
 endif()
@@ -54,13 +60,30 @@ endif()
 run_step("configure the consumer" "${CMAKE_COMMAND}" ${_configure_args})
 run_step("build the consumer" "${CMAKE_COMMAND}" --build "${CONSUMER_BINARY_DIR}" ${_config_args})
 
-set(_exe "${CONSUMER_BINARY_DIR}/consumer")
-if(NOT EXISTS "${_exe}" AND CONSUMER_CONFIG)
-  set(_exe "${CONSUMER_BINARY_DIR}/${CONSUMER_CONFIG}/consumer")  # multi-config generators
-endif()
+# The path of consumer executable `name` (multi-config generators: in a folder per config).
+function(consumer_exe name out)
+  set(_exe "${CONSUMER_BINARY_DIR}/${name}")
+  if(NOT EXISTS "${_exe}" AND CONSUMER_CONFIG)
+    set(_exe "${CONSUMER_BINARY_DIR}/${CONSUMER_CONFIG}/${name}")
+  endif()
+  set(${out} "${_exe}" PARENT_SCOPE)
+endfunction()
+
+consumer_exe(consumer _exe)
 run_step("run the consumer" "${_exe}")
 string(STRIP "${step_output}" _printed)
 if(NOT _printed STREQUAL EXPECTED_VERSION)
   message(FATAL_ERROR "consumer test: printed '${_printed}', expected '${EXPECTED_VERSION}'")
 endif()
 message(STATUS "consumer test: find_package(int4q) works, version ${_printed}")
+
+if(WITH_ONNX)
+  consumer_exe(consumer_onnx _exe)
+  run_step("run consumer_onnx" "${_exe}" "${CONSUMER_BINARY_DIR}/onnx-out")
+  string(STRIP "${step_output}" _printed)
+  if(NOT _printed MATCHES "^int4q::onnx ok MatMulNBits ")
+    message(FATAL_ERROR "consumer test: consumer_onnx printed '${_printed}', expected "
+                        "'int4q::onnx ok MatMulNBits <error>'")
+  endif()
+  message(STATUS "consumer test: find_package(int4q COMPONENTS onnx) works: ${_printed}")
+endif()
