@@ -5,8 +5,6 @@
 #ifndef INT4Q_ACTIVATION_STATS_HPP
 #define INT4Q_ACTIVATION_STATS_HPP
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -18,6 +16,7 @@
 #include <xtensor/xadapt.hpp>
 #include <xtensor/xtensor.hpp>
 
+#include <int4q/detail/blas.hpp>
 #include <int4q/detail/input.hpp>
 #include <int4q/error.hpp>
 
@@ -73,9 +72,7 @@ class activation_stats {
     if (o_.hessian && count > 0) {
       std::vector<double> wide(x, x + count * k_);
       // Upper triangle of H += X^T X; mirrored when read.
-      cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<int>(k_),
-                  static_cast<int>(count), 1.0, wide.data(), static_cast<int>(k_), 1.0, h_.data(),
-                  static_cast<int>(k_));
+      detail::blas::syrk(true, true, k_, count, 1.0, wide.data(), k_, 1.0, h_.data(), k_);
     }
     for (std::size_t r = 0; r < count; ++r) {
       const float* row = x + r * k_;

@@ -32,8 +32,6 @@
 #ifndef INT4Q_AWQ_HPP
 #define INT4Q_AWQ_HPP
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -49,6 +47,7 @@
 #include <int4q/activation_stats.hpp>
 #include <int4q/clip_search.hpp>
 #include <int4q/config.hpp>
+#include <int4q/detail/blas.hpp>
 #include <int4q/detail/input.hpp>
 #include <int4q/detail/kernels.hpp>
 #include <int4q/detail/parallel.hpp>
@@ -177,20 +176,6 @@ std::vector<T> awq_clip_grid(const awq_clip_options& o) {
     r[i] = static_cast<T>(std::max(1.0 - static_cast<double>(i) * o.clip_step, o.clip_min));
   }
   return r;
-}
-
-/// C[M, N] = A[M, K] B[K, N], row-major, leading dimensions given.
-inline void gemm_nn(std::size_t M, std::size_t N, std::size_t K, const float* a, std::size_t lda,
-                    const float* b, std::size_t ldb, float* c, std::size_t ldc) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(N),
-              static_cast<int>(K), 1.0f, a, static_cast<int>(lda), b, static_cast<int>(ldb), 0.0f,
-              c, static_cast<int>(ldc));
-}
-inline void gemm_nn(std::size_t M, std::size_t N, std::size_t K, const double* a, std::size_t lda,
-                    const double* b, std::size_t ldb, double* c, std::size_t ldc) {
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(N),
-              static_cast<int>(K), 1.0, a, static_cast<int>(lda), b, static_cast<int>(ldb), 0.0, c,
-              static_cast<int>(ldc));
 }
 
 /// Throws non_finite_error for the first NaN/Inf of w[K, N] (row-major).
@@ -394,7 +379,7 @@ std::vector<double> awq_member_losses(const T* x, std::size_t S, const T* w, std
       for (std::size_t k = 0; k < K; ++k) {
         for (std::size_t j = 0; j < n; ++j) fq[k * n + j] = (fq[k * n + j] - ws[k * n + j]) / s[k];
       }
-      gemm_nn(S, n, K, x, K, fq.data(), n, r.data(), n);
+      blas::gemm(false, false, S, n, K, T(1), x, K, fq.data(), n, T(0), r.data(), n);
       double acc = 0;
       for (const T v : r) acc += static_cast<double>(v) * static_cast<double>(v);
       partial[b * C + i] = acc;
@@ -476,10 +461,8 @@ clip_search_result<T> search_awq_clip_matrix(const T* xs, std::size_t S, const T
   std::vector<double> gram(G * gs * gs);
   parallel_for(G, o.threads, [&](std::size_t g) {
     const std::size_t r0 = g * gs, rows = std::min(gs, K - r0);
-    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(rows),
-                static_cast<int>(rows), static_cast<int>(S), 1.0, xd.data() + r0,
-                static_cast<int>(K), xd.data() + r0, static_cast<int>(K), 0.0,
-                gram.data() + g * gs * gs, static_cast<int>(rows));
+    blas::gemm(true, false, rows, rows, S, 1.0, xd.data() + r0, K, xd.data() + r0, K, 0.0,
+               gram.data() + g * gs * gs, rows);
   });
 
   clip_search_result<T> res;
@@ -492,31 +475,21 @@ clip_search_result<T> search_awq_clip_matrix(const T* xs, std::size_t S, const T
     const std::size_t width = C * n;  // columns of E: candidate-major, then column
     std::vector<T> fq(std::min(gs, K) * n);
     std::vector<double> e(std::min(gs, K) * width), he(std::min(gs, K) * width);
-    T lo[max_tile_cols], hi[max_tile_cols], scale[max_tile_cols], zp[max_tile_cols];
     for (std::size_t g = 0; g < G; ++g) {
       const std::size_t r0 = g * gs, rows = std::min(gs, K - r0);
       const T* src = w + r0 * N + c0;
-      if (!minmax_columns(simd_tag{}, src, N, rows, n, lo, hi)) {
-        throw_non_finite(w, N, r0, rows, c0, n);
-      }
-      if (rows < gs && c.ragged_range_includes_zero) include_zero(lo, hi, n);
-      for (std::size_t s = 0; s < C; ++s) {
-        const T ratio = static_cast<T>(c.clip_ratio) * cand[s];
-        for (std::size_t j = 0; j < n; ++j) {
-          const group_param<T> p = compute_group_param(lo[j], hi[j], ratio, c);
-          scale[j] = p.scale;
-          zp[j] = static_cast<T>(p.zero_point);
-        }
-        encode_tile(simd_tag{}, src, N, rows, n, c, scale, zp, nullptr, fq.data(), n);
-        for (std::size_t i = 0; i < rows; ++i) {
-          for (std::size_t j = 0; j < n; ++j) {
-            e[i * width + s * n + j] =
-                static_cast<double>(src[i * N + j]) - static_cast<double>(fq[i * n + j]);
-          }
-        }
-      }
-      gemm_nn(rows, width, rows, gram.data() + g * gs * gs, rows, e.data(), width, he.data(),
-              width);
+      // E[:, s n + j] = W - Q_r(W) of the group, column j, candidate s (in double)
+      for_each_clip_trial(
+          w, N, r0, rows, c0, n, gs, c, cand, fq.data(), [&](std::size_t s, const T* q) {
+            for (std::size_t i = 0; i < rows; ++i) {
+              for (std::size_t j = 0; j < n; ++j) {
+                e[i * width + s * n + j] =
+                    static_cast<double>(src[i * N + j]) - static_cast<double>(q[i * n + j]);
+              }
+            }
+          });
+      blas::gemm(false, false, rows, width, rows, 1.0, gram.data() + g * gs * gs, rows, e.data(),
+                 width, 0.0, he.data(), width);
       for (std::size_t s = 0; s < C; ++s) {
         for (std::size_t j = 0; j < n; ++j) {
           double l = 0;

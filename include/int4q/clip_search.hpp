@@ -75,6 +75,31 @@ std::vector<T> clip_candidates(const clip_search_options& o) {
   return r;
 }
 
+/// The trials of a clip search on one group's tile: rows [r0, r0 + rows) and columns
+/// [c0, c0 + n) (n <= max_tile_cols) of w [K, N], a group of gs rows (fewer: the ragged last
+/// group). For each candidate s, the tile is quantized with each column's range shrunk by
+/// r = c.clip_ratio * cand[s] (Q_r, as quantize_matrix does with that ratio) into fq [rows, n]
+/// (row stride n), then trial(s, fq) measures it. Throws non_finite_error for a NaN/Inf.
+template <class T, class F>
+void for_each_clip_trial(const T* w, std::size_t N, std::size_t r0, std::size_t rows,
+                         std::size_t c0, std::size_t n, std::size_t gs, const quant_config& c,
+                         const std::vector<T>& cand, T* fq, F&& trial) {
+  T lo[max_tile_cols], hi[max_tile_cols], scale[max_tile_cols], zp[max_tile_cols];
+  const T* src = w + r0 * N + c0;
+  if (!minmax_columns(simd_tag{}, src, N, rows, n, lo, hi)) throw_non_finite(w, N, r0, rows, c0, n);
+  if (rows < gs && c.ragged_range_includes_zero) include_zero(lo, hi, n);
+  for (std::size_t s = 0; s < cand.size(); ++s) {
+    const T ratio = static_cast<T>(c.clip_ratio) * cand[s];
+    for (std::size_t j = 0; j < n; ++j) {
+      const group_param<T> p = compute_group_param(lo[j], hi[j], ratio, c);
+      scale[j] = p.scale;
+      zp[j] = static_cast<T>(p.zero_point);
+    }
+    encode_tile(simd_tag{}, src, N, rows, n, c, scale, zp, nullptr, fq, n);
+    trial(s, static_cast<const T*>(fq));
+  }
+}
+
 template <class T>
 clip_search_result<T> search_clip_matrix(const T* w, std::size_t K, std::size_t N,
                                          const quant_config& c, const T* imp,
@@ -96,44 +121,34 @@ clip_search_result<T> search_clip_matrix(const T* w, std::size_t K, std::size_t 
     const std::size_t c0 = tile * max_tile_cols;
     const std::size_t n = std::min(max_tile_cols, N - c0);
     std::vector<T> fq(std::min(gs, K) * n);
-    T lo[max_tile_cols], hi[max_tile_cols], scale[max_tile_cols], zp[max_tile_cols];
     double err[max_tile_cols];
     for (std::size_t g = 0; g < G; ++g) {
       const std::size_t r0 = g * gs;
       const std::size_t rows = std::min(gs, K - r0);
       const T* src = w + r0 * N + c0;
-      if (!minmax_columns(simd_tag{}, src, N, rows, n, lo, hi))
-        throw_non_finite(w, N, r0, rows, c0, n);
-      if (rows < gs && c.ragged_range_includes_zero) include_zero(lo, hi, n);
-      for (std::size_t s = 0; s < S; ++s) {
-        const T ratio = static_cast<T>(c.clip_ratio) * cand[s];
-        for (std::size_t j = 0; j < n; ++j) {
-          const group_param<T> p = compute_group_param(lo[j], hi[j], ratio, c);
-          scale[j] = p.scale;
-          zp[j] = static_cast<T>(p.zero_point);
-        }
-        // fake-quant of the tile into fq [rows, n]
-        encode_tile(simd_tag{}, src, N, rows, n, c, scale, zp, nullptr, fq.data(), n);
-        std::fill(err, err + n, 0.0);
-        for (std::size_t i = 0; i < rows; ++i) {
-          const double wk = imp ? static_cast<double>(imp[r0 + i]) : 1.0;
-          for (std::size_t j = 0; j < n; ++j) {
-            const double d =
-                std::abs(static_cast<double>(src[i * N + j]) - static_cast<double>(fq[i * n + j]));
-            err[j] += wk * (squared ? d * d : std::pow(d, o.norm));
-          }
-        }
-        for (std::size_t j = 0; j < n; ++j) {
-          const std::size_t at = g * N + c0 + j;
-          if (s == 0) max_loss[at] = err[j];
-          if (combine) {
-            col_loss[s * N + c0 + j] += err[j];
-          } else if (s == 0 || err[j] < best_loss[at]) {
-            best_loss[at] = err[j];
-            res.ratios.data()[at] = cand[s];
-          }
-        }
-      }
+      for_each_clip_trial(w, N, r0, rows, c0, n, gs, c, cand, fq.data(),
+                          [&](std::size_t s, const T* q) {
+                            // err[j] = sum_i imp[i] |W - Q_r(W)|^p over the group's rows, column j
+                            std::fill(err, err + n, 0.0);
+                            for (std::size_t i = 0; i < rows; ++i) {
+                              const double wk = imp ? static_cast<double>(imp[r0 + i]) : 1.0;
+                              for (std::size_t j = 0; j < n; ++j) {
+                                const double d = std::abs(static_cast<double>(src[i * N + j]) -
+                                                          static_cast<double>(q[i * n + j]));
+                                err[j] += wk * (squared ? d * d : std::pow(d, o.norm));
+                              }
+                            }
+                            for (std::size_t j = 0; j < n; ++j) {
+                              const std::size_t at = g * N + c0 + j;
+                              if (s == 0) max_loss[at] = err[j];
+                              if (combine) {
+                                col_loss[s * N + c0 + j] += err[j];
+                              } else if (s == 0 || err[j] < best_loss[at]) {
+                                best_loss[at] = err[j];
+                                res.ratios.data()[at] = cand[s];
+                              }
+                            }
+                          });
     }
   });
 

@@ -13,6 +13,9 @@
 //
 // done in lazy blocks of `block_size` rows: inside a block a rank-1 update per row (BLAS ger),
 // then ONE gemm updates all rows after the block: W[i2:, :] -= U[i1:i2, i2:]^T E[i1:i2, :].
+// In the code: gptq_order_of (dead inputs, act_order), gptq_damped_factor (damping with
+// retries, U), gptq_working_copy (static groups), then gptq_sweep, the loop above (gptq_row per
+// row, gptq_lazy_update per block), and gptq_loss (the report's loss).
 // The grid (group parameters, codes, rounding, tables) is quant_tensor's: the result is the
 // same `quantized` type and decodes with dequant() to exactly the Q that the loss refers to.
 //
@@ -22,9 +25,6 @@
 // Parallelism comes from the BLAS only (e.g. openblas_set_num_threads); int4q adds no threads.
 #ifndef INT4Q_GPTQ_HPP
 #define INT4Q_GPTQ_HPP
-
-#include <cblas.h>
-#include <lapacke.h>
 
 #include <algorithm>
 #include <cmath>
@@ -41,10 +41,12 @@
 #include <int4q/clip_search.hpp>
 #include <int4q/config.hpp>
 #include <int4q/dequant.hpp>
+#include <int4q/detail/blas.hpp>
 #include <int4q/detail/input.hpp>
 #include <int4q/detail/kernels.hpp>
 #include <int4q/error.hpp>
 #include <int4q/group_params.hpp>
+#include <int4q/hessian_loss.hpp>
 #include <int4q/quantize.hpp>
 #include <int4q/quantized.hpp>
 
@@ -110,118 +112,6 @@ namespace detail {
 /// by the K x K x N product instead of by the difference (which then loses digits: at 1/2, at
 /// most one bit of the error rows' precision).
 constexpr double gptq_max_damping_share = 0.5;
-
-// ---- BLAS in the compute type ------------------------------------------------------------------
-
-// C[m, n] = alpha * op(A) B + beta * C, row-major; op(A) = A ([m, k], lda) or A^T (A is [k, m]).
-inline void gemm(bool trans_a, std::size_t m, std::size_t n, std::size_t k, float alpha,
-                 const float* a, std::size_t lda, const float* b, std::size_t ldb, float beta,
-                 float* c, std::size_t ldc) {
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, CblasNoTrans, static_cast<int>(m),
-              static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b,
-              static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
-}
-inline void gemm(bool trans_a, std::size_t m, std::size_t n, std::size_t k, double alpha,
-                 const double* a, std::size_t lda, const double* b, std::size_t ldb, double beta,
-                 double* c, std::size_t ldc) {
-  cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, CblasNoTrans, static_cast<int>(m),
-              static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b,
-              static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
-}
-// A[m, n] (row-major, lda) += alpha * x y^T;  x : [m], y : [n]
-inline void ger(std::size_t m, std::size_t n, float alpha, const float* x, const float* y, float* a,
-                std::size_t lda) {
-  cblas_sger(CblasRowMajor, static_cast<int>(m), static_cast<int>(n), alpha, x, 1, y, 1, a,
-             static_cast<int>(lda));
-}
-inline void ger(std::size_t m, std::size_t n, double alpha, const double* x, const double* y,
-                double* a, std::size_t lda) {
-  cblas_dger(CblasRowMajor, static_cast<int>(m), static_cast<int>(n), alpha, x, 1, y, 1, a,
-             static_cast<int>(lda));
-}
-
-// ---- Hessian ---------------------------------------------------------------------------------
-
-/// H[a, b] of a symmetric h [K, K] read from its upper triangle.
-inline double hessian_at(const double* h, std::size_t K, std::size_t a, std::size_t b) noexcept {
-  return a <= b ? h[a * K + b] : h[b * K + a];
-}
-
-/// Edge of the tiles in which inverse_cholesky copies H (reads and writes both stay in cache).
-constexpr std::size_t hessian_copy_tile = 64;
-
-/// The upper Cholesky factor U of (H' + damp I)^-1, where H' = H with rows/columns permuted
-/// (row i of H' is row perm[i] of H) and dead diagonal entries set to 1, computed as
-///   J (H' + damp I) J = R^T R  (dpotrf; J reverses the order, R upper),  U = J R^-T J  (dtrtri)
-/// (then U^T U = J R^-1 R^-T J = (H' + damp I)^-1 and U is upper with a positive diagonal: the
-/// factor, which is unique): K^3 / 3 + K^3 / 3 flops instead of potrf + potri + potrf's 4 K^3 / 3.
-/// u [K, K] receives R^-1 in its row-major upper triangle, and U[i, j] = u[K-1-j, K-1-i]
-/// (read it with inverse_factor_at). Returns false when H' + damp I is not positive definite.
-inline bool inverse_cholesky(const double* h, std::size_t K, const std::vector<std::size_t>& perm,
-                             const std::vector<char>& dead, double damp, double* u) {
-  constexpr std::size_t t = hessian_copy_tile;
-  for (std::size_t i0 = 0; i0 < K; i0 += t) {
-    for (std::size_t j0 = i0; j0 < K; j0 += t) {
-      for (std::size_t i = i0; i < std::min(i0 + t, K); ++i) {
-        const std::size_t a = perm[K - 1 - i];
-        for (std::size_t j = std::max(i, j0); j < std::min(j0 + t, K); ++j)
-          u[i * K + j] = hessian_at(h, K, a, perm[K - 1 - j]);
-      }
-    }
-  }
-  for (std::size_t i = 0; i < K; ++i) {
-    if (dead[perm[K - 1 - i]]) u[i * K + i] = 1.0;
-    u[i * K + i] += damp;
-  }
-  // A row-major upper triangle is LAPACK's column-major lower one: the 'L' routines work on it
-  // in place, without LAPACKE's row-major transposes.
-  const auto n = static_cast<lapack_int>(K);
-  if (LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'L', n, u, n) != 0) return false;       // R
-  if (LAPACKE_dtrtri(LAPACK_COL_MAJOR, 'L', 'N', n, u, n) != 0) return false;  // R^-1
-  for (std::size_t i = 0; i < K; ++i) {
-    const double d = u[i * K + i];
-    if (!(d > 0.0) || !std::isfinite(d)) return false;
-  }
-  return true;
-}
-
-/// U[i, j] (i <= j) from inverse_cholesky's u.
-inline double inverse_factor_at(const double* u, std::size_t K, std::size_t i,
-                                std::size_t j) noexcept {
-  return u[(K - 1 - j) * K + (K - 1 - i)];
-}
-
-/// sum_{k, n} D[k, n] (H D)[k, n] for a symmetric h [K, K] (upper triangle read) and d [K, N],
-/// by panels of rows of H converted to T (gemm in T, sums in double). group_loss [G, N] (rows
-/// of `gs`) gets the per-group sums when not null.
-template <class T>
-double hessian_loss(const double* h, std::size_t K, const T* d, std::size_t N, std::size_t gs,
-                    double* group_loss) {
-  constexpr std::size_t panel_rows = 64;
-  std::vector<T> panel(std::min(panel_rows, K) * K);
-  std::vector<T> hd(std::min(panel_rows, K) * N);
-  double total = 0;
-  for (std::size_t i0 = 0; i0 < K; i0 += panel_rows) {
-    const std::size_t rows = std::min(panel_rows, K - i0);
-    for (std::size_t j = 0; j < K; ++j) {  // j outer: below the diagonal, reads rows of h
-      for (std::size_t r = 0; r < rows; ++r)
-        panel[r * K + j] = static_cast<T>(hessian_at(h, K, i0 + r, j));
-    }
-    gemm(false, rows, N, K, T(1), panel.data(), K, d, N, T(0), hd.data(), N);
-    for (std::size_t r = 0; r < rows; ++r) {
-      double row = 0;
-      double* gl = group_loss ? group_loss + ((i0 + r) / gs) * N : nullptr;
-      for (std::size_t n = 0; n < N; ++n) {
-        const double v =
-            static_cast<double>(d[(i0 + r) * N + n]) * static_cast<double>(hd[r * N + n]);
-        row += v;
-        if (gl) gl[n] += v;
-      }
-      total += row;
-    }
-  }
-  return total;
-}
 
 // ---- Grid --------------------------------------------------------------------------------------
 
@@ -316,59 +206,97 @@ inline void validate(const gptq_options& o) {
   if (o.search_clip) validate(o.clip);
 }
 
-/// GPTQ on w [K, N] (finite, checked) with h [K, K] (validated).
-template <class T>
-gptq_result<T> gptq_matrix(const T* w, std::size_t K, std::size_t N, const double* h,
-                           const quant_config& c, const gptq_options& o) {
-  const std::size_t gs = c.effective_group_size(K);
-  const std::size_t G = c.num_groups(K);
-  gptq_result<T> res;
-  gptq_report& rep = res.report;
-  res.q = allocate_quantized<T>(K, N, c);
-  quantized<T>& q = res.q;
+// ---- Preparation: dead inputs, order, damping, the factor of H^-1 -----------------------------
 
-  // Dead inputs, order, damping.
-  std::vector<char> dead(K, 0);
-  double diag_sum = 0;
+/// Edge of the tiles in which inverse_cholesky copies H (reads and writes both stay in cache).
+constexpr std::size_t hessian_copy_tile = 64;
+
+/// The upper Cholesky factor U of (H' + damp I)^-1, where H' = H with rows/columns permuted
+/// (row i of H' is row perm[i] of H) and dead diagonal entries set to 1, computed as
+///   J (H' + damp I) J = R^T R  (dpotrf; J reverses the order, R upper),  U = J R^-T J  (dtrtri)
+/// (then U^T U = J R^-1 R^-T J = (H' + damp I)^-1 and U is upper with a positive diagonal: the
+/// factor, which is unique): K^3 / 3 + K^3 / 3 flops instead of potrf + potri + potrf's 4 K^3 / 3.
+/// u [K, K] receives R^-1 in its row-major upper triangle, and U[i, j] = u[K-1-j, K-1-i]
+/// (read it with inverse_factor_at). Returns false when H' + damp I is not positive definite.
+inline bool inverse_cholesky(const double* h, std::size_t K, const std::vector<std::size_t>& perm,
+                             const std::vector<char>& dead, double damp, double* u) {
+  constexpr std::size_t t = hessian_copy_tile;
+  for (std::size_t i0 = 0; i0 < K; i0 += t) {
+    for (std::size_t j0 = i0; j0 < K; j0 += t) {
+      for (std::size_t i = i0; i < std::min(i0 + t, K); ++i) {
+        const std::size_t a = perm[K - 1 - i];
+        for (std::size_t j = std::max(i, j0); j < std::min(j0 + t, K); ++j)
+          u[i * K + j] = hessian_at(h, K, a, perm[K - 1 - j]);
+      }
+    }
+  }
+  for (std::size_t i = 0; i < K; ++i) {
+    if (dead[perm[K - 1 - i]]) u[i * K + i] = 1.0;
+    u[i * K + i] += damp;
+  }
+  // A row-major upper triangle is LAPACK's column-major lower one: the 'L' routines work on it
+  // in place, without LAPACKE's row-major transposes.
+  if (blas::potrf_lower(K, u, K) != 0) return false;  // R
+  if (blas::trtri_lower(K, u, K) != 0) return false;  // R^-1
+  for (std::size_t i = 0; i < K; ++i) {
+    const double d = u[i * K + i];
+    if (!(d > 0.0) || !std::isfinite(d)) return false;
+  }
+  return true;
+}
+
+/// U[i, j] (i <= j) from inverse_cholesky's u.
+inline double inverse_factor_at(const double* u, std::size_t K, std::size_t i,
+                                std::size_t j) noexcept {
+  return u[(K - 1 - j) * K + (K - 1 - i)];
+}
+
+/// What GPTQ takes from diag(H) before it starts.
+struct gptq_order {
+  std::vector<char> dead;         ///< [K] 1 where H[k, k] == 0 (quantized as zero rows)
+  std::vector<std::size_t> perm;  ///< [K] perm[i] = the row of W quantized i-th
+  double mean_diag = 0;           ///< mean(diag H), dead diagonals counted as 1
+};
+
+/// Dead inputs, and the order: W's own, or with act_order decreasing diag(H) (stable sort).
+/// Fills rep.dead_inputs and, with act_order, rep.perm.
+inline gptq_order gptq_order_of(const double* h, std::size_t K, const gptq_options& o,
+                                gptq_report& rep) {
+  gptq_order ord;
+  ord.dead.assign(K, 0);
   std::vector<double> diag(K);
+  double diag_sum = 0;
   for (std::size_t k = 0; k < K; ++k) {
     diag[k] = h[k * K + k];
     if (diag[k] == 0.0) {
-      dead[k] = 1;
+      ord.dead[k] = 1;
       ++rep.dead_inputs;
       diag[k] = 1.0;
     }
     diag_sum += diag[k];
   }
-  std::vector<std::size_t> perm(K);
-  std::iota(perm.begin(), perm.end(), std::size_t(0));
+  ord.perm.resize(K);
+  std::iota(ord.perm.begin(), ord.perm.end(), std::size_t(0));
   if (o.act_order) {
-    std::stable_sort(perm.begin(), perm.end(),
+    std::stable_sort(ord.perm.begin(), ord.perm.end(),
                      [&](std::size_t a, std::size_t b) { return diag[a] > diag[b]; });
-    rep.perm = perm;
+    rep.perm = ord.perm;
   }
-  const double mean_diag = diag_sum / static_cast<double>(K);
+  ord.mean_diag = diag_sum / static_cast<double>(K);
+  return ord;
+}
 
-  // RTN baseline (before the big buffers, reusing its own).
-  if (o.rtn_loss) {
-    std::vector<T> d(K * N);
-    std::vector<T> scales(G * N);
-    std::vector<std::uint8_t> zps(G * N);
-    quantize_sink<T> sink;
-    sink.scales = scales.data();
-    sink.zero_points = zps.data();
-    sink.fake_quant = d.data();
-    quantize_matrix(simd_tag{}, w, K, N, c, static_cast<const T*>(nullptr), 1, sink);
-    for (std::size_t i = 0; i < K * N; ++i) d[i] = w[i] - d[i];
-    rep.rtn_loss = hessian_loss(h, K, d.data(), N, gs, nullptr);
-  }
-
-  // U: upper Cholesky factor of the damped, permuted H^-1 (double).
+/// U, the factor of the damped, permuted H^-1 (inverse_cholesky's layout), with damping
+/// damp = damp_fraction x mean(diag H): damp_fraction starts at o.damp and is multiplied by
+/// o.damp_growth after each failed factorization, at most o.max_damp_retries times; then it
+/// throws. Fills rep.damp, rep.damp_fraction and rep.retries.
+inline std::vector<double> gptq_damped_factor(const double* h, std::size_t K, const gptq_order& ord,
+                                              const gptq_options& o, gptq_report& rep) {
   std::vector<double> u(K * K);
   rep.damp_fraction = o.damp;
   for (;;) {
-    rep.damp = rep.damp_fraction * mean_diag;
-    if (inverse_cholesky(h, K, perm, dead, rep.damp, u.data())) break;
+    rep.damp = rep.damp_fraction * ord.mean_diag;
+    if (inverse_cholesky(h, K, ord.perm, ord.dead, rep.damp, u.data())) return u;
     if (rep.retries == o.max_damp_retries) {
       throw error("gptq: H is not positive definite even with damping " +
                   std::to_string(rep.damp_fraction) + " x mean(diag H) after " +
@@ -378,99 +306,228 @@ gptq_result<T> gptq_matrix(const T* w, std::size_t K, std::size_t N, const doubl
     ++rep.retries;
     rep.damp_fraction *= o.damp_growth;
   }
+}
 
-  // Working copy of W: dead rows zeroed, rows in quantization order.
-  std::vector<T> wp(w, w + K * N);
+/// trace((W - Q)^T H (W - Q)) of the RTN baseline Q = quant_tensor(W, c), for w [K, N].
+template <class T>
+double gptq_rtn_loss(const T* w, std::size_t K, std::size_t N, const double* h,
+                     const quant_config& c) {
+  const std::size_t G = c.num_groups(K);
+  std::vector<T> d(K * N);
+  std::vector<T> scales(G * N);
+  std::vector<std::uint8_t> zps(G * N);
+  quantize_sink<T> sink;
+  sink.scales = scales.data();
+  sink.zero_points = zps.data();
+  sink.fake_quant = d.data();
+  quantize_matrix(simd_tag{}, w, K, N, c, static_cast<const T*>(nullptr), 1, sink);
+  for (std::size_t i = 0; i < K * N; ++i) d[i] = w[i] - d[i];
+  return hessian_loss_by_rows(h, K, d.data(), N, c.effective_group_size(K), nullptr);
+}
+
+/// The working copy of W that GPTQ updates, rows in quantization order.
+template <class T>
+struct gptq_work {
+  std::vector<T> w;    ///< [K, N] row i = row perm[i] of W (dead rows zero), updated in place
+  std::vector<T> imp;  ///< [K] imp[i] = H[perm[i], perm[i]]: the clip search's importance
+};
+
+/// The working copy: W with dead rows zeroed, permuted by ord.perm. With static_groups, every
+/// group's parameters go into q first, computed from the unpermuted rows.
+template <class T>
+gptq_work<T> gptq_working_copy(const T* w, std::size_t K, std::size_t N, const double* h,
+                               const gptq_order& ord, const quant_config& c, const gptq_options& o,
+                               quantized<T>& q) {
+  const std::size_t gs = c.effective_group_size(K);
+  gptq_work<T> s;
+  s.w.assign(w, w + K * N);
   for (std::size_t k = 0; k < K; ++k) {
-    if (dead[k]) std::fill(wp.begin() + k * N, wp.begin() + (k + 1) * N, T(0));
+    if (ord.dead[k]) std::fill(s.w.begin() + k * N, s.w.begin() + (k + 1) * N, T(0));
   }
-  std::vector<T> imp(K);
-  for (std::size_t k = 0; k < K; ++k) imp[k] = static_cast<T>(h[k * K + k]);
-  const bool static_params = o.static_groups;
-  if (static_params) {
-    for (std::size_t g = 0; g < G; ++g) {
+  s.imp.resize(K);
+  for (std::size_t k = 0; k < K; ++k) s.imp[k] = static_cast<T>(h[k * K + k]);
+  if (o.static_groups) {
+    for (std::size_t g = 0; g < c.num_groups(K); ++g) {
       const std::size_t r0 = g * gs;
-      gptq_group_params(wp.data(), N, r0, std::min(gs, K - r0), gs, c, o, imp.data(),
+      gptq_group_params(s.w.data(), N, r0, std::min(gs, K - r0), gs, c, o, s.imp.data(),
                         q.scales.data() + g * N, q.zero_points.data() + g * N);
     }
   }
   if (o.act_order) {
-    permute_rows(wp.data(), K, N, perm);
+    permute_rows(s.w.data(), K, N, ord.perm);
     std::vector<T> permuted(K);
-    for (std::size_t i = 0; i < K; ++i) permuted[i] = imp[perm[i]];
-    imp.swap(permuted);
+    for (std::size_t i = 0; i < K; ++i) permuted[i] = s.imp[ord.perm[i]];
+    s.imp.swap(permuted);
   }
+  return s;
+}
 
-  const std::size_t bs = std::min(o.block_size, K);
-  std::vector<T> err(bs * N);    // error rows of the block [bs, N]
-  std::vector<T> panel(bs * K);  // U[i1:i2, i1:K] in T, row stride K - i1
-  std::vector<T> values(N);      // dequantized row
-  double err_sq = 0, damp_sq = 0;
-  for (std::size_t i1 = 0; i1 < K;) {
-    std::size_t i2 = std::min(i1 + bs, K);
-    if (!static_params && G > 1) {
-      // A group's parameters come from its fully updated rows: a group that starts inside the
-      // block and runs past its end starts the next block instead.
-      const std::size_t s = ((i2 - 1) / gs) * gs;
-      if (s > i1 && std::min(s + gs, K) > i2) i2 = s;
-    }
-    const std::size_t rows = i2 - i1, ld = K - i1;
-    // panel[r, j - i1] = U[i1 + r, j] for j >= i1 + r: row K-1-j of u holds U[., j] reversed,
-    // so each j reads `rows` consecutive doubles
-    for (std::size_t j = i1; j < K; ++j) {
-      const double* src = u.data() + (K - 1 - j) * K + (K - 1 - i1);
-      const std::size_t top = std::min(rows, j - i1 + 1);
-      for (std::size_t r = 0; r < top; ++r) panel[r * ld + (j - i1)] = static_cast<T>(*(src - r));
-    }
-    for (std::size_t k = i1; k < i2; ++k) {
-      T* wk = wp.data() + k * N;
-      if (!static_params && k % gs == 0) {
-        const std::size_t g = k / gs;  // == perm[k] / gs: act_order here only with G == 1
-        gptq_group_params(wp.data(), N, k, std::min(gs, K - k), gs, c, o, imp.data(),
-                          q.scales.data() + g * N, q.zero_points.data() + g * N);
-      }
-      const std::size_t row = perm[k];
-      const std::size_t g = row / gs;
-      encode_row(wk, N, c, q.scales.data() + g * N, q.zero_points.data() + g * N,
-                 q.codes.data() + row * N, values.data());
-      const T dk = static_cast<T>(inverse_factor_at(u.data(), K, k, k));
-      T* ek = err.data() + (k - i1) * N;
-      for (std::size_t n = 0; n < N; ++n) ek[n] = (wk[n] - values[n]) / dk;
-      if (!dead[row]) {
-        const T* w0 = w + row * N;
-        for (std::size_t n = 0; n < N; ++n) {
-          const double e = static_cast<double>(ek[n]);
-          const double dd = static_cast<double>(w0[n]) - static_cast<double>(values[n]);
-          err_sq += e * e;
-          damp_sq += dd * dd;
-        }
-      }
-      if (k + 1 < i2) {
-        ger(i2 - k - 1, N, T(-1), panel.data() + (k - i1) * ld + (k + 1 - i1), ek,
-            wp.data() + (k + 1) * N, N);
-      }
-    }
-    if (i2 < K) {
-      gemm(true, K - i2, N, rows, T(-1), panel.data() + rows, ld, err.data(), N, T(1),
-           wp.data() + i2 * N, N);
-    }
-    i1 = i2;
+// ---- The sweep over the rows: per-row step and lazy block update -------------------------------
+
+/// What the sweep reads (W, H, the grid, the order, U) and writes (the working copy, q).
+template <class T>
+struct gptq_state {
+  const T* w;  ///< [K, N] W as given
+  std::size_t K, N;
+  const double* h;  ///< [K, K]
+  const quant_config& c;
+  const gptq_options& o;
+  const gptq_order& ord;
+  const std::vector<double>& u;  ///< U in inverse_cholesky's layout
+  gptq_work<T>& work;
+  quantized<T>& q;
+};
+
+/// Buffers of one lazy block of rows [i1, i2).
+template <class T>
+struct gptq_block {
+  std::size_t i1 = 0, i2 = 0;
+  std::size_t ld = 0;    ///< row stride of panel: K - i1
+  std::vector<T> panel;  ///< [bs, K - i1]: U[i1:i2, i1:K] in T
+  std::vector<T> err;    ///< [bs, N]: row k - i1 = e_k
+};
+
+/// Sums over the live rows for the free loss (see gptq_loss).
+struct gptq_error_sums {
+  double err_sq = 0;   ///< sum |e_k|^2
+  double damp_sq = 0;  ///< sum |w_k - q_k|^2 (W as given)
+};
+
+/// End of the lazy block that starts at row i1: i1 + bs (at most K). When group parameters
+/// come from the updated rows (dynamic_groups), a group that starts inside the block and runs
+/// past its end starts the next block instead: its rows are all updated before it is reached.
+inline std::size_t gptq_block_end(std::size_t i1, std::size_t bs, std::size_t K, std::size_t gs,
+                                  bool dynamic_groups) noexcept {
+  std::size_t i2 = std::min(i1 + bs, K);
+  if (dynamic_groups) {
+    const std::size_t s = ((i2 - 1) / gs) * gs;
+    if (s > i1 && std::min(s + gs, K) > i2) i2 = s;
   }
+  return i2;
+}
 
-  // The free loss below subtracts the damping's share from sum |e_k|^2; when that share is most
-  // of it (large damping), the difference would keep few correct digits: measure instead.
-  const bool cancels = rep.damp * damp_sq > gptq_max_damping_share * err_sq;
-  if (o.exact_loss || cancels) {
-    dequant_matrix(simd_tag{}, q, 1, wp.data());
-    for (std::size_t i = 0; i < K * N; ++i) wp[i] = w[i] - wp[i];
-    if (o.exact_loss) rep.group_loss = xt::zeros<double>({G, N});
-    rep.loss = hessian_loss(h, K, wp.data(), N, gs, o.exact_loss ? rep.group_loss.data() : nullptr);
+/// b.panel[r, j - i1] = U[i1 + r, j] in T for j >= i1 + r (below the diagonal: not written).
+/// Row K-1-j of u holds U[., j] reversed, so each j reads `rows` consecutive doubles.
+template <class T>
+void load_factor_panel(const std::vector<double>& u, std::size_t K, gptq_block<T>& b) {
+  const std::size_t rows = b.i2 - b.i1;
+  b.ld = K - b.i1;
+  for (std::size_t j = b.i1; j < K; ++j) {
+    const double* src = u.data() + (K - 1 - j) * K + (K - 1 - b.i1);
+    const std::size_t top = std::min(rows, j - b.i1 + 1);
+    for (std::size_t r = 0; r < top; ++r)
+      b.panel[r * b.ld + (j - b.i1)] = static_cast<T>(*(src - r));
+  }
+}
+
+/// GPTQ's step for row k (torch's column i):
+///   q_k = quantize(w_k)          codes into q's row perm[k]; values [N] = the dequantized q_k
+///   e_k = (w_k - q_k) / U[k, k]  into the block's error rows
+///   w_j -= U[k, j] e_k           for k < j < i2: one ger on the rest of the block
+template <class T>
+void gptq_row(gptq_state<T>& s, std::size_t k, gptq_block<T>& b, T* values, gptq_error_sums& sums) {
+  const std::size_t N = s.N, gs = s.c.effective_group_size(s.K);
+  T* wk = s.work.w.data() + k * N;
+  const std::size_t row = s.ord.perm[k];
+  const std::size_t g = row / gs;
+  encode_row(wk, N, s.c, s.q.scales.data() + g * N, s.q.zero_points.data() + g * N,
+             s.q.codes.data() + row * N, values);
+  const T dk = static_cast<T>(inverse_factor_at(s.u.data(), s.K, k, k));
+  T* ek = b.err.data() + (k - b.i1) * N;
+  for (std::size_t n = 0; n < N; ++n) ek[n] = (wk[n] - values[n]) / dk;
+  if (!s.ord.dead[row]) {
+    const T* w0 = s.w + row * N;
+    for (std::size_t n = 0; n < N; ++n) {
+      const double e = static_cast<double>(ek[n]);
+      const double dd = static_cast<double>(w0[n]) - static_cast<double>(values[n]);
+      sums.err_sq += e * e;
+      sums.damp_sq += dd * dd;
+    }
+  }
+  if (k + 1 < b.i2) {
+    blas::ger(b.i2 - k - 1, N, T(-1), b.panel.data() + (k - b.i1) * b.ld + (k + 1 - b.i1), ek,
+              wk + N, N);
+  }
+}
+
+/// The lazy batch update after a block: W[i2:, :] -= U[i1:i2, i2:]^T E[i1:i2, :] (one gemm).
+template <class T>
+void gptq_lazy_update(gptq_state<T>& s, const gptq_block<T>& b) {
+  if (b.i2 >= s.K) return;
+  const std::size_t rows = b.i2 - b.i1;
+  blas::gemm(true, false, s.K - b.i2, s.N, rows, T(-1), b.panel.data() + rows, b.ld, b.err.data(),
+             s.N, T(1), s.work.w.data() + b.i2 * s.N, s.N);
+}
+
+/// All rows, in lazy blocks of o.block_size (GPTQ's fasterquant loop). Returns the sums for
+/// the free loss.
+template <class T>
+gptq_error_sums gptq_sweep(gptq_state<T>& s) {
+  const std::size_t K = s.K, N = s.N, gs = s.c.effective_group_size(K);
+  const bool dynamic_groups = !s.o.static_groups;
+  const std::size_t bs = std::min(s.o.block_size, K);
+  gptq_block<T> b;
+  b.panel.resize(bs * K);
+  b.err.resize(bs * N);
+  std::vector<T> values(N);
+  gptq_error_sums sums;
+  for (b.i1 = 0; b.i1 < K; b.i1 = b.i2) {
+    b.i2 = gptq_block_end(b.i1, bs, K, gs, dynamic_groups && s.c.num_groups(K) > 1);
+    load_factor_panel(s.u, K, b);  // U[i1:i2, i1:] in T
+    for (std::size_t k = b.i1; k < b.i2; ++k) {
+      if (dynamic_groups && k % gs == 0) {
+        // The grid of the group starting at row k, from its updated rows (act_order here only
+        // with one group, so the group of row k is the group of row perm[k]).
+        const std::size_t g = k / gs;
+        gptq_group_params(s.work.w.data(), N, k, std::min(gs, K - k), gs, s.c, s.o,
+                          s.work.imp.data(), s.q.scales.data() + g * N,
+                          s.q.zero_points.data() + g * N);
+      }
+      gptq_row(s, k, b, values.data(), sums);  // q_k, e_k, W[k+1:i2] -= U[k, k+1:i2]^T e_k
+    }
+    gptq_lazy_update(s, b);  // W[i2:] -= U[i1:i2, i2:]^T E
+  }
+  return sums;
+}
+
+// ---- Loss --------------------------------------------------------------------------------------
+
+/// report.loss (and report.group_loss with exact_loss) after the sweep. The free loss
+/// subtracts the damping's share from sum |e_k|^2; when that share is most of it (large
+/// damping), the difference would keep few correct digits: then it is measured by the product
+/// (hessian_loss_by_rows), as with exact_loss. Uses the working copy as scratch.
+template <class T>
+void gptq_loss(gptq_state<T>& s, const gptq_error_sums& sums, gptq_report& rep) {
+  const std::size_t K = s.K, N = s.N;
+  const bool cancels = rep.damp * sums.damp_sq > gptq_max_damping_share * sums.err_sq;
+  if (s.o.exact_loss || cancels) {
+    std::vector<T>& d = s.work.w;
+    dequant_matrix(simd_tag{}, s.q, 1, d.data());
+    for (std::size_t i = 0; i < K * N; ++i) d[i] = s.w[i] - d[i];
+    if (s.o.exact_loss) rep.group_loss = xt::zeros<double>({s.c.num_groups(K), N});
+    rep.loss = hessian_loss_by_rows(s.h, K, d.data(), N, s.c.effective_group_size(K),
+                                    s.o.exact_loss ? rep.group_loss.data() : nullptr);
   } else {
     // trace(D^T H' D) = sum |e_k|^2 for D = W' - Q (W' = W with dead rows zeroed, H' damped
     // with dead diagonals 1); removing the damping and the dead rows (whose rows of H are 0)
     // leaves trace((W - Q)^T H (W - Q)).
-    rep.loss = err_sq - rep.damp * damp_sq;
+    rep.loss = sums.err_sq - rep.damp * sums.damp_sq;
   }
+}
+
+/// GPTQ on w [K, N] (finite, checked) with h [K, K] (validated).
+template <class T>
+gptq_result<T> gptq_matrix(const T* w, std::size_t K, std::size_t N, const double* h,
+                           const quant_config& c, const gptq_options& o) {
+  gptq_result<T> res;
+  res.q = allocate_quantized<T>(K, N, c);
+  const gptq_order ord = gptq_order_of(h, K, o, res.report);
+  if (o.rtn_loss) res.report.rtn_loss = gptq_rtn_loss(w, K, N, h, c);  // before the big buffers
+  const std::vector<double> u = gptq_damped_factor(h, K, ord, o, res.report);
+  gptq_work<T> work = gptq_working_copy(w, K, N, h, ord, c, o, res.q);
+  gptq_state<T> s{w, K, N, h, c, o, ord, u, work, res.q};
+  const gptq_error_sums sums = gptq_sweep(s);
+  gptq_loss(s, sums, res.report);
   return res;
 }
 

@@ -5,6 +5,7 @@
 //   clip_search.hpp   search_clip (search only; apply with quant_tensor)
 //   awq.hpp           AWQ scale search (awq_lite), clip search (awq_clip), awq_full
 //   gptq.hpp          gptq (Hessian-aware rounding with error feedback)
+//   hessian_loss.hpp  hessian_loss: trace(D^T H D), the output error of a weight error D
 //   pad.hpp, pack.hpp pad/unpad, flat and MatMulNBits packing
 //   presets.hpp       ONNX Runtime, GPTQ, ModelOpt, INC grids
 //   metrics.hpp       error statistics
@@ -21,6 +22,7 @@
 #include <int4q/float16.hpp>
 #include <int4q/gptq.hpp>
 #include <int4q/group_params.hpp>
+#include <int4q/hessian_loss.hpp>
 #include <int4q/metrics.hpp>
 #include <int4q/pack.hpp>
 #include <int4q/pad.hpp>

@@ -1,8 +1,6 @@
 // The CPU executor: values, broadcasting, and one function per operator.
 #include <int4q/onnx/executor.hpp>
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -14,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include <int4q/detail/blas.hpp>
 #include <int4q/float16.hpp>
 
 #include "executor_detail.hpp"
@@ -593,10 +592,9 @@ void exec::matmul_values(const node_context& c, const inputs_t& in, std::vector<
     // One product per batch entry (attention heads), spread over threads when worth it; each
     // entry is one single-threaded BLAS call whatever the thread count.
     auto one = [&](std::size_t e) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M),
-                  static_cast<int>(N), static_cast<int>(K), 1.0f, a.f.data() + ia[e] * mk,
-                  static_cast<int>(K), b.f.data() + ib[e] * kn, static_cast<int>(N), 0.0f,
-                  r.f.data() + e * mn, static_cast<int>(N));
+      int4q::detail::blas::gemm(false, false, std::size_t(M), std::size_t(N), std::size_t(K), 1.0f,
+                                a.f.data() + ia[e] * mk, std::size_t(K), b.f.data() + ib[e] * kn,
+                                std::size_t(N), 0.0f, r.f.data() + e * mn, std::size_t(N));
     };
     if (ia.size() * mn * static_cast<std::size_t>(K) < kGemmParallelMin || blas_threads() > 1) {
       for (std::size_t e = 0; e < ia.size(); ++e) one(e);

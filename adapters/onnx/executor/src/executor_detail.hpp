@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-#include <cblas.h>
+#include <int4q/detail/blas.hpp>
 
 #include <int4q/detail/parallel.hpp>
 #include <int4q/onnx/executor.hpp>
@@ -298,13 +298,7 @@ std::size_t& current_threads_slot() noexcept;
 inline std::size_t current_threads() noexcept { return current_threads_slot(); }
 
 /// Threads of the BLAS library (1 when it cannot be asked).
-inline int blas_threads() noexcept {
-#if defined(OPENBLAS_VERSION)
-  return openblas_get_num_threads();
-#else
-  return 1;
-#endif
-}
+inline int blas_threads() noexcept { return int4q::detail::blas::threads(); }
 
 /// Rows of C per block of exec::gemm: a constant, so that the blocks (and so the arithmetic) do
 /// not depend on the thread count.
@@ -321,10 +315,8 @@ inline void gemm(bool ta, bool tb, std::size_t M, std::size_t N, std::size_t K, 
                  float* C, std::size_t ldc) {
   if (M == 0 || N == 0) return;
   auto call = [&](std::size_t r0, std::size_t rows) {
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                static_cast<int>(rows), static_cast<int>(N), static_cast<int>(K), alpha,
-                ta ? A + r0 : A + r0 * lda, static_cast<int>(lda), B, static_cast<int>(ldb), beta,
-                C + r0 * ldc, static_cast<int>(ldc));
+    int4q::detail::blas::gemm(ta, tb, rows, N, K, alpha, ta ? A + r0 : A + r0 * lda, lda, B, ldb,
+                              beta, C + r0 * ldc, ldc);
   };
   // A multi-threaded BLAS does its own splitting (and must not be entered from several of our
   // threads at once): one call then.

@@ -7,14 +7,14 @@
 // Semantics follow ONNX Runtime's contrib operator documentation (docs/ContribOperators.md) and
 // its CPU kernels; tests/ort (ort.exec.*) checks every operator against onnxruntime-node.
 // Attention runs in fp32: Q K^T and P V through BLAS sgemm, softmax sums in double.
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
 #include <vector>
+
+#include <int4q/detail/blas.hpp>
 
 #include "executor_detail.hpp"
 
@@ -310,8 +310,7 @@ void op_rotary_embedding(const node_context& c, const model&, const inputs_t& in
 void qk_scores(const float* q, const float* k, std::size_t S, std::size_t T, std::size_t H,
                float scale, float* scores) {
   if (S == 0 || T == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(S), int(T), int(H), scale, q, int(H), k,
-              int(H), 0.0f, scores, int(T));
+  int4q::detail::blas::gemm(false, true, S, T, H, scale, q, H, k, H, 0.0f, scores, T);
 }
 
 /// out[S, Hv] (row stride ldo) = probs[S, T] v[T, Hv].
@@ -322,8 +321,7 @@ void apply_values(const float* probs, const float* v, std::size_t S, std::size_t
     for (std::size_t s = 0; s < S; ++s) std::fill(out + s * ldo, out + s * ldo + Hv, 0.0f);
     return;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(S), int(Hv), int(T), 1.0f, probs,
-              int(T), v, int(Hv), 0.0f, out, int(ldo));
+  int4q::detail::blas::gemm(false, false, S, Hv, T, 1.0f, probs, T, v, Hv, 0.0f, out, ldo);
 }
 
 /// Softmax of row[lo, hi) in place; the rest of row[0, n) becomes 0. `sink` (if not null) is an

@@ -1,8 +1,6 @@
 // auto_quantize: candidate costs, Hessian-weighted scores, the exact budget solver, plans.
 #include <int4q/onnx/auto_quantize.hpp>
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -15,6 +13,7 @@
 #include <int4q/activation_stats.hpp>
 #include <int4q/dequant.hpp>
 #include <int4q/error.hpp>
+#include <int4q/hessian_loss.hpp>
 #include <int4q/onnx/calibrate.hpp>
 #include <int4q/pack.hpp>
 #include <int4q/quantize.hpp>
@@ -90,18 +89,6 @@ int4q::quant_config grid_of(const weight_info& w, const auto_candidate& c,
   if (w.type == elem_type::float16) g.scale_type = scale_type::float16;
   if (w.type == elem_type::bfloat16) g.scale_type = scale_type::bfloat16;
   return g;
-}
-
-/// trace(D^T H D) for D [K, N] (doubles), H [K, K].
-double hessian_trace(const xt::xtensor<double, 2>& h, const xt::xtensor<double, 2>& d) {
-  const std::size_t K = d.shape()[0], N = d.shape()[1];
-  auto hd = xt::xtensor<double, 2>::from_shape({K, N});
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(K), static_cast<int>(N),
-              static_cast<int>(K), 1.0, h.data(), static_cast<int>(K), d.data(),
-              static_cast<int>(N), 0.0, hd.data(), static_cast<int>(N));
-  double t = 0;
-  for (std::size_t i = 0; i < K * N; ++i) t += d.data()[i] * hd.data()[i];
-  return t;
 }
 
 /// The input tensor a weight's first node multiplies with it ("<scope>/<name>" in subgraphs).
@@ -362,7 +349,7 @@ quant_plan auto_plan(const model& m, const quantize_options& options, const auto
         auto d = xt::xtensor<double, 2>::from_shape({w->k, w->n});
         for (std::size_t i = 0; i < d.size(); ++i)
           d.data()[i] = double(lw.data()[i]) - double(dq.data()[i]);
-        pw.scores.push_back(hessian_trace(h, d));
+        pw.scores.push_back(int4q::hessian_loss(h, d));  // trace(D^T H D)
       }
       plan.weights.push_back(std::move(pw));
     }
