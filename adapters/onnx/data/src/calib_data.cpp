@@ -16,6 +16,7 @@
 #include <utility>
 
 #include <int4q/float16.hpp>
+#include <int4q/onnx/tensor_types.hpp>
 
 namespace int4q {
 namespace onnx {
@@ -522,27 +523,6 @@ std::vector<std::pair<std::string, array_source>> open_npz(const fs::path& file)
 
 // ---- The model's inputs
 // --------------------------------------------------------------------------
-
-std::string onnx_type_word(int t) {
-  using T = ::onnx::TensorProto;
-  switch (t) {
-    case T::FLOAT: return "float32";
-    case T::FLOAT16: return "float16";
-    case T::BFLOAT16: return "bfloat16";
-    case T::DOUBLE: return "float64";
-    case T::INT8: return "int8";
-    case T::INT16: return "int16";
-    case T::INT32: return "int32";
-    case T::INT64: return "int64";
-    case T::UINT8: return "uint8";
-    case T::UINT16: return "uint16";
-    case T::UINT32: return "uint32";
-    case T::UINT64: return "uint64";
-    case T::BOOL: return "bool";
-    case T::STRING: return "string";
-    default: return "type " + std::to_string(t);
-  }
-}
 
 bool value_type_of_onnx(int t, value_type& out) {
   using T = ::onnx::TensorProto;

@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include <int4q/onnx/tensor_types.hpp>
+
 #include "executor_detail.hpp"
 
 namespace int4q {
@@ -714,8 +716,6 @@ int constant_type(const model& m, const std::string& name) {
   return -1;
 }
 
-constexpr int kUint4 = 21, kInt4 = 22;
-
 /// Codes of a uint8 tensor holding 8 / bits codes per byte along its last axis (low bits first):
 /// the last dimension grows to `last` codes.
 std::vector<std::int64_t> unpack_last_axis(const node_context& c, const value& v, int bits,
@@ -751,7 +751,7 @@ void op_gather_block_quantized(const node_context& c, const model& m, const inpu
   const value& scales = need_float(c, in, 2, "scales");
   const value* zp = optional_input(in, 3);
   const int dtype = constant_type(m, c.node.input(0));
-  if (dtype != kUint4 && dtype != kInt4 && dtype != TensorProto::UINT8)
+  if (dtype != onnx_uint4 && dtype != onnx_int4 && dtype != TensorProto::UINT8)
     c.fail(
         "data must be an initializer of type uint4, int4 or uint8 (its type decides the "
         "layout), got " +

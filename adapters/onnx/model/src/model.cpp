@@ -24,7 +24,9 @@
 #include <google/protobuf/wire_format_lite.h>
 
 #include <int4q/float16.hpp>
+#include <int4q/onnx/graph.hpp>
 #include <int4q/onnx/temp_files.hpp>
+#include <int4q/onnx/tensor_types.hpp>
 
 namespace int4q {
 namespace onnx {
@@ -46,23 +48,20 @@ std::string tensor_label(const TensorProto& t) {
 }
 
 std::string dims_string(const TensorProto& t) {
-  std::string s = "[";
-  for (int i = 0; i < t.dims_size(); ++i) s += (i ? ", " : "") + std::to_string(t.dims(i));
-  return s + "]";
+  return detail::dims_string(std::vector<std::int64_t>(t.dims().begin(), t.dims().end()));
 }
 
 // Bytes per element for the ONNX data types with a fixed size; 0 for STRING and unknown types.
-// 4-bit types (UINT4 21, INT4 22, FLOAT4E2M1 23) are handled by the caller (two per byte).
+// 4-bit types (is_4bit_type) are handled by the caller (two per byte).
 std::size_t onnx_type_size(int data_type) noexcept {
   switch (data_type) {
     case TensorProto::UINT8:
     case TensorProto::INT8:
     case TensorProto::BOOL:
-    case 17:  // FLOAT8E4M3FN
-    case 18:  // FLOAT8E4M3FNUZ
-    case 19:  // FLOAT8E5M2
-    case 20:  // FLOAT8E5M2FNUZ
-      return 1;
+    case onnx_float8e4m3fn:
+    case onnx_float8e4m3fnuz:
+    case onnx_float8e5m2:
+    case onnx_float8e5m2fnuz: return 1;
     case TensorProto::UINT16:
     case TensorProto::INT16:
     case TensorProto::FLOAT16:
@@ -77,10 +76,6 @@ std::size_t onnx_type_size(int data_type) noexcept {
     case TensorProto::COMPLEX128: return 16;
     default: return 0;
   }
-}
-
-bool is_4bit_type(int data_type) noexcept {
-  return data_type == 21 || data_type == 22 || data_type == 23;  // UINT4, INT4, FLOAT4E2M1
 }
 
 // Throws model_error(invalid) naming `t` (after `prefix`, e.g. "'model.onnx': ") when a dim is
