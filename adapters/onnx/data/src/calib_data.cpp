@@ -16,6 +16,7 @@
 #include <utility>
 
 #include <int4q/float16.hpp>
+#include <int4q/onnx/tensor_types.hpp>
 
 namespace int4q {
 namespace onnx {
@@ -307,18 +308,25 @@ struct zip_entry {
   std::uint64_t data_offset = 0;  ///< from the local header: where the (compressed) data starts
 };
 
-std::vector<zip_entry> read_zip_directory(const fs::path& file) {
-  const std::string what = quoted(file);
-  const std::uint64_t size = size_of_file(file);
-  auto bad = [&](const std::string& why) {
-    fail(kind::invalid, what + ": not a valid .npz/ZIP file: " + why);
-  };
-  if (size < zip_eocd_size) bad("too short for a ZIP end record");
+[[noreturn]] void bad_zip(const std::string& what, const std::string& why) {
+  fail(kind::invalid, what + ": not a valid .npz/ZIP file: " + why);
+}
+
+/// Where a ZIP's central directory is, and its entry count.
+struct zip_directory_place {
+  std::uint64_t entries = 0, size = 0, offset = 0;
+};
+
+/// Reads the end of central directory record of `file` (`size` bytes): the last signature whose
+/// comment length reaches the end of the file; its ZIP64 record instead when a locator precedes
+/// it.
+zip_directory_place find_zip_directory(const fs::path& file, std::uint64_t size,
+                                       const std::string& what) {
+  if (size < zip_eocd_size) bad_zip(what, "too short for a ZIP end record");
   const std::size_t tail_len =
       static_cast<std::size_t>(std::min<std::uint64_t>(size, zip_eocd_size + 0xFFFF));
   const std::uint64_t tail_at = size - tail_len;
   const auto tail = read_bytes_at(file, tail_at, tail_len);
-  // The end record: the last signature whose comment length reaches the end of the file.
   std::optional<std::size_t> eocd;
   for (std::size_t p = tail_len - zip_eocd_size + 1; p-- > 0;) {
     if (le32(&tail[p]) == zip_eocd_sig && p + zip_eocd_size + le16(&tail[p + 20]) == tail_len) {
@@ -326,80 +334,103 @@ std::vector<zip_entry> read_zip_directory(const fs::path& file) {
       break;
     }
   }
-  if (!eocd) bad("no end of central directory record");
+  if (!eocd) bad_zip(what, "no end of central directory record");
   const std::uint8_t* e = &tail[*eocd];
   if (le16(e + 4) != 0 || le16(e + 6) != 0) fail(kind::unsupported, what + ": a multi-disk ZIP");
-  std::uint64_t entries = le16(e + 10), cd_size = le32(e + 12), cd_offset = le32(e + 16);
+  zip_directory_place d{le16(e + 10), le32(e + 12), le32(e + 16)};
   const std::uint64_t eocd_at = tail_at + *eocd;
   if (eocd_at >= zip64_locator_size) {
     std::uint8_t loc[zip64_locator_size];
     read_at(file, eocd_at - zip64_locator_size, loc, sizeof(loc));
     if (le32(loc) == zip64_locator_sig) {
       const std::uint64_t at = le64(loc + 8);
-      if (at > size || size - at < zip64_eocd_size) bad("ZIP64 end record outside the file");
+      if (at > size || size - at < zip64_eocd_size)
+        bad_zip(what, "ZIP64 end record outside the file");
       std::uint8_t r[zip64_eocd_size];
       read_at(file, at, r, sizeof(r));
-      if (le32(r) != zip64_eocd_sig) bad("no ZIP64 end record where its locator points");
-      entries = le64(r + 32);
-      cd_size = le64(r + 40);
-      cd_offset = le64(r + 48);
+      if (le32(r) != zip64_eocd_sig) bad_zip(what, "no ZIP64 end record where its locator points");
+      d.entries = le64(r + 32);
+      d.size = le64(r + 40);
+      d.offset = le64(r + 48);
     }
   }
-  if (cd_offset > size || cd_size > size - cd_offset) bad("central directory outside the file");
-  const auto cd = read_bytes_at(file, cd_offset, static_cast<std::size_t>(cd_size));
+  if (d.offset > size || d.size > size - d.offset)
+    bad_zip(what, "central directory outside the file");
+  return d;
+}
+
+/// Central directory entry `k`, at `p` in `cd`; advances `p` past it.
+zip_entry read_central_entry(const std::vector<std::uint8_t>& cd, std::size_t& p, std::uint64_t k,
+                             const std::string& what) {
+  if (p + zip_central_size > cd.size() || le32(&cd[p]) != zip_central_sig)
+    bad_zip(what, "central directory entry " + std::to_string(k) + " is damaged");
+  const std::uint8_t* c = &cd[p];
+  zip_entry z;
+  z.flags = le16(c + 8);
+  z.method = le16(c + 10);
+  z.crc = le32(c + 16);
+  z.compressed = le32(c + 20);
+  z.uncompressed = le32(c + 24);
+  const std::size_t name_len = le16(c + 28), extra_len = le16(c + 30), comment_len = le16(c + 32);
+  z.local_offset = le32(c + 42);
+  if (p + zip_central_size + name_len + extra_len + comment_len > cd.size())
+    bad_zip(what, "central directory entry " + std::to_string(k) + " is truncated");
+  z.name.assign(reinterpret_cast<const char*>(c + zip_central_size), name_len);
+  // ZIP64 extended information: the 8-byte values of the fields that hold 0xFFFFFFFF, in order.
+  const std::uint8_t* x = c + zip_central_size + name_len;
+  for (std::size_t q = 0; q + 4 <= extra_len;) {
+    const std::uint16_t id = le16(x + q), len = le16(x + q + 2);
+    if (q + 4 + len > extra_len) bad_zip(what, "entry '" + z.name + "' has a damaged extra field");
+    if (id == zip_zip64_extra_id) {
+      std::size_t r = q + 4;
+      for (std::uint64_t* field : {&z.uncompressed, &z.compressed, &z.local_offset}) {
+        if (*field != 0xFFFFFFFFu) continue;
+        if (r + 8 > q + 4 + len) bad_zip(what, "entry '" + z.name + "' has a short ZIP64 field");
+        *field = le64(x + r);
+        r += 8;
+      }
+    }
+    q += 4 + len;
+  }
+  p += zip_central_size + name_len + extra_len + comment_len;
+  return z;
+}
+
+/// Checks that entry `z` of `file` (`size` bytes) is plain, stored or deflated, and inside the
+/// file, and sets its data_offset from its local header.
+void locate_zip_entry(const fs::path& file, std::uint64_t size, const std::string& what,
+                      zip_entry& z) {
+  if (z.flags & 1u)
+    fail(kind::unsupported, what + ": entry '" + z.name + "' is encrypted; int4q reads plain .npz");
+  if (z.method != zip_stored && z.method != zip_deflated) {
+    fail(kind::unsupported, what + ": entry '" + z.name + "' uses ZIP compression method " +
+                                std::to_string(z.method) +
+                                "; int4q reads stored and deflated entries (numpy.savez, "
+                                "numpy.savez_compressed)");
+  }
+  if (z.local_offset > size || size - z.local_offset < zip_local_size)
+    bad_zip(what, "entry '" + z.name + "' lies outside the file");
+  std::uint8_t l[zip_local_size];
+  read_at(file, z.local_offset, l, sizeof(l));
+  if (le32(l) != zip_local_sig) bad_zip(what, "no local header for entry '" + z.name + "'");
+  z.data_offset = z.local_offset + zip_local_size + le16(l + 26) + le16(l + 28);
+  if (z.data_offset > size || z.compressed > size - z.data_offset)
+    bad_zip(what, "entry '" + z.name + "' runs past the end of the file");
+  if (z.method == zip_stored && z.compressed != z.uncompressed)
+    bad_zip(what, "stored entry '" + z.name + "' has different compressed and uncompressed sizes");
+}
+
+/// The entries of ZIP file `file`, from its central directory, each checked and located.
+std::vector<zip_entry> read_zip_directory(const fs::path& file) {
+  const std::string what = quoted(file);
+  const std::uint64_t size = size_of_file(file);
+  const zip_directory_place d = find_zip_directory(file, size, what);
+  const auto cd = read_bytes_at(file, d.offset, static_cast<std::size_t>(d.size));
   std::vector<zip_entry> out;
   std::size_t p = 0;
-  for (std::uint64_t k = 0; k < entries; ++k) {
-    if (p + zip_central_size > cd.size() || le32(&cd[p]) != zip_central_sig)
-      bad("central directory entry " + std::to_string(k) + " is damaged");
-    const std::uint8_t* c = &cd[p];
-    zip_entry z;
-    z.flags = le16(c + 8);
-    z.method = le16(c + 10);
-    z.crc = le32(c + 16);
-    z.compressed = le32(c + 20);
-    z.uncompressed = le32(c + 24);
-    const std::size_t name_len = le16(c + 28), extra_len = le16(c + 30), comment_len = le16(c + 32);
-    z.local_offset = le32(c + 42);
-    if (p + zip_central_size + name_len + extra_len + comment_len > cd.size())
-      bad("central directory entry " + std::to_string(k) + " is truncated");
-    z.name.assign(reinterpret_cast<const char*>(c + zip_central_size), name_len);
-    // ZIP64 extended information: the 8-byte values of the fields that hold 0xFFFFFFFF, in order.
-    const std::uint8_t* x = c + zip_central_size + name_len;
-    for (std::size_t q = 0; q + 4 <= extra_len;) {
-      const std::uint16_t id = le16(x + q), len = le16(x + q + 2);
-      if (q + 4 + len > extra_len) bad("entry '" + z.name + "' has a damaged extra field");
-      if (id == zip_zip64_extra_id) {
-        std::size_t r = q + 4;
-        for (std::uint64_t* field : {&z.uncompressed, &z.compressed, &z.local_offset}) {
-          if (*field != 0xFFFFFFFFu) continue;
-          if (r + 8 > q + 4 + len) bad("entry '" + z.name + "' has a short ZIP64 field");
-          *field = le64(x + r);
-          r += 8;
-        }
-      }
-      q += 4 + len;
-    }
-    p += zip_central_size + name_len + extra_len + comment_len;
-    if (z.flags & 1u)
-      fail(kind::unsupported,
-           what + ": entry '" + z.name + "' is encrypted; int4q reads plain .npz");
-    if (z.method != zip_stored && z.method != zip_deflated) {
-      fail(kind::unsupported, what + ": entry '" + z.name + "' uses ZIP compression method " +
-                                  std::to_string(z.method) +
-                                  "; int4q reads stored and deflated entries (numpy.savez, "
-                                  "numpy.savez_compressed)");
-    }
-    if (z.local_offset > size || size - z.local_offset < zip_local_size)
-      bad("entry '" + z.name + "' lies outside the file");
-    std::uint8_t l[zip_local_size];
-    read_at(file, z.local_offset, l, sizeof(l));
-    if (le32(l) != zip_local_sig) bad("no local header for entry '" + z.name + "'");
-    z.data_offset = z.local_offset + zip_local_size + le16(l + 26) + le16(l + 28);
-    if (z.data_offset > size || z.compressed > size - z.data_offset)
-      bad("entry '" + z.name + "' runs past the end of the file");
-    if (z.method == zip_stored && z.compressed != z.uncompressed)
-      bad("stored entry '" + z.name + "' has different compressed and uncompressed sizes");
+  for (std::uint64_t k = 0; k < d.entries; ++k) {
+    zip_entry z = read_central_entry(cd, p, k, what);
+    locate_zip_entry(file, size, what, z);
     out.push_back(std::move(z));
   }
   return out;
@@ -522,27 +553,6 @@ std::vector<std::pair<std::string, array_source>> open_npz(const fs::path& file)
 
 // ---- The model's inputs
 // --------------------------------------------------------------------------
-
-std::string onnx_type_word(int t) {
-  using T = ::onnx::TensorProto;
-  switch (t) {
-    case T::FLOAT: return "float32";
-    case T::FLOAT16: return "float16";
-    case T::BFLOAT16: return "bfloat16";
-    case T::DOUBLE: return "float64";
-    case T::INT8: return "int8";
-    case T::INT16: return "int16";
-    case T::INT32: return "int32";
-    case T::INT64: return "int64";
-    case T::UINT8: return "uint8";
-    case T::UINT16: return "uint16";
-    case T::UINT32: return "uint32";
-    case T::UINT64: return "uint64";
-    case T::BOOL: return "bool";
-    case T::STRING: return "string";
-    default: return "type " + std::to_string(t);
-  }
-}
 
 bool value_type_of_onnx(int t, value_type& out) {
   using T = ::onnx::TensorProto;
@@ -706,6 +716,68 @@ std::uint64_t npy_header::data_bytes() const noexcept {
   return numel(shape) * npy_item_size(dtype);
 }
 
+namespace {
+
+/// The dtype of a .npy header's descr value (quoted): one of dtype_table, one-byte types with
+/// any byte-order mark.
+npy_dtype parse_npy_descr(const std::string& descr, const std::string& what) {
+  if (descr.size() < 2 || (descr[0] != '\'' && descr[0] != '"')) {
+    fail(kind::unsupported, what + ": .npy dtype " + descr +
+                                " is a structured type; int4q reads plain arrays of numbers");
+  }
+  const std::string d = descr.substr(1, descr.size() - 2);
+  npy_dtype t = npy_dtype::f4;
+  bool found = false;
+  for (const auto& r : dtype_table) {
+    // One-byte types may carry any byte-order mark.
+    if (d == r.descr || (r.size == 1 && d.size() == 3 && d.substr(1) == std::string(r.descr + 1) &&
+                         std::strchr("<>|=", d[0]))) {
+      t = r.type;
+      found = true;
+    }
+  }
+  if (!found) {
+    if (!d.empty() && d[0] == '>')
+      fail(kind::unsupported,
+           what + ": big-endian dtype '" + d +
+               "'; save it little-endian (numpy: a.astype(a.dtype.newbyteorder('<')))");
+    fail(kind::unsupported,
+         what + ": dtype '" + d +
+             "' is not one int4q reads (<f2 <f4 <f8 |i1 <i2 <i4 <i8 |u1 <u2 <u4 <u8 |b1)");
+  }
+  return t;
+}
+
+/// The dims of a .npy header's shape value, "(a, b, )"; `text` is the whole header, for
+/// messages.
+shape_t parse_npy_shape(const std::string& shape, const std::string& text,
+                        const std::string& what) {
+  if (shape.front() != '(' || shape.back() != ')')
+    fail(kind::invalid, what + ": bad shape in .npy header: " + text);
+  const std::string inner = shape.substr(1, shape.size() - 2);
+  shape_t dims;
+  std::size_t p = 0;
+  while (p < inner.size()) {
+    while (p < inner.size() &&
+           (std::isspace(static_cast<unsigned char>(inner[p])) || inner[p] == ','))
+      ++p;
+    if (p >= inner.size()) break;
+    std::size_t q = p;
+    while (q < inner.size() && std::isdigit(static_cast<unsigned char>(inner[q]))) ++q;
+    if (q == p) fail(kind::invalid, what + ": bad shape in .npy header: " + text);
+    std::uint64_t v = 0;
+    for (std::size_t k = p; k < q; ++k) {
+      if (v > (std::uint64_t(1) << 50)) fail(kind::invalid, what + ": shape too large: " + text);
+      v = v * 10 + static_cast<std::uint64_t>(inner[k] - '0');
+    }
+    dims.push_back(static_cast<std::int64_t>(v));
+    p = q;
+  }
+  return dims;
+}
+
+}  // namespace
+
 npy_header parse_npy_header(const std::uint8_t* bytes, std::size_t size, const std::string& what) {
   if (!has_npy_magic(bytes, size))
     fail(kind::invalid, what + ": not a .npy file (no \\x93NUMPY magic at its start)");
@@ -725,56 +797,15 @@ npy_header parse_npy_header(const std::uint8_t* bytes, std::size_t size, const s
   const std::string shape = dict_value(text, "shape", what);
   if (descr.empty() || fortran.empty() || shape.empty())
     fail(kind::invalid, what + ": .npy header lacks descr, fortran_order or shape: " + text);
-  if (descr.size() < 2 || (descr[0] != '\'' && descr[0] != '"')) {
-    fail(kind::unsupported, what + ": .npy dtype " + descr +
-                                " is a structured type; int4q reads plain arrays of numbers");
-  }
-  const std::string d = descr.substr(1, descr.size() - 2);
   npy_header h;
-  bool found = false;
-  for (const auto& r : dtype_table) {
-    // One-byte types may carry any byte-order mark.
-    if (d == r.descr || (r.size == 1 && d.size() == 3 && d.substr(1) == std::string(r.descr + 1) &&
-                         std::strchr("<>|=", d[0]))) {
-      h.dtype = r.type;
-      found = true;
-    }
-  }
-  if (!found) {
-    if (!d.empty() && d[0] == '>')
-      fail(kind::unsupported,
-           what + ": big-endian dtype '" + d +
-               "'; save it little-endian (numpy: a.astype(a.dtype.newbyteorder('<')))");
-    fail(kind::unsupported,
-         what + ": dtype '" + d +
-             "' is not one int4q reads (<f2 <f4 <f8 |i1 <i2 <i4 <i8 |u1 <u2 <u4 <u8 |b1)");
-  }
+  h.dtype = parse_npy_descr(descr, what);
   if (fortran == "True") {
     fail(kind::unsupported, what +
                                 ": the array is stored in Fortran order; save it in C order "
                                 "(numpy: np.ascontiguousarray(a))");
   }
   if (fortran != "False") fail(kind::invalid, what + ": bad fortran_order in .npy header: " + text);
-  if (shape.front() != '(' || shape.back() != ')')
-    fail(kind::invalid, what + ": bad shape in .npy header: " + text);
-  const std::string inner = shape.substr(1, shape.size() - 2);
-  std::size_t p = 0;
-  while (p < inner.size()) {
-    while (p < inner.size() &&
-           (std::isspace(static_cast<unsigned char>(inner[p])) || inner[p] == ','))
-      ++p;
-    if (p >= inner.size()) break;
-    std::size_t q = p;
-    while (q < inner.size() && std::isdigit(static_cast<unsigned char>(inner[q]))) ++q;
-    if (q == p) fail(kind::invalid, what + ": bad shape in .npy header: " + text);
-    std::uint64_t v = 0;
-    for (std::size_t k = p; k < q; ++k) {
-      if (v > (std::uint64_t(1) << 50)) fail(kind::invalid, what + ": shape too large: " + text);
-      v = v * 10 + static_cast<std::uint64_t>(inner[k] - '0');
-    }
-    h.shape.push_back(static_cast<std::int64_t>(v));
-    p = q;
-  }
+  h.shape = parse_npy_shape(shape, text, what);
   // Elements and bytes must fit 63 bits (data_bytes() and every offset computed from it).
   const bool empty = std::find(h.shape.begin(), h.shape.end(), 0) != h.shape.end();
   std::uint64_t total = npy_item_size(h.dtype);
@@ -1214,142 +1245,509 @@ std::map<std::string, value> calib_data::impl::given_batch(std::size_t first,
   return feeds;
 }
 
-void calib_data::impl::fill_defaults(std::map<std::string, value>& feeds) const {
-  // Symbolic dimensions seen in the given inputs, and the batch and sequence lengths.
+namespace {
+
+/// What the given inputs say about those left out: the values of their symbolic dimensions,
+/// the batch (1 when none says), the sequence length (-1: unknown) and the past length.
+struct feed_lengths {
   std::map<std::string, std::int64_t> sym;
   std::int64_t batch = -1, seq = -1, past = 0;
+};
+
+/// The batch is the first dimension of the first given input that has one (not a cache
+/// position or a count); the sequence the second of a [batch, sequence] integer input
+/// (input_ids first), else the mask's length less the past; the past the next-to-last
+/// dimension of a past key/value.
+feed_lengths lengths_of(const std::vector<input_info>& inputs,
+                        const std::map<std::string, value>& feeds) {
+  feed_lengths l;
   for (const auto& in : inputs) {
     const auto it = feeds.find(in.name);
     if (it == feeds.end()) continue;
     const shape_t& s = it->second.shape;
     for (std::size_t k = 0; k < std::min(s.size(), in.params.size()); ++k)
-      if (!in.params[k].empty()) sym.emplace(in.params[k], s[k]);
+      if (!in.params[k].empty()) l.sym.emplace(in.params[k], s[k]);
     const default_kind dk = default_kind_of(in.name);
-    if (batch < 0 && !s.empty() && dk != default_kind::cache_position &&
+    if (l.batch < 0 && !s.empty() && dk != default_kind::cache_position &&
         dk != default_kind::total_sequence_length && dk != default_kind::logits_to_keep)
-      batch = s[0];
+      l.batch = s[0];
     if (dk == default_kind::none && it->second.type != value_type::float32 && s.size() == 2 &&
-        (seq < 0 || lower(in.name) == "input_ids"))
-      seq = s[1];
-    if (dk == default_kind::past && s.size() >= 3) past = s[s.size() - 2];
+        (l.seq < 0 || lower(in.name) == "input_ids"))
+      l.seq = s[1];
+    if (dk == default_kind::past && s.size() >= 3) l.past = s[s.size() - 2];
   }
-  if (batch < 0) batch = 1;
+  if (l.batch < 0) l.batch = 1;
   const auto* mask = feeds.count("attention_mask") ? &feeds.at("attention_mask") : nullptr;
-  if (seq < 0 && mask && mask->shape.size() == 2) seq = mask->shape[1] - past;
+  if (l.seq < 0 && mask && mask->shape.size() == 2) l.seq = mask->shape[1] - l.past;
+  return l;
+}
 
+[[noreturn]] void cannot_fill(const input_info& in, const std::string& why) {
+  fail(kind::invalid, "input " + in.describe() + " is not in the data and int4q cannot fill it: " +
+                          why + "; give it in the data");
+}
+
+/// A value of `in`'s type and `shape`, element e = fn(e).
+template <class Fn>
+value filled(const input_info& in, shape_t shape, Fn fn) {
+  value v = empty_value(in.type, std::move(shape));
+  for (std::size_t e = 0; e < v.size(); ++e) {
+    const double x = fn(e);
+    if (in.type == value_type::float32)
+      v.f[e] = static_cast<float>(x);
+    else
+      v.i[e] = static_cast<std::int64_t>(x);
+  }
+  return v;
+}
+
+/// Scalars and [1]-like shapes from the graph: `in`'s fixed dims, or a scalar.
+shape_t graph_shape(const input_info& in) {
+  shape_t s;
+  for (const auto d : in.dims) {
+    if (d < 0) return shape_t{};
+    s.push_back(d);
+  }
+  return s;
+}
+
+/// The shape of an empty past key/value: its past-length dimension 0 (a symbolic one named
+/// like a length, else the symbolic one before the last: [batch, heads, past, head_size]), the
+/// others fixed in the graph, resolved from the given inputs, or the batch.
+shape_t empty_past_shape(const input_info& in, const feed_lengths& l) {
+  const std::size_t rank = in.has_shape ? in.dims.size() : 0;
+  if (!in.has_shape || rank < 2)
+    cannot_fill(in, "its shape in the graph does not say which dimension is the past length");
+  std::optional<std::size_t> len;
+  for (std::size_t k = 1; k < rank && !len; ++k) {
+    const std::string p = lower(in.params[k]);
+    if (in.dims[k] < 0 &&
+        (p.find("past") != std::string::npos || p.find("seq") != std::string::npos ||
+         p.find("len") != std::string::npos || p.find("total") != std::string::npos))
+      len = k;
+  }
+  if (!len && in.dims[rank - 2] < 0) len = rank - 2;
+  if (!len) cannot_fill(in, "no dimension of it is a symbolic past length");
+  shape_t s(rank);
+  for (std::size_t k = 0; k < rank; ++k) {
+    if (k == *len) {
+      s[k] = 0;
+    } else if (in.dims[k] >= 0) {
+      s[k] = in.dims[k];
+    } else if (!in.params[k].empty() && l.sym.count(in.params[k])) {
+      s[k] = l.sym.at(in.params[k]);
+    } else if (k == 0) {
+      s[k] = l.batch;
+    } else {
+      cannot_fill(in, "the size of its dimension " + std::to_string(k) +
+                          (in.params[k].empty() ? "" : " ('" + in.params[k] + "')") +
+                          " is unknown");
+    }
+  }
+  return s;
+}
+
+/// The default value of input `in` (of kind `dk`, not none), as the top of calib_data.hpp lists.
+value default_value(const input_info& in, default_kind dk, const feed_lengths& l) {
+  const std::int64_t batch = l.batch, past = l.past;
+  auto need_seq = [&]() {
+    if (l.seq < 0)
+      cannot_fill(in, "the sequence length is unknown (no [batch, sequence] integer input given)");
+    return l.seq;
+  };
+  const std::size_t rank = in.has_shape ? in.dims.size() : 0;
+  switch (dk) {
+    case default_kind::attention_mask:
+      if (in.has_shape && rank != 2) cannot_fill(in, "int4q fills a [batch, sequence] mask only");
+      return filled(in, {batch, past + need_seq()}, [](std::size_t) { return 1.0; });
+    case default_kind::position_ids: {
+      const std::int64_t s = need_seq();
+      if (in.has_shape && rank == 1)
+        return filled(in, {s}, [&](std::size_t e) { return double(past + std::int64_t(e)); });
+      if (in.has_shape && rank != 2)
+        cannot_fill(in, "int4q fills [batch, sequence] positions only");
+      return filled(in, {batch, s},
+                    [&](std::size_t e) { return double(past + std::int64_t(e) % s); });
+    }
+    case default_kind::token_type_ids:
+      return filled(in, {batch, need_seq()}, [](std::size_t) { return 0.0; });
+    case default_kind::cache_position:
+      return filled(in, {need_seq()},
+                    [&](std::size_t e) { return double(past + std::int64_t(e)); });
+    case default_kind::use_cache_branch:
+      return filled(in, graph_shape(in), [](std::size_t) { return 0.0; });
+    case default_kind::seqlens_k: {
+      const std::int64_t t = past + need_seq() - 1;
+      return filled(in, {batch}, [&](std::size_t) { return double(t); });
+    }
+    case default_kind::total_sequence_length: {
+      const std::int64_t t = past + need_seq();
+      return filled(in, graph_shape(in), [&](std::size_t) { return double(t); });
+    }
+    case default_kind::logits_to_keep:
+      return filled(in, graph_shape(in), [](std::size_t) { return 0.0; });
+    case default_kind::past: return empty_value(in.type, empty_past_shape(in, l));
+    case default_kind::none: break;
+  }
+  cannot_fill(in, "it has no default");
+}
+
+}  // namespace
+
+void calib_data::impl::fill_defaults(std::map<std::string, value>& feeds) const {
+  const feed_lengths l = lengths_of(inputs, feeds);
   for (const auto& in : inputs) {
     if (feeds.count(in.name)) continue;
     const default_kind dk = default_kind_of(in.name);
-    auto cannot = [&](const std::string& why) {
-      fail(kind::invalid, "input " + in.describe() +
-                              " is not in the data and int4q cannot fill it: " + why +
-                              "; give it in the data");
-    };
-    if (dk == default_kind::none) cannot("it has no default");
-    if (!in.computable) cannot("its type is one the executor does not compute with");
-    auto need_seq = [&]() {
-      if (seq < 0)
-        cannot("the sequence length is unknown (no [batch, sequence] integer input given)");
-      return seq;
-    };
-    // Scalars and [1]-like shapes from the graph: its fixed dims, or a scalar.
-    auto graph_shape = [&]() {
-      shape_t s;
-      for (const auto d : in.dims) {
-        if (d < 0) return shape_t{};
-        s.push_back(d);
-      }
-      return s;
-    };
-    auto filled = [&](shape_t shape, auto fn) {
-      value v = empty_value(in.type, std::move(shape));
-      for (std::size_t e = 0; e < v.size(); ++e) {
-        const double x = fn(e);
-        if (in.type == value_type::float32)
-          v.f[e] = static_cast<float>(x);
-        else
-          v.i[e] = static_cast<std::int64_t>(x);
-      }
-      return v;
-    };
-    const std::size_t rank = in.has_shape ? in.dims.size() : 0;
-    switch (dk) {
-      case default_kind::attention_mask:
-        if (in.has_shape && rank != 2) cannot("int4q fills a [batch, sequence] mask only");
-        feeds[in.name] = filled({batch, past + need_seq()}, [](std::size_t) { return 1.0; });
-        break;
-      case default_kind::position_ids: {
-        const std::int64_t s = need_seq();
-        if (in.has_shape && rank == 1) {
-          feeds[in.name] =
-              filled({s}, [&](std::size_t e) { return double(past + std::int64_t(e)); });
-        } else {
-          if (in.has_shape && rank != 2) cannot("int4q fills [batch, sequence] positions only");
-          feeds[in.name] =
-              filled({batch, s}, [&](std::size_t e) { return double(past + std::int64_t(e) % s); });
-        }
-        break;
-      }
-      case default_kind::token_type_ids:
-        feeds[in.name] = filled({batch, need_seq()}, [](std::size_t) { return 0.0; });
-        break;
-      case default_kind::cache_position:
-        feeds[in.name] =
-            filled({need_seq()}, [&](std::size_t e) { return double(past + std::int64_t(e)); });
-        break;
-      case default_kind::use_cache_branch:
-        feeds[in.name] = filled(graph_shape(), [](std::size_t) { return 0.0; });
-        break;
-      case default_kind::seqlens_k: {
-        const std::int64_t t = past + need_seq() - 1;
-        feeds[in.name] = filled({batch}, [&](std::size_t) { return double(t); });
-        break;
-      }
-      case default_kind::total_sequence_length: {
-        const std::int64_t t = past + need_seq();
-        feeds[in.name] = filled(graph_shape(), [&](std::size_t) { return double(t); });
-        break;
-      }
-      case default_kind::logits_to_keep:
-        feeds[in.name] = filled(graph_shape(), [](std::size_t) { return 0.0; });
-        break;
-      case default_kind::past: {
-        if (!in.has_shape || rank < 2)
-          cannot("its shape in the graph does not say which dimension is the past length");
-        // The past-length dimension: a symbolic one named like a length, else the symbolic one
-        // before the last ([batch, heads, past, head_size]).
-        std::optional<std::size_t> len;
-        for (std::size_t k = 1; k < rank && !len; ++k) {
-          const std::string p = lower(in.params[k]);
-          if (in.dims[k] < 0 &&
-              (p.find("past") != std::string::npos || p.find("seq") != std::string::npos ||
-               p.find("len") != std::string::npos || p.find("total") != std::string::npos))
-            len = k;
-        }
-        if (!len && in.dims[rank - 2] < 0) len = rank - 2;
-        if (!len) cannot("no dimension of it is a symbolic past length");
-        shape_t s(rank);
-        for (std::size_t k = 0; k < rank; ++k) {
-          if (k == *len) {
-            s[k] = 0;
-          } else if (in.dims[k] >= 0) {
-            s[k] = in.dims[k];
-          } else if (!in.params[k].empty() && sym.count(in.params[k])) {
-            s[k] = sym.at(in.params[k]);
-          } else if (k == 0) {
-            s[k] = batch;
-          } else {
-            cannot("the size of its dimension " + std::to_string(k) +
-                   (in.params[k].empty() ? "" : " ('" + in.params[k] + "')") + " is unknown");
-          }
-        }
-        feeds[in.name] = empty_value(in.type, s);
-        break;
-      }
-      case default_kind::none: break;
-    }
+    if (dk == default_kind::none) cannot_fill(in, "it has no default");
+    if (!in.computable) cannot_fill(in, "its type is one the executor does not compute with");
+    feeds[in.name] = default_value(in, dk, l);
   }
 }
+
+namespace {
+
+/// What calib_data::open learns while it reads the data: the checks and the description after
+/// the format-specific step use it.
+struct open_state {
+  const model& m;
+  const calib_options& o;
+  calib_data::impl& d;
+  std::string what;                         ///< the data path, quoted, for messages
+  std::vector<const input_info*> required;  ///< the inputs no default fills
+  bool fixed_first = false;                 ///< some input allows one sample per batch only
+  std::int64_t pb_rows = 0;   ///< onnx_pb: rows along axis 0 of a sample's first input, 0 if none
+  std::string pb_rows_input;  ///< ... its name and shape
+
+  const input_info* by_name(const std::string& name) const {
+    for (const auto& i : d.inputs)
+      if (i.name == name) return &i;
+    return nullptr;
+  }
+  [[noreturn]] void unknown_input(const std::string& where, const std::string& name) const {
+    fail(kind::invalid, where + " names input '" + name +
+                            "', which the model does not have; its inputs are: " + d.input_list());
+  }
+};
+
+/// Random inputs: every required input is given, integer ones uniform over their vocabulary;
+/// the warning says so.
+void open_random(open_state& s) {
+  const calib_options& o = s.o;
+  calib_data::impl& d = s.d;
+  if (o.samples == 0)
+    throw config_error("samples 0: random inputs need a count >= 1 (0 = all is for data files)");
+  check_random_sample_size(s.required, o.seq_len, o.max_sample_bytes);
+  d.samples = o.samples;
+  std::vector<std::string> vocab_text;
+  for (const auto* in : s.required) {
+    d.given.push_back(in->name);
+    if (in->computable && in->type == value_type::int64) {
+      const std::int64_t v = vocab_of(s.m, in->name);
+      d.vocabs[in->name] = v;
+      vocab_text.push_back("'" + in->name + "' " +
+                           (v > 0 ? "uniform in [0, " + std::to_string(v) + ")"
+                                  : std::string("zeros (no vocabulary found)")));
+    }
+    s.fixed_first |= in->fixed_first_dim();
+  }
+  d.warnings.push_back(
+      "no calibration/evaluation data given: the inputs are random (seed " +
+      std::to_string(o.seed) + "; floats N(0, 1)" +
+      (vocab_text.empty() ? "" : ", " + join(vocab_text)) + ", symbolic dimensions 1 (first) and " +
+      std::to_string(o.seq_len) +
+      " (others)): results on random inputs can be far from those on real data; give real "
+      "inputs as .npy, .npz, ONNX .pb files or a token file");
+  d.description = std::to_string(d.samples) + " random samples";
+}
+
+/// The arrays of a .npy file (one, named after its input, else the only required input) or of
+/// a .npz (each named after an input of the model).
+std::vector<std::pair<std::string, array_source>> open_array_sources(const open_state& s) {
+  const calib_options& o = s.o;
+  std::vector<std::pair<std::string, array_source>> arrays;
+  if (s.d.format == data_format::npz) {
+    arrays = open_npz(o.path);
+    for (const auto& [name, a] : arrays)
+      if (!s.by_name(name)) s.unknown_input(s.what + " array '" + name + "'", name);
+    return arrays;
+  }
+  array_source a;
+  a.what = s.what;
+  a.file = o.path;
+  a.header = read_npy_header_at(o.path, 0, size_of_file(o.path), s.what);
+  std::string name = o.path.stem().string();
+  if (!s.by_name(name)) {
+    if (s.required.size() != 1) {
+      fail(kind::invalid,
+           s.what +
+               ": a .npy file feeds the input it is named after (e.g. input_ids.npy), "
+               "or the model's only input without a default, and this model has " +
+               std::to_string(s.required.size()) + " (" + names_of(s.required) +
+               "); name the file after one, or give a .npz with all of them");
+    }
+    name = s.required[0]->name;
+  }
+  arrays.emplace_back(name, std::move(a));
+  return arrays;
+}
+
+/// .npy/.npz: each array fits its input, and all hold the same number of samples (their first
+/// axis over the input's rows per sample).
+void open_arrays(open_state& s) {
+  calib_data::impl& d = s.d;
+  std::vector<std::pair<std::string, array_source>> arrays = open_array_sources(s);
+  std::optional<std::int64_t> count;
+  std::string count_from;
+  for (const auto& [name, a] : arrays) {
+    const input_info& in = *s.by_name(name);
+    d.given.push_back(name);
+    if (a.header.shape.empty())
+      fail(kind::invalid,
+           a.what + " is a scalar; its first axis must count samples (give shape [samples, ...])");
+    check_fits(in, value_type_of(a.header.dtype), std::string(to_string(a.header.dtype)) + " data",
+               a.header.shape, true, a.what);
+    const std::int64_t n = a.header.shape[0] / in.rows_per_sample();
+    if (count && *count != n) {
+      fail(kind::invalid, s.what + ": arrays hold different numbers of samples: " + count_from +
+                              " " + std::to_string(*count) + ", '" + name + "' " +
+                              std::to_string(n) + " (the first axis counts samples)");
+    }
+    count = n;
+    count_from = "'" + name + "'";
+    s.fixed_first |= in.fixed_first_dim();
+  }
+  if (!count || *count == 0) fail(kind::invalid, s.what + ": holds no samples");
+  d.available = static_cast<std::uint64_t>(*count);
+  d.available_text = s.what + " holds " + std::to_string(*count) +
+                     " samples (the first axis of its arrays counts samples)";
+  d.samples = s.o.samples ? std::min<std::size_t>(s.o.samples, static_cast<std::size_t>(*count))
+                          : static_cast<std::size_t>(*count);
+  d.arrays = std::move(arrays);
+}
+
+/// The sample folders of ONNX test data: test_data_set_N in N order (shorter names first, so
+/// 2 before 10), else the folder itself (one sample).
+std::vector<fs::path> pb_sample_dirs(const fs::path& path, const std::string& what) {
+  std::vector<fs::path> dirs;
+  std::error_code ec;
+  if (!fs::is_directory(path, ec)) fail(kind::io, what + ": not a folder of ONNX test data");
+  for (const auto& e : fs::directory_iterator(path)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n.rfind("test_data_set_", 0) == 0) dirs.push_back(e.path());
+  }
+  std::sort(dirs.begin(), dirs.end(), [](const fs::path& a, const fs::path& b) {
+    const std::string x = a.filename().string(), y = b.filename().string();
+    return x.size() != y.size() ? x.size() < y.size() : x < y;
+  });
+  if (dirs.empty()) dirs.push_back(path);
+  return dirs;
+}
+
+/// The input a test-data tensor feeds: the one it names, else the `k`-th input of the model.
+std::string pb_input_name(const open_state& s, const fs::path& file, std::size_t k,
+                          const ::onnx::TensorProto& t) {
+  if (!t.name().empty()) {
+    if (!s.by_name(t.name())) s.unknown_input(quoted(file), t.name());
+    return t.name();
+  }
+  if (k >= s.d.inputs.size()) {
+    fail(kind::invalid, quoted(file) + ": the model has " + std::to_string(s.d.inputs.size()) +
+                            " inputs, so there is no input " + std::to_string(k) +
+                            "; its inputs are: " + s.d.input_list());
+  }
+  return s.d.inputs[k].name;
+}
+
+/// Dims from a .pb file: non-negative, and a size (as int64 values) that fits 62 bits.
+void check_pb_dims(const fs::path& file, const std::string& name, const shape_t& shape) {
+  std::uint64_t elements = 1;
+  bool empty = false;
+  for (const auto dim : shape) {
+    if (dim < 0) {
+      fail(kind::invalid, quoted(file) + ": tensor for input '" + name + "' has dims " +
+                              shape_string(shape) + ", a negative dimension");
+    }
+    empty = empty || dim == 0;
+  }
+  for (std::size_t axis = 0; axis < shape.size() && !empty; ++axis) {
+    const auto dim = static_cast<std::uint64_t>(shape[axis]);
+    if (elements > (std::uint64_t(1) << 59) / dim) {
+      fail(kind::invalid, quoted(file) + ": tensor for input '" + name + "' has dims " +
+                              shape_string(shape) +
+                              ", more elements than memory can hold (over 2^59)");
+    }
+    elements *= dim;
+  }
+}
+
+/// One sample of ONNX test data: the input_K.pb files of `dir`, each checked against its input.
+/// Returns input name -> file, and fills `shapes` with their shapes.
+std::map<std::string, fs::path> read_pb_sample(open_state& s, const fs::path& dir,
+                                               std::map<std::string, shape_t>& shapes) {
+  const auto files = pb_files(dir);
+  if (files.empty()) {
+    fail(kind::invalid, quoted(dir) +
+                            ": holds no input_0.pb, input_1.pb, ... (ONNX test data: "
+                            "one TensorProto per input, or test_data_set_N folders of them)");
+  }
+  std::map<std::string, fs::path> set;
+  for (const auto& [k, file] : files) {
+    const ::onnx::TensorProto t = read_pb(file);
+    const std::string name = pb_input_name(s, file, k, t);
+    if (set.count(name))
+      fail(kind::invalid, quoted(file) + ": a second tensor for input '" + name + "'");
+    const input_info& in = *s.by_name(name);
+    value_type vt;
+    if (!value_type_of_onnx(t.data_type(), vt)) {
+      fail(kind::unsupported, quoted(file) + ": tensor for input '" + name + "' is " +
+                                  onnx_type_word(t.data_type()) +
+                                  ", which the executor does not compute with");
+    }
+    const shape_t shape(t.dims().begin(), t.dims().end());
+    check_pb_dims(file, name, shape);
+    check_fits(in, vt, onnx_type_word(t.data_type()) + " data", shape, false, quoted(file));
+    set[name] = file;
+    shapes[name] = shape;
+    s.fixed_first |= in.fixed_first_dim() || shape.empty();
+  }
+  return set;
+}
+
+/// A folder of ONNX test data: one sample per test_data_set_N folder (or the folder itself),
+/// all giving the same inputs; samples of different shapes are run one per batch.
+void open_pb(open_state& s) {
+  calib_data::impl& d = s.d;
+  const std::vector<fs::path> dirs = pb_sample_dirs(s.o.path, s.what);
+  std::optional<std::map<std::string, shape_t>> first_shapes;
+  bool same_shapes = true;
+  for (const fs::path& dir : dirs) {
+    if (s.o.samples && d.pb_sets.size() >= s.o.samples) break;
+    std::map<std::string, shape_t> shapes;
+    std::map<std::string, fs::path> set = read_pb_sample(s, dir, shapes);
+    if (first_shapes && *first_shapes != shapes) same_shapes = false;
+    if (first_shapes && first_shapes->size() != shapes.size())
+      fail(kind::invalid, quoted(dir) + ": gives other inputs than " + quoted(dirs[0]));
+    if (!first_shapes) first_shapes = shapes;
+    d.pb_sets.push_back(std::move(set));
+  }
+  for (const auto& [name, file] : d.pb_sets[0]) d.given.push_back(name);
+  d.samples = d.pb_sets.size();
+  d.available = dirs.size();
+  d.available_text = s.what + " holds " + std::to_string(dirs.size()) +
+                     (dirs[0] == s.o.path ? " sample (a folder of input_K.pb files is one sample"
+                                          : " samples (one per test_data_set_N folder") +
+                     "; a .pb tensor's first axis is not split)";
+  // What a sample holds, for the description: the rows along axis 0 of its first input
+  // (a [16, 128] tensor is one sample of 16 rows, run as one batch of 16).
+  for (const auto& [name, shape] : *first_shapes) {
+    if (!shape.empty() && !s.by_name(name)->fixed_first_dim()) {
+      s.pb_rows = shape[0];
+      s.pb_rows_input = name + " " + shape_string(shape);
+      break;
+    }
+  }
+  s.fixed_first |= !same_shapes;
+}
+
+/// The input a token file feeds: input_ids, else the only required integer input; it must be
+/// int64 [batch, sequence].
+const input_info& token_input_of(const open_state& s) {
+  const input_info* in = s.by_name("input_ids");
+  if (!in) {
+    std::vector<const input_info*> ints;
+    for (const auto* r : s.required)
+      if (r->computable && r->type == value_type::int64) ints.push_back(r);
+    if (ints.size() == 1) in = ints[0];
+  }
+  if (!in || in->type != value_type::int64 || (in->has_shape && in->dims.size() != 2)) {
+    fail(kind::invalid,
+         s.what +
+             " is read as a raw token file, which feeds a language model's token ids "
+             "(input_ids, or the only integer input, [batch, sequence]); this model's inputs "
+             "are: " +
+             s.d.input_list() + "; give .npy, .npz or ONNX .pb data instead");
+  }
+  return *in;
+}
+
+/// A raw token file: windows of seq_len tokens (the input's fixed sequence length, if it has
+/// one) of one row each.
+void open_tokens(open_state& s) {
+  const calib_options& o = s.o;
+  calib_data::impl& d = s.d;
+  if (o.samples == 0)
+    throw config_error(
+        "samples 0: a token file gives windows, so a count >= 1 (0 = all is "
+        "for .npy/.npz/.pb data)");
+  d.tokens.emplace(o.path, o.tokens);
+  const input_info& in = token_input_of(s);
+  d.token_input = in.name;
+  if (in.has_shape && in.dims[1] > 0 && static_cast<std::size_t>(in.dims[1]) != o.seq_len) {
+    d.warnings.push_back("input '" + in.name + "' has a fixed sequence length of " +
+                         std::to_string(in.dims[1]) + ": windows of " + std::to_string(in.dims[1]) +
+                         " tokens, not " + std::to_string(o.seq_len));
+    d.seq_len = static_cast<std::size_t>(in.dims[1]);
+  }
+  if (in.has_shape && in.dims[0] > 1) {
+    fail(kind::invalid, "input " + in.describe() + " has a fixed batch of " +
+                            std::to_string(in.dims[0]) +
+                            "; int4q cuts token files into windows of one row");
+  }
+  if (d.tokens->size() < d.seq_len) {
+    fail(kind::invalid, s.what + " holds " + std::to_string(d.tokens->size()) +
+                            " tokens, fewer than one window of " + std::to_string(d.seq_len));
+  }
+  d.vocab = vocab_of(s.m, in.name);
+  d.given.push_back(in.name);
+  // Windows start at distinct tokens: at most size - seq_len + 1 of them.
+  d.available = d.tokens->size() - d.seq_len + 1;
+  d.available_text = s.what + " holds " + std::to_string(d.tokens->size()) + " tokens: at most " +
+                     std::to_string(d.available) + " distinct windows of " +
+                     std::to_string(d.seq_len) + " tokens";
+  d.samples = static_cast<std::size_t>(std::min<std::uint64_t>(o.samples, d.available));
+  s.fixed_first |= in.fixed_first_dim();
+}
+
+/// Throws unless the data gives every input that no default fills.
+void check_required_given(const open_state& s) {
+  std::vector<std::string> missing;
+  for (const auto* r : s.required)
+    if (std::find(s.d.given.begin(), s.d.given.end(), r->name) == s.d.given.end())
+      missing.push_back("'" + r->name + "'");
+  if (!missing.empty()) {
+    fail(kind::invalid,
+         (s.o.path.empty() ? std::string("the data") : s.what) + " gives no value for " +
+             join(missing) +
+             ", which int4q cannot fill by default (it fills attention_mask, position_ids, "
+             "past key/values and the like); the model's inputs are: " +
+             s.d.input_list());
+  }
+}
+
+/// The one-line description(): the samples (random ones are described at open_random), then
+/// the inputs given and those filled by default.
+void describe(open_state& s) {
+  calib_data::impl& d = s.d;
+  std::vector<std::string> filled;
+  for (const auto& in : d.inputs)
+    if (std::find(d.given.begin(), d.given.end(), in.name) == d.given.end())
+      filled.push_back(in.name);
+  if (d.format != data_format::random) {
+    d.description =
+        std::to_string(d.samples) +
+        (d.format == data_format::tokens ? " windows of " + std::to_string(d.seq_len) + " tokens"
+         : d.samples == 1                ? std::string(" sample")
+                                         : std::string(" samples")) +
+        (s.pb_rows > 1 ? (d.samples == 1 ? " of " : " each of ") + std::to_string(s.pb_rows) +
+                             " rows (" + s.pb_rows_input + ")"
+                       : std::string()) +
+        " from " + s.what + " (" + to_string(d.format) + ")";
+  }
+  d.description += "; given: " + join(d.given) + "; filled by default: " + join(filled);
+}
+
+}  // namespace
 
 calib_data calib_data::open(const model& m, const calib_options& o) {
   auto d = std::make_shared<impl>();
@@ -1357,291 +1755,23 @@ calib_data calib_data::open(const model& m, const calib_options& o) {
   d->path = o.path;
   d->seed = o.seed;
   d->seq_len = o.seq_len;
-  const std::string what = quoted(o.path);
+  open_state s{m, o, *d, quoted(o.path), {}, false, 0, {}};
   if (o.seq_len == 0) throw config_error("calibration data: seq_len must be >= 1");
   d->format = o.path.empty()                       ? data_format::random
               : o.format == data_format::automatic ? detect_format(o.path)
                                                    : o.format;
-  const std::vector<const input_info*> required = required_inputs(d->inputs);
-  auto by_name = [&](const std::string& name) -> const input_info* {
-    for (const auto& i : d->inputs)
-      if (i.name == name) return &i;
-    return nullptr;
-  };
-  auto unknown_input = [&](const std::string& where, const std::string& name) {
-    fail(kind::invalid, where + " names input '" + name +
-                            "', which the model does not have; its inputs are: " + d->input_list());
-  };
-  bool fixed_first = false;
-  std::int64_t pb_rows = 0;   // onnx_pb: rows along axis 0 of a sample's first input, 0 if none
-  std::string pb_rows_input;  // ... its name and shape
-
+  s.required = required_inputs(d->inputs);
   switch (d->format) {
-    case data_format::random: {
-      if (o.samples == 0)
-        throw config_error(
-            "samples 0: random inputs need a count >= 1 (0 = all is for data files)");
-      check_random_sample_size(required, o.seq_len, o.max_sample_bytes);
-      d->samples = o.samples;
-      std::vector<std::string> vocab_text;
-      for (const auto* in : required) {
-        d->given.push_back(in->name);
-        if (in->computable && in->type == value_type::int64) {
-          const std::int64_t v = vocab_of(m, in->name);
-          d->vocabs[in->name] = v;
-          vocab_text.push_back("'" + in->name + "' " +
-                               (v > 0 ? "uniform in [0, " + std::to_string(v) + ")"
-                                      : std::string("zeros (no vocabulary found)")));
-        }
-        fixed_first |= in->fixed_first_dim();
-      }
-      d->warnings.push_back(
-          "no calibration/evaluation data given: the inputs are random (seed " +
-          std::to_string(o.seed) + "; floats N(0, 1)" +
-          (vocab_text.empty() ? "" : ", " + join(vocab_text)) +
-          ", symbolic dimensions 1 (first) and " + std::to_string(o.seq_len) +
-          " (others)): results on random inputs can be far from those on real data; give real "
-          "inputs as .npy, .npz, ONNX .pb files or a token file");
-      d->description = std::to_string(d->samples) + " random samples";
-      break;
-    }
+    case data_format::random: open_random(s); break;
     case data_format::npy:
-    case data_format::npz: {
-      std::vector<std::pair<std::string, array_source>> arrays;
-      if (d->format == data_format::npy) {
-        array_source a;
-        a.what = what;
-        a.file = o.path;
-        a.header = read_npy_header_at(o.path, 0, size_of_file(o.path), what);
-        std::string name = o.path.stem().string();
-        if (!by_name(name)) {
-          if (required.size() != 1) {
-            fail(kind::invalid,
-                 what +
-                     ": a .npy file feeds the input it is named after (e.g. input_ids.npy), "
-                     "or the model's only input without a default, and this model has " +
-                     std::to_string(required.size()) + " (" + names_of(required) +
-                     "); name the file after one, or give a .npz with all of them");
-          }
-          name = required[0]->name;
-        }
-        arrays.emplace_back(name, std::move(a));
-      } else {
-        arrays = open_npz(o.path);
-        for (const auto& [name, a] : arrays)
-          if (!by_name(name)) unknown_input(what + " array '" + name + "'", name);
-      }
-      std::optional<std::int64_t> count;
-      std::string count_from;
-      for (const auto& [name, a] : arrays) {
-        const input_info& in = *by_name(name);
-        d->given.push_back(name);
-        if (a.header.shape.empty())
-          fail(kind::invalid,
-               a.what +
-                   " is a scalar; its first axis must count samples (give shape [samples, ...])");
-        check_fits(in, value_type_of(a.header.dtype),
-                   std::string(to_string(a.header.dtype)) + " data", a.header.shape, true, a.what);
-        const std::int64_t n = a.header.shape[0] / in.rows_per_sample();
-        if (count && *count != n) {
-          fail(kind::invalid, what + ": arrays hold different numbers of samples: " + count_from +
-                                  " " + std::to_string(*count) + ", '" + name + "' " +
-                                  std::to_string(n) + " (the first axis counts samples)");
-        }
-        count = n;
-        count_from = "'" + name + "'";
-        fixed_first |= in.fixed_first_dim();
-      }
-      if (!count || *count == 0) fail(kind::invalid, what + ": holds no samples");
-      d->available = static_cast<std::uint64_t>(*count);
-      d->available_text = what + " holds " + std::to_string(*count) +
-                          " samples (the first axis of its arrays counts samples)";
-      d->samples = o.samples ? std::min<std::size_t>(o.samples, static_cast<std::size_t>(*count))
-                             : static_cast<std::size_t>(*count);
-      d->arrays = std::move(arrays);
-      break;
-    }
-    case data_format::onnx_pb: {
-      std::vector<fs::path> dirs;
-      std::error_code ec;
-      if (!fs::is_directory(o.path, ec)) fail(kind::io, what + ": not a folder of ONNX test data");
-      for (const auto& e : fs::directory_iterator(o.path)) {
-        const std::string n = e.path().filename().string();
-        if (e.is_directory() && n.rfind("test_data_set_", 0) == 0) dirs.push_back(e.path());
-      }
-      std::sort(dirs.begin(), dirs.end(), [](const fs::path& a, const fs::path& b) {
-        const std::string x = a.filename().string(), y = b.filename().string();
-        return x.size() != y.size() ? x.size() < y.size() : x < y;
-      });
-      if (dirs.empty()) dirs.push_back(o.path);
-      std::optional<std::map<std::string, shape_t>> first_shapes;
-      bool same_shapes = true;
-      for (const fs::path& dir : dirs) {
-        if (o.samples && d->pb_sets.size() >= o.samples) break;
-        const auto files = pb_files(dir);
-        if (files.empty()) {
-          fail(kind::invalid, quoted(dir) +
-                                  ": holds no input_0.pb, input_1.pb, ... (ONNX test data: "
-                                  "one TensorProto per input, or test_data_set_N folders of them)");
-        }
-        std::map<std::string, fs::path> set;
-        std::map<std::string, shape_t> shapes;
-        for (const auto& [k, file] : files) {
-          const ::onnx::TensorProto t = read_pb(file);
-          std::string name;
-          if (!t.name().empty()) {
-            if (!by_name(t.name())) unknown_input(quoted(file), t.name());
-            name = t.name();
-          } else {
-            if (k >= d->inputs.size()) {
-              fail(kind::invalid, quoted(file) + ": the model has " +
-                                      std::to_string(d->inputs.size()) +
-                                      " inputs, so there is no input " + std::to_string(k) +
-                                      "; its inputs are: " + d->input_list());
-            }
-            name = d->inputs[k].name;
-          }
-          if (set.count(name))
-            fail(kind::invalid, quoted(file) + ": a second tensor for input '" + name + "'");
-          const input_info& in = *by_name(name);
-          value_type vt;
-          if (!value_type_of_onnx(t.data_type(), vt)) {
-            fail(kind::unsupported, quoted(file) + ": tensor for input '" + name + "' is " +
-                                        onnx_type_word(t.data_type()) +
-                                        ", which the executor does not compute with");
-          }
-          const shape_t shape(t.dims().begin(), t.dims().end());
-          // Dims from the file: non-negative, and a size (as int64 values) that fits 62 bits.
-          std::uint64_t elements = 1;
-          bool empty = false;
-          for (const auto dim : shape) {
-            if (dim < 0) {
-              fail(kind::invalid, quoted(file) + ": tensor for input '" + name + "' has dims " +
-                                      shape_string(shape) + ", a negative dimension");
-            }
-            empty = empty || dim == 0;
-          }
-          for (std::size_t axis = 0; axis < shape.size() && !empty; ++axis) {
-            const auto dim = static_cast<std::uint64_t>(shape[axis]);
-            if (elements > (std::uint64_t(1) << 59) / dim) {
-              fail(kind::invalid, quoted(file) + ": tensor for input '" + name + "' has dims " +
-                                      shape_string(shape) +
-                                      ", more elements than memory can hold (over 2^59)");
-            }
-            elements *= dim;
-          }
-          check_fits(in, vt, onnx_type_word(t.data_type()) + " data", shape, false, quoted(file));
-          set[name] = file;
-          shapes[name] = shape;
-          fixed_first |= in.fixed_first_dim() || shape.empty();
-        }
-        if (first_shapes && *first_shapes != shapes) same_shapes = false;
-        if (first_shapes && first_shapes->size() != shapes.size())
-          fail(kind::invalid, quoted(dir) + ": gives other inputs than " + quoted(dirs[0]));
-        if (!first_shapes) first_shapes = shapes;
-        d->pb_sets.push_back(std::move(set));
-      }
-      for (const auto& [name, file] : d->pb_sets[0]) d->given.push_back(name);
-      d->samples = d->pb_sets.size();
-      d->available = dirs.size();
-      d->available_text = what + " holds " + std::to_string(dirs.size()) +
-                          (dirs[0] == o.path ? " sample (a folder of input_K.pb files is one sample"
-                                             : " samples (one per test_data_set_N folder") +
-                          "; a .pb tensor's first axis is not split)";
-      // What a sample holds, for the description: the rows along axis 0 of its first input
-      // (a [16, 128] tensor is one sample of 16 rows, run as one batch of 16).
-      for (const auto& [name, shape] : *first_shapes) {
-        if (!shape.empty() && !by_name(name)->fixed_first_dim()) {
-          pb_rows = shape[0];
-          pb_rows_input = name + " " + shape_string(shape);
-          break;
-        }
-      }
-      fixed_first |= !same_shapes;
-      break;
-    }
-    case data_format::tokens: {
-      if (o.samples == 0)
-        throw config_error(
-            "samples 0: a token file gives windows, so a count >= 1 (0 = all is "
-            "for .npy/.npz/.pb data)");
-      d->tokens.emplace(o.path, o.tokens);
-      const input_info* in = by_name("input_ids");
-      if (!in) {
-        std::vector<const input_info*> ints;
-        for (const auto* r : required)
-          if (r->computable && r->type == value_type::int64) ints.push_back(r);
-        if (ints.size() == 1) in = ints[0];
-      }
-      if (!in || in->type != value_type::int64 || (in->has_shape && in->dims.size() != 2)) {
-        fail(kind::invalid,
-             what +
-                 " is read as a raw token file, which feeds a language model's token ids "
-                 "(input_ids, or the only integer input, [batch, sequence]); this model's inputs "
-                 "are: " +
-                 d->input_list() + "; give .npy, .npz or ONNX .pb data instead");
-      }
-      d->token_input = in->name;
-      if (in->has_shape && in->dims[1] > 0 && static_cast<std::size_t>(in->dims[1]) != o.seq_len) {
-        d->warnings.push_back("input '" + in->name + "' has a fixed sequence length of " +
-                              std::to_string(in->dims[1]) + ": windows of " +
-                              std::to_string(in->dims[1]) + " tokens, not " +
-                              std::to_string(o.seq_len));
-        d->seq_len = static_cast<std::size_t>(in->dims[1]);
-      }
-      if (in->has_shape && in->dims[0] > 1) {
-        fail(kind::invalid, "input " + in->describe() + " has a fixed batch of " +
-                                std::to_string(in->dims[0]) +
-                                "; int4q cuts token files into windows of one row");
-      }
-      if (d->tokens->size() < d->seq_len) {
-        fail(kind::invalid, what + " holds " + std::to_string(d->tokens->size()) +
-                                " tokens, fewer than one window of " + std::to_string(d->seq_len));
-      }
-      d->vocab = vocab_of(m, in->name);
-      d->given.push_back(in->name);
-      // Windows start at distinct tokens: at most size - seq_len + 1 of them.
-      d->available = d->tokens->size() - d->seq_len + 1;
-      d->available_text = what + " holds " + std::to_string(d->tokens->size()) +
-                          " tokens: at most " + std::to_string(d->available) +
-                          " distinct windows of " + std::to_string(d->seq_len) + " tokens";
-      d->samples = static_cast<std::size_t>(std::min<std::uint64_t>(o.samples, d->available));
-      fixed_first |= in->fixed_first_dim();
-      break;
-    }
+    case data_format::npz: open_arrays(s); break;
+    case data_format::onnx_pb: open_pb(s); break;
+    case data_format::tokens: open_tokens(s); break;
     case data_format::automatic: break;
   }
-
-  // Every input without a default must be given.
-  std::vector<std::string> missing;
-  for (const auto* r : required)
-    if (std::find(d->given.begin(), d->given.end(), r->name) == d->given.end())
-      missing.push_back("'" + r->name + "'");
-  if (!missing.empty()) {
-    fail(kind::invalid,
-         (o.path.empty() ? std::string("the data") : what) + " gives no value for " +
-             join(missing) +
-             ", which int4q cannot fill by default (it fills attention_mask, position_ids, "
-             "past key/values and the like); the model's inputs are: " +
-             d->input_list());
-  }
-  d->max_batch = fixed_first ? 1 : std::max<std::size_t>(d->samples, 1);
-  std::vector<std::string> filled;
-  for (const auto& in : d->inputs)
-    if (std::find(d->given.begin(), d->given.end(), in.name) == d->given.end())
-      filled.push_back(in.name);
-  if (d->format != data_format::random) {
-    d->description =
-        std::to_string(d->samples) +
-        (d->format == data_format::tokens ? " windows of " + std::to_string(d->seq_len) + " tokens"
-         : d->samples == 1                ? std::string(" sample")
-                                          : std::string(" samples")) +
-        (pb_rows > 1 ? (d->samples == 1 ? " of " : " each of ") + std::to_string(pb_rows) +
-                           " rows (" + pb_rows_input + ")"
-                     : std::string()) +
-        " from " + what + " (" + to_string(d->format) + ")";
-  }
-  d->description += "; given: " + join(d->given) + "; filled by default: " + join(filled);
+  check_required_given(s);
+  d->max_batch = s.fixed_first ? 1 : std::max<std::size_t>(d->samples, 1);
+  describe(s);
   // Fill once now, so that inputs int4q cannot fill fail at open, not in the middle of a run.
   calib_data r;
   r.impl_ = d;

@@ -14,6 +14,7 @@
 
 #include <int4q/detail/blas.hpp>
 #include <int4q/float16.hpp>
+#include <int4q/onnx/tensor_types.hpp>
 
 #include "executor_detail.hpp"
 #include "executor_math.hpp"
@@ -696,14 +697,15 @@ value value::ints(std::vector<std::int64_t> shape, std::vector<std::int64_t> dat
 
 value to_value(const model& m, const TensorProto& t) {
   value v;
-  if (t.data_type() == 21 || t.data_type() == 22) {  // UINT4, INT4: two per byte, low nibble first
+  // UINT4, INT4: two per byte, low nibble first.
+  if (t.data_type() == onnx_uint4 || t.data_type() == onnx_int4) {
     v.type = value_type::int64;
     v.shape.assign(t.dims().begin(), t.dims().end());
     const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, t);
     v.i.resize(v.size());
     for (std::size_t e = 0; e < v.i.size(); ++e) {
       const std::int64_t nibble = (bytes.at(e / 2) >> (4 * (e % 2))) & 0xF;
-      v.i[e] = t.data_type() == 22 && nibble >= 8 ? nibble - 16 : nibble;
+      v.i[e] = t.data_type() == onnx_int4 && nibble >= 8 ? nibble - 16 : nibble;
     }
     return v;
   }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <int4q/detail/blas.hpp>
+#include <int4q/onnx/tensor_types.hpp>
 
 #include "executor_detail.hpp"
 
@@ -376,73 +377,67 @@ struct attention_bias_view {
   }
 };
 
-/// com.microsoft MultiHeadAttention (CPU form): query [B, S, D]; key/value [B, L, D] / [B, L, Dv]
-/// (or [B, N, L, H] already split into heads, then no bias and no past); bias [2D + Dv];
-/// key_padding_mask int [B] (valid lengths), [B, T] or [B, S, T] (0 = masked); attention_bias
-/// [B|1, N|1, S, T]; past_key/past_value [B, N, P, H]. T = P + L. Outputs: output [B, S, Dv],
-/// present_key/present_value [B, N, T, H]. Masked scores get mask_filter_value added.
-void op_multi_head_attention(const node_context& c, const model&, const inputs_t& in,
-                             std::vector<value>& out) {
-  const value& q = need_float(c, in, 0, "query");
-  const value* key = optional_float(c, in, 1, "key");
-  const value* val = optional_float(c, in, 2, "value");
-  const value* bias = optional_float(c, in, 3, "bias");
-  const value* mask = optional_input(in, 4);
-  const value* attn_bias = optional_float(c, in, 5, "attention_bias");
-  const value* past_k = optional_float(c, in, 6, "past_key");
-  const value* past_v = optional_float(c, in, 7, "past_value");
-  if (optional_input(in, 8) || optional_input(in, 9))
-    c.fail(
-        "past_sequence_length and cache_indirection (shared buffers, beam search) are not "
-        "supported");
-  if (wants_output(c, 3)) c.fail("the qk output is not supported");
-  const std::int64_t heads = attr_int(c.node, "num_heads", 0);
-  if (heads <= 0) c.fail("num_heads must be set and positive");
+/// MultiHeadAttention's sizes: batch B, query length S, hidden D = N heads of H, key/value
+/// length L (new rows), value head size Hv (Dv = N Hv), past length P, T = P + L keys.
+struct mha_sizes {
+  std::size_t B = 0, S = 0, D = 0, N = 0, H = 0, L = 0, Hv = 0, Dv = 0, P = 0, T = 0;
+  bool kv_heads = false;  ///< key/value given as [B, N, L, H] (already split into heads)
+};
+
+/// Checks the shapes of MultiHeadAttention's query, key, value, bias and past against each
+/// other and num_heads (`heads`), and returns the sizes.
+mha_sizes mha_check_shapes(const node_context& c, const value& q, const value* key,
+                           const value* val, const value* bias, const value* past_k,
+                           const value* past_v, std::int64_t heads) {
   if (q.shape.size() != 3)
     c.fail("query must be [B, S, hidden] (packed QKV is not supported), not " +
            dims_string(q.shape));
   if (!key || !val) c.fail("key and value are required (packed QKV/KV is not supported)");
-  const std::size_t B = to_size(q.shape[0]), S = to_size(q.shape[1]), D = to_size(q.shape[2]);
-  const std::size_t N = to_size(heads);
-  if (D % N != 0)
-    c.fail("hidden size " + std::to_string(D) + " is not a multiple of num_heads " +
-           std::to_string(N));
-  const std::size_t H = D / N;
-  const bool kv_heads = key->shape.size() == 4;
-  std::size_t L, Hv;
-  if (kv_heads) {
+  mha_sizes z;
+  z.B = to_size(q.shape[0]);
+  z.S = to_size(q.shape[1]);
+  z.D = to_size(q.shape[2]);
+  z.N = to_size(heads);
+  if (z.D % z.N != 0)
+    c.fail("hidden size " + std::to_string(z.D) + " is not a multiple of num_heads " +
+           std::to_string(z.N));
+  z.H = z.D / z.N;
+  z.kv_heads = key->shape.size() == 4;
+  if (z.kv_heads) {
     if (val->shape.size() != 4) c.fail("key is 4-D [B, N, L, H]: value must be 4-D too");
     if (bias || past_k || past_v) c.fail("4-D key/value take no bias and no past_key/past_value");
-    L = to_size(key->shape[2]);
-    Hv = to_size(val->shape[3]);
-    check_shape(c, *key, {q.shape[0], heads, std::int64_t(L), std::int64_t(H)}, "key");
-    check_shape(c, *val, {q.shape[0], heads, std::int64_t(L), std::int64_t(Hv)}, "value");
+    z.L = to_size(key->shape[2]);
+    z.Hv = to_size(val->shape[3]);
+    check_shape(c, *key, {q.shape[0], heads, std::int64_t(z.L), std::int64_t(z.H)}, "key");
+    check_shape(c, *val, {q.shape[0], heads, std::int64_t(z.L), std::int64_t(z.Hv)}, "value");
   } else {
     if (key->shape.size() != 3 || val->shape.size() != 3)
       c.fail("key and value must be 3-D [B, L, hidden] or 4-D [B, N, L, H]");
-    L = to_size(key->shape[1]);
-    check_shape(c, *key, {q.shape[0], std::int64_t(L), std::int64_t(D)}, "key");
-    if (val->shape[0] != q.shape[0] || to_size(val->shape[1]) != L || val->shape[2] % heads != 0)
-      c.fail("value has shape " + dims_string(val->shape) + ", expected [" + std::to_string(B) +
-             ", " + std::to_string(L) + ", a multiple of num_heads]");
-    Hv = to_size(val->shape[2]) / N;
+    z.L = to_size(key->shape[1]);
+    check_shape(c, *key, {q.shape[0], std::int64_t(z.L), std::int64_t(z.D)}, "key");
+    if (val->shape[0] != q.shape[0] || to_size(val->shape[1]) != z.L || val->shape[2] % heads != 0)
+      c.fail("value has shape " + dims_string(val->shape) + ", expected [" + std::to_string(z.B) +
+             ", " + std::to_string(z.L) + ", a multiple of num_heads]");
+    z.Hv = to_size(val->shape[2]) / z.N;
   }
-  const std::size_t Dv = N * Hv;
-  if (bias) check_vector(c, *bias, std::int64_t(2 * D + Dv), "bias");
+  z.Dv = z.N * z.Hv;
+  if (bias) check_vector(c, *bias, std::int64_t(2 * z.D + z.Dv), "bias");
   if ((past_k == nullptr) != (past_v == nullptr)) c.fail("past_key and past_value go together");
-  std::size_t P = 0;
   if (past_k) {
-    P = past_k->shape.size() == 4 ? to_size(past_k->shape[2]) : 0;
-    check_shape(c, *past_k, {q.shape[0], heads, std::int64_t(P), std::int64_t(H)}, "past_key");
-    check_shape(c, *past_v, {q.shape[0], heads, std::int64_t(P), std::int64_t(Hv)}, "past_value");
+    z.P = past_k->shape.size() == 4 ? to_size(past_k->shape[2]) : 0;
+    check_shape(c, *past_k, {q.shape[0], heads, std::int64_t(z.P), std::int64_t(z.H)}, "past_key");
+    check_shape(c, *past_v, {q.shape[0], heads, std::int64_t(z.P), std::int64_t(z.Hv)},
+                "past_value");
   }
-  const std::size_t T = P + L;
-  float scale = attr_float(c.node, "scale", 0.0f);
-  if (scale == 0.0f) scale = 1.0f / std::sqrt(float(H));
-  const float mask_value = attr_float(c.node, "mask_filter_value", -10000.0f);
-  const bool causal = attr_int(c.node, "unidirectional", 0) != 0;
+  z.T = z.P + z.L;
+  return z;
+}
 
-  // Key padding mask as "masked" flags [B, S, T].
+/// "Masked" flags [B, S, T] from key_padding_mask (int [B] valid lengths, [B, T] or [B, S, T]
+/// with 0 = masked), and with `causal` every key after P + s for query s.
+std::vector<char> mha_masked(const node_context& c, const value* mask, const mha_sizes& z,
+                             bool causal) {
+  const std::size_t B = z.B, S = z.S, T = z.T;
   std::vector<char> masked(B * S * T, 0);
   if (mask) {
     if (mask->type == value_type::float32) c.fail("key_padding_mask must be an integer tensor");
@@ -467,34 +462,75 @@ void op_multi_head_attention(const node_context& c, const model&, const inputs_t
   if (causal)
     for (std::size_t b = 0; b < B; ++b)
       for (std::size_t s = 0; s < S; ++s)
-        for (std::size_t j = P + s + 1; j < T; ++j) masked[(b * S + s) * T + j] = 1;
+        for (std::size_t j = z.P + s + 1; j < T; ++j) masked[(b * S + s) * T + j] = 1;
+  return masked;
+}
+
+/// present_key [B, N, T, H] and present_value [B, N, T, Hv]: the past rows, then the new ones
+/// (split into heads, bias added), or key and value themselves when already in heads.
+void mha_present(const value& key, const value& val, const value* bias, const value* past_k,
+                 const value* past_v, const mha_sizes& z, value& present_k, value& present_v) {
+  const std::size_t B = z.B, N = z.N, H = z.H, Hv = z.Hv, L = z.L, P = z.P, T = z.T, D = z.D;
+  if (z.kv_heads) {
+    present_k.f = key.f;
+    present_v.f = val.f;
+    return;
+  }
+  const std::vector<float> kn =
+      to_heads(key.f.data(), B, L, N, H, D, bias ? bias->f.data() + D : nullptr);
+  const std::vector<float> vn =
+      to_heads(val.f.data(), B, L, N, Hv, z.Dv, bias ? bias->f.data() + 2 * D : nullptr);
+  for (std::size_t bn = 0; bn < B * N; ++bn) {
+    if (P > 0) {
+      std::copy_n(past_k->f.data() + bn * P * H, P * H, present_k.f.data() + bn * T * H);
+      std::copy_n(past_v->f.data() + bn * P * Hv, P * Hv, present_v.f.data() + bn * T * Hv);
+    }
+    std::copy_n(kn.data() + bn * L * H, L * H, present_k.f.data() + (bn * T + P) * H);
+    std::copy_n(vn.data() + bn * L * Hv, L * Hv, present_v.f.data() + (bn * T + P) * Hv);
+  }
+}
+
+/// com.microsoft MultiHeadAttention (CPU form): query [B, S, D]; key/value [B, L, D] / [B, L, Dv]
+/// (or [B, N, L, H] already split into heads, then no bias and no past); bias [2D + Dv];
+/// key_padding_mask int [B] (valid lengths), [B, T] or [B, S, T] (0 = masked); attention_bias
+/// [B|1, N|1, S, T]; past_key/past_value [B, N, P, H]. T = P + L. Outputs: output [B, S, Dv],
+/// present_key/present_value [B, N, T, H]. Masked scores get mask_filter_value added.
+void op_multi_head_attention(const node_context& c, const model&, const inputs_t& in,
+                             std::vector<value>& out) {
+  const value& q = need_float(c, in, 0, "query");
+  const value* key = optional_float(c, in, 1, "key");
+  const value* val = optional_float(c, in, 2, "value");
+  const value* bias = optional_float(c, in, 3, "bias");
+  const value* mask = optional_input(in, 4);
+  const value* attn_bias = optional_float(c, in, 5, "attention_bias");
+  const value* past_k = optional_float(c, in, 6, "past_key");
+  const value* past_v = optional_float(c, in, 7, "past_value");
+  if (optional_input(in, 8) || optional_input(in, 9))
+    c.fail(
+        "past_sequence_length and cache_indirection (shared buffers, beam search) are not "
+        "supported");
+  if (wants_output(c, 3)) c.fail("the qk output is not supported");
+  const std::int64_t heads = attr_int(c.node, "num_heads", 0);
+  if (heads <= 0) c.fail("num_heads must be set and positive");
+  const mha_sizes z = mha_check_shapes(c, q, key, val, bias, past_k, past_v, heads);
+  const std::size_t B = z.B, S = z.S, N = z.N, H = z.H, Hv = z.Hv, Dv = z.Dv, T = z.T;
+  float scale = attr_float(c.node, "scale", 0.0f);
+  if (scale == 0.0f) scale = 1.0f / std::sqrt(float(H));
+  const float mask_value = attr_float(c.node, "mask_filter_value", -10000.0f);
+  const bool causal = attr_int(c.node, "unidirectional", 0) != 0;
+  const std::vector<char> masked = mha_masked(c, mask, z, causal);
   const attention_bias_view ab(c, attn_bias, B, N, S, T);
 
   // Heads: Q [B, N, S, H], K [B, N, T, H], V [B, N, T, Hv] (past first, then the new rows).
   const std::vector<float> qh =
-      to_heads(q.f.data(), B, S, N, H, D, bias ? bias->f.data() : nullptr);
+      to_heads(q.f.data(), B, S, N, H, z.D, bias ? bias->f.data() : nullptr);
   value present_k = value::floats({q.shape[0], heads, std::int64_t(T), std::int64_t(H)},
                                   std::vector<float>(B * N * T * H));
   value present_v = value::floats({q.shape[0], heads, std::int64_t(T), std::int64_t(Hv)},
                                   std::vector<float>(B * N * T * Hv));
-  if (kv_heads) {
-    present_k.f = key->f;
-    present_v.f = val->f;
-  } else {
-    const std::vector<float> kn =
-        to_heads(key->f.data(), B, L, N, H, D, bias ? bias->f.data() + D : nullptr);
-    const std::vector<float> vn =
-        to_heads(val->f.data(), B, L, N, Hv, Dv, bias ? bias->f.data() + 2 * D : nullptr);
-    for (std::size_t bn = 0; bn < B * N; ++bn) {
-      if (P > 0) {
-        std::copy_n(past_k->f.data() + bn * P * H, P * H, present_k.f.data() + bn * T * H);
-        std::copy_n(past_v->f.data() + bn * P * Hv, P * Hv, present_v.f.data() + bn * T * Hv);
-      }
-      std::copy_n(kn.data() + bn * L * H, L * H, present_k.f.data() + (bn * T + P) * H);
-      std::copy_n(vn.data() + bn * L * Hv, L * Hv, present_v.f.data() + (bn * T + P) * Hv);
-    }
-  }
+  mha_present(*key, *val, bias, past_k, past_v, z, present_k, present_v);
 
+  // Per head: softmax(scale Q K^T + attention_bias + mask_filter_value where masked) V.
   value y =
       value::floats({q.shape[0], q.shape[1], std::int64_t(Dv)}, std::vector<float>(B * S * Dv));
   std::vector<float> scores(S * T);
@@ -520,6 +556,180 @@ void op_multi_head_attention(const node_context& c, const model&, const inputs_t
   out.push_back(std::move(y));
   out.push_back(std::move(present_k));
   out.push_back(std::move(present_v));
+}
+
+/// GroupQueryAttention's inputs from 12 on and attributes that int4q does not compute: fails
+/// naming them.
+void gqa_refuse_unsupported(const node_context& c, const inputs_t& in) {
+  for (std::size_t k = 12; k < in.size(); ++k)
+    if (in[k])
+      c.fail("input " + std::to_string(k) + " (quantized KV cache, Q/K norm) is not supported");
+  if (wants_output(c, 3) || attr_int(c.node, "qk_output", 0) != 0)
+    c.fail("the output_qk output is not supported");
+  if (attr_int(c.node, "causal", 1) != 1) c.fail("causal = 0 is not supported");
+  if (attr_int(c.node, "sliding_window_cache", 0) != 0)
+    c.fail("sliding_window_cache is not supported");
+  for (const char* a : {"k_quant_type", "v_quant_type"}) {
+    const std::string t = attr_string(c.node, a, "NONE");
+    if (t != "NONE" && !t.empty()) c.fail(std::string(a) + " " + t + " is not supported");
+  }
+}
+
+/// GroupQueryAttention's sizes: batch B, sequence S, query hidden D (packed: all of QKV), N query
+/// heads sharing Nkv key/value heads in groups of N / Nkv, head size H, past length P, present
+/// length Pres = max(total, P).
+struct gqa_sizes {
+  std::int64_t heads = 0, kv_heads = 0, total = 0;
+  std::size_t B = 0, S = 0, D = 0, N = 0, Nkv = 0, group = 0, H = 0, P = 0, Pres = 0;
+  bool packed = false;        ///< QKV packed in query (key and value absent)
+  bool first_prompt = false;  ///< S == total: no past is read
+};
+
+/// Checks num_heads, kv_num_heads and the shapes of query, key, value, past, seqlens_k and
+/// total_sequence_length, and returns the sizes.
+gqa_sizes gqa_check_shapes(const node_context& c, const value& q, const value* key,
+                           const value* val, const value* past_k, const value* past_v,
+                           const value& seqlens, const value& total_v) {
+  gqa_sizes z;
+  z.heads = attr_int(c.node, "num_heads", 0);
+  z.kv_heads = attr_int(c.node, "kv_num_heads", 0);
+  if (z.heads <= 0 || z.kv_heads <= 0 || z.heads % z.kv_heads != 0)
+    c.fail("num_heads (" + std::to_string(z.heads) +
+           ") must be a positive multiple of kv_num_heads (" + std::to_string(z.kv_heads) + ")");
+  if (q.shape.size() != 3) c.fail("query must be 3-D [B, S, hidden], not " + dims_string(q.shape));
+  if ((key == nullptr) != (val == nullptr)) c.fail("key and value go together");
+  z.packed = key == nullptr;
+  z.B = to_size(q.shape[0]);
+  z.S = to_size(q.shape[1]);
+  z.D = to_size(q.shape[2]);
+  z.N = to_size(z.heads);
+  z.Nkv = to_size(z.kv_heads);
+  z.group = z.N / z.Nkv;
+  const std::size_t per_row = z.packed ? z.N + 2 * z.Nkv : z.N;
+  if (z.D % per_row != 0)
+    c.fail("query hidden size " + std::to_string(z.D) + " is not a multiple of " +
+           std::to_string(per_row) + (z.packed ? " (num_heads + 2 kv_num_heads)" : " (num_heads)"));
+  z.H = z.D / per_row;
+  const auto H = std::int64_t(z.H);
+  if (!z.packed) {
+    check_shape(c, *key, {q.shape[0], q.shape[1], std::int64_t(z.Nkv) * H}, "key");
+    check_shape(c, *val, {q.shape[0], q.shape[1], std::int64_t(z.Nkv) * H}, "value");
+  }
+  if ((past_k == nullptr) != (past_v == nullptr)) c.fail("past_key and past_value go together");
+  if (past_k) {
+    z.P = past_k->shape.size() == 4 ? to_size(past_k->shape[2]) : 0;
+    check_shape(c, *past_k, {q.shape[0], z.kv_heads, std::int64_t(z.P), H}, "past_key");
+    check_shape(c, *past_v, {q.shape[0], z.kv_heads, std::int64_t(z.P), H}, "past_value");
+  }
+  check_shape(c, seqlens, {q.shape[0]}, "seqlens_k");
+  if (total_v.size() != 1) c.fail("total_sequence_length must hold one value");
+  z.total = total_v.i[0];
+  if (z.total < std::int64_t(z.S))
+    c.fail("total_sequence_length " + std::to_string(z.total) + " is below the sequence length " +
+           std::to_string(z.S));
+  z.Pres = std::max(to_size(z.total), z.P);
+  z.first_prompt = to_size(z.total) == z.S;
+  return z;
+}
+
+/// Past length of each batch entry: seqlens_k[b] + 1 - S (0 for the first prompt), checked to
+/// fit the past and present.
+std::vector<std::size_t> gqa_past_lengths(const node_context& c, const value& seqlens,
+                                          const gqa_sizes& z) {
+  std::vector<std::size_t> past(z.B);
+  for (std::size_t b = 0; b < z.B; ++b) {
+    const std::int64_t tb = seqlens.i[b] + 1;
+    const std::int64_t pb = z.first_prompt ? 0 : tb - std::int64_t(z.S);
+    if (pb < 0 || to_size(pb) > z.P || to_size(pb) + z.S > z.Pres || tb > z.total)
+      c.fail("seqlens_k[" + std::to_string(b) + "] = " + std::to_string(seqlens.i[b]) +
+             " does not fit sequence length " + std::to_string(z.S) + ", past length " +
+             std::to_string(z.P) + " and total_sequence_length " + std::to_string(z.total));
+    past[b] = to_size(pb);
+  }
+  return past;
+}
+
+/// Rotary embedding of heads `x` [B, heads_n, S, H] in place: row s of entry b at position
+/// past[b] + s, its first `rot` elements rotated by the caches' rows.
+void gqa_rotate(const node_context& c, std::vector<float>& x, std::size_t heads_n,
+                const gqa_sizes& z, const std::vector<std::size_t>& past, const value& cos,
+                const value& sin, std::size_t rot, bool interleaved) {
+  const std::int64_t max_pos = cos.shape[0];
+  const std::vector<float> src = x;
+  for (std::size_t b = 0; b < z.B; ++b)
+    for (std::size_t s = 0; s < z.S; ++s) {
+      const std::size_t p = past[b] + s;
+      if (std::int64_t(p) >= max_pos)
+        c.fail("position " + std::to_string(p) + " is outside the caches' " +
+               std::to_string(max_pos) + " rows");
+      for (std::size_t n = 0; n < heads_n; ++n) {
+        const std::size_t off = ((b * heads_n + n) * z.S + s) * z.H;
+        rotate(src.data() + off, x.data() + off, rot, cos.f.data() + p * (rot / 2),
+               sin.f.data() + p * (rot / 2), interleaved);
+      }
+    }
+}
+
+/// present_key/present_value [B, Nkv, Pres, H]: entry b's past[b] past rows, then the new rows
+/// `kh`/`vh` [B, Nkv, S, H], zeros after.
+void gqa_present(const std::vector<float>& kh, const std::vector<float>& vh, const value* past_k,
+                 const value* past_v, const gqa_sizes& z, const std::vector<std::size_t>& past,
+                 value& present_k, value& present_v) {
+  const std::size_t H = z.H, S = z.S, P = z.P, Pres = z.Pres;
+  for (std::size_t b = 0; b < z.B; ++b)
+    for (std::size_t n = 0; n < z.Nkv; ++n) {
+      const std::size_t bn = b * z.Nkv + n;
+      if (past[b] > 0) {
+        std::copy_n(past_k->f.data() + bn * P * H, past[b] * H, present_k.f.data() + bn * Pres * H);
+        std::copy_n(past_v->f.data() + bn * P * H, past[b] * H, present_v.f.data() + bn * Pres * H);
+      }
+      std::copy_n(kh.data() + bn * S * H, S * H, present_k.f.data() + (bn * Pres + past[b]) * H);
+      std::copy_n(vh.data() + bn * S * H, S * H, present_v.f.data() + (bn * Pres + past[b]) * H);
+    }
+}
+
+/// How GroupQueryAttention turns scores into probabilities: scale, softcap (0: none), local
+/// window (<= 0: none), the extra softmax logit per head (head_sink, or 0 for smooth_softmax),
+/// attention_bias.
+struct gqa_scoring {
+  float scale = 1.0f, softcap = 0.0f;
+  std::int64_t window = -1;
+  const value* sink = nullptr;
+  bool smooth = false;
+  const attention_bias_view* bias = nullptr;
+};
+
+/// output [B, S, N H]: per query head n (key/value head n / group), query s of entry b attends
+/// to keys [lo, past[b] + s] (lo from the local window): softmax(softcap(scale Q K^T) + bias) V.
+void gqa_attend(const std::vector<float>& qh, const value& present_k, const value& present_v,
+                const gqa_sizes& z, const std::vector<std::size_t>& past, const gqa_scoring& o,
+                value& y) {
+  const std::size_t S = z.S, N = z.N, H = z.H, Pres = z.Pres;
+  std::vector<float> scores;
+  for (std::size_t b = 0; b < z.B; ++b) {
+    const std::size_t T = past[b] + S;  // keys this entry can see
+    scores.assign(S * T, 0.0f);
+    for (std::size_t n = 0; n < N; ++n) {
+      const std::size_t kv = b * z.Nkv + n / z.group;
+      qk_scores(qh.data() + (b * N + n) * S * H, present_k.f.data() + kv * Pres * H, S, T, H,
+                o.scale, scores.data());
+      const float zero = 0.0f;
+      const float* extra = o.sink ? &o.sink->f[n] : (o.smooth ? &zero : nullptr);
+      for (std::size_t s = 0; s < S; ++s) {
+        float* row = scores.data() + s * T;
+        const std::size_t hi = past[b] + s + 1;
+        const std::size_t lo = o.window > 0 && hi > to_size(o.window) ? hi - to_size(o.window) : 0;
+        const float* add = o.bias->row(b, n, s);
+        for (std::size_t j = lo; j < hi; ++j) {
+          if (o.softcap > 0.0f) row[j] = o.softcap * std::tanh(row[j] / o.softcap);
+          if (add) row[j] += add[j];
+        }
+        softmax_range(row, T, lo, hi, extra);
+      }
+      apply_values(scores.data(), present_v.f.data() + kv * Pres * H, S, T, H,
+                   y.f.data() + b * S * N * H + n * H, N * H);
+    }
+  }
 }
 
 /// com.microsoft GroupQueryAttention (CPU form): query [B, S, N*H] (or packed QKV
@@ -548,52 +758,9 @@ void op_group_query_attention(const node_context& c, const model&, const inputs_
   if (optional_input(in, 9)) c.fail("position_ids is not supported");
   const value* attn_bias = optional_float(c, in, 10, "attention_bias");
   const value* sink = optional_float(c, in, 11, "head_sink");
-  for (std::size_t k = 12; k < in.size(); ++k)
-    if (in[k])
-      c.fail("input " + std::to_string(k) + " (quantized KV cache, Q/K norm) is not supported");
-  if (wants_output(c, 3) || attr_int(c.node, "qk_output", 0) != 0)
-    c.fail("the output_qk output is not supported");
-  if (attr_int(c.node, "causal", 1) != 1) c.fail("causal = 0 is not supported");
-  if (attr_int(c.node, "sliding_window_cache", 0) != 0)
-    c.fail("sliding_window_cache is not supported");
-  for (const char* a : {"k_quant_type", "v_quant_type"}) {
-    const std::string t = attr_string(c.node, a, "NONE");
-    if (t != "NONE" && !t.empty()) c.fail(std::string(a) + " " + t + " is not supported");
-  }
-  const std::int64_t heads = attr_int(c.node, "num_heads", 0);
-  const std::int64_t kv_heads = attr_int(c.node, "kv_num_heads", 0);
-  if (heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0)
-    c.fail("num_heads (" + std::to_string(heads) +
-           ") must be a positive multiple of kv_num_heads (" + std::to_string(kv_heads) + ")");
-  if (q.shape.size() != 3) c.fail("query must be 3-D [B, S, hidden], not " + dims_string(q.shape));
-  if ((key == nullptr) != (val == nullptr)) c.fail("key and value go together");
-  const bool packed = key == nullptr;
-  const std::size_t B = to_size(q.shape[0]), S = to_size(q.shape[1]), D = to_size(q.shape[2]);
-  const std::size_t N = to_size(heads), Nkv = to_size(kv_heads), group = N / Nkv;
-  const std::size_t per_row = packed ? N + 2 * Nkv : N;
-  if (D % per_row != 0)
-    c.fail("query hidden size " + std::to_string(D) + " is not a multiple of " +
-           std::to_string(per_row) + (packed ? " (num_heads + 2 kv_num_heads)" : " (num_heads)"));
-  const std::size_t H = D / per_row;
-  if (!packed) {
-    check_shape(c, *key, {q.shape[0], q.shape[1], std::int64_t(Nkv * H)}, "key");
-    check_shape(c, *val, {q.shape[0], q.shape[1], std::int64_t(Nkv * H)}, "value");
-  }
-  if ((past_k == nullptr) != (past_v == nullptr)) c.fail("past_key and past_value go together");
-  std::size_t P = 0;
-  if (past_k) {
-    P = past_k->shape.size() == 4 ? to_size(past_k->shape[2]) : 0;
-    check_shape(c, *past_k, {q.shape[0], kv_heads, std::int64_t(P), std::int64_t(H)}, "past_key");
-    check_shape(c, *past_v, {q.shape[0], kv_heads, std::int64_t(P), std::int64_t(H)}, "past_value");
-  }
-  check_shape(c, seqlens, {q.shape[0]}, "seqlens_k");
-  if (total_v.size() != 1) c.fail("total_sequence_length must hold one value");
-  const std::int64_t total = total_v.i[0];
-  if (total < std::int64_t(S))
-    c.fail("total_sequence_length " + std::to_string(total) + " is below the sequence length " +
-           std::to_string(S));
-  const std::size_t Pres = std::max(to_size(total), P);
-  const bool first_prompt = to_size(total) == S;
+  gqa_refuse_unsupported(c, in);
+  const gqa_sizes z = gqa_check_shapes(c, q, key, val, past_k, past_v, seqlens, total_v);
+  const std::size_t B = z.B, S = z.S, D = z.D, N = z.N, Nkv = z.Nkv, H = z.H;
   const bool do_rotary = attr_int(c.node, "do_rotary", 0) != 0;
   const bool interleaved = attr_int(c.node, "rotary_interleaved", 0) != 0;
   std::size_t rot = 0;
@@ -604,94 +771,37 @@ void op_group_query_attention(const node_context& c, const model&, const inputs_
       c.fail("the caches rotate " + std::to_string(rot) + " elements of a head of " +
              std::to_string(H));
   }
-  float scale = attr_float(c.node, "scale", 0.0f);
-  if (scale == 0.0f) scale = 1.0f / std::sqrt(float(H));
-  const float softcap = attr_float(c.node, "softcap", 0.0f);
-  const std::int64_t window = attr_int(c.node, "local_window_size", -1);
-  const bool smooth = attr_int(c.node, "smooth_softmax", 0) != 0;
-  if (sink) check_vector(c, *sink, heads, "head_sink");
-  const attention_bias_view ab(c, attn_bias, B, N, S, to_size(total));
-
-  // Per-entry past lengths.
-  std::vector<std::size_t> past(B);
-  for (std::size_t b = 0; b < B; ++b) {
-    const std::int64_t tb = seqlens.i[b] + 1;
-    const std::int64_t pb = first_prompt ? 0 : tb - std::int64_t(S);
-    if (pb < 0 || to_size(pb) > P || to_size(pb) + S > Pres || tb > total)
-      c.fail("seqlens_k[" + std::to_string(b) + "] = " + std::to_string(seqlens.i[b]) +
-             " does not fit sequence length " + std::to_string(S) + ", past length " +
-             std::to_string(P) + " and total_sequence_length " + std::to_string(total));
-    past[b] = to_size(pb);
-  }
+  gqa_scoring scoring;
+  scoring.scale = attr_float(c.node, "scale", 0.0f);
+  if (scoring.scale == 0.0f) scoring.scale = 1.0f / std::sqrt(float(H));
+  scoring.softcap = attr_float(c.node, "softcap", 0.0f);
+  scoring.window = attr_int(c.node, "local_window_size", -1);
+  scoring.smooth = attr_int(c.node, "smooth_softmax", 0) != 0;
+  scoring.sink = sink;
+  if (sink) check_vector(c, *sink, z.heads, "head_sink");
+  const attention_bias_view ab(c, attn_bias, B, N, S, to_size(z.total));
+  scoring.bias = &ab;
+  const std::vector<std::size_t> past = gqa_past_lengths(c, seqlens, z);
 
   // Heads: Q [B, N, S, H], new K and V [B, Nkv, S, H].
-  const float* k_src = packed ? q.f.data() + N * H : key->f.data();
-  const float* v_src = packed ? q.f.data() + (N + Nkv) * H : val->f.data();
-  const std::size_t kv_stride = packed ? D : Nkv * H;
+  const float* k_src = z.packed ? q.f.data() + N * H : key->f.data();
+  const float* v_src = z.packed ? q.f.data() + (N + Nkv) * H : val->f.data();
+  const std::size_t kv_stride = z.packed ? D : Nkv * H;
   std::vector<float> qh = to_heads(q.f.data(), B, S, N, H, D, nullptr);
   std::vector<float> kh = to_heads(k_src, B, S, Nkv, H, kv_stride, nullptr);
   const std::vector<float> vh = to_heads(v_src, B, S, Nkv, H, kv_stride, nullptr);
   if (do_rotary) {
-    const std::int64_t max_pos = cos->shape[0];
-    auto rotate_all = [&](std::vector<float>& x, std::size_t heads_n) {
-      std::vector<float> src = x;
-      for (std::size_t b = 0; b < B; ++b)
-        for (std::size_t s = 0; s < S; ++s) {
-          const std::size_t p = past[b] + s;
-          if (std::int64_t(p) >= max_pos)
-            c.fail("position " + std::to_string(p) + " is outside the caches' " +
-                   std::to_string(max_pos) + " rows");
-          for (std::size_t n = 0; n < heads_n; ++n) {
-            const std::size_t off = ((b * heads_n + n) * S + s) * H;
-            rotate(src.data() + off, x.data() + off, rot, cos->f.data() + p * (rot / 2),
-                   sin->f.data() + p * (rot / 2), interleaved);
-          }
-        }
-    };
-    rotate_all(qh, N);
-    rotate_all(kh, Nkv);
+    gqa_rotate(c, qh, N, z, past, *cos, *sin, rot, interleaved);
+    gqa_rotate(c, kh, Nkv, z, past, *cos, *sin, rot, interleaved);
   }
-  value present_k = value::floats({q.shape[0], kv_heads, std::int64_t(Pres), std::int64_t(H)},
-                                  std::vector<float>(B * Nkv * Pres * H, 0.0f));
+  value present_k = value::floats({q.shape[0], z.kv_heads, std::int64_t(z.Pres), std::int64_t(H)},
+                                  std::vector<float>(B * Nkv * z.Pres * H, 0.0f));
   value present_v = present_k;
-  for (std::size_t b = 0; b < B; ++b)
-    for (std::size_t n = 0; n < Nkv; ++n) {
-      const std::size_t bn = b * Nkv + n;
-      if (past[b] > 0) {
-        std::copy_n(past_k->f.data() + bn * P * H, past[b] * H, present_k.f.data() + bn * Pres * H);
-        std::copy_n(past_v->f.data() + bn * P * H, past[b] * H, present_v.f.data() + bn * Pres * H);
-      }
-      std::copy_n(kh.data() + bn * S * H, S * H, present_k.f.data() + (bn * Pres + past[b]) * H);
-      std::copy_n(vh.data() + bn * S * H, S * H, present_v.f.data() + (bn * Pres + past[b]) * H);
-    }
+  gqa_present(kh, vh, past_k, past_v, z, past, present_k, present_v);
 
   value y = value::floats({q.shape[0], q.shape[1], std::int64_t(N * H)},
                           std::vector<float>(B * S * N * H));
-  std::vector<float> scores;
-  for (std::size_t b = 0; b < B; ++b) {
-    const std::size_t T = past[b] + S;  // keys this entry can see
-    scores.assign(S * T, 0.0f);
-    for (std::size_t n = 0; n < N; ++n) {
-      const std::size_t kv = b * Nkv + n / group;
-      qk_scores(qh.data() + (b * N + n) * S * H, present_k.f.data() + kv * Pres * H, S, T, H, scale,
-                scores.data());
-      const float zero = 0.0f;
-      const float* extra = sink ? &sink->f[n] : (smooth ? &zero : nullptr);
-      for (std::size_t s = 0; s < S; ++s) {
-        float* row = scores.data() + s * T;
-        const std::size_t hi = past[b] + s + 1;
-        const std::size_t lo = window > 0 && hi > to_size(window) ? hi - to_size(window) : 0;
-        const float* add = ab.row(b, n, s);
-        for (std::size_t j = lo; j < hi; ++j) {
-          if (softcap > 0.0f) row[j] = softcap * std::tanh(row[j] / softcap);
-          if (add) row[j] += add[j];
-        }
-        softmax_range(row, T, lo, hi, extra);
-      }
-      apply_values(scores.data(), present_v.f.data() + kv * Pres * H, S, T, H,
-                   y.f.data() + b * S * N * H + n * H, N * H);
-    }
-  }
+  gqa_attend(qh, present_k, present_v, z, past, scoring, y);
   out.push_back(std::move(y));
   out.push_back(std::move(present_k));
   out.push_back(std::move(present_v));
@@ -711,8 +821,6 @@ int constant_type(const model& m, const std::string& name) {
   }
   return -1;
 }
-
-constexpr int kUint4 = 21, kInt4 = 22;
 
 /// Codes of a uint8 tensor holding 8 / bits codes per byte along its last axis (low bits first):
 /// the last dimension grows to `last` codes.
@@ -738,6 +846,72 @@ std::vector<std::int64_t> unpack_last_axis(const node_context& c, const value& v
   return codes;
 }
 
+/// GatherBlockQuantized's zero points, one per scale: `zp` (uint8 holding 8 / bits codes per byte
+/// when `packed_bytes`, unpacked), else 2^(bits-1) for packed bytes and 0 for int4/uint4.
+std::vector<std::int64_t> block_zero_points(const node_context& c, const value* zp,
+                                            const value& scales, bool packed_bytes, int bits) {
+  std::vector<std::int64_t> zps(scales.size(), packed_bytes ? std::int64_t(1) << (bits - 1) : 0);
+  if (!zp) return zps;
+  if (packed_bytes && bits < 8) {
+    shape_t zshape;
+    zps = unpack_last_axis(c, *zp, bits, scales.shape.back(), zshape, "zero_points");
+    if (zshape != scales.shape)
+      c.fail("zero_points do not match scales " + dims_string(scales.shape));
+  } else {
+    if (zp->shape != scales.shape)
+      c.fail("zero_points has shape " + dims_string(zp->shape) + ", scales " +
+             dims_string(scales.shape));
+    zps = zp->i;
+  }
+  return zps;
+}
+
+/// Block-quantized data: codes of logical `shape`, one scale and zero point per `block`
+/// elements along `qaxis` (scales and zero points of scales.shape).
+struct block_quantized {
+  const std::vector<std::int64_t>& codes;
+  const shape_t& shape;
+  const value& scales;
+  const std::vector<std::int64_t>& zps;
+  std::size_t qaxis, block;
+};
+
+/// Gather of the dequantized data along `gaxis`, (code - zero_point) * scale: output
+/// [shape[:g], indices.shape, shape[g+1:]].
+value gather_dequantized(const node_context& c, const block_quantized& d, const value& indices,
+                         std::size_t gaxis) {
+  const shape_t& shape = d.shape;
+  const std::size_t rank = shape.size();
+  const std::int64_t dim = shape[gaxis];
+  shape_t ids = indices.i;
+  for (std::int64_t& v : ids) v = checked_index(c, v, dim);
+  std::size_t outer = 1, inner = 1;
+  for (std::size_t k = 0; k < gaxis; ++k) outer *= to_size(shape[k]);
+  for (std::size_t k = gaxis + 1; k < rank; ++k) inner *= to_size(shape[k]);
+  value r;
+  r.shape.assign(shape.begin(), shape.begin() + static_cast<std::ptrdiff_t>(gaxis));
+  r.shape.insert(r.shape.end(), indices.shape.begin(), indices.shape.end());
+  r.shape.insert(r.shape.end(), shape.begin() + static_cast<std::ptrdiff_t>(gaxis) + 1,
+                 shape.end());
+  r.f.resize(outer * ids.size() * inner);
+  const shape_t dstride = strides_of(shape), sstride = strides_of(d.scales.shape);
+  std::size_t o = 0;
+  for (std::size_t p = 0; p < outer; ++p)
+    for (const std::int64_t ix : ids)
+      for (std::size_t q = 0; q < inner; ++q, ++o) {
+        const std::size_t flat = (p * to_size(dim) + to_size(ix)) * inner + q;
+        std::size_t rest = flat, sflat = 0;
+        for (std::size_t k = 0; k < rank; ++k) {
+          std::size_t coord = rest / to_size(dstride[k]);
+          rest %= to_size(dstride[k]);
+          if (k == d.qaxis) coord /= d.block;
+          sflat += coord * to_size(sstride[k]);
+        }
+        r.f[o] = static_cast<float>(d.codes[flat] - d.zps[sflat]) * d.scales.f[sflat];
+      }
+  return r;
+}
+
 /// com.microsoft GatherBlockQuantized: Gather of `data` (uint4, int4, or uint8 holding 8 / bits
 /// codes per byte along the last axis) dequantized as (code - zero_point) * scale, one scale per
 /// block_size elements along quantize_axis. Without zero_points: 0 for int4 and uint4, 2^(bits-1)
@@ -749,7 +923,7 @@ void op_gather_block_quantized(const node_context& c, const model& m, const inpu
   const value& scales = need_float(c, in, 2, "scales");
   const value* zp = optional_input(in, 3);
   const int dtype = constant_type(m, c.node.input(0));
-  if (dtype != kUint4 && dtype != kInt4 && dtype != TensorProto::UINT8)
+  if (dtype != onnx_uint4 && dtype != onnx_int4 && dtype != TensorProto::UINT8)
     c.fail(
         "data must be an initializer of type uint4, int4 or uint8 (its type decides the "
         "layout), got " +
@@ -787,50 +961,9 @@ void op_gather_block_quantized(const node_context& c, const model& m, const inpu
              dims_string(shape) + " with block_size " + std::to_string(block) + " along axis " +
              std::to_string(qaxis));
   }
-  std::vector<std::int64_t> zps(scales.size(), packed_bytes ? std::int64_t(1) << (bits - 1) : 0);
-  if (zp) {
-    if (packed_bytes && bits < 8) {
-      shape_t zshape;
-      zps = unpack_last_axis(c, *zp, bits, scales.shape.back(), zshape, "zero_points");
-      if (zshape != scales.shape)
-        c.fail("zero_points do not match scales " + dims_string(scales.shape));
-    } else {
-      if (zp->shape != scales.shape)
-        c.fail("zero_points has shape " + dims_string(zp->shape) + ", scales " +
-               dims_string(scales.shape));
-      zps = zp->i;
-    }
-  }
-
-  // Output [shape[:g], indices.shape, shape[g+1:]].
-  const std::int64_t dim = shape[gaxis];
-  shape_t ids = indices.i;
-  for (std::int64_t& v : ids) v = checked_index(c, v, dim);
-  std::size_t outer = 1, inner = 1;
-  for (std::size_t k = 0; k < gaxis; ++k) outer *= to_size(shape[k]);
-  for (std::size_t k = gaxis + 1; k < rank; ++k) inner *= to_size(shape[k]);
-  value r;
-  r.shape.assign(shape.begin(), shape.begin() + static_cast<std::ptrdiff_t>(gaxis));
-  r.shape.insert(r.shape.end(), indices.shape.begin(), indices.shape.end());
-  r.shape.insert(r.shape.end(), shape.begin() + static_cast<std::ptrdiff_t>(gaxis) + 1,
-                 shape.end());
-  r.f.resize(outer * ids.size() * inner);
-  const shape_t dstride = strides_of(shape), sstride = strides_of(scales.shape);
-  std::size_t o = 0;
-  for (std::size_t p = 0; p < outer; ++p)
-    for (const std::int64_t ix : ids)
-      for (std::size_t q = 0; q < inner; ++q, ++o) {
-        const std::size_t flat = (p * to_size(dim) + to_size(ix)) * inner + q;
-        std::size_t rest = flat, sflat = 0;
-        for (std::size_t k = 0; k < rank; ++k) {
-          std::size_t coord = rest / to_size(dstride[k]);
-          rest %= to_size(dstride[k]);
-          if (k == qaxis) coord /= to_size(block);
-          sflat += coord * to_size(sstride[k]);
-        }
-        r.f[o] = static_cast<float>(codes[flat] - zps[sflat]) * scales.f[sflat];
-      }
-  out.push_back(std::move(r));
+  const std::vector<std::int64_t> zps = block_zero_points(c, zp, scales, packed_bytes, bits);
+  block_quantized q{codes, shape, scales, zps, qaxis, to_size(block)};
+  out.push_back(gather_dequantized(c, q, indices, gaxis));
 }
 
 }  // namespace

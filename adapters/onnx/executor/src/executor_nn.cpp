@@ -50,7 +50,8 @@ float softplus(float x) {
   return static_cast<float>(d > 0 ? d + std::log1p(std::exp(-d)) : std::log1p(std::exp(d)));
 }
 
-void add_activations(std::unordered_map<std::string, op_fn>& ops) {
+/// The activations that map each float alone, y = f(x), f from the node's attributes.
+void add_mapped_activations(std::unordered_map<std::string, op_fn>& ops) {
   // HardSigmoid: y = max(0, min(1, alpha * x + beta)).
   ops["HardSigmoid"] = float_map_op([](const NodeProto& n) {
     const float alpha = attr_float(n, "alpha", 0.2f), beta = attr_float(n, "beta", 0.5f);
@@ -100,6 +101,10 @@ void add_activations(std::unordered_map<std::string, op_fn>& ops) {
     const float lambd = attr_float(n, "lambd", 0.5f), bias = attr_float(n, "bias", 0.0f);
     return [lambd, bias](float x) { return x < -lambd ? x + bias : x > lambd ? x - bias : 0.0f; };
   });
+}
+
+void add_activations(std::unordered_map<std::string, op_fn>& ops) {
+  add_mapped_activations(ops);
   // Gelu: y = x / 2 * (1 + erf(x / sqrt(2))), or with approximate = "tanh"
   // y = x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3))).
   ops["Gelu"] = [](const node_context& c, const model&, const inputs_t& in,

@@ -286,27 +286,12 @@ void op_conv(const node_context& c, const model&, const inputs_t& in, std::vecto
   out.push_back(std::move(y));
 }
 
-/// ConvTranspose: Y[n, m, i*s + k*d - pad_begin] += X[n, c, i] * W[c, m, k] per group, + B[m].
-/// X [N, C, ...], W [C, M / group, k...]. Output size s * (in - 1) + output_padding + (k - 1) * d
-/// + 1 - pads; with output_shape (or auto_pad SAME_*: in * s) the total padding is derived from
-/// it and split with the odd one at the end (SAME_UPPER, NOTSET) or beginning (SAME_LOWER).
-void op_conv_transpose(const node_context& c, const model&, const inputs_t& in,
-                       std::vector<value>& out) {
-  const value& x = need_float(c, in, 0, "X");
-  const value& wt = need_float(c, in, 1, "W");
-  const value* bias = optional_input(in, 2);
-  if (wt.shape.size() != x.shape.size() || x.shape.size() < 3 || x.shape.size() > 5)
-    c.fail("X " + dims_string(x.shape) + " and W " + dims_string(wt.shape) +
-           " must have the same rank, 3 to 5");
+/// ConvTranspose's window over X [N, C, ...] and W [C, M / group, k...] (rank checked): the
+/// output size of each spatial axis, s * (in - 1) + output_padding + (k - 1) * d + 1 - pads,
+/// its pads from output_shape or auto_pad SAME_* (the total split, the odd one at the end, or
+/// at the beginning for SAME_LOWER), else from pads.
+window conv_transpose_window(const node_context& c, const value& x, const value& wt) {
   const std::size_t n = x.shape.size() - 2, off = 3 - n;
-  const std::int64_t group = attr_int(c.node, "group", 1);
-  const std::int64_t N = x.shape[0], C = x.shape[1];
-  if (group < 1 || wt.shape[0] != C || C % group != 0)
-    c.fail("group " + std::to_string(group) + " does not fit X " + dims_string(x.shape) +
-           " and W " + dims_string(wt.shape) + " (want W[0] = C divisible by group)");
-  const std::int64_t M = wt.shape[1] * group;
-  if (bias && (bias->type != value_type::float32 || bias->size() != static_cast<std::size_t>(M)))
-    c.fail("B must hold " + std::to_string(M) + " floats (one per output channel)");
   const shape_t kernel(wt.shape.begin() + 2, wt.shape.end());
   const shape_t strides = spatial_attr(c, "strides", n, 1);
   const shape_t dilations = spatial_attr(c, "dilations", n, 1);
@@ -352,6 +337,30 @@ void op_conv_transpose(const node_context& c, const model&, const inputs_t& in,
     if (w.out[q] < 1)
       c.fail("the output would be empty along spatial dimension " + std::to_string(k));
   }
+  return w;
+}
+
+/// ConvTranspose: Y[n, m, i*s + k*d - pad_begin] += X[n, c, i] * W[c, m, k] per group, + B[m].
+/// X [N, C, ...], W [C, M / group, k...]. Output size s * (in - 1) + output_padding + (k - 1) * d
+/// + 1 - pads; with output_shape (or auto_pad SAME_*: in * s) the total padding is derived from
+/// it and split with the odd one at the end (SAME_UPPER, NOTSET) or beginning (SAME_LOWER).
+void op_conv_transpose(const node_context& c, const model&, const inputs_t& in,
+                       std::vector<value>& out) {
+  const value& x = need_float(c, in, 0, "X");
+  const value& wt = need_float(c, in, 1, "W");
+  const value* bias = optional_input(in, 2);
+  if (wt.shape.size() != x.shape.size() || x.shape.size() < 3 || x.shape.size() > 5)
+    c.fail("X " + dims_string(x.shape) + " and W " + dims_string(wt.shape) +
+           " must have the same rank, 3 to 5");
+  const std::int64_t group = attr_int(c.node, "group", 1);
+  const std::int64_t N = x.shape[0], C = x.shape[1];
+  if (group < 1 || wt.shape[0] != C || C % group != 0)
+    c.fail("group " + std::to_string(group) + " does not fit X " + dims_string(x.shape) +
+           " and W " + dims_string(wt.shape) + " (want W[0] = C divisible by group)");
+  const std::int64_t M = wt.shape[1] * group;
+  if (bias && (bias->type != value_type::float32 || bias->size() != static_cast<std::size_t>(M)))
+    c.fail("B must hold " + std::to_string(M) + " floats (one per output channel)");
+  const window w = conv_transpose_window(c, x, wt);
   const auto Cg = static_cast<std::size_t>(C / group), Mg = static_cast<std::size_t>(M / group);
   const std::size_t K = Mg * w.kernel_size(), I = w.in_size(), O = w.out_size();
   value y =

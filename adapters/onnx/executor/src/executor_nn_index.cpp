@@ -328,17 +328,19 @@ void op_cum_sum(const node_context& c, const model&, const inputs_t& in, std::ve
   out.push_back(std::move(y));
 }
 
-/// Einsum, any number of operands: labels (letters; "..." for broadcast dimensions), repeated
-/// labels in one operand take diagonals, labels absent from the output are summed. The output is
-/// the explicit "->" part, or the ellipsis then the labels used once, in alphabetical order.
-void op_einsum(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
-  const AttributeProto* eq_attr = find_attr(c.node, "equation");
-  if (!eq_attr) c.fail("equation is missing");
-  std::string eq;
-  for (const char ch : eq_attr->s())
-    if (ch != ' ') eq += ch;
-  const std::size_t arrow = eq.find("->");
-  const std::string lhs = eq.substr(0, arrow);
+/// An Einsum equation parsed against its operands. Labels are ints: a letter's code, or 1000 + k
+/// for the k-th broadcast dimension (from the right).
+struct einsum_labels {
+  std::string eq;                          ///< the equation without spaces, for messages
+  std::vector<std::vector<int>> operands;  ///< per operand, per dimension
+  std::vector<int> output;                 ///< per output dimension
+};
+
+/// Labels of each operand's term in `lhs` ("ij,jk"), checked against its rank ("..." takes the
+/// dimensions the letters leave); sets `ell_rank` to the most dimensions a "..." takes.
+std::vector<std::vector<int>> einsum_operand_labels(const node_context& c, const inputs_t& in,
+                                                    const std::string& eq, const std::string& lhs,
+                                                    std::size_t& ell_rank) {
   std::vector<std::string> terms;
   for (std::size_t p = 0;;) {
     const std::size_t comma = lhs.find(',', p);
@@ -349,9 +351,8 @@ void op_einsum(const node_context& c, const model&, const inputs_t& in, std::vec
   if (terms.size() != in.size())
     c.fail("equation '" + eq + "' names " + std::to_string(terms.size()) +
            " operands, the node has " + std::to_string(in.size()));
-  // Labels as ints: a letter's code, or 1000 + k for the k-th broadcast dimension (from the right).
   std::vector<std::vector<int>> labels(terms.size());
-  std::size_t ell_rank = 0;
+  ell_rank = 0;
   for (std::size_t t = 0; t < terms.size(); ++t) {
     const value& v = need(c, in, t);
     const std::string& s = terms[t];
@@ -372,9 +373,16 @@ void op_einsum(const node_context& c, const model&, const inputs_t& in, std::vec
       }
     }
   }
+  return labels;
+}
+
+/// The output labels: the explicit part after "->" (`rhs`, when `explicit_output`), else the
+/// broadcast dimensions then the letters used once, in alphabetical order.
+std::vector<int> einsum_output_labels(bool explicit_output, const std::string& rhs,
+                                      const std::vector<std::vector<int>>& operands,
+                                      std::size_t ell_rank) {
   std::vector<int> out_labels;
-  if (arrow != std::string::npos) {
-    const std::string rhs = eq.substr(arrow + 2);
+  if (explicit_output) {
     for (std::size_t p = 0; p < rhs.size(); ++p) {
       if (rhs.compare(p, 3, "...") == 0) {
         for (std::size_t k = ell_rank; k-- > 0;) out_labels.push_back(1000 + static_cast<int>(k));
@@ -383,61 +391,90 @@ void op_einsum(const node_context& c, const model&, const inputs_t& in, std::vec
         out_labels.push_back(rhs[p]);
       }
     }
-  } else {
-    std::map<int, int> count;
-    for (const auto& l : labels)
-      for (const int x : l) ++count[x];
-    for (std::size_t k = ell_rank; k-- > 0;) out_labels.push_back(1000 + static_cast<int>(k));
-    for (const auto& [x, n] : count)
-      if (x < 1000 && n == 1) out_labels.push_back(x);
+    return out_labels;
   }
-  // Sizes of all labels (broadcast dimensions of size 1 stretch).
+  std::map<int, int> count;
+  for (const auto& l : operands)
+    for (const int x : l) ++count[x];
+  for (std::size_t k = ell_rank; k-- > 0;) out_labels.push_back(1000 + static_cast<int>(k));
+  for (const auto& [x, n] : count)
+    if (x < 1000 && n == 1) out_labels.push_back(x);
+  return out_labels;
+}
+
+/// The node's equation attribute, parsed against its operands.
+einsum_labels parse_einsum(const node_context& c, const inputs_t& in) {
+  const AttributeProto* eq_attr = find_attr(c.node, "equation");
+  if (!eq_attr) c.fail("equation is missing");
+  einsum_labels e;
+  for (const char ch : eq_attr->s())
+    if (ch != ' ') e.eq += ch;
+  const std::size_t arrow = e.eq.find("->");
+  std::size_t ell_rank = 0;
+  e.operands = einsum_operand_labels(c, in, e.eq, e.eq.substr(0, arrow), ell_rank);
+  e.output = einsum_output_labels(arrow != std::string::npos,
+                                  arrow != std::string::npos ? e.eq.substr(arrow + 2) : "",
+                                  e.operands, ell_rank);
+  return e;
+}
+
+/// The size of each label (broadcast dimensions of size 1 stretch).
+std::map<int, std::int64_t> einsum_label_sizes(const node_context& c, const inputs_t& in,
+                                               const einsum_labels& e) {
   std::map<int, std::int64_t> size;
-  for (std::size_t t = 0; t < labels.size(); ++t) {
-    for (std::size_t d = 0; d < labels[t].size(); ++d) {
+  for (std::size_t t = 0; t < e.operands.size(); ++t) {
+    for (std::size_t d = 0; d < e.operands[t].size(); ++d) {
       const std::int64_t n = in[t]->shape[d];
-      auto it = size.find(labels[t][d]);
+      auto it = size.find(e.operands[t][d]);
       if (it == size.end() || it->second == 1) {
-        size[labels[t][d]] = n;
+        size[e.operands[t][d]] = n;
       } else if (n != 1 && n != it->second) {
-        c.fail("label sizes differ in equation '" + eq + "'");
+        c.fail("label sizes differ in equation '" + e.eq + "'");
       }
     }
   }
-  std::vector<int> all = out_labels;
+  for (const int x : e.output)
+    if (!size.count(x)) c.fail("output label of equation '" + e.eq + "' is not in any input");
+  return size;
+}
+
+/// out[output labels] = sum over the other labels of the product of the operands, in double;
+/// float32 when any operand is, else int64.
+value einsum_contract(const inputs_t& in, const einsum_labels& e,
+                      std::map<int, std::int64_t>& size) {
+  // All labels: the output's, then the summed ones.
+  std::vector<int> all = e.output;
   for (const auto& [x, n] : size)
     if (std::find(all.begin(), all.end(), x) == all.end()) all.push_back(x);
-  for (const int x : out_labels)
-    if (!size.count(x)) c.fail("output label of equation '" + eq + "' is not in any input");
   // Per operand, the stride of each label of `all` (summed for repeated labels; 0 broadcast).
   const std::size_t L = all.size();
   std::vector<shape_t> strides(in.size(), shape_t(L, 0));
   bool any_float = false;
-  for (std::size_t t = 0; t < labels.size(); ++t) {
+  for (std::size_t t = 0; t < e.operands.size(); ++t) {
     const shape_t st = strides_of(in[t]->shape);
     any_float = any_float || in[t]->type == value_type::float32;
-    for (std::size_t d = 0; d < labels[t].size(); ++d) {
+    for (std::size_t d = 0; d < e.operands[t].size(); ++d) {
       if (in[t]->shape[d] == 1) continue;
-      const auto q =
-          static_cast<std::size_t>(std::find(all.begin(), all.end(), labels[t][d]) - all.begin());
+      const auto q = static_cast<std::size_t>(std::find(all.begin(), all.end(), e.operands[t][d]) -
+                                              all.begin());
       strides[t][q] += st[d];
     }
   }
   shape_t dims(L), out_shape;
   for (std::size_t q = 0; q < L; ++q) dims[q] = size[all[q]];
-  for (const int x : out_labels) out_shape.push_back(size[x]);
+  for (const int x : e.output) out_shape.push_back(size[x]);
   const std::size_t n_out = numel(out_shape), n_all = numel(dims);
   std::vector<double> acc(n_out, 0.0);
   const std::size_t per_out = n_out ? n_all / n_out : 0;
   shape_t j(L, 0);
   std::vector<std::int64_t> off(in.size(), 0);
-  for (std::size_t e = 0; e < n_all; ++e) {
+  for (std::size_t k = 0; k < n_all; ++k) {
     double prod = 1;
     for (std::size_t t = 0; t < in.size(); ++t) {
       const auto p = static_cast<std::size_t>(off[t]);
       prod *= in[t]->type == value_type::float32 ? double(in[t]->f[p]) : double(in[t]->i[p]);
     }
-    acc[e / per_out] += prod;
+    acc[k / per_out] += prod;
     for (std::size_t q = L; q-- > 0;) {
       if (++j[q] < dims[q]) {
         for (std::size_t t = 0; t < in.size(); ++t) off[t] += strides[t][q];
@@ -454,9 +491,18 @@ void op_einsum(const node_context& c, const model&, const inputs_t& in, std::vec
   } else {
     r.type = value_type::int64;
     r.i.resize(acc.size());
-    for (std::size_t e = 0; e < acc.size(); ++e) r.i[e] = static_cast<std::int64_t>(acc[e]);
+    for (std::size_t k = 0; k < acc.size(); ++k) r.i[k] = static_cast<std::int64_t>(acc[k]);
   }
-  out.push_back(std::move(r));
+  return r;
+}
+
+/// Einsum, any number of operands: labels (letters; "..." for broadcast dimensions), repeated
+/// labels in one operand take diagonals, labels absent from the output are summed. The output is
+/// the explicit "->" part, or the ellipsis then the labels used once, in alphabetical order.
+void op_einsum(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
+  const einsum_labels e = parse_einsum(c, in);
+  std::map<int, std::int64_t> size = einsum_label_sizes(c, in, e);
+  out.push_back(einsum_contract(in, e, size));
 }
 
 }  // namespace

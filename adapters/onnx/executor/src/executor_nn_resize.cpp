@@ -353,6 +353,57 @@ std::vector<double> float_list(const node_context& c, const value& v, const char
   return std::vector<double>(v.f.begin(), v.f.end());
 }
 
+/// Resize's roi input (starts then ends, one pair per axis of `axes`) as 2 * rank values: the
+/// full range [0, 1] on the other axes.
+std::vector<double> roi_of(const node_context& c, const value& roi_in, const shape_t& axes,
+                           std::size_t rank) {
+  const std::vector<double> r = float_list(c, roi_in, "roi");
+  if (r.size() != 2 * axes.size())
+    c.fail("roi has " + std::to_string(r.size()) + " values for " + std::to_string(axes.size()) +
+           " axes (want twice as many)");
+  std::vector<double> roi(2 * rank, 0.0);
+  for (std::size_t k = 0; k < rank; ++k) roi[rank + k] = 1.0;
+  for (std::size_t q = 0; q < axes.size(); ++q) {
+    roi[static_cast<std::size_t>(axes[q])] = r[q];
+    roi[rank + static_cast<std::size_t>(axes[q])] = r[axes.size() + q];
+  }
+  return roi;
+}
+
+/// Resize's sizes input for `axes`: sets `sizes` and `scales` of those axes by the
+/// keep_aspect_ratio_policy: stretch (each as given), not_larger / not_smaller (one scale for all,
+/// the smallest / largest of size / input, sizes rounded).
+void apply_sizes(const node_context& c, const value& x, const value& sizes_in, const shape_t& axes,
+                 std::vector<double>& scales, shape_t& sizes) {
+  const shape_t s = int_list(c, sizes_in, "sizes");
+  if (s.size() != axes.size())
+    c.fail("sizes has " + std::to_string(s.size()) + " values for " + std::to_string(axes.size()) +
+           " axes");
+  const std::string policy = string_attr(c.node, "keep_aspect_ratio_policy", "stretch");
+  if (policy == "stretch") {
+    for (std::size_t q = 0; q < axes.size(); ++q) {
+      const auto k = static_cast<std::size_t>(axes[q]);
+      sizes[k] = s[q];
+      scales[k] = double(s[q]) / double(x.shape[k]);
+    }
+  } else if (policy == "not_larger" || policy == "not_smaller") {
+    // One scale for all the axes: the smallest (not_larger) or largest of sizes / input.
+    double common = policy == "not_larger" ? INFINITY : 0.0;
+    for (std::size_t q = 0; q < axes.size(); ++q) {
+      const double r = double(s[q]) / double(x.shape[static_cast<std::size_t>(axes[q])]);
+      common = policy == "not_larger" ? std::min(common, r) : std::max(common, r);
+    }
+    for (const std::int64_t a : axes) {
+      const auto k = static_cast<std::size_t>(a);
+      scales[k] = common;
+      sizes[k] = static_cast<std::int64_t>(std::floor(double(x.shape[k]) * common + 0.5));
+    }
+  } else {
+    c.fail("keep_aspect_ratio_policy '" + policy +
+           "' is not one of stretch, not_larger, not_smaller");
+  }
+}
+
 /// Resize: opset 10 (X, scales; asymmetric, nearest rounds down), 11+ (X, roi, scales, sizes)
 /// with the coordinate_transformation_mode, nearest_mode, cubic_coeff_a, exclude_outside,
 /// extrapolation_value attributes, and from 18 axes, keep_aspect_ratio_policy, antialias.
@@ -394,18 +445,7 @@ void op_resize(const node_context& c, const model& m, const inputs_t& in, std::v
   // Per axis of x: scale, size, roi.
   std::vector<double> scales(rank, 1.0), roi;
   shape_t sizes = x.shape;
-  if (roi_in) {
-    const std::vector<double> r = float_list(c, *roi_in, "roi");
-    if (r.size() != 2 * axes.size())
-      c.fail("roi has " + std::to_string(r.size()) + " values for " + std::to_string(axes.size()) +
-             " axes (want twice as many)");
-    roi.assign(2 * rank, 0.0);
-    for (std::size_t k = 0; k < rank; ++k) roi[rank + k] = 1.0;
-    for (std::size_t q = 0; q < axes.size(); ++q) {
-      roi[static_cast<std::size_t>(axes[q])] = r[q];
-      roi[rank + static_cast<std::size_t>(axes[q])] = r[axes.size() + q];
-    }
-  }
+  if (roi_in) roi = roi_of(c, *roi_in, axes, rank);
   if (scales_in) {
     const std::vector<double> s = float_list(c, *scales_in, "scales");
     if (s.size() != axes.size())
@@ -419,33 +459,7 @@ void op_resize(const node_context& c, const model& m, const inputs_t& in, std::v
             std::floor(double(x.shape[k]) * (roi[rank + k] - roi[k]) * scales[k]));
     }
   } else {
-    const shape_t s = int_list(c, *sizes_in, "sizes");
-    if (s.size() != axes.size())
-      c.fail("sizes has " + std::to_string(s.size()) + " values for " +
-             std::to_string(axes.size()) + " axes");
-    const std::string policy = string_attr(c.node, "keep_aspect_ratio_policy", "stretch");
-    if (policy == "stretch") {
-      for (std::size_t q = 0; q < axes.size(); ++q) {
-        const auto k = static_cast<std::size_t>(axes[q]);
-        sizes[k] = s[q];
-        scales[k] = double(s[q]) / double(x.shape[k]);
-      }
-    } else if (policy == "not_larger" || policy == "not_smaller") {
-      // One scale for all the axes: the smallest (not_larger) or largest of sizes / input.
-      double common = policy == "not_larger" ? INFINITY : 0.0;
-      for (std::size_t q = 0; q < axes.size(); ++q) {
-        const double r = double(s[q]) / double(x.shape[static_cast<std::size_t>(axes[q])]);
-        common = policy == "not_larger" ? std::min(common, r) : std::max(common, r);
-      }
-      for (const std::int64_t a : axes) {
-        const auto k = static_cast<std::size_t>(a);
-        scales[k] = common;
-        sizes[k] = static_cast<std::int64_t>(std::floor(double(x.shape[k]) * common + 0.5));
-      }
-    } else {
-      c.fail("keep_aspect_ratio_policy '" + policy +
-             "' is not one of stretch, not_larger, not_smaller");
-    }
+    apply_sizes(c, x, *sizes_in, axes, scales, sizes);
   }
   for (const std::int64_t s : sizes)
     if (s < 0) c.fail("output size " + dims_string(sizes) + " is negative");

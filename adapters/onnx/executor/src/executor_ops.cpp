@@ -154,29 +154,18 @@ void op_pow(const node_context& c, const model&, const inputs_t& in, std::vector
   out.push_back(std::move(r));
 }
 
-/// The axes a reduction runs over: input 1 (ReduceSum from opset 13, all from 18) or the
-/// attribute; empty means all axes unless noop_with_empty_axes.
-void op_reduce(const node_context& c, const inputs_t& in, std::vector<value>& out, int kind) {
-  // kind: 0 sum, 1 mean, 2 max, 3 min, 4 prod, 5 sum of squares, 6 l1, 7 l2, 8 log-sum,
-  // 9 log-sum-exp
-  const value& a = need(c, in, 0);
-  shape_t axes;
-  if (const value* v = optional_input(in, 1)) {
-    axes = int_list(c, *v, "axes");
-  } else {
-    axes = attr_ints(c.node, "axes");
-  }
-  const bool keep = attr_int(c.node, "keepdims", 1) != 0;
-  const bool noop = attr_int(c.node, "noop_with_empty_axes", 0) != 0;
+/// The axes of a node that takes them as input 1 (newer opsets) or as the `axes` attribute.
+shape_t axes_input_or_attr(const node_context& c, const inputs_t& in) {
+  if (const value* v = optional_input(in, 1)) return int_list(c, *v, "axes");
+  return attr_ints(c.node, "axes");
+}
+
+/// The reduction `kind` (as op_reduce) of `a` over the axes marked in `reduce`, one value per
+/// element of `kept_shape` (a's shape with the reduced axes 1), in double. Log-sum-exp
+/// subtracts each output's maximum before exp: max + log(sum(exp(x - max))).
+std::vector<double> reduced_values(const value& a, const std::vector<bool>& reduce,
+                                   const shape_t& kept_shape, int kind) {
   const std::size_t rank = a.shape.size();
-  if (axes.empty() && noop) {
-    out.push_back(a);
-    return;
-  }
-  std::vector<bool> reduce(rank, axes.empty());
-  for (std::int64_t ax : axes) reduce[static_cast<std::size_t>(normalize_axis(c, ax, rank))] = true;
-  shape_t kept_shape(rank);
-  for (std::size_t k = 0; k < rank; ++k) kept_shape[k] = reduce[k] ? 1 : a.shape[k];
   const std::size_t n_out = numel(kept_shape);
   const shape_t out_strides = strides_of(kept_shape);
   std::vector<double> acc(n_out);
@@ -232,6 +221,28 @@ void op_reduce(const node_context& c, const inputs_t& in, std::vector<value>& ou
     if (kind == 8) acc[o] = std::log(acc[o]);
     if (kind == 9) acc[o] = mx[o] + std::log(acc[o]);
   }
+  return acc;
+}
+
+/// The axes a reduction runs over: input 1 (ReduceSum from opset 13, all from 18) or the
+/// attribute; empty means all axes unless noop_with_empty_axes.
+void op_reduce(const node_context& c, const inputs_t& in, std::vector<value>& out, int kind) {
+  // kind: 0 sum, 1 mean, 2 max, 3 min, 4 prod, 5 sum of squares, 6 l1, 7 l2, 8 log-sum,
+  // 9 log-sum-exp
+  const value& a = need(c, in, 0);
+  const shape_t axes = axes_input_or_attr(c, in);
+  const bool keep = attr_int(c.node, "keepdims", 1) != 0;
+  const bool noop = attr_int(c.node, "noop_with_empty_axes", 0) != 0;
+  const std::size_t rank = a.shape.size();
+  if (axes.empty() && noop) {
+    out.push_back(a);
+    return;
+  }
+  std::vector<bool> reduce(rank, axes.empty());
+  for (std::int64_t ax : axes) reduce[static_cast<std::size_t>(normalize_axis(c, ax, rank))] = true;
+  shape_t kept_shape(rank);
+  for (std::size_t k = 0; k < rank; ++k) kept_shape[k] = reduce[k] ? 1 : a.shape[k];
+  const std::vector<double> acc = reduced_values(a, reduce, kept_shape, kind);
   value r;
   r.type = a.type;
   if (keep) {
@@ -252,12 +263,7 @@ op_fn reduce_op(int kind) {
 
 void op_squeeze(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
   const value& a = need(c, in, 0);
-  shape_t axes;
-  if (const value* v = optional_input(in, 1)) {
-    axes = int_list(c, *v, "axes");
-  } else {
-    axes = attr_ints(c.node, "axes");
-  }
+  const shape_t axes = axes_input_or_attr(c, in);
   std::vector<bool> drop(a.shape.size(), false);
   if (axes.empty()) {
     for (std::size_t k = 0; k < a.shape.size(); ++k) drop[k] = a.shape[k] == 1;

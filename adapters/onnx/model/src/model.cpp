@@ -24,7 +24,9 @@
 #include <google/protobuf/wire_format_lite.h>
 
 #include <int4q/float16.hpp>
+#include <int4q/onnx/graph.hpp>
 #include <int4q/onnx/temp_files.hpp>
+#include <int4q/onnx/tensor_types.hpp>
 
 namespace int4q {
 namespace onnx {
@@ -46,23 +48,20 @@ std::string tensor_label(const TensorProto& t) {
 }
 
 std::string dims_string(const TensorProto& t) {
-  std::string s = "[";
-  for (int i = 0; i < t.dims_size(); ++i) s += (i ? ", " : "") + std::to_string(t.dims(i));
-  return s + "]";
+  return detail::dims_string(std::vector<std::int64_t>(t.dims().begin(), t.dims().end()));
 }
 
 // Bytes per element for the ONNX data types with a fixed size; 0 for STRING and unknown types.
-// 4-bit types (UINT4 21, INT4 22, FLOAT4E2M1 23) are handled by the caller (two per byte).
+// 4-bit types (is_4bit_type) are handled by the caller (two per byte).
 std::size_t onnx_type_size(int data_type) noexcept {
   switch (data_type) {
     case TensorProto::UINT8:
     case TensorProto::INT8:
     case TensorProto::BOOL:
-    case 17:  // FLOAT8E4M3FN
-    case 18:  // FLOAT8E4M3FNUZ
-    case 19:  // FLOAT8E5M2
-    case 20:  // FLOAT8E5M2FNUZ
-      return 1;
+    case onnx_float8e4m3fn:
+    case onnx_float8e4m3fnuz:
+    case onnx_float8e5m2:
+    case onnx_float8e5m2fnuz: return 1;
     case TensorProto::UINT16:
     case TensorProto::INT16:
     case TensorProto::FLOAT16:
@@ -77,10 +76,6 @@ std::size_t onnx_type_size(int data_type) noexcept {
     case TensorProto::COMPLEX128: return 16;
     default: return 0;
   }
-}
-
-bool is_4bit_type(int data_type) noexcept {
-  return data_type == 21 || data_type == 22 || data_type == 23;  // UINT4, INT4, FLOAT4E2M1
 }
 
 // Throws model_error(invalid) naming `t` (after `prefix`, e.g. "'model.onnx': ") when a dim is
@@ -846,11 +841,8 @@ void write_length_delimited_header(pb::io::CodedOutputStream& out, int field_num
   out.WriteVarint64(size);
 }
 
-}  // namespace
-
-// ---- Load ---------------------------------------------------------------------------------------
-
-model load_model(const std::filesystem::path& path) {
+// Throws unless `path` exists and is not a folder.
+void check_model_path(const std::filesystem::path& path) {
   std::error_code ec;
   const auto status = std::filesystem::status(path, ec);
   if (!std::filesystem::exists(status)) {
@@ -859,15 +851,12 @@ model load_model(const std::filesystem::path& path) {
   if (std::filesystem::is_directory(status)) {
     throw model_error(kind::io, quoted(path) + " is a directory: pass the .onnx model file");
   }
-  const int raw_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (raw_fd < 0) {
-    const int e = errno;
-    throw model_error(kind::io, "cannot open " + quoted(path) + " (" + errno_text(e) +
-                                    "): check the file's permissions");
-  }
-  fd_guard fd(raw_fd);
+}
+
+// Bytes of the model file open as `fd`: not empty, and within protobuf's 2 GiB.
+std::size_t model_file_size(const std::filesystem::path& path, int fd) {
   struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) {
+  if (::fstat(fd, &st) != 0) {
     throw model_error(kind::io, "cannot read " + quoted(path));
   }
   if (st.st_size == 0) {
@@ -879,64 +868,62 @@ model load_model(const std::filesystem::path& path) {
                           " bytes, over protobuf's 2 GiB limit for one message: not a valid "
                           "ONNX file; large models keep their weights in external data");
   }
+  return static_cast<std::size_t>(st.st_size);
+}
 
-  model m;
-  m.path = path;
-  m.base_dir = path.parent_path();
-  if (m.base_dir.empty()) m.base_dir = ".";
-  {
-    // Parsed from a read-only mapping: the payload bytes are copied once, from the page cache
-    // into the message (a FileInputStream is several times slower on large models).
-    const auto size = static_cast<std::size_t>(st.st_size);
-    void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
-    if (mapped == MAP_FAILED) {
-      const int e = errno;
-      throw model_error(kind::io,
-                        "cannot read " + quoted(path) + " (" + errno_text(e) + "): check the file");
-    }
-    ::madvise(mapped, size, MADV_SEQUENTIAL);
-    pb::io::CodedInputStream in(static_cast<const std::uint8_t*>(mapped), static_cast<int>(size));
-    in.SetTotalBytesLimit(std::numeric_limits<int>::max());  // models up to 2 GiB
-    const bool ok = m.proto.ParseFromCodedStream(&in) && in.ConsumedEntireMessage();
-    ::munmap(mapped, size);
-    if (!ok) {
-      throw model_error(kind::invalid, quoted(path) +
-                                           " is not an ONNX model (protobuf parse failed: "
-                                           "truncated, corrupt or another format): check that "
-                                           "it is a complete .onnx file");
-    }
+// Parses the `size` bytes of `fd` into `proto`, from a read-only mapping: the payload bytes are
+// copied once, from the page cache into the message (a FileInputStream is several times slower
+// on large models). Then checks that it has a graph and, from IR 3, an opset_import.
+void parse_model_file(const std::filesystem::path& path, int fd, std::size_t size,
+                      ::onnx::ModelProto& proto) {
+  void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  if (mapped == MAP_FAILED) {
+    const int e = errno;
+    throw model_error(kind::io,
+                      "cannot read " + quoted(path) + " (" + errno_text(e) + "): check the file");
   }
-  if (!m.proto.has_graph()) {
+  ::madvise(mapped, size, MADV_SEQUENTIAL);
+  pb::io::CodedInputStream in(static_cast<const std::uint8_t*>(mapped), static_cast<int>(size));
+  in.SetTotalBytesLimit(std::numeric_limits<int>::max());  // models up to 2 GiB
+  const bool ok = proto.ParseFromCodedStream(&in) && in.ConsumedEntireMessage();
+  ::munmap(mapped, size);
+  if (!ok) {
+    throw model_error(kind::invalid, quoted(path) +
+                                         " is not an ONNX model (protobuf parse failed: "
+                                         "truncated, corrupt or another format): check that "
+                                         "it is a complete .onnx file");
+  }
+  if (!proto.has_graph()) {
     throw model_error(kind::invalid, quoted(path) +
                                          " is not an ONNX model (it has no graph): check that it "
                                          "is a complete .onnx file");
   }
-  if (m.proto.ir_version() >= 3 && m.proto.opset_import_size() == 0) {
+  if (proto.ir_version() >= 3 && proto.opset_import_size() == 0) {
     throw model_error(kind::invalid, quoted(path) +
                                          " has no opset_import: the file is truncated or not an "
                                          "ONNX model; re-export it");
   }
+}
 
-  // External data: every file present, every range inside its file; inline sizes consistent.
-  std::map<std::string, std::uint64_t> file_sizes;
-  // Where external data may resolve to: the model's folder, or the folder of the model file with
-  // its own links resolved (a Hugging Face cache links snapshots/<rev>/model.onnx and its data
-  // to blobs/<hash> files side by side).
-  const std::filesystem::path real_base = std::filesystem::weakly_canonical(m.base_dir, ec);
-  std::error_code mec;
-  const std::filesystem::path real_model_dir =
-      std::filesystem::weakly_canonical(path, mec).parent_path();
-  auto inside = [](const std::filesystem::path& p, const std::filesystem::path& dir) {
-    if (dir.empty()) return false;
-    const auto rel = p.lexically_relative(dir);
-    return !rel.empty() && *rel.begin() != "..";
-  };
-  auto check = [&](const TensorProto& t, bool) {
-    check_dims(t, quoted(path) + ": ");
+// load_model's check of each tensor's payload: inline sizes consistent with the dims; external
+// data files present, inside the model's folder, and holding every range.
+class payload_checker {
+ public:
+  payload_checker(const model& m, const std::filesystem::path& path) : m_(m), path_(path) {
+    // Where external data may resolve to: the model's folder, or the folder of the model file
+    // with its own links resolved (a Hugging Face cache links snapshots/<rev>/model.onnx and its
+    // data to blobs/<hash> files side by side).
+    std::error_code ec;
+    real_base_ = std::filesystem::weakly_canonical(m.base_dir, ec);
+    real_model_dir_ = std::filesystem::weakly_canonical(path, model_dir_error_).parent_path();
+  }
+
+  void operator()(const TensorProto& t, bool) {
+    check_dims(t, quoted(path_) + ": ");
     const auto expected = tensor_payload_bytes(t);
     if (!is_external(t)) {
       if (t.has_raw_data() && expected && t.raw_data().size() != *expected) {
-        throw model_error(kind::invalid, quoted(path) + ": " + tensor_label(t) + " holds " +
+        throw model_error(kind::invalid, quoted(path_) + ": " + tensor_label(t) + " holds " +
                                              std::to_string(t.raw_data().size()) +
                                              " bytes but dims " + dims_string(t) + " need " +
                                              std::to_string(*expected) + ": fix the model");
@@ -947,58 +934,98 @@ model load_model(const std::filesystem::path& path) {
     try {
       ref = detail::parse_external_ref(t);
     } catch (const model_error& e) {
-      throw model_error(e.what_kind(), quoted(path) + ": " + e.what());
+      throw model_error(e.what_kind(), quoted(path_) + ": " + e.what());
     }
-    const std::filesystem::path file = m.base_dir / ref.location;
-    auto it = file_sizes.find(file.string());
-    if (it == file_sizes.end()) {
-      std::error_code fec;
-      const auto fst = std::filesystem::status(file, fec);
-      if (!std::filesystem::is_regular_file(fst)) {
-        throw model_error(kind::io, quoted(path) + ": " + tensor_label(t) +
-                                        " is stored in external data file " + quoted(file) +
-                                        (std::filesystem::exists(fst) ? ", which is not a file"
-                                                                      : ", which is missing") +
-                                        ": keep the data file next to the model");
-      }
-      // The data file, its symbolic links resolved, must stay inside the model's directory
-      // (as the location itself must: parse_external_ref).
-      const std::filesystem::path real = std::filesystem::weakly_canonical(file, fec);
-      if (fec) {
-        throw model_error(kind::io, quoted(path) + ": cannot resolve external data file " +
-                                        quoted(file) + " (" + fec.message() + ")");
-      }
-      if (!inside(real, real_base) && !(mec ? false : inside(real, real_model_dir))) {
-        throw model_error(kind::invalid,
-                          quoted(path) + ": " + tensor_label(t) + " is stored in " + quoted(file) +
-                              ", which resolves (through a symbolic link) to " + quoted(real) +
-                              ", outside the model's directory " + quoted(real_base) +
-                              ": copy the data file next to the model instead of linking it");
-      }
-      const auto size = std::filesystem::file_size(file, fec);
-      if (fec) {
-        throw model_error(kind::io, quoted(path) + ": cannot read external data file " +
-                                        quoted(file) + " (" + fec.message() + ")");
-      }
-      it = file_sizes.emplace(file.string(), size).first;
-    }
-    const std::uint64_t file_size = it->second;
+    const std::filesystem::path file = m_.base_dir / ref.location;
+    const std::uint64_t file_size = data_file_size(t, file);
     const std::uint64_t length = ref.length ? *ref.length : expected.value_or(0);
     if (ref.length && expected && *ref.length != *expected) {
       throw model_error(kind::invalid,
-                        quoted(path) + ": " + tensor_label(t) + " has external data length " +
+                        quoted(path_) + ": " + tensor_label(t) + " has external data length " +
                             std::to_string(*ref.length) + " but dims " + dims_string(t) + " need " +
                             std::to_string(*expected) + " bytes: fix the model");
     }
     if (ref.offset > file_size || length > file_size - ref.offset) {
       throw model_error(kind::invalid,
-                        quoted(path) + ": " + tensor_label(t) + " is at offset " +
+                        quoted(path_) + ": " + tensor_label(t) + " is at offset " +
                             std::to_string(ref.offset) + " length " + std::to_string(length) +
                             " of " + quoted(file) + ", which has only " +
                             std::to_string(file_size) +
                             " bytes: the data file is truncated or belongs to another model");
     }
-  };
+  }
+
+ private:
+  static bool inside(const std::filesystem::path& p, const std::filesystem::path& dir) {
+    if (dir.empty()) return false;
+    const auto rel = p.lexically_relative(dir);
+    return !rel.empty() && *rel.begin() != "..";
+  }
+
+  // The size of data file `file` of tensor `t`, checked once per file: a regular file whose
+  // real path (symbolic links resolved) stays inside the model's folder, as the location itself
+  // must (parse_external_ref).
+  std::uint64_t data_file_size(const TensorProto& t, const std::filesystem::path& file) {
+    const auto it = file_sizes_.find(file.string());
+    if (it != file_sizes_.end()) return it->second;
+    std::error_code fec;
+    const auto fst = std::filesystem::status(file, fec);
+    if (!std::filesystem::is_regular_file(fst)) {
+      throw model_error(kind::io, quoted(path_) + ": " + tensor_label(t) +
+                                      " is stored in external data file " + quoted(file) +
+                                      (std::filesystem::exists(fst) ? ", which is not a file"
+                                                                    : ", which is missing") +
+                                      ": keep the data file next to the model");
+    }
+    const std::filesystem::path real = std::filesystem::weakly_canonical(file, fec);
+    if (fec) {
+      throw model_error(kind::io, quoted(path_) + ": cannot resolve external data file " +
+                                      quoted(file) + " (" + fec.message() + ")");
+    }
+    if (!inside(real, real_base_) && !(model_dir_error_ ? false : inside(real, real_model_dir_))) {
+      throw model_error(kind::invalid,
+                        quoted(path_) + ": " + tensor_label(t) + " is stored in " + quoted(file) +
+                            ", which resolves (through a symbolic link) to " + quoted(real) +
+                            ", outside the model's directory " + quoted(real_base_) +
+                            ": copy the data file next to the model instead of linking it");
+    }
+    const auto size = std::filesystem::file_size(file, fec);
+    if (fec) {
+      throw model_error(kind::io, quoted(path_) + ": cannot read external data file " +
+                                      quoted(file) + " (" + fec.message() + ")");
+    }
+    file_sizes_.emplace(file.string(), size);
+    return size;
+  }
+
+  const model& m_;
+  const std::filesystem::path& path_;
+  std::map<std::string, std::uint64_t> file_sizes_;
+  std::filesystem::path real_base_, real_model_dir_;
+  std::error_code model_dir_error_;  // real_model_dir_ could not be resolved
+};
+
+}  // namespace
+
+// ---- Load ---------------------------------------------------------------------------------------
+
+model load_model(const std::filesystem::path& path) {
+  check_model_path(path);
+  const int raw_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (raw_fd < 0) {
+    const int e = errno;
+    throw model_error(kind::io, "cannot open " + quoted(path) + " (" + errno_text(e) +
+                                    "): check the file's permissions");
+  }
+  const fd_guard fd(raw_fd);
+  const std::size_t size = model_file_size(path, fd.get());
+  model m;
+  m.path = path;
+  m.base_dir = path.parent_path();
+  if (m.base_dir.empty()) m.base_dir = ".";
+  parse_model_file(path, fd.get(), size, m.proto);
+  // External data: every file present, every range inside its file; inline sizes consistent.
+  payload_checker check(m, path);
   visit_tensors(m.proto, check);
   return m;
 }
@@ -1023,39 +1050,54 @@ bool stores_external_data(const save_options& options, std::uint64_t payload_byt
   return false;
 }
 
-void save_model(const model& m, const std::filesystem::path& path, const save_options& options) {
-  namespace fs = std::filesystem;
+namespace {
+
+namespace fs = std::filesystem;
+
+// Where save_model writes: the output's folder, and its data file's name (relative, as the
+// model stores it) and path.
+struct output_paths {
+  fs::path dir;
+  std::string data_name;
+  fs::path data_path;
+};
+
+// Checks that `path` names a file in an existing folder and that the data file's name is a
+// relative file name there, other than the output itself.
+output_paths check_output_paths(const fs::path& path, const save_options& options) {
   if (path.empty() || !path.has_filename()) {
     throw model_error(kind::io, "output path " + quoted(path) + " names no file: pass a file path");
   }
-  const fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  output_paths o;
+  o.dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) {
-    throw model_error(kind::io, "cannot write " + quoted(path) + ": directory " + quoted(dir) +
+  if (!fs::is_directory(o.dir, ec)) {
+    throw model_error(kind::io, "cannot write " + quoted(path) + ": directory " + quoted(o.dir) +
                                     " does not exist; create it first");
   }
   if (fs::is_directory(path, ec)) {
     throw model_error(kind::io, "output " + quoted(path) + " is a directory: pass a file path");
   }
-  const std::string data_name =
-      options.data_file.empty() ? path.filename().string() + ".data" : options.data_file;
-  {
-    const fs::path d(data_name);
-    bool bad = d.is_absolute() || d.has_root_name() || d.has_root_directory() || !d.has_filename();
-    for (const auto& part : d) bad = bad || part == "..";
-    if (bad) {
-      throw model_error(kind::unsupported, "data file '" + data_name +
-                                               "' must be a relative file name inside the "
-                                               "output's directory (ONNX allows no other)");
-    }
+  o.data_name = options.data_file.empty() ? path.filename().string() + ".data" : options.data_file;
+  const fs::path d(o.data_name);
+  bool bad = d.is_absolute() || d.has_root_name() || d.has_root_directory() || !d.has_filename();
+  for (const auto& part : d) bad = bad || part == "..";
+  if (bad) {
+    throw model_error(kind::unsupported, "data file '" + o.data_name +
+                                             "' must be a relative file name inside the "
+                                             "output's directory (ONNX allows no other)");
   }
-  const fs::path data_path = dir / data_name;
-  if (same_file(data_path, path)) {
-    throw model_error(kind::unsupported, "data file '" + data_name + "' is the output model " +
+  o.data_path = o.dir / o.data_name;
+  if (same_file(o.data_path, path)) {
+    throw model_error(kind::unsupported, "data file '" + o.data_name + "' is the output model " +
                                              quoted(path) + " itself: choose another name");
   }
+  return o;
+}
 
-  // The input's files: the model and its external data files are never overwritten.
+// The input's files (the model and its external data files), which are never overwritten:
+// throws when `path` is one of them.
+std::vector<fs::path> input_paths(const model& m, const fs::path& path) {
   std::vector<fs::path> inputs;
   if (!m.path.empty()) inputs.push_back(m.path);
   auto collect = [&](const TensorProto& t, bool) {
@@ -1071,26 +1113,76 @@ void save_model(const model& m, const std::filesystem::path& path, const save_op
                                       ": choose another output path");
     }
   }
+  return inputs;
+}
 
-  // The output's graph, without payloads; the payloads are streamed from `m` while writing.
-  std::vector<tensor_slot> slots;
-  ::onnx::ModelProto out;
-  copy_skeleton(m.proto, &out, slots);
+// The output's external data file, made (as a temporary file) when the first payload goes there.
+struct data_file_writer {
+  const output_paths& paths;
+  const std::vector<fs::path>& inputs;
+  std::unique_ptr<temp_file> file;
+  std::uint64_t end = 0;  // bytes written so far
 
-  std::uint64_t payload_bytes = 0, inline_bytes = out.ByteSizeLong();
-  for (const tensor_slot& s : slots) {
-    const std::uint64_t size = payload_size(*s.src);
-    payload_bytes += size;
-    inline_bytes += size + 16;  // raw_data tag and length, longer enclosing length prefixes
+  // Appends `src`'s payload (payload_size: `size`) at the next aligned offset, zero-padded;
+  // returns the offset and sets `length` to the bytes written.
+  std::uint64_t append(const model& m, input_files& input, const TensorProto& src,
+                       std::uint64_t size, std::uint64_t& length) {
+    static const char zeros[65536] = {};
+    if (!file) {
+      for (const fs::path& in : inputs) {
+        if (same_file(paths.data_path, in)) {
+          throw model_error(kind::io, "output data file " + quoted(paths.data_path) +
+                                          " is the input model's file " + quoted(in) +
+                                          ": choose another data file name");
+        }
+      }
+      file = std::make_unique<temp_file>(paths.data_path);
+    }
+    const std::uint64_t offset = align_offset(end, size);
+    for (std::uint64_t pad = offset - end; pad > 0;) {
+      const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(pad, sizeof zeros));
+      write_all(*file, zeros, n);
+      pad -= n;
+    }
+    length = size;
+    if (is_external(src)) {
+      input.copy_range(src, length, *file);
+    } else if (src.has_raw_data()) {
+      write_all(*file, src.raw_data().data(), src.raw_data().size());
+    } else {
+      const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, src);
+      write_all(*file, bytes.data(), bytes.size());
+      length = bytes.size();
+    }
+    end = offset + length;
+    return offset;
   }
-  const bool external = stores_external_data(options, payload_bytes, inline_bytes);
+};
 
-  // Where each payload goes: the data file, raw_data set in the skeleton (tensors outside the
-  // main graph's initializers), or raw_data streamed at write time (main graph initializers).
-  input_files input(m);
-  std::unique_ptr<temp_file> data;
-  std::uint64_t data_offset = 0;
-  static const char zeros[65536] = {};
+// `dst`'s payload: [offset, offset + length) of the data file `data_name`.
+void set_external_location(TensorProto& dst, const std::string& data_name, std::uint64_t offset,
+                           std::uint64_t length) {
+  clear_typed_data(&dst);
+  dst.clear_external_data();
+  dst.set_data_location(TensorProto::EXTERNAL);
+  auto add = [&](const char* key, const std::string& value) {
+    auto* e = dst.add_external_data();
+    e->set_key(key);
+    e->set_value(value);
+  };
+  add("location", data_name);
+  add("offset", std::to_string(offset));
+  add("length", std::to_string(length));
+}
+
+// Puts each payload of `slots` where it goes: the data file (initializers of at least
+// external_min_bytes, when `external`), raw_data streamed at write time (main graph
+// initializers: returned, by initializer index, null for the others), or raw_data set in the
+// skeleton (tensors outside the main graph's initializers). Typed fields stay as copied.
+std::vector<const TensorProto*> place_payloads(const model& m,
+                                               const std::vector<tensor_slot>& slots, bool external,
+                                               const save_options& options, input_files& input,
+                                               data_file_writer& data) {
   // Main graph initializers by input address: their inline payloads are streamed at write time.
   std::unordered_map<const TensorProto*, int> main_initializer;
   for (int i = 0; i < m.proto.graph().initializer_size(); ++i) {
@@ -1104,44 +1196,9 @@ void save_model(const model& m, const std::filesystem::path& path, const save_op
                              (has_typed_data(src) && tensor_payload_bytes(src).has_value());
     const std::uint64_t size = payload_size(src);
     if (external && s.is_initializer && has_payload && size >= options.external_min_bytes) {
-      if (!data) {
-        for (const fs::path& in : inputs) {
-          if (same_file(data_path, in)) {
-            throw model_error(kind::io, "output data file " + quoted(data_path) +
-                                            " is the input model's file " + quoted(in) +
-                                            ": choose another data file name");
-          }
-        }
-        data = std::make_unique<temp_file>(data_path);
-      }
-      const std::uint64_t offset = align_offset(data_offset, size);
-      for (std::uint64_t pad = offset - data_offset; pad > 0;) {
-        const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(pad, sizeof zeros));
-        write_all(*data, zeros, n);
-        pad -= n;
-      }
-      std::uint64_t length = size;
-      if (is_external(src)) {
-        input.copy_range(src, length, *data);
-      } else if (src.has_raw_data()) {
-        write_all(*data, src.raw_data().data(), src.raw_data().size());
-      } else {
-        const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, src);
-        write_all(*data, bytes.data(), bytes.size());
-        length = bytes.size();
-      }
-      data_offset = offset + length;
-      clear_typed_data(&dst);
-      dst.clear_external_data();
-      dst.set_data_location(TensorProto::EXTERNAL);
-      auto add = [&](const char* key, const std::string& value) {
-        auto* e = dst.add_external_data();
-        e->set_key(key);
-        e->set_value(value);
-      };
-      add("location", data_name);
-      add("offset", std::to_string(offset));
-      add("length", std::to_string(length));
+      std::uint64_t length = 0;
+      const std::uint64_t offset = data.append(m, input, src, size, length);
+      set_external_location(dst, data.paths.data_name, offset, length);
       continue;
     }
     if (!is_external(src) && !src.has_raw_data()) continue;  // typed fields or none: copied
@@ -1159,33 +1216,122 @@ void save_model(const model& m, const std::filesystem::path& path, const save_op
       dst.set_raw_data(src.raw_data());
     }
   }
+  return streamed;
+}
 
-  // The model file, in protobuf's field order: out's fields before `graph` (7), the graph
-  // (its fields before `initializer` (5), the initializers with raw_data (9) streamed between
-  // their other fields, the graph's later fields), then out's fields after `graph`.
-  ::onnx::ModelProto model_tail;
-  move_fields_above(&out, ::onnx::ModelProto::kGraphFieldNumber, &model_tail);
-  const bool has_graph = out.has_graph();
-  ::onnx::GraphProto graph;
-  graph.Swap(out.mutable_graph());
-  out.clear_graph();
-  pb::RepeatedPtrField<TensorProto> inits;
-  inits.Swap(graph.mutable_initializer());
-  ::onnx::GraphProto graph_tail;
-  move_fields_above(&graph, ::onnx::GraphProto::kInitializerFieldNumber, &graph_tail);
+// The output model cut for streaming in protobuf's field order: the model's fields before
+// `graph` (7), the graph (its fields before `initializer` (5), the initializers with raw_data
+// (9) streamed between their other fields, the graph's later fields), then the model's fields
+// after `graph`. Sizes are computed up front: each length prefix precedes its bytes.
+class streamed_model {
+ public:
+  // Takes `out`'s fields; `streamed` as place_payloads returns it.
+  streamed_model(::onnx::ModelProto& out, const std::vector<const TensorProto*>& streamed)
+      : streamed_(streamed) {
+    head_.Swap(&out);
+    move_fields_above(&head_, ::onnx::ModelProto::kGraphFieldNumber, &model_tail_);
+    has_graph_ = head_.has_graph();
+    graph_.Swap(head_.mutable_graph());
+    head_.clear_graph();
+    inits_.Swap(graph_.mutable_initializer());
+    move_fields_above(&graph_, ::onnx::GraphProto::kInitializerFieldNumber, &graph_tail_);
 
-  std::vector<std::uint64_t> tensor_sizes(static_cast<std::size_t>(inits.size()));
-  std::uint64_t graph_size = graph.ByteSizeLong() + graph_tail.ByteSizeLong();
-  for (int i = 0; i < inits.size(); ++i) {
-    const TensorProto* src = streamed[static_cast<std::size_t>(i)];
-    std::uint64_t size = inits.Get(i).ByteSizeLong();
-    if (src) size += length_delimited_size(TensorProto::kRawDataFieldNumber, payload_size(*src));
-    tensor_sizes[static_cast<std::size_t>(i)] = size;
-    graph_size += length_delimited_size(::onnx::GraphProto::kInitializerFieldNumber, size);
+    tensor_sizes_.resize(static_cast<std::size_t>(inits_.size()));
+    graph_size_ = graph_.ByteSizeLong() + graph_tail_.ByteSizeLong();
+    for (int i = 0; i < inits_.size(); ++i) {
+      const TensorProto* src = streamed_[static_cast<std::size_t>(i)];
+      std::uint64_t size = inits_.Get(i).ByteSizeLong();
+      if (src) size += length_delimited_size(TensorProto::kRawDataFieldNumber, payload_size(*src));
+      tensor_sizes_[static_cast<std::size_t>(i)] = size;
+      graph_size_ += length_delimited_size(::onnx::GraphProto::kInitializerFieldNumber, size);
+    }
   }
-  const std::uint64_t model_size =
-      out.ByteSizeLong() + model_tail.ByteSizeLong() +
-      (has_graph ? length_delimited_size(::onnx::ModelProto::kGraphFieldNumber, graph_size) : 0);
+
+  // Bytes of the model file.
+  std::uint64_t size() const {
+    return head_.ByteSizeLong() + model_tail_.ByteSizeLong() +
+           (has_graph_ ? length_delimited_size(::onnx::ModelProto::kGraphFieldNumber, graph_size_)
+                       : 0);
+  }
+
+  // Writes the model file to `file`, the streamed payloads read from `input`.
+  void write(temp_file& file, input_files& input) {
+    pb::io::FileOutputStream stream(file.fd());
+    {
+      pb::io::CodedOutputStream cos(&stream);
+      head_.SerializePartialToCodedStream(&cos);
+      if (has_graph_) {
+        write_length_delimited_header(cos, ::onnx::ModelProto::kGraphFieldNumber, graph_size_);
+        graph_.SerializePartialToCodedStream(&cos);
+        for (int i = 0; i < inits_.size(); ++i) write_initializer(cos, i, input);
+        graph_tail_.SerializePartialToCodedStream(&cos);
+      }
+      model_tail_.SerializePartialToCodedStream(&cos);
+      cos.Trim();
+      if (cos.HadError()) file.fail(stream.GetErrno() ? stream.GetErrno() : EIO);
+    }
+    if (!stream.Flush()) file.fail(stream.GetErrno() ? stream.GetErrno() : EIO);
+  }
+
+ private:
+  // Initializer `i`: its fields before raw_data, its streamed raw_data if any, the rest.
+  void write_initializer(pb::io::CodedOutputStream& cos, int i, input_files& input) {
+    TensorProto& head = *inits_.Mutable(i);
+    TensorProto tail;
+    move_fields_above(&head, TensorProto::kRawDataFieldNumber, &tail);
+    write_length_delimited_header(cos, ::onnx::GraphProto::kInitializerFieldNumber,
+                                  tensor_sizes_[static_cast<std::size_t>(i)]);
+    head.SerializePartialToCodedStream(&cos);
+    if (const TensorProto* src = streamed_[static_cast<std::size_t>(i)]) {
+      const std::uint64_t size = payload_size(*src);
+      write_length_delimited_header(cos, TensorProto::kRawDataFieldNumber, size);
+      if (is_external(*src)) {
+        std::uint64_t length = size;
+        input.read_range(*src, length, [&](const char* p, std::size_t n) {
+          cos.WriteRaw(p, static_cast<int>(n));
+        });
+      } else {
+        cos.WriteRaw(src->raw_data().data(), static_cast<int>(src->raw_data().size()));
+      }
+    }
+    tail.SerializePartialToCodedStream(&cos);
+  }
+
+  const std::vector<const TensorProto*>& streamed_;
+  ::onnx::ModelProto head_, model_tail_;
+  bool has_graph_ = false;
+  ::onnx::GraphProto graph_, graph_tail_;
+  pb::RepeatedPtrField<TensorProto> inits_;
+  std::vector<std::uint64_t> tensor_sizes_;
+  std::uint64_t graph_size_ = 0;
+};
+
+}  // namespace
+
+void save_model(const model& m, const std::filesystem::path& path, const save_options& options) {
+  const output_paths paths = check_output_paths(path, options);
+  const std::vector<fs::path> inputs = input_paths(m, path);
+
+  // The output's graph, without payloads; the payloads are streamed from `m` while writing.
+  std::vector<tensor_slot> slots;
+  ::onnx::ModelProto out;
+  copy_skeleton(m.proto, &out, slots);
+
+  std::uint64_t payload_bytes = 0, inline_bytes = out.ByteSizeLong();
+  for (const tensor_slot& s : slots) {
+    const std::uint64_t size = payload_size(*s.src);
+    payload_bytes += size;
+    inline_bytes += size + 16;  // raw_data tag and length, longer enclosing length prefixes
+  }
+  const bool external = stores_external_data(options, payload_bytes, inline_bytes);
+
+  input_files input(m);
+  data_file_writer data{paths, inputs, nullptr};
+  const std::vector<const TensorProto*> streamed =
+      place_payloads(m, slots, external, options, input, data);
+
+  streamed_model model_file(out, streamed);
+  const std::uint64_t model_size = model_file.size();
   if (model_size > protobuf_max_bytes) {
     throw model_error(kind::unsupported,
                       "cannot write " + quoted(path) + ": the model would be " +
@@ -1195,53 +1341,18 @@ void save_model(const model& m, const std::filesystem::path& path, const save_op
   }
 
   temp_file file(path);
-  {
-    pb::io::FileOutputStream stream(file.fd());
-    {
-      pb::io::CodedOutputStream cos(&stream);
-      out.SerializePartialToCodedStream(&cos);
-      if (has_graph) {
-        write_length_delimited_header(cos, ::onnx::ModelProto::kGraphFieldNumber, graph_size);
-        graph.SerializePartialToCodedStream(&cos);
-        for (int i = 0; i < inits.size(); ++i) {
-          TensorProto& head = *inits.Mutable(i);
-          TensorProto tail;
-          move_fields_above(&head, TensorProto::kRawDataFieldNumber, &tail);
-          write_length_delimited_header(cos, ::onnx::GraphProto::kInitializerFieldNumber,
-                                        tensor_sizes[static_cast<std::size_t>(i)]);
-          head.SerializePartialToCodedStream(&cos);
-          if (const TensorProto* src = streamed[static_cast<std::size_t>(i)]) {
-            const std::uint64_t size = payload_size(*src);
-            write_length_delimited_header(cos, TensorProto::kRawDataFieldNumber, size);
-            if (is_external(*src)) {
-              std::uint64_t length = size;
-              input.read_range(*src, length, [&](const char* p, std::size_t n) {
-                cos.WriteRaw(p, static_cast<int>(n));
-              });
-            } else {
-              cos.WriteRaw(src->raw_data().data(), static_cast<int>(src->raw_data().size()));
-            }
-          }
-          tail.SerializePartialToCodedStream(&cos);
-        }
-        graph_tail.SerializePartialToCodedStream(&cos);
-      }
-      model_tail.SerializePartialToCodedStream(&cos);
-      cos.Trim();
-      if (cos.HadError()) file.fail(stream.GetErrno() ? stream.GetErrno() : EIO);
-    }
-    if (!stream.Flush()) file.fail(stream.GetErrno() ? stream.GetErrno() : EIO);
-  }
+  model_file.write(file, input);
   file.close();
-  if (data) data->close();
+  if (data.file) data.file->close();
   // Both renames in one section: a signal handler sees both files committed or neither, so an
   // interrupted run never pairs a new data file with an old model (temp_files.hpp).
   const temp_file_section section;
-  if (data) data->commit();
+  if (data.file) data.file->commit();
   try {
     file.commit();
   } catch (...) {
-    if (data) fs::remove(data_path, ec);  // no half-written pair
+    std::error_code ec;
+    if (data.file) fs::remove(paths.data_path, ec);  // no half-written pair
     throw;
   }
 }

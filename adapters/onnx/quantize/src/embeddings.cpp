@@ -15,6 +15,7 @@
 
 #include <int4q/dequant.hpp>
 #include <int4q/metrics.hpp>
+#include <int4q/onnx/tensor_types.hpp>
 #include <int4q/pack.hpp>
 #include <int4q/quantize.hpp>
 
@@ -38,9 +39,6 @@ using ::onnx::NodeProto;
 using ::onnx::TensorProto;
 
 namespace {
-
-constexpr int onnx_uint4 = 21;  // TensorProto.UINT4 (IR 10)
-constexpr int onnx_int4 = 22;   // TensorProto.INT4
 
 std::int64_t i64(std::size_t v) { return static_cast<std::int64_t>(v); }
 

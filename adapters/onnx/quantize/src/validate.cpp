@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -20,6 +19,8 @@
 #include <unordered_set>
 #include <utility>
 #include <vector>
+
+#include <int4q/onnx/tensor_types.hpp>
 
 #include "writers.hpp"
 
@@ -36,29 +37,11 @@ using ::onnx::TensorProto;
 using ::onnx::ValueInfoProto;
 using kind = model_error::kind;
 
-/// The highest TensorProto data type int4q knows (FLOAT4E2M1, ONNX IR 10).
-constexpr int last_known_data_type = 23;
 /// Bytes read from an external data file at a time by the NaN/Inf scan.
 constexpr std::size_t scan_chunk_bytes = std::size_t{4} << 20;
 
 std::string dims_text(const TensorProto& t) {
   return detail::dims_string(std::vector<std::int64_t>(t.dims().begin(), t.dims().end()));
-}
-
-std::string type_text(int data_type) {
-  switch (data_type) {
-    case 21: return "uint4";
-    case 22: return "int4";
-    case 23: return "float4e2m1";
-    default: break;
-  }
-  if (data_type > 0 && ::onnx::TensorProto_DataType_IsValid(data_type)) {
-    std::string s =
-        ::onnx::TensorProto_DataType_Name(static_cast<::onnx::TensorProto_DataType>(data_type));
-    for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return s == "float" ? "float32" : s == "double" ? "float64" : s;
-  }
-  return "type " + std::to_string(data_type);
 }
 
 std::string shape_text(const std::vector<std::int64_t>& s) {
@@ -313,11 +296,11 @@ struct validator {
     if (dt == TensorProto::UNDEFINED) {
       fail(kind::invalid, label + " has no data type (UNDEFINED): fix the model (re-export it)");
     }
-    if (dt < 0 || dt > last_known_data_type) {
+    if (dt < 0 || dt > onnx_last_data_type) {
       fail(dt < 0 ? kind::invalid : kind::unsupported,
            label + " has data type " + std::to_string(dt) +
                ", which int4q does not know (it reads ONNX types 1 to " +
-               std::to_string(last_known_data_type) + "): re-export it with a standard type");
+               std::to_string(onnx_last_data_type) + "): re-export it with a standard type");
     }
     for (const std::int64_t d : t.dims()) {
       if (d < 0) {
@@ -332,7 +315,7 @@ struct validator {
                               (count ? "byte size" : "element count") +
                               " overflows 64 bits: fix the model (re-export it)");
     }
-    const std::string what = label + " " + dims_text(t) + " " + type_text(dt);
+    const std::string what = label + " " + dims_text(t) + " " + onnx_type_word(dt);
     const int typed = t.float_data_size() + t.int32_data_size() + t.int64_data_size() +
                       t.double_data_size() + t.uint64_data_size() + t.string_data_size();
     if (is_external(t)) {
@@ -398,9 +381,11 @@ struct validator {
         field = "string_data";
         have = static_cast<std::uint64_t>(t.string_data_size());
         break;
-      case 21:
-      case 22:
-      case 23: need = *count / 2 + (*count & 1); break;  // two 4-bit values per int32_data entry
+      case onnx_uint4:
+      case onnx_int4:
+      case onnx_float4e2m1:
+        need = *count / 2 + (*count & 1);
+        break;  // two 4-bit values per int32_data entry
       default: break;
     }
     if (have != need || static_cast<std::uint64_t>(typed) != have) {
@@ -644,7 +629,7 @@ struct validator {
       const std::uint64_t need = q ? saturating_mul(fp32, 2) : fp32;
       if (need <= available) continue;
       fail(kind::invalid,
-           d.label + " " + dims_text(t) + " " + type_text(t.data_type()) + " needs " +
+           d.label + " " + dims_text(t) + " " + onnx_type_word(t.data_type()) + " needs " +
                std::to_string(need) + " bytes of memory (" +
                (q ? "twice its float32 size while it is quantized"
                   : "its float32 size when int4q computes with it") +
@@ -851,7 +836,7 @@ struct validator {
       // NaN is reported there, unless the Constant is a MatMul/Gemm weight or Gather table.
       const bool weight = !d.value_name.empty() && weights.count(d.value_name);
       if (!q && !weight && !d.is_initializer && f.nan_count == 0) continue;
-      const std::string what = d.label + " " + dims_text(t) + " " + type_text(t.data_type()) +
+      const std::string what = d.label + " " + dims_text(t) + " " + onnx_type_word(t.data_type()) +
                                " holds " + std::to_string(f.count) + " non-finite value" +
                                (f.count == 1 ? "" : "s") + " (the first, " + f.first_kind +
                                ", at " + index_text(t, f.first) + ")";

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <int4q/onnx/graph.hpp>
+#include <int4q/onnx/tensor_types.hpp>
 
 namespace int4q {
 namespace onnx {
@@ -40,18 +41,6 @@ std::string node_label(const NodeProto& node, int index, const std::string& scop
   u.node_name = node.name();
   u.op_type = node.op_type();
   return node.op_type() + " '" + display_name(u) + "'";
-}
-
-std::string type_name(int data_type) {
-  switch (data_type) {
-    case 21: return "UINT4";
-    case 22: return "INT4";
-    default: break;
-  }
-  if (::onnx::TensorProto_DataType_IsValid(data_type)) {
-    return ::onnx::TensorProto_DataType_Name(static_cast<::onnx::TensorProto_DataType>(data_type));
-  }
-  return "type " + std::to_string(data_type);
 }
 
 // Whether `name` reaches a graph output through pass-through ops or a constant-bias Add/Sub.
@@ -335,7 +324,7 @@ std::vector<weight_info> find_weights(const model& m) {
                  "' is float64: int4q quantizes float32, float16 and bfloat16 "
                  "weights";
       } else if (w.type == elem_type::other) {
-        reason = "'" + w.name + "' has data type " + type_name(dt) +
+        reason = "'" + w.name + "' has data type " + onnx_type_name(dt) +
                  ", not a float type (already quantized?)";
       } else if (w.dims.size() != 2) {
         reason = "'" + w.name + "' is " + std::to_string(w.dims.size()) + "-D " +
@@ -474,7 +463,7 @@ std::vector<embedding_info> find_embeddings(const model& m) {
     if (inputs.count(name)) {
       reason = "'" + name + "' is also a graph input (an overridable initializer)";
     } else if (e.type == elem_type::other || e.type == elem_type::float64) {
-      reason = "'" + name + "' has data type " + type_name(t->data_type()) +
+      reason = "'" + name + "' has data type " + onnx_type_name(t->data_type()) +
                ": int4q quantizes float32, float16 and bfloat16 tables";
     } else if (e.dims.size() != 2) {
       reason = "'" + name + "' is " + std::to_string(e.dims.size()) + "-D " +

@@ -8,6 +8,7 @@
 
 #include <int4q/dequant.hpp>
 #include <int4q/metrics.hpp>
+#include <int4q/onnx/tensor_types.hpp>
 #include <int4q/pack.hpp>
 #include <int4q/quantize.hpp>
 
@@ -22,9 +23,6 @@ using ::onnx::NodeProto;
 using ::onnx::TensorProto;
 
 namespace {
-
-constexpr int onnx_uint4 = 21;  // TensorProto.UINT4 (IR 10; ONNX 1.12's enum stops before it)
-constexpr int onnx_int4 = 22;   // TensorProto.INT4
 
 std::int64_t i64(std::size_t v) { return static_cast<std::int64_t>(v); }
 
