@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include <int4q/onnx/calib_data.hpp>
+#include <int4q/onnx/eval_metrics.hpp>
 #include <int4q/onnx/executor.hpp>
 #include <int4q/onnx/model.hpp>
 
@@ -31,51 +32,25 @@ namespace ox = int4q::onnx;
 
 namespace {
 
-/// Running error of a candidate output against the reference's, over every element seen.
-struct output_error {
-  double max_abs = 0, ref_max_abs = 0, dot = 0, ref_sq = 0, cand_sq = 0, diff_sq = 0;
-  double sum_abs = 0;
-  std::uint64_t count = 0;
-  template <class T>
-  void add(const std::vector<T>& ref, const std::vector<T>& cand) {
-    for (std::size_t e = 0; e < ref.size(); ++e) {
-      const double a = static_cast<double>(ref[e]), b = static_cast<double>(cand[e]);
-      max_abs = std::max(max_abs, std::fabs(a - b));
-      ref_max_abs = std::max(ref_max_abs, std::fabs(a));
-      dot += a * b;
-      ref_sq += a * a;
-      cand_sq += b * b;
-      diff_sq += (a - b) * (a - b);
-      sum_abs += std::fabs(a - b);
-    }
-    count += ref.size();
-  }
-  void add(const ox::value& ref, const ox::value& cand) {
-    if (ref.type == ox::value_type::float32)
-      add(ref.f, cand.f);
-    else
-      add(ref.i, cand.i);
-  }
-  /// The logits error of the language-model mode.
-  nlohmann::json to_json() const {
-    return {{"max_abs", max_abs},
-            {"max_rel", ref_max_abs > 0 ? max_abs / ref_max_abs : max_abs},
-            {"rel_l2", ref_sq > 0 ? std::sqrt(diff_sq / ref_sq) : std::sqrt(diff_sq)},
-            {"cosine", ref_sq > 0 && cand_sq > 0 ? dot / std::sqrt(ref_sq * cand_sq) : 1.0}};
-  }
-  /// max relative error = max |a - b| / max |a| over the whole output (0 when both are 0,
-  /// infinite - null in JSON - when only the reference is all zeros).
-  double max_rel() const {
-    if (ref_max_abs > 0) return max_abs / ref_max_abs;
-    return max_abs > 0 ? std::numeric_limits<double>::infinity() : 0.0;
-  }
-  /// Cosine similarity of the flattened outputs (1 when both are all zeros, 0 when one is).
-  double cosine() const {
-    if (ref_sq > 0 && cand_sq > 0) return dot / std::sqrt(ref_sq * cand_sq);
-    return ref_sq == 0 && cand_sq == 0 ? 1.0 : 0.0;
-  }
-  double mean_abs() const { return count ? sum_abs / static_cast<double>(count) : 0.0; }
-};
+using ox::output_error;
+
+/// The logits error of the language-model mode: max_rel is max_abs when the reference is all
+/// zeros, cosine 1 when either is.
+nlohmann::json logits_error_json(const output_error& e) {
+  return {
+      {"max_abs", e.max_abs},
+      {"max_rel", e.ref_max_abs > 0 ? e.max_abs / e.ref_max_abs : e.max_abs},
+      {"rel_l2", e.rel_l2()},
+      {"cosine", e.ref_sq > 0 && e.cand_sq > 0 ? e.dot / std::sqrt(e.ref_sq * e.cand_sq) : 1.0}};
+}
+
+/// Adds the elements of a float or integer output.
+void add_output(output_error& e, const ox::value& ref, const ox::value& cand) {
+  if (ref.type == ox::value_type::float32)
+    e.add(ref.f, cand.f);
+  else
+    e.add(ref.i, cand.i);
+}
 
 nlohmann::json finite_or_null(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
@@ -202,19 +177,13 @@ nlohmann::json eval_tokens(const eval_command_options& o, const ox::model& ref,
                                 "vocabulary] of the same shape");
     }
     const auto vocab = static_cast<std::size_t>(a.shape[2]);
+    for (std::size_t r = 0; r < nb * seq_len; ++r) {
+      if (targets[r] < 0 || static_cast<std::size_t>(targets[r]) >= vocab)
+        throw usage_error("token " + std::to_string(targets[r]) + " is outside the vocabulary of " +
+                          std::to_string(vocab));
+    }
     auto nll = [&](const ox::value& logits) {
-      double sum = 0;
-      for (std::size_t r = 0; r < nb * seq_len; ++r) {
-        const float* z = logits.f.data() + r * vocab;
-        double mx = -INFINITY, s = 0;
-        for (std::size_t v = 0; v < vocab; ++v) mx = std::max(mx, double(z[v]));
-        for (std::size_t v = 0; v < vocab; ++v) s += std::exp(z[v] - mx);
-        if (targets[r] < 0 || static_cast<std::size_t>(targets[r]) >= vocab)
-          throw usage_error("token " + std::to_string(targets[r]) +
-                            " is outside the vocabulary of " + std::to_string(vocab));
-        sum += mx + std::log(s) - z[targets[r]];
-      }
-      return sum;
+      return ox::sum_token_nll(logits.f.data(), nb * seq_len, vocab, targets.data());
     };
     nll_ref += nll(a);
     nll_cand += nll(b);
@@ -231,7 +200,7 @@ nlohmann::json eval_tokens(const eval_command_options& o, const ox::model& ref,
           {"nll_reference", r},
           {"nll_candidate", c},
           {"nll_delta", c - r},
-          {"logits_error", err.to_json()}};
+          {"logits_error", logits_error_json(err)}};
 }
 
 void print_tokens(const eval_command_options& o, const nlohmann::json& j) {
@@ -239,10 +208,10 @@ void print_tokens(const eval_command_options& o, const nlohmann::json& j) {
   const nlohmann::json e = j["logits_error"];
   std::printf("int4q eval: %zu windows of %zu tokens from %s\n", j["windows"].get<std::size_t>(),
               o.data.seq_len, o.tokens.string().c_str());
-  std::printf("  %-10s NLL %.6f nats/token (perplexity %.4f)  %s\n", "reference", r, std::exp(r),
-              o.reference.string().c_str());
-  std::printf("  %-10s NLL %.6f nats/token (perplexity %.4f)  %s\n", "candidate", c, std::exp(c),
-              o.candidate.string().c_str());
+  std::printf("  %-10s NLL %.6f nats/token (perplexity %.4f)  %s\n", "reference", r,
+              ox::perplexity(r), o.reference.string().c_str());
+  std::printf("  %-10s NLL %.6f nats/token (perplexity %.4f)  %s\n", "candidate", c,
+              ox::perplexity(c), o.candidate.string().c_str());
   std::printf("  loss       %+.6f nats/token\n", c - r);
   std::printf("  logits     max abs %.4g, rel L2 %.4g, cosine %.6f\n", e["max_abs"].get<double>(),
               e["rel_l2"].get<double>(), e["cosine"].get<double>());
@@ -292,7 +261,7 @@ nlohmann::json eval_data(const eval_command_options& o, const ox::calib_data& da
                 shape_text(y.shape) +
                 " in the candidate (or of another type): they cannot be compared");
       }
-      errors[name].add(x, y);
+      add_output(errors[name], x, y);
       // The whole output: the runs' outputs concatenated along axis 0 (null when they do not
       // share their other axes, or are scalars, so that no concatenation exists).
       const auto [it, first] = shapes.emplace(name, x.shape);

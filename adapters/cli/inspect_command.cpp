@@ -11,6 +11,7 @@
 #include <int4q/onnx/weights.hpp>
 
 #include "cli_common.hpp"
+#include "option_flags.hpp"
 #include "validate_args.hpp"
 
 namespace int4q {
@@ -214,7 +215,7 @@ nlohmann::json describe_model(const ox::model& m) {
                        {"trans_b", u.trans_b},
                        {"shared", w.uses.size() > 1},
                        {"quantizable", w.quantizable},
-                       {"reason", w.reason},
+                       {"reason", with_flags(w.reason, quantize_flags())},
                        {"lm_head", w.is_lm_head}});
     }
   }

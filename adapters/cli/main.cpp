@@ -15,11 +15,13 @@
 
 #include <int4q/error.hpp>
 #include <int4q/onnx/model.hpp>
+#include <int4q/onnx/option_error.hpp>
 #include <int4q/version.hpp>
 
 #include "cli_common.hpp"
 #include "eval_command.hpp"
 #include "inspect_command.hpp"
+#include "option_flags.hpp"
 #include "quantize_command.hpp"
 #include "signal_cleanup.hpp"
 #include "version_text.hpp"
@@ -32,6 +34,13 @@ int fail(int code, std::string message) {
   std::fflush(stdout);
   std::fprintf(stderr, "int4q: error: %s\n", message.c_str());
   return code;
+}
+
+/// The library names option fields in its messages; the subcommand's flags replace them.
+const int4q::cli::flag_names& flags_of(const CLI::App& app) {
+  const auto subs = app.get_subcommands();
+  const bool eval = !subs.empty() && subs[0]->get_name() == "eval";
+  return eval ? int4q::cli::eval_flags() : int4q::cli::quantize_flags();
 }
 
 }  // namespace
@@ -82,9 +91,11 @@ int main(int argc, char** argv) {
   } catch (const usage_error& e) {
     return fail(exit_usage, e.what());
   } catch (const int4q::config_error& e) {
-    return fail(exit_usage, e.what());
+    return fail(exit_usage, with_flags(e.what(), flags_of(app)));
+  } catch (const int4q::onnx::option_error& e) {
+    return fail(exit_usage, with_flags(e.what(), flags_of(app)));
   } catch (const int4q::onnx::model_error& e) {
-    return fail(e.exit_code(), e.what());
+    return fail(e.exit_code(), with_flags(e.what(), flags_of(app)));
   } catch (const int4q::non_finite_error& e) {
     return fail(exit_invalid, e.what());
   } catch (const std::bad_alloc&) {

@@ -11,18 +11,21 @@
 #include <map>
 #include <memory>
 #include <optional>
-#include <regex>
 #include <system_error>
 #include <utility>
 
 #include <nlohmann/json.hpp>
 
+#include <int4q/onnx/apply_plan.hpp>
 #include <int4q/onnx/auto_quantize.hpp>
 #include <int4q/onnx/model.hpp>
+#include <int4q/onnx/option_error.hpp>
+#include <int4q/onnx/saved_files.hpp>
 #include <int4q/version.hpp>
 
 #include "cli_common.hpp"
 #include "option_checks.hpp"
+#include "option_flags.hpp"
 #include "signal_cleanup.hpp"
 #include "validate_args.hpp"
 
@@ -156,69 +159,17 @@ void parse_group_size(const std::string& value, quantize_command_options& o) {
   o.group_size = static_cast<std::size_t>(*size);
 }
 
-bool is_power_of_two(std::size_t v) { return v != 0 && (v & (v - 1)) == 0; }
-
 std::string group_text(int4q::grouping g, std::size_t size) {
   return g == int4q::grouping::per_channel ? std::string("per-channel")
                                            : "group " + std::to_string(size);
 }
 
-/// Throws usage_error when the grid `c` cannot be written in the chosen format; `where` prefixes
-/// the message ("" for the command line, "--config FILE: override #i ('match'): " otherwise).
-void check_grid(const int4q::quant_config& c, const ox::quantize_options& q,
-                const std::string& where) {
-  try {
-    int4q::validate(c);
-  } catch (const int4q::config_error& e) {
-    throw usage_error(where + e.what());
-  }
-  const int bits = c.bits;
-  if (q.ort_preset && c.scheme == int4q::scheme::symmetric_offset) {
-    throw usage_error(where +
-                      "--preset ort --scheme symmetric-offset: ONNX Runtime's quantizer "
-                      "is asymmetric or (full-range) symmetric; use --scheme asymmetric "
-                      "or symmetric");
-  }
-  if (q.format == ox::output_format::matmulnbits) {
-    if (bits != 2 && bits != 4 && bits != 8) {
-      throw usage_error(where + "--bits " + std::to_string(bits) +
-                        " cannot be stored by MatMulNBits (2, 4 or 8 bits): use --bits 4, or "
-                        "--format fake");
-    }
-    if (c.granularity == int4q::grouping::per_channel) {
-      throw usage_error(where +
-                        "--group-size per-channel cannot be stored by MatMulNBits (its "
-                        "block_size is a power of two 16..256): use --format qdq, or "
-                        "--group-size 32, 64 or 128");
-    }
-    const std::size_t g = c.group_size;
-    if (!is_power_of_two(g) || g < 16 || g > 256) {
-      throw usage_error(where + "--group-size " + std::to_string(g) +
-                        " cannot be stored by MatMulNBits (block_size is a power of two "
-                        "16..256): use --group-size 32, 64 or 128, or --format qdq");
-    }
-  } else if (q.format == ox::output_format::qdq) {
-    if (bits != 4 && bits != 8) {
-      throw usage_error(where + "--bits " + std::to_string(bits) +
-                        " cannot be stored by DequantizeLinear-21 (INT4/UINT4 or INT8/UINT8): "
-                        "use --bits 4 or 8, or --format " +
-                        (bits == 2 ? "matmulnbits" : "fake"));
-    }
-    if (c.scheme == int4q::scheme::symmetric_full_range && !q.ort_preset) {
-      throw usage_error(
-          where +
-          "--scheme symmetric-full-range gives negative scales, which DequantizeLinear "
-          "consumers such as TensorRT reject: use --scheme symmetric or asymmetric with "
-          "--format qdq (or --preset ort, which reproduces ONNX Runtime's negative scales)");
-    }
-  }
-}
-
 /// Where each of q.overrides comes from, for messages: "--config file 'c.json': override #0
-/// ('mm0')".
-std::vector<std::string> config_sources(const ox::quantize_options& q,
-                                        const std::string& config_file) {
-  std::vector<std::string> where;
+/// ('mm0')", "--plan file 'p.json': weights[2] ('w')", "--auto plan: weight 'w'".
+using override_sources = std::vector<std::string>;
+
+override_sources config_sources(const ox::quantize_options& q, const std::string& config_file) {
+  override_sources where;
   for (std::size_t i = 0; i < q.overrides.size(); ++i) {
     where.push_back("--config file '" + config_file + "': override #" + std::to_string(i) + " ('" +
                     q.overrides[i].match + "')");
@@ -226,75 +177,21 @@ std::vector<std::string> config_sources(const ox::quantize_options& q,
   return where;
 }
 
-/// GPTQ's act-order reorders rows, so groups must be computed up front (static groups) to stay
-/// contiguous in K, as the ONNX formats store them (no g_idx). Checked on the merged settings
-/// (command line over --config file, then every override), before any work.
-void check_act_order(const ox::quantize_options& q, const std::vector<std::string>& sources) {
-  if (!q.gptq.act_order || q.gptq.static_groups) return;
-  const std::string fix =
-      "the ONNX formats store groups contiguous in K and have no g_idx (drop "
-      "--no-static-groups, or add --no-act-order, or use --group-size per-channel)";
-  if (q.config.granularity == int4q::grouping::group) {
-    throw usage_error("--act-order with --group-size " + std::to_string(q.config.group_size) +
-                      " needs --static-groups: " + fix);
-  }
-  for (std::size_t i = 0; i < q.overrides.size(); ++i) {
-    const ox::node_override& o = q.overrides[i];
-    if (o.skip.value_or(false) || !o.group_size || *o.group_size == 0) continue;
-    throw usage_error(sources.at(i) + ": group_size " + std::to_string(*o.group_size) +
-                      " with --act-order needs --static-groups: " + fix);
-  }
+/// The library's option_error in the command line's words (exit code 2): flags for the fields,
+/// and for an override the file it comes from.
+usage_error as_usage_error(const ox::option_error& e, const override_sources& sources) {
+  const auto& i = e.override_index();
+  const std::string where = i && *i < sources.size() ? sources[*i] + ": " : e.where();
+  return usage_error(where + with_flags(e.message(), quantize_flags()));
 }
 
-/// What the output format can hold, checked before any work so that a wrong combination of
-/// options is a usage error (exit code 2) naming them. quantize_model checks the same again
-/// (and throws model_error(unsupported), exit code 5, for anything this misses). `sources`
-/// names where each of q.overrides comes from (config_sources, plan_sources).
-void check_options(const ox::quantize_options& q, bool rounding_given,
-                   const std::vector<std::string>& sources) {
-  if (q.ort_preset && rounding_given) {
-    throw usage_error(
-        "--rounding cannot be combined with --preset ort: the preset rounds half away from "
-        "zero, as ONNX Runtime does");
-  }
-  if (q.accuracy_level && q.format != ox::output_format::matmulnbits) {
-    throw usage_error(
-        "--accuracy-level is an attribute of MatMulNBits: use it with --format "
-        "matmulnbits, not --format " +
-        std::string(ox::to_string(q.format)));
-  }
-  check_grid(q.config, q, "");
-  for (std::size_t i = 0; i < q.overrides.size(); ++i) {
-    const ox::node_override& o = q.overrides[i];
-    const std::string where = sources.at(i) + ": ";
-    if (o.skip.value_or(false)) continue;
-    int4q::quant_config c = q.config;
-    if (o.bits) c.bits = *o.bits;
-    if (o.group_size) {
-      c.granularity = *o.group_size == 0 ? int4q::grouping::per_channel : int4q::grouping::group;
-      if (*o.group_size != 0) c.group_size = *o.group_size;
-    }
-    if (o.scheme) c.scheme = *o.scheme;
-    check_grid(c, q, where);
-  }
-  for (const auto* list : {&q.include, &q.exclude}) {
-    for (const std::string& pattern : *list) {
-      try {
-        std::regex check(pattern, std::regex::ECMAScript);
-      } catch (const std::regex_error& e) {
-        throw usage_error(std::string(list == &q.include ? "--include" : "--exclude") + " '" +
-                          pattern + "' is not a valid regular expression (" + e.what() + ")");
-      }
-    }
-  }
-  check_act_order(q, sources);
-  for (std::size_t i = 0; i < q.overrides.size(); ++i) {
-    try {
-      std::regex check(q.overrides[i].match, std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      throw usage_error(sources.at(i) + ": match '" + q.overrides[i].match +
-                        "' is not a valid regular expression (" + e.what() + ")");
-    }
+/// What the output format can hold, checked by the library before any work so that a wrong
+/// combination of options is a usage error (exit code 2) naming them.
+void check_with_library(const ox::quantize_options& q, const override_sources& sources) {
+  try {
+    ox::check_quantize_options(q);
+  } catch (const ox::option_error& e) {
+    throw as_usage_error(e, sources);
   }
 }
 
@@ -340,11 +237,6 @@ ox::quant_plan read_plan_file(const fs::path& path) {
 
 // ---- Paths --------------------------------------------------------------------------------------
 
-/// The external data file save_model writes next to `output` by default.
-fs::path default_data_file(const fs::path& output) {
-  return output.parent_path() / (output.filename().string() + ".data");
-}
-
 /// `p` absolute, with symbolic links and "." / ".." resolved as far as it exists.
 fs::path resolved(const fs::path& p) {
   std::error_code ec;
@@ -364,7 +256,7 @@ void check_paths_before_loading(const quantize_command_options& o) {
   }
   require_writable_path(o.output, "-o");
   if (!o.plan_out.empty()) require_writable_path(o.plan_out, "--plan-out");
-  if (same_file(o.input, o.output) || same_file(o.input, default_data_file(o.output))) {
+  if (same_file(o.input, o.output) || same_file(o.input, ox::default_data_file(o.output))) {
     throw usage_error("-o '" + o.output.string() + "' would overwrite the input model '" +
                       o.input.string() + "'; write the quantized model to another file");
   }
@@ -373,7 +265,7 @@ void check_paths_before_loading(const quantize_command_options& o) {
     require_writable_path(report, "--report");
     const fs::path where = resolved(report);
     if (same_file(report, o.input) || where == resolved(o.output) ||
-        where == resolved(default_data_file(o.output))) {
+        where == resolved(ox::default_data_file(o.output))) {
       throw usage_error("--report '" + o.report +
                         "' names the input or the output model; write the report to another file");
     }
@@ -442,7 +334,7 @@ void check_calibration_memory(const ox::model& m, const ox::calib_data& data,
 
 void check_paths_after_loading(const quantize_command_options& o, const ox::model& m) {
   for (const fs::path& data : external_data_files(m)) {
-    if (same_file(data, o.output) || same_file(data, default_data_file(o.output))) {
+    if (same_file(data, o.output) || same_file(data, ox::default_data_file(o.output))) {
       throw usage_error("-o '" + o.output.string() + "' would overwrite '" + data.string() +
                         "', the external data of the input model; write the quantized model "
                         "to another directory or file name");
@@ -568,35 +460,41 @@ void print_summary(std::ostream& out, const quantize_command_options& o,
 
 // ---- The subcommand -----------------------------------------------------------------------------
 
-void setup_quantize(CLI::App& app) {
-  auto opt = std::make_shared<quantize_command_options>();
-  CLI::App* sub = app.add_subcommand(
-      "quantize",
-      "Quantize the MatMul/Gemm weights of an ONNX model and write the rewritten model");
-  auto& o = *opt;
-  sub->add_option("IN", o.input, "ONNX model to quantize")->required()->type_name("");
-  sub->add_option("-o,--output", o.output,
-                  "Where to write the quantized model (an existing file is replaced atomically; "
-                  "never the input)")
+namespace {
+
+/// IN and -o.
+void add_io_options(CLI::App& sub, quantize_command_options& o) {
+  sub.add_option("IN", o.input, "ONNX model to quantize")->required()->type_name("");
+  sub.add_option("-o,--output", o.output,
+                 "Where to write the quantized model (an existing file is replaced atomically; "
+                 "never the input)")
       ->required()
       ->type_name("OUT");
-  add_choice(*sub, "--format", o.format, format_choices,
+}
+
+/// The format and its grid: --format, --bits, --group-size, --scheme, --rounding.
+void add_grid_options(CLI::App& sub, quantize_command_options& o) {
+  add_choice(sub, "--format", o.format, format_choices,
              "What quantized weights become: com.microsoft MatMulNBits, DequantizeLinear-21 + "
              "the original node (QDQ), or fake-quant float weights (for evaluation)",
              "matmulnbits");
   add_int_option(
-      *sub, "--bits", {2, 8}, [&o](std::int64_t v) { o.bits = static_cast<int>(v); },
+      sub, "--bits", {2, 8}, [&o](std::int64_t v) { o.bits = static_cast<int>(v); },
       "Bits per weight (matmulnbits: 2, 4 or 8; qdq: 4 or 8)", "4");
-  sub->add_option_function<std::string>(
+  sub.add_option_function<std::string>(
          "--group-size", [&o](const std::string& v) { parse_group_size(v, o); },
          "Rows of K that share a scale, or per-channel (matmulnbits: a power of two 16..256)")
       ->type_name("N|per-channel")
       ->default_str("128");
-  add_choice(*sub, "--scheme", o.scheme, scheme_choices,
+  add_choice(sub, "--scheme", o.scheme, scheme_choices,
              "How a group's range maps to codes (underscores accepted)", "asymmetric");
-  add_choice(*sub, "--rounding", o.rounding, rounding_choices,
+  add_choice(sub, "--rounding", o.rounding, rounding_choices,
              "Rounding of w/scale: half to even, or half away from zero", "half-even");
-  sub->add_option_function<std::string>(
+}
+
+/// --method and its calibration data.
+void add_method_options(CLI::App& sub, quantize_command_options& o) {
+  sub.add_option_function<std::string>(
          "--method", [&o](const std::string& v) { o.method = v; },
          "Quantization method: rtn (round to nearest, no data), gptq (GPTQ on calibration "
          "activations run by int4q's executor: see --calib), awq_lite (AWQ per-channel scales, "
@@ -605,145 +503,167 @@ void setup_quantize(CLI::App& app) {
       ->type_name("rtn|gptq|awq_lite|awq_clip|awq_full|awq_gptq")
       ->default_str("rtn");
   add_data_options(
-      *sub, o.calib, "--calib",
+      sub, o.calib, "--calib",
       "Calibration data for --method gptq and awq_* (model inputs; without it, random inputs "
       "with a warning)");
   o.calib.samples_flag = "--calib-samples";
   o.calib.seq_len_flag = "--calib-seq-len";
-  add_count_options(*sub, o.calib,
+  add_count_options(sub, o.calib,
                     "Calibration samples: windows of a token file (at most its distinct windows), "
                     "random samples, or at most this many samples of a .npy/.npz/.pb data; a "
                     "count given is checked against the data and, with --calib-mode sequential, "
                     "the machine's memory",
                     "Tokens per calibration window (token files; symbolic dimensions of random "
                     "inputs)");
-  add_int_option(*sub, "--calib-batch", o.calib_batch, {1}, "Calibration samples per executor run");
-  add_choice(*sub, "--calib-mode", o.calib_mode, calib_mode_choices,
+  add_int_option(sub, "--calib-batch", o.calib_batch, {1}, "Calibration samples per executor run");
+  add_choice(sub, "--calib-mode", o.calib_mode, calib_mode_choices,
              "sequential: each weight sees the activations of the already quantized earlier "
              "weights (GPTQ's recipe); parallel: every weight sees the float model's (ONNX "
              "Runtime's and INC's GPTQ)",
              "sequential");
-  add_int_option(*sub, "--gptq-block", o.gptq_block, {1},
+}
+
+/// GPTQ's settings.
+void add_gptq_options(CLI::App& sub, quantize_command_options& o) {
+  add_int_option(sub, "--gptq-block", o.gptq_block, {1},
                  "GPTQ: rows per lazy block (one GEMM each)");
-  add_real_option(*sub, "--damp", o.damp, {0, true},
+  add_real_option(sub, "--damp", o.damp, {0, true},
                   "GPTQ: damping added to diag(H), a fraction of its mean");
-  add_switch(*sub, "act-order", o.act_order,
+  add_switch(sub, "act-order", o.act_order,
              "GPTQ: quantize rows in order of decreasing diag(H) (with groups it needs "
              "--static-groups: the ONNX formats have no g_idx)");
-  add_switch(*sub, "static-groups", o.static_groups,
+  add_switch(sub, "static-groups", o.static_groups,
              "GPTQ: compute every group's scale up front from the original weights");
-  add_real_option(*sub, "--awq-alpha-step", o.awq_alpha_step, unit_interval,
+}
+
+/// AWQ's settings (and --compare-rtn).
+void add_awq_options(CLI::App& sub, quantize_command_options& o) {
+  add_real_option(sub, "--awq-alpha-step", o.awq_alpha_step, unit_interval,
                   "AWQ: spacing of the alpha grid 0, step, ..., 1 of the scale search");
-  add_real_option(*sub, "--awq-clip-step", o.awq_clip_step, unit_interval,
+  add_real_option(sub, "--awq-clip-step", o.awq_clip_step, unit_interval,
                   "AWQ clip: spacing of the clip ratios 1, 1 - step, ... >= --awq-clip-min");
-  add_real_option(*sub, "--awq-clip-min", o.awq_clip_min, unit_interval,
+  add_real_option(sub, "--awq-clip-min", o.awq_clip_min, unit_interval,
                   "AWQ clip: the smallest clip ratio");
-  add_switch(*sub, "awq-per-subgraph", o.awq_per_subgraph,
+  add_switch(sub, "awq-per-subgraph", o.awq_per_subgraph,
              "AWQ: weights sharing an input (q/k/v, gate/up) get one joint scale, so 1/s can "
              "be folded into the input's producer");
-  add_int_option(*sub, "--awq-samples", o.awq_samples, {1},
+  add_int_option(sub, "--awq-samples", o.awq_samples, {1},
                  "AWQ: calibration rows sampled (uniformly) for the scale and clip losses");
-  sub->add_flag("--compare-rtn", o.compare_rtn,
-                "GPTQ: also report RTN's Hessian-weighted loss for each weight (one more K x K x N "
-                "product per weight)");
-  sub->add_flag("--auto", o.auto_plan,
-                "Choose a format per weight (from --auto-candidates) for the least "
-                "Hessian-weighted error on --calib data within --effective-bits");
+  sub.add_flag("--compare-rtn", o.compare_rtn,
+               "GPTQ: also report RTN's Hessian-weighted loss for each weight (one more K x K x N "
+               "product per weight)");
+}
+
+/// --auto, its budget and candidates; --plan-out, --plan.
+void add_plan_options(CLI::App& sub, quantize_command_options& o) {
+  sub.add_flag("--auto", o.auto_plan,
+               "Choose a format per weight (from --auto-candidates) for the least "
+               "Hessian-weighted error on --calib data within --effective-bits");
   add_real_option(
-      *sub, "--effective-bits", effective_bits_range, [&o](double v) { o.effective_bits = v; },
+      sub, "--effective-bits", effective_bits_range, [&o](double v) { o.effective_bits = v; },
       "--auto: the budget, stored bits (codes, scales, zero points) per weight over the "
       "weights quantized",
       "")
       ->type_name("B");
-  sub->add_option("--auto-candidates", o.auto_candidates,
-                  "--auto: the formats to choose from (default int4-g32 int4-g128 int8-g128 "
-                  "none; int8-channel instead of int8-g128 for qdq and fake)")
+  sub.add_option("--auto-candidates", o.auto_candidates,
+                 "--auto: the formats to choose from (default int4-g32 int4-g128 int8-g128 "
+                 "none; int8-channel instead of int8-g128 for qdq and fake)")
       ->type_name("int<B>-g<N>|int<B>-channel|none");
-  sub->add_option("--plan-out", o.plan_out, "--auto: write the chosen plan (JSON) to FILE")
+  sub.add_option("--plan-out", o.plan_out, "--auto: write the chosen plan (JSON) to FILE")
       ->type_name("FILE");
-  sub->add_option("--plan", o.plan_in, "Apply a plan written by --plan-out (no calibration)")
+  sub.add_option("--plan", o.plan_in, "Apply a plan written by --plan-out (no calibration)")
       ->type_name("FILE");
-  add_choice(*sub, "--preset", o.ort_preset, preset_choices,
+}
+
+/// --preset, which weights are quantized and how: --include, --exclude, --config, --embeddings,
+/// --lm-head, --accuracy-level.
+void add_selection_options(CLI::App& sub, quantize_command_options& o) {
+  add_choice(sub, "--preset", o.ort_preset, preset_choices,
              "Reproduce a tool's quantizer bit for bit: ort = ONNX Runtime's MatMulNBits/QDQ "
              "quantizer (--scheme asymmetric, or symmetric = ONNX Runtime's full-range "
              "symmetric)");
-  sub->add_option("--include", o.include,
-                  "Quantize only nodes whose name (or weight name) matches this regex; "
-                  "repeatable")
+  sub.add_option("--include", o.include,
+                 "Quantize only nodes whose name (or weight name) matches this regex; "
+                 "repeatable")
       ->allow_extra_args(false)
       ->type_name("REGEX");
-  sub->add_option("--exclude", o.exclude,
-                  "Leave nodes whose name (or weight name) matches this regex in float; "
-                  "repeatable")
+  sub.add_option("--exclude", o.exclude,
+                 "Leave nodes whose name (or weight name) matches this regex in float; "
+                 "repeatable")
       ->allow_extra_args(false)
       ->type_name("REGEX");
-  sub->add_option("--config", o.config_file,
-                  "JSON file with base settings and per-node overrides "
-                  "({\"bits\": 4, \"overrides\": [{\"match\": REGEX, \"bits\": 8}]}); "
-                  "command line flags win")
+  sub.add_option("--config", o.config_file,
+                 "JSON file with base settings and per-node overrides "
+                 "({\"bits\": 4, \"overrides\": [{\"match\": REGEX, \"bits\": 8}]}); "
+                 "command line flags win")
       ->type_name("FILE");
-  add_choice(*sub, "--embeddings", o.embeddings, embedding_choices,
+  add_choice(sub, "--embeddings", o.embeddings, embedding_choices,
              "Gather tables (token embeddings): keep them in float, or quantize them "
              "(GatherBlockQuantized with matmulnbits, DequantizeLinear + Gather with qdq); a "
              "tied lm_head shares the quantized table",
              "keep");
-  add_choice(*sub, "--lm-head", o.lm_head, lm_head_choices,
+  add_choice(sub, "--lm-head", o.lm_head, lm_head_choices,
              "The final projection to the logits: keep it in float, quantize it like the "
              "others, or quantize it to 8 bits",
              "keep");
   add_int_option(
-      *sub, "--accuracy-level", {0, 4},
+      sub, "--accuracy-level", {0, 4},
       [&o](std::int64_t v) { o.accuracy_level = static_cast<int>(v); },
       "MatMulNBits accuracy_level attribute (absent unless given)", "");
-  add_choice(*sub, "--external-data", o.external, external_choices,
+}
+
+/// How the output is written and the run reported.
+void add_run_options(CLI::App& sub, quantize_command_options& o) {
+  add_choice(sub, "--external-data", o.external, external_choices,
              "Write weights to OUT.data: when the model would pass 2 GB, always, or never", "auto");
-  add_choice(*sub, "--spill", o.spill, spill_choices,
+  add_choice(sub, "--spill", o.spill, spill_choices,
              "Move quantized tensors to a scratch file next to OUT as they are made, so memory "
              "holds one weight at a time: for inputs of 512 MiB or more, always, or never",
              "auto");
-  sub->add_option("--report", o.report,
-                  "Write a JSON report (per-weight error, sizes, timings, peak memory) to FILE, "
-                  "or to stdout with - (instead of the summary)")
+  sub.add_option("--report", o.report,
+                 "Write a JSON report (per-weight error, sizes, timings, peak memory) to FILE, "
+                 "or to stdout with - (instead of the summary)")
       ->type_name("FILE|-");
-  add_int_option(*sub, "--threads", o.threads, threads_range(),
+  add_int_option(sub, "--threads", o.threads, threads_range(),
                  "Threads (the output does not depend on it)");
-  sub->add_flag("-q,--quiet", o.quiet, "Print nothing but errors (and the report with --report -)");
+  sub.add_flag("-q,--quiet", o.quiet, "Print nothing but errors (and the report with --report -)");
+}
+
+}  // namespace
+
+void setup_quantize(CLI::App& app) {
+  auto opt = std::make_shared<quantize_command_options>();
+  CLI::App* sub = app.add_subcommand(
+      "quantize",
+      "Quantize the MatMul/Gemm weights of an ONNX model and write the rewritten model");
+  for (auto add : {add_io_options, add_grid_options, add_method_options, add_gptq_options,
+                   add_awq_options, add_plan_options, add_selection_options, add_run_options}) {
+    add(*sub, *opt);
+  }
   sub->footer(exit_codes_text());
   sub->callback([opt]() { run_quantize(*opt); });
 }
 
-ox::quantize_options to_quantize_options(const quantize_command_options& o,
-                                         const nlohmann::json& config) {
-  ox::quantize_options q;
-  if (!config.is_null()) {
-    try {
-      ox::apply_config(config, q);
-    } catch (const ox::model_error& e) {
-      std::string why = e.what();  // "config: \"bits\" 9: must be ..." names the field
-      if (why.rfind("config: ", 0) == 0) why = why.substr(8);
-      throw usage_error("--config file '" + o.config_file.string() + "': " + why);
-    }
+namespace {
+
+/// --method NAME: rtn, gptq or an awq_* method ('_' or '-', any case).
+ox::method parse_method(const std::string& name) {
+  const std::string method = normalized(name);
+  if (method == "hqq") {
+    throw usage_error("--method " + name +
+                      " arrives in a later version of int4q; use --method rtn, gptq or awq_*");
   }
-  // Command line flags win over the config file.
-  if (o.method) {
-    const std::string method = normalized(*o.method);
-    if (method == "hqq") {
-      throw usage_error("--method " + *o.method +
-                        " arrives in a later version of int4q; use --method rtn, gptq or awq_*");
-    }
-    bool known = false;
-    for (const ox::method m : {ox::method::rtn, ox::method::gptq, ox::method::awq_lite,
-                               ox::method::awq_clip, ox::method::awq_full, ox::method::awq_gptq}) {
-      if (method == normalized(ox::to_string(m))) {
-        q.algo = m;
-        known = true;
-      }
-    }
-    if (!known) {
-      throw usage_error("--method '" + *o.method +
-                        "' is unknown: use rtn, gptq, awq_lite, awq_clip, awq_full or awq_gptq");
-    }
+  for (const ox::method m : {ox::method::rtn, ox::method::gptq, ox::method::awq_lite,
+                             ox::method::awq_clip, ox::method::awq_full, ox::method::awq_gptq}) {
+    if (method == normalized(ox::to_string(m))) return m;
   }
+  throw usage_error("--method '" + name +
+                    "' is unknown: use rtn, gptq, awq_lite, awq_clip, awq_full or awq_gptq");
+}
+
+/// The method, calibration, GPTQ and AWQ settings of the command line.
+void set_method_options(const quantize_command_options& o, ox::quantize_options& q) {
+  if (o.method) q.algo = parse_method(*o.method);
   q.calibration.mode = o.calib_mode;
   q.gptq.block_size = o.gptq_block;
   q.gptq.damp = o.damp;
@@ -755,6 +675,10 @@ ox::quantize_options to_quantize_options(const quantize_command_options& o,
   q.awq.clip.clip_min = o.awq_clip_min;
   q.awq.per_subgraph = o.awq_per_subgraph;
   q.awq.samples = o.awq_samples;
+}
+
+/// The format, grid and selection flags given, over the config file's.
+void set_format_options(const quantize_command_options& o, ox::quantize_options& q) {
   if (o.format) q.format = *o.format;
   if (o.bits) q.config.bits = *o.bits;
   if (o.granularity) {
@@ -770,15 +694,52 @@ ox::quantize_options to_quantize_options(const quantize_command_options& o,
   if (o.embeddings) q.embeddings = *o.embeddings;
   if (o.accuracy_level) q.accuracy_level = o.accuracy_level;
   q.threads = o.threads;
-  check_options(q, o.rounding.has_value(), config_sources(q, o.config_file.string()));
+}
+
+}  // namespace
+
+ox::quantize_options to_quantize_options(const quantize_command_options& o,
+                                         const nlohmann::json& config) {
+  ox::quantize_options q;
+  if (!config.is_null()) {
+    try {
+      ox::apply_config(config, q);
+    } catch (const ox::model_error& e) {
+      std::string why = e.what();  // "config: \"bits\" 9: must be ..." names the field
+      if (why.rfind("config: ", 0) == 0) why = why.substr(8);
+      throw usage_error("--config file '" + o.config_file.string() + "': " + why);
+    }
+  }
+  // Command line flags win over the config file.
+  set_method_options(o, q);
+  set_format_options(o, q);
+  if (q.ort_preset && o.rounding) {
+    throw usage_error(
+        "--rounding cannot be combined with --preset ort: the preset rounds half away from "
+        "zero, as ONNX Runtime does");
+  }
+  check_with_library(q, config_sources(q, o.config_file.string()));
   return q;
 }
 
-void run_quantize(const quantize_command_options& o) {
-  const auto start = clock_type::now();
-  const nlohmann::json config =
-      o.config_file.empty() ? nlohmann::json(nullptr) : read_json_file(o.config_file);
-  ox::quantize_options q = to_quantize_options(o, config);
+namespace {
+
+/// One run of `int4q quantize`: the options, where their overrides come from, the plan.
+struct quantize_run {
+  explicit quantize_run(const quantize_command_options& options) : o(options) {}
+  const quantize_command_options& o;
+  ox::quantize_options q;
+  override_sources sources;  ///< per q.overrides
+  ox::auto_options auto_options;
+  std::optional<ox::quant_plan> plan;  ///< --plan's file (read before loading), or --auto's
+  run_facts facts;
+  // Calibration data, read batch by batch (next_sample: the next sample a batch starts at).
+  std::optional<ox::calib_data> calib;
+  std::size_t next_sample = 0;
+};
+
+/// --auto, --effective-bits, --auto-candidates, --plan-out and --plan together.
+void check_plan_flags(const quantize_command_options& o) {
   if (o.auto_plan && !o.effective_bits) {
     throw usage_error("--auto needs --effective-bits B (stored bits per weight, e.g. 4.5)");
   }
@@ -788,172 +749,181 @@ void run_quantize(const quantize_command_options& o) {
   if (o.auto_plan && !o.plan_in.empty()) {
     throw usage_error("--auto computes a plan and --plan applies one: use one of them");
   }
-  std::vector<ox::auto_candidate> auto_candidates;
+}
+
+/// Everything checked before the model is loaded: options, --auto's candidates, a --plan file.
+void prepare(quantize_run& run) {
+  const quantize_command_options& o = run.o;
+  const nlohmann::json config =
+      o.config_file.empty() ? nlohmann::json(nullptr) : read_json_file(o.config_file);
+  run.q = to_quantize_options(o, config);
+  run.sources = config_sources(run.q, o.config_file.string());
+  check_plan_flags(o);
   try {
-    for (const auto& c : o.auto_candidates) auto_candidates.push_back(ox::parse_candidate(c));
+    for (const auto& c : o.auto_candidates)
+      run.auto_options.candidates.push_back(ox::parse_candidate(c));
   } catch (const int4q::config_error& e) {
     throw usage_error(std::string("--auto-candidates: ") + e.what());
   }
+  if (o.auto_plan) {
+    run.auto_options.effective_bits = *o.effective_bits;
+    ox::check_auto_options(run.q, run.auto_options);
+  }
   // A --plan file, read and checked before any work (its weights against the model once loaded).
-  std::optional<ox::quant_plan> plan_file;
-  if (!o.plan_in.empty()) plan_file = read_plan_file(o.plan_in);
+  if (!o.plan_in.empty()) run.plan = read_plan_file(o.plan_in);
   check_paths_before_loading(o);
-  note_output_for_signals(o.output);
+}
 
-  run_facts facts;
-  auto t = clock_type::now();
-  ox::model m = ox::load_model(o.input);
-  facts.input_bytes = model_bytes_on_disk(m);
-  check_paths_after_loading(o, m);
-  bool calibrated = q.algo != ox::method::rtn || o.auto_plan;
+bool uses_calibration(const ox::quantize_options& q) {
+  bool calibrated = q.algo != ox::method::rtn;
   for (const auto& ov : q.overrides)
     calibrated = calibrated || (ov.algo && *ov.algo != ox::method::rtn);
-  {
-    // The whole model, before any work: NaN/Inf is an error in the weights this run
-    // quantizes (the selection of the options and of a --plan file: a weight the plan keeps in
-    // float is not refused), a warning elsewhere; the executor of calibrated methods holds
-    // every tensor in float32.
-    ox::quantize_options selection = q;
-    if (plan_file) {
-      // Only which weights the plan keeps in float matters here; its bits and group sizes are
-      // checked later, with the plan file named.
-      std::vector<ox::node_override> ov;
-      for (ox::node_override& plan_override : ox::plan_overrides(*plan_file))
-        if (plan_override.skip) ov.push_back(std::move(plan_override));
-      ov.insert(ov.end(), q.overrides.begin(), q.overrides.end());
-      selection.overrides = std::move(ov);
-    }
-    ox::validate_options v;
-    v.quantize = &selection;
-    v.available_memory_bytes = physical_memory_bytes();
-    v.materializes_all = calibrated;
-    print_validation_warnings(ox::validate_model(m, v), o.quiet);
-  }
-  facts.load_s = seconds_since(t);  // loading and validation
+  return calibrated;
+}
 
+/// Loads the input and checks the whole model before any work: NaN/Inf is an error in the
+/// weights this run quantizes (the selection of the options and of a --plan file: a weight the
+/// plan keeps in float is not refused), a warning elsewhere; the executor of calibrated methods
+/// holds every tensor in float32.
+ox::model load_checked(quantize_run& run) {
+  const auto t = clock_type::now();
+  ox::model m = ox::load_model(run.o.input);
+  run.facts.input_bytes = model_bytes_on_disk(m);
+  check_paths_after_loading(run.o, m);
+  const ox::quantize_options selection = run.plan ? ox::plan_selection(run.q, *run.plan) : run.q;
+  ox::validate_options v;
+  v.quantize = &selection;
+  v.available_memory_bytes = physical_memory_bytes();
+  v.materializes_all = uses_calibration(run.q) || run.o.auto_plan;
+  print_validation_warnings(ox::validate_model(m, v), run.o.quiet);
+  run.facts.load_s = seconds_since(t);  // loading and validation
+  return m;
+}
+
+/// Calibration data for the methods that need activations (and --auto), read batch by batch.
+void open_calibration(quantize_run& run, const ox::model& m) {
+  const quantize_command_options& o = run.o;
+  const bool method_calibrated = uses_calibration(run.q);
+  if (!method_calibrated && !o.auto_plan) return;
+  run.calib.emplace(open_data(m, o.calib, /*quiet=*/true));
+  const std::size_t per_run =
+      std::max<std::size_t>(1, std::min(o.calib_batch, run.calib->max_batch()));
+  if (method_calibrated) {
+    check_calibration_memory(m, *run.calib, o,
+                             run.q.calibration.mode == ox::calibration_mode::sequential, per_run);
+  }
+  print_data_warnings(*run.calib, o.quiet);
+  run.q.calibration.description = run.calib->description();
+  run.q.calibration.data = [&run, per_run](std::map<std::string, ox::value>& in) {
+    if (run.next_sample >= run.calib->samples()) return false;
+    const std::size_t count = std::min(per_run, run.calib->samples() - run.next_sample);
+    in = run.calib->batch(run.next_sample, count);
+    run.next_sample += count;
+    return true;
+  };
+  run.q.calibration.rewind = [&run] { run.next_sample = 0; };
+}
+
+/// --auto / --plan: a format per weight, as overrides ahead of the config file's, checked.
+void apply_plan(quantize_run& run, const ox::model& m) {
+  const quantize_command_options& o = run.o;
+  if (o.auto_plan) {
+    if (!o.quiet) std::cerr << "int4q: --auto: scoring the candidates on calibration data\n";
+    const auto t = clock_type::now();
+    run.plan = ox::auto_plan(m, run.q, run.auto_options);
+    run.facts.auto_s = seconds_since(t);
+    run.next_sample = 0;  // the method reads the data again from its start
+    if (!o.plan_out.empty()) {
+      write_file_atomically(o.plan_out, ox::to_json(*run.plan).dump(2) + "\n");
+    }
+  } else if (run.plan) {
+    try {
+      ox::check_plan(m, *run.plan);
+    } catch (const ox::model_error& e) {
+      std::string why = with_flags(e.what(), quantize_flags());
+      if (why.rfind("plan: ", 0) == 0) why = why.substr(6);
+      throw usage_error("--plan file '" + o.plan_in.string() + "': " + why);
+    }
+  }
+  if (!run.plan) return;
+  override_sources sources;
+  for (std::size_t i = 0; i < run.plan->weights.size(); ++i) {
+    const std::string& w = run.plan->weights[i].weight;
+    sources.push_back(o.auto_plan ? "--auto plan: weight '" + w + "'"
+                                  : "--plan file '" + o.plan_in.string() + "': weights[" +
+                                        std::to_string(i) + "] ('" + w + "')");
+  }
+  sources.insert(sources.end(), run.sources.begin(), run.sources.end());
+  run.sources = std::move(sources);
+  run.q = ox::with_plan(std::move(run.q), *run.plan);
+  check_with_library(run.q, run.sources);
+}
+
+ox::quantize_report quantize(quantize_run& run, ox::model& m) {
+  progress_line progress(!run.o.quiet && stderr_is_terminal());
+  run.q.on_progress = [&progress](std::size_t k, std::size_t n, const std::string& name) {
+    progress.update(k, n, name);
+  };
+  const auto t = clock_type::now();
+  ox::quantize_report report = ox::quantize_model(m, run.q);
+  run.facts.quantize_s = seconds_since(t);
+  for (auto& tr : report.tensors) tr.reason = with_flags(tr.reason, quantize_flags());
+  return report;
+}
+
+void save(quantize_run& run, const ox::model& m) {
+  ox::save_options save;
+  save.mode = run.o.external;
+  const auto t = clock_type::now();
+  for (const auto& file : ox::save_model_files(m, run.o.output, save)) {
+    run.facts.output_files.emplace_back(file.path, file.bytes);
+    run.facts.output_bytes += file.bytes;
+  }
+  run.facts.save_s = seconds_since(t);
+}
+
+/// The plan's lines of the summary: its mix of choices and the effective bits achieved.
+void print_plan_summary(const quantize_run& run, const std::optional<double>& achieved_bits) {
+  std::map<std::string, int> counts;
+  for (const auto& w : run.plan->weights) ++counts[w.choice.name];
+  std::string mix;
+  for (const auto& c : counts)
+    mix += (mix.empty() ? "" : ", ") + c.first + " x" + std::to_string(c.second);
+  const quantize_command_options& o = run.o;
+  std::cout << "  plan                " << (o.auto_plan ? "auto" : o.plan_in.string()) << ": "
+            << mix << "\n";
+  if (achieved_bits) {
+    std::cout << "  effective bits      " << fixed(*achieved_bits, 4)
+              << (o.auto_plan ? " (budget " + fixed(*o.effective_bits, 4) + ")" : std::string())
+              << "\n";
+  }
+}
+
+/// The quantize steps after prepare(); option_error from the library becomes a usage error.
+void run_steps(quantize_run& run, const clock_type::time_point start) {
+  const quantize_command_options& o = run.o;
+  note_output_for_signals(o.output);
+  ox::model m = load_checked(run);
   // Low memory: quantized tensors go to a scratch file next to the output as they are made;
   // save_model copies them into OUT (or OUT.data) and the scratch file is removed whatever
   // happens.
   const bool spill = o.spill == quantize_command_options::spill_mode::always ||
                      (o.spill == quantize_command_options::spill_mode::automatic &&
-                      facts.input_bytes >= ox::quantize_options::spill_input_bytes);
+                      run.facts.input_bytes >= ox::quantize_options::spill_input_bytes);
   const scratch_file scratch(spill ? o.output : fs::path());
-  q.spill_file = scratch.path();
-
-  // Calibration data for the methods that need activations, read batch by batch.
-  std::optional<ox::calib_data> calib;
-  std::size_t next_sample = 0;
-  if (calibrated) {
-    calib.emplace(open_data(m, o.calib, /*quiet=*/true));
-    bool method_calibrated = q.algo != ox::method::rtn;
-    for (const auto& ov : q.overrides)
-      method_calibrated = method_calibrated || (ov.algo && *ov.algo != ox::method::rtn);
-    const std::size_t per_run =
-        std::max<std::size_t>(1, std::min(o.calib_batch, calib->max_batch()));
-    if (method_calibrated) {
-      check_calibration_memory(m, *calib, o, q.calibration.mode == ox::calibration_mode::sequential,
-                               per_run);
-    }
-    print_data_warnings(*calib, o.quiet);
-    q.calibration.description = calib->description();
-    q.calibration.data = [&calib, &next_sample, per_run](std::map<std::string, ox::value>& in) {
-      if (next_sample >= calib->samples()) return false;
-      const std::size_t count = std::min(per_run, calib->samples() - next_sample);
-      in = calib->batch(next_sample, count);
-      next_sample += count;
-      return true;
-    };
-    q.calibration.rewind = [&next_sample] { next_sample = 0; };
-  }
-
-  // --auto / --plan: a format per weight, as overrides ahead of the config file's.
-  std::optional<ox::quant_plan> plan;
-  if (o.auto_plan) {
-    ox::auto_options a;
-    a.effective_bits = *o.effective_bits;
-    a.candidates = auto_candidates;
-    if (!o.quiet) std::cerr << "int4q: --auto: scoring the candidates on calibration data\n";
-    t = clock_type::now();
-    plan = ox::auto_plan(m, q, a);
-    facts.auto_s = seconds_since(t);
-    next_sample = 0;  // the method reads the data again from its start
-    if (!o.plan_out.empty()) write_file_atomically(o.plan_out, ox::to_json(*plan).dump(2) + "\n");
-  } else if (plan_file) {
-    plan = std::move(plan_file);
-    std::map<std::string, bool> known;
-    for (const auto& w : ox::find_weights(m)) known[w.name] = w.quantizable;
-    for (std::size_t i = 0; i < plan->weights.size(); ++i) {
-      if (!known[plan->weights[i].weight]) {
-        throw usage_error("--plan file '" + o.plan_in.string() + "': weights[" + std::to_string(i) +
-                          "]: '" + plan->weights[i].weight +
-                          "' is not a quantizable weight of this model (a plan is made for one "
-                          "model: make one for this model with --auto --plan-out)");
-      }
-    }
-  }
-  if (plan) {
-    std::vector<std::string> sources;
-    for (std::size_t i = 0; i < plan->weights.size(); ++i) {
-      sources.push_back(o.auto_plan
-                            ? "--auto plan: weight '" + plan->weights[i].weight + "'"
-                            : "--plan file '" + o.plan_in.string() + "': weights[" +
-                                  std::to_string(i) + "] ('" + plan->weights[i].weight + "')");
-    }
-    const auto config_part = config_sources(q, o.config_file.string());
-    sources.insert(sources.end(), config_part.begin(), config_part.end());
-    std::vector<ox::node_override> ov = ox::plan_overrides(*plan);
-    ov.insert(ov.end(), q.overrides.begin(), q.overrides.end());
-    q.overrides = std::move(ov);
-    check_options(q, o.rounding.has_value(), sources);
-  }
-
-  ox::quantize_report report;
-  {
-    progress_line progress(!o.quiet && stderr_is_terminal());
-    q.on_progress = [&progress](std::size_t k, std::size_t n, const std::string& name) {
-      progress.update(k, n, name);
-    };
-    t = clock_type::now();
-    report = ox::quantize_model(m, q);
-    facts.quantize_s = seconds_since(t);
-  }
-
-  // The achieved effective bits of a plan: stored bits over its weights, from the writers.
-  std::optional<double> achieved_bits;
-  if (plan) {
-    std::map<std::string, bool> in_plan;
-    for (const auto& w : plan->weights) in_plan[w.weight] = true;
-    std::uint64_t bits = 0, weights = 0;
-    for (const auto& tr : report.tensors) {
-      if (!in_plan.count(tr.weight)) continue;
-      bits += 8u * (tr.quantized ? tr.bytes_after : tr.bytes_before);
-      weights += std::uint64_t(tr.k) * tr.n;
-    }
-    if (weights) achieved_bits = double(bits) / double(weights);
-  }
-  ox::save_options save;
-  save.mode = o.external;
-  const fs::path data = default_data_file(o.output);
-  std::error_code ec;
-  const bool data_existed = fs::exists(data, ec);
-  const auto data_time = data_existed ? fs::last_write_time(data, ec) : fs::file_time_type::min();
-  t = clock_type::now();
-  ox::save_model(m, o.output, save);
-  facts.save_s = seconds_since(t);
-
-  // The files written: the model, and its data file when this run wrote one.
-  facts.output_files.emplace_back(o.output, file_bytes(o.output));
-  if (fs::exists(data, ec) && (!data_existed || fs::last_write_time(data, ec) != data_time)) {
-    facts.output_files.emplace_back(data, file_bytes(data));
-  }
-  for (const auto& file : facts.output_files) facts.output_bytes += file.second;
-  facts.peak_rss = peak_rss_bytes();
-  facts.total_s = seconds_since(start);
-
+  run.q.spill_file = scratch.path();
+  open_calibration(run, m);
+  apply_plan(run, m);
+  const ox::quantize_report report = quantize(run, m);
+  const std::optional<double> achieved_bits =
+      run.plan ? ox::achieved_effective_bits(*run.plan, report) : std::nullopt;
+  save(run, m);
+  run.facts.peak_rss = peak_rss_bytes();
+  run.facts.total_s = seconds_since(start);
   if (!o.report.empty()) {
-    nlohmann::json rj = make_report(o, report, facts);
-    if (plan) {
-      rj["plan"] = ox::to_json(*plan);
+    nlohmann::json rj = make_report(o, report, run.facts);
+    if (run.plan) {
+      rj["plan"] = ox::to_json(*run.plan);
       rj["effective_bits"] = achieved_bits ? nlohmann::json(*achieved_bits) : nlohmann::json();
     }
     const std::string json = rj.dump(2) + "\n";
@@ -963,20 +933,22 @@ void run_quantize(const quantize_command_options& o) {
     }
     write_file_atomically(o.report, json);
   }
-  if (!o.quiet) print_summary(std::cout, o, q, report, facts);
-  if (!o.quiet && plan) {
-    std::map<std::string, int> counts;
-    for (const auto& w : plan->weights) ++counts[w.choice.name];
-    std::string mix;
-    for (const auto& c : counts)
-      mix += (mix.empty() ? "" : ", ") + c.first + " x" + std::to_string(c.second);
-    std::cout << "  plan                " << (o.auto_plan ? "auto" : o.plan_in.string()) << ": "
-              << mix << "\n";
-    if (achieved_bits) {
-      std::cout << "  effective bits      " << fixed(*achieved_bits, 4)
-                << (o.auto_plan ? " (budget " + fixed(*o.effective_bits, 4) + ")" : std::string())
-                << "\n";
-    }
+  if (!o.quiet) print_summary(std::cout, o, run.q, report, run.facts);
+  if (!o.quiet && run.plan) print_plan_summary(run, achieved_bits);
+}
+
+}  // namespace
+
+void run_quantize(const quantize_command_options& o) {
+  const auto start = clock_type::now();
+  quantize_run run(o);
+  try {
+    prepare(run);
+    run_steps(run, start);
+  } catch (const ox::option_error& e) {
+    throw as_usage_error(e, run.sources);
+  } catch (const int4q::config_error& e) {
+    throw usage_error(with_flags(e.what(), quantize_flags()));
   }
 }
 

@@ -77,13 +77,13 @@ struct quantize_command_options {
 /// Adds the `quantize` subcommand to `app`; parsing it runs run_quantize.
 void setup_quantize(CLI::App& app);
 
-/// Runs `int4q quantize`. Throws usage_error, int4q::config_error or int4q::onnx::model_error;
-/// main maps them to exit codes.
+/// Runs `int4q quantize`. Throws usage_error (the library's option_error and config_error
+/// become one, written with flags) or int4q::onnx::model_error; main maps them to exit codes.
 void run_quantize(const quantize_command_options& options);
 
 /// The library options for a command line and the content of its --config file (null: none),
-/// checked against the output format (the checks that need no model). Throws usage_error or
-/// int4q::config_error.
+/// checked by the library against the output format (the checks that need no model). Throws
+/// usage_error.
 int4q::onnx::quantize_options to_quantize_options(const quantize_command_options& options,
                                                   const nlohmann::json& config);
 

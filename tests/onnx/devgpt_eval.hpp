@@ -1,5 +1,5 @@
 // devgpt for the model-level tests: its files, its score (mean next-byte NLL on held-out text,
-// int4q eval's and the ORT tests' protocol, log-sum-exp in double from the logits) and its
+// int4q eval's and the ORT tests' protocol: <int4q/onnx/eval_metrics.hpp>) and its
 // calibration windows, plus single-threaded BLAS as the CLI runs it.
 #ifndef INT4Q_TESTS_ONNX_DEVGPT_EVAL_HPP
 #define INT4Q_TESTS_ONNX_DEVGPT_EVAL_HPP
@@ -19,6 +19,7 @@
 
 #include <int4q/onnx/calib_data.hpp>
 #include <int4q/onnx/calibrate.hpp>
+#include <int4q/onnx/eval_metrics.hpp>
 #include <int4q/onnx/executor.hpp>
 #include <int4q/onnx/model.hpp>
 
@@ -55,13 +56,7 @@ inline double devgpt_nats_per_byte(const int4q::onnx::model& m) {
     if (logits.shape !=
         std::vector<std::int64_t>{std::int64_t(batch), std::int64_t(seq), std::int64_t(vocab)})
       return NAN;  // the callers' EXPECT_NEAR / EXPECT_LE fail on NaN
-    for (std::size_t r = 0; r < batch * seq; ++r) {
-      const float* z = logits.f.data() + r * vocab;
-      double mx = -INFINITY, s = 0;
-      for (std::size_t v = 0; v < vocab; ++v) mx = std::max(mx, double(z[v]));
-      for (std::size_t v = 0; v < vocab; ++v) s += std::exp(z[v] - mx);
-      nll += mx + std::log(s) - z[targets[r]];
-    }
+    nll += ox::sum_token_nll(logits.f.data(), batch * seq, vocab, targets.data());
   }
   return nll / double(windows * seq);
 }

@@ -212,10 +212,11 @@ TEST(Bits, WidthsAWriterCannotHoldAreRefused) {
     int bits;
     const char* says;
   };
-  for (const refused r : {refused{output_format::matmulnbits, 3, "use --bits 4, or --format fake"},
-                          refused{output_format::matmulnbits, 6, "(2, 4 or 8 bits)"},
-                          refused{output_format::qdq, 2, "--format matmulnbits"},
-                          refused{output_format::qdq, 3, "--format fake"}}) {
+  for (const refused r :
+       {refused{output_format::matmulnbits, 3, "use `config.bits = 4`, or `format = fake`"},
+        refused{output_format::matmulnbits, 6, "(2, 4 or 8 bits)"},
+        refused{output_format::qdq, 2, "`format = matmulnbits`"},
+        refused{output_format::qdq, 3, "`format = fake`"}}) {
     SCOPED_TRACE(std::to_string(r.bits) + " bits");
     model q = graph(false).model();
     const std::string before = q.proto.SerializeAsString();

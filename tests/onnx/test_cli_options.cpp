@@ -494,6 +494,47 @@ TEST_F(CliOptions, AutoPlanTimeIsInTheTimings) {
   EXPECT_LE(parts, t["total_seconds"].get<double>() + 1e-6) << t.dump();
 }
 
+// The library names option fields (`config.bits`); the CLI writes its flags, and for an override
+// the file it comes from. Weights left in float say why in the flags' words too.
+TEST_F(CliOptions, LibraryOptionErrorsAreWrittenWithFlags) {
+  expect_failure({"quantize", "mlp.onnx", "-o", "out.onnx", "--group-size", "48"}, 2,
+                 {"--group-size 48 cannot be stored by MatMulNBits", "use --format qdq"});
+  expect_failure({"quantize", "mlp.onnx", "-o", "out.onnx", "--group-size", "per-channel"}, 2,
+                 {"--group-size per-channel cannot be stored by MatMulNBits", "--format qdq"});
+  expect_failure({"quantize", "mlp.onnx", "-o", "out.onnx", "--format", "qdq", "--bits", "2"}, 2,
+                 {"--bits 2 cannot be stored by DequantizeLinear-21", "--format matmulnbits"});
+  expect_failure({"quantize", "mlp.onnx", "-o", "out.onnx", "--format", "qdq", "--scheme",
+                  "symmetric-full-range"},
+                 2, {"--scheme symmetric-full-range gives negative scales", "--preset ort"});
+  expect_failure(
+      {"quantize", "mlp.onnx", "-o", "out.onnx", "--preset", "ort", "--scheme", "symmetric-offset"},
+      2, {"--preset ort with --scheme symmetric-offset"});
+  expect_failure({"quantize", "mlp.onnx", "-o", "out.onnx", "--exclude", "a("}, 2,
+                 {"--exclude 'a(' is not a valid regular expression"});
+  write_file(dir_ / "ov.json", R"({"overrides": [{"match": "mm1", "bits": 3}]})");
+  expect_failure({"quantize", "mlp.onnx", "-o", "out.onnx", "--config", "ov.json"}, 2,
+                 {"--config file 'ov.json': override #0 ('mm1'): --bits 3 cannot be stored by "
+                  "MatMulNBits"});
+  expect_failure(
+      {"quantize", "lm.onnx", "-o", "out.onnx", "--format", "qdq", "--auto", "--effective-bits",
+       "4.5", "--auto-candidates", "int2-g32", "--calib", "tokens.u8"},
+      2, {"--auto-candidates 'int2-g32': --bits 2 cannot be stored"});
+  const cli_result r =
+      expect_failure({"quantize", "mlp.onnx", "-o", "out.onnx", "--bits", "3"}, 2, {"--bits 3"});
+  EXPECT_EQ(r.err.find('`'), std::string::npos) << "no field names left: " << r.err;
+  const cli_result ok =
+      run({"quantize", "mlp.onnx", "-o", "out.onnx", "--include", "mm0", "--report", "-"});
+  ASSERT_EQ(ok.status, 0) << describe(ok);
+  const json report = json::parse(ok.out);
+  bool named = false;
+  for (const auto& t : report["tensors"]) {
+    const std::string reason = t.value("reason", "");
+    EXPECT_EQ(reason.find('`'), std::string::npos) << reason;
+    named = named || reason == "not selected by --include";
+  }
+  EXPECT_TRUE(named) << report["tensors"].dump(1);
+}
+
 // 4. A flat .pb folder with one [16, 64] tensor: one sample of 16 rows, said so.
 TEST_F(CliOptions, FlatPbFolderAnnouncesWhatIsUsed) {
   fs::create_directories(dir_ / "pb");

@@ -463,7 +463,7 @@ TEST(Embeddings, ReasonsWhenTheFormatCannotHoldIt) {
   o.exclude = {"embed"};
   const auto r = quantize_model(q, o);
   ASSERT_EQ(r.embeddings.size(), 1u);
-  EXPECT_NE(r.embeddings[0].tensor.reason.find("--exclude"), std::string::npos);
+  EXPECT_NE(r.embeddings[0].tensor.reason.find("`exclude`"), std::string::npos);
 }
 
 TEST(Embeddings, ReportJson) {

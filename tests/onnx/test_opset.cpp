@@ -354,7 +354,7 @@ void expect_refusal(graph_builder g, const std::string& node_text) {
     EXPECT_EQ(e.what_kind(), model_error::kind::unsupported);
     const std::string msg = e.what();
     EXPECT_NE(msg.find(node_text), std::string::npos) << msg;
-    EXPECT_NE(msg.find("--format matmulnbits"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("`format = matmulnbits`"), std::string::npos) << msg;
   }
   EXPECT_TRUE(m.SerializeAsString() == before) << "a refused upgrade changed the model";
 }

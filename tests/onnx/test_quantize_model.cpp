@@ -616,7 +616,7 @@ TEST(QuantizeModel, GemmBiasNotBroadcastableToNIsReported) {
   const auto r = quantize_model(m, options_for(output_format::matmulnbits, grid(4, 32, false)));
   ASSERT_EQ(r.tensors.size(), 1u);
   EXPECT_FALSE(r.tensors[0].quantized);
-  EXPECT_NE(r.tensors[0].reason.find("--format qdq"), std::string::npos) << r.tensors[0].reason;
+  EXPECT_NE(r.tensors[0].reason.find("`format = qdq`"), std::string::npos) << r.tensors[0].reason;
   EXPECT_TRUE(m.proto.SerializeAsString() == before);
   // The QDQ writer keeps the Gemm, so it handles it.
   const auto r2 = quantize_model(m, options_for(output_format::qdq, grid(4, 32, false)));
@@ -679,33 +679,33 @@ TEST(QuantizeModel, UnsupportedOptionsAreRefusedBeforeAnyChange) {
   const auto unsupported = model_error::kind::unsupported;
   const auto mnb = output_format::matmulnbits, qdq = output_format::qdq;
   expect_refused(m, options_for(mnb, grid(4, 48, false)), unsupported,
-                 "--group-size 48 cannot be stored by MatMulNBits (power of two 16..256): use "
-                 "--format qdq or a group size of 32/64/128");
-  expect_refused(m, options_for(mnb, grid(4, 512, false)), unsupported, "use --format qdq");
-  expect_refused(m, options_for(mnb, grid(4, 8, false)), unsupported, "use --format qdq");
+                 "`config.group_size = 48` cannot be stored by MatMulNBits (power of two "
+                 "16..256): use `format = qdq` or a group size of 32/64/128");
+  expect_refused(m, options_for(mnb, grid(4, 512, false)), unsupported, "use `format = qdq`");
+  expect_refused(m, options_for(mnb, grid(4, 8, false)), unsupported, "use `format = qdq`");
   auto per_channel = grid(4, 32, false);
   per_channel.granularity = int4q::grouping::per_channel;
-  expect_refused(m, options_for(mnb, per_channel), unsupported, "use --format qdq");
-  expect_refused(m, options_for(mnb, grid(3, 32, false)), unsupported, "--format fake");
-  expect_refused(m, options_for(qdq, grid(2, 32, false)), unsupported, "--format matmulnbits");
-  expect_refused(m, options_for(qdq, grid(6, 32, false)), unsupported, "--bits 4 or 8");
+  expect_refused(m, options_for(mnb, per_channel), unsupported, "use `format = qdq`");
+  expect_refused(m, options_for(mnb, grid(3, 32, false)), unsupported, "`format = fake`");
+  expect_refused(m, options_for(qdq, grid(2, 32, false)), unsupported, "`format = matmulnbits`");
+  expect_refused(m, options_for(qdq, grid(6, 32, false)), unsupported, "`config.bits` 4 or 8");
   expect_refused(m, options_for(qdq, grid(9, 32, false)), unsupported, "2 to 8");
   auto nf4 = grid(4, 32, false);
   nf4.data_type = int4q::data_type::nf4;
-  expect_refused(m, options_for(qdq, nf4), unsupported, "--format fake");
-  expect_refused(m, options_for(mnb, nf4), unsupported, "--format fake");
+  expect_refused(m, options_for(qdq, nf4), unsupported, "`format = fake`");
+  expect_refused(m, options_for(mnb, nf4), unsupported, "`format = fake`");
   auto full = grid(4, 32, false);
   full.scheme = int4q::scheme::symmetric_full_range;
-  expect_refused(m, options_for(qdq, full), unsupported, "--scheme symmetric");
+  expect_refused(m, options_for(qdq, full), unsupported, "`config.scheme` symmetric");
   auto acc = options_for(qdq, grid(4, 32, false));
   acc.accuracy_level = 1;
-  expect_refused(m, acc, unsupported, "--format matmulnbits");
+  expect_refused(m, acc, unsupported, "`format = matmulnbits`");
   auto acc5 = options_for(mnb, grid(4, 32, false));
   acc5.accuracy_level = 5;
   expect_refused(m, acc5, unsupported, "0..4");
   auto bad_include = options_for(mnb, grid(4, 32, false));
   bad_include.include = {"mm["};
-  expect_refused(m, bad_include, model_error::kind::invalid, "--include 'mm['");
+  expect_refused(m, bad_include, model_error::kind::invalid, "`include` 'mm['");
   auto bad_override = options_for(mnb, grid(4, 32, false));
   bad_override.overrides.push_back({});
   bad_override.overrides.back().match = "(";
@@ -715,7 +715,7 @@ TEST(QuantizeModel, UnsupportedOptionsAreRefusedBeforeAnyChange) {
   override_group.overrides.back().match = "nothing-matches";
   override_group.overrides.back().group_size = 48;
   expect_refused(m, override_group, unsupported,
-                 "override #0 ('nothing-matches'): --group-size 48");
+                 "override #0 ('nothing-matches'): `config.group_size = 48`");
 
   // fake accepts every grid the core accepts.
   model f = m;
@@ -778,7 +778,7 @@ TEST(QuantizeModel, QdqOnAnOpsetThatCannotBeRaisedIsRefused) {
   expect_refused(g.model(), options_for(output_format::qdq, grid(4, 32, false)),
                  model_error::kind::unsupported, "node Upsample 'up1'");
   expect_refused(g.model(), options_for(output_format::qdq, grid(4, 32, false)),
-                 model_error::kind::unsupported, "--format matmulnbits");
+                 model_error::kind::unsupported, "`format = matmulnbits`");
   // MatMulNBits needs no opset change.
   model m = g.model();
   EXPECT_EQ(quantize_model(m, options_for(output_format::matmulnbits, grid(4, 32, false)))
@@ -842,10 +842,10 @@ TEST(QuantizeModel, IncludeAndExclude) {
   const auto r = by_weight(quantize_model(m, o));
   EXPECT_TRUE(r.at("w_q_proj").quantized);
   EXPECT_FALSE(r.at("w_k_proj").quantized);
-  EXPECT_EQ(r.at("w_k_proj").reason, "excluded by --exclude '^k'");
+  EXPECT_EQ(r.at("w_k_proj").reason, "excluded by `exclude` '^k'");
   EXPECT_TRUE(r.at("w_v_proj").quantized);
   EXPECT_FALSE(r.at("w_o_proj").quantized);
-  EXPECT_EQ(r.at("w_o_proj").reason, "not selected by --include");
+  EXPECT_EQ(r.at("w_o_proj").reason, "not selected by `include`");
   EXPECT_EQ(find_nodes(m.proto, "MatMulNBits").size(), 2u);
   EXPECT_EQ(find_nodes(m.proto, "MatMul").size(), 2u);
   ASSERT_NE(find_initializer(m.proto, "w_k_proj"), nullptr);
@@ -891,7 +891,7 @@ TEST(QuantizeModel, LmHeadPolicy) {
     EXPECT_EQ(quantize_options().lm_head, lm_head_policy::keep);
     const auto r = by_weight(quantize_model(m, o));
     EXPECT_FALSE(r.at("w_o_proj").quantized);
-    EXPECT_EQ(r.at("w_o_proj").reason, "lm_head kept in float (--lm-head quantize to change)");
+    EXPECT_EQ(r.at("w_o_proj").reason, "lm_head kept in float (`lm_head = quantize` to change)");
     EXPECT_TRUE(r.at("w_v_proj").quantized);
   }
   {

@@ -515,7 +515,7 @@ TEST(ValidateMemory, TensorLargerThanTheMachine) {
   o.quantized = {"w1"};  // quantized: twice its float32 size, 4096: fits
   expect_clean(m, o);
   o.available_memory_bytes = 4095;
-  expect_invalid(m, {"initializer 'w1'", "4096 bytes", "twice", "--exclude"}, o);
+  expect_invalid(m, {"initializer 'w1'", "4096 bytes", "twice", "`exclude`"}, o);
 }
 
 TEST(ValidateMemory, HugeExternalTensorIsRefusedBeforeAnyRead) {
@@ -551,7 +551,7 @@ TEST_F(ValidateValues, NonFiniteIsAnErrorInAQuantizedWeightOfEachFloatType) {
     o.quantized = {"w"};
     SCOPED_TRACE(type);
     expect_invalid(g.model(),
-                   {"initializer 'w'", "2 non-finite values", "NaN, at [1, 2]", "--exclude"}, o);
+                   {"initializer 'w'", "2 non-finite values", "NaN, at [1, 2]", "`exclude`"}, o);
     o.quantized.clear();  // kept in float: a warning
     const ox::validation_report r = ox::validate_model(g.model(), o);
     ASSERT_EQ(r.warnings.size(), 1u);

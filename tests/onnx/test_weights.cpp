@@ -280,7 +280,7 @@ TEST(WeightsFind, TiedEmbeddingAndOtherConsumers) {
   expect_reason(ws[0], "Add 'res'");
   EXPECT_EQ(ws[1].name, "emb");
   expect_reason(ws[1], "Gather 'embed'");
-  expect_reason(ws[1], "--embeddings quantize");
+  expect_reason(ws[1], "`embeddings = quantize`");
   EXPECT_TRUE(ws[1].is_lm_head);
 }
 

@@ -1155,7 +1155,7 @@ void check_random_sample_size(const std::vector<const input_info*>& inputs, std:
 value calib_data::impl::random_value(const input_info& in, std::size_t sample) const {
   if (!in.has_shape) {
     fail(kind::invalid, "random inputs: input '" + in.name +
-                            "' has no shape in the graph; give data for it (--data FILE)");
+                            "' has no shape in the graph; give data for it (`path`)");
   }
   if (!in.computable) {
     fail(kind::unsupported, "random inputs: input '" + in.name + "' is " +
@@ -1223,7 +1223,7 @@ std::map<std::string, value> calib_data::impl::given_batch(std::size_t first,
             fail(kind::invalid, quoted(tokens->path()) + ": token " + std::to_string(w[t]) +
                                     " at position " + std::to_string(start + t) +
                                     " is outside the vocabulary of input '" + token_input + "' (" +
-                                    std::to_string(vocab) + " entries); check --token-dtype");
+                                    std::to_string(vocab) + " entries); check `token_dtype`");
           }
         }
         ids.insert(ids.end(), w.begin(), w.end());

@@ -505,7 +505,7 @@ void check(const ModelProto& m, std::int64_t from) {
             "cannot raise the opset from " + std::to_string(from) +
                 " to 21 (needed by DequantizeLinear with INT4/UINT4 blocks): node " +
                 node_label(n) + ": " + (why.empty() || why == "-" ? r->change : why) +
-                ", which int4q does not convert; use --format matmulnbits, which needs no "
+                ", which int4q does not convert; use `format = matmulnbits`, which needs no "
                 "opset change");
       }
     }

@@ -15,6 +15,7 @@
 #include <int4q/error.hpp>
 #include <int4q/hessian_loss.hpp>
 #include <int4q/onnx/calibrate.hpp>
+#include <int4q/onnx/option_error.hpp>
 #include <int4q/pack.hpp>
 #include <int4q/quantize.hpp>
 
@@ -271,26 +272,29 @@ std::vector<const weight_info*> plan_candidates(const std::vector<weight_info>& 
   return out;
 }
 
-quant_plan auto_plan(const model& m, const quantize_options& options, const auto_options& a) {
+void check_auto_options(const quantize_options& options, const auto_options& a) {
   if (!(a.effective_bits > 0) || !std::isfinite(a.effective_bits)) {
     throw config_error("effective bits must be a positive number");
   }
-  const std::vector<auto_candidate> cands =
-      a.candidates.empty() ? default_candidates(options.format) : a.candidates;
-  for (const auto& c : cands) {
+  for (const auto& c : a.candidates) {
     if (!c.quantize) continue;
-    if (options.format == output_format::matmulnbits &&
-        (c.group_size < 16 || c.group_size > 256 || (c.group_size & (c.group_size - 1)) != 0 ||
-         (c.bits != 2 && c.bits != 4 && c.bits != 8))) {
-      throw config_error("candidate '" + c.name +
-                         "' cannot be stored by MatMulNBits (2, 4 or 8 bits, a group of a power "
-                         "of two 16..256)");
-    }
-    if (options.format == output_format::qdq && c.bits != 4 && c.bits != 8) {
-      throw config_error("candidate '" + c.name +
-                         "' cannot be stored by DequantizeLinear-21 (4 or 8 bits)");
+    int4q::quant_config grid = options.config;
+    grid.bits = c.bits;
+    grid.granularity = c.group_size == 0 ? grouping::per_channel : grouping::group;
+    if (c.group_size != 0) grid.group_size = c.group_size;
+    try {
+      check_format_grid(grid, options);
+    } catch (const option_error& e) {
+      throw option_error(e.what_kind(), "candidates",
+                         "`candidates` '" + c.name + "': " + e.message());
     }
   }
+}
+
+quant_plan auto_plan(const model& m, const quantize_options& options, const auto_options& a) {
+  check_auto_options(options, a);
+  const std::vector<auto_candidate> cands =
+      a.candidates.empty() ? default_candidates(options.format) : a.candidates;
   if (!options.calibration.data) {
     throw model_error(model_error::kind::invalid,
                       "auto_quantize needs calibration data (quantize_options::calibration.data)");
@@ -391,7 +395,7 @@ quant_plan auto_plan(const model& m, const quantize_options& options, const auto
   if (cheapest > capacity) {
     std::ostringstream s;
     s.precision(6);
-    s << "--effective-bits " << a.effective_bits
+    s << "`effective_bits = " << a.effective_bits << "`"
       << " is below the cheapest plan of these candidates: the smallest feasible budget is "
       << std::ceil(1e4 * double(cheapest) / double(plan.total_weights)) / 1e4 << " bits per weight";
     throw config_error(s.str());
@@ -457,7 +461,7 @@ nlohmann::json to_json(const quant_plan& plan) {
 
 quant_plan plan_from_json(const nlohmann::json& j) {
   if (!j.is_object() || !j.contains("weights") || !j["weights"].is_array()) {
-    bad_plan("expected an object with a \"weights\" array (written by --plan-out)");
+    bad_plan("expected an object with a \"weights\" array (written by to_json(quant_plan))");
   }
   quant_plan plan;
   if (j.contains("format")) {

@@ -123,20 +123,20 @@ std::vector<embedding_job> plan_embeddings(const model& m, const quantize_option
         reason = "GatherBlockQuantized packs whole bytes per row: D = " + std::to_string(e.cols) +
                  " at " + std::to_string(c.bits) +
                  " bits is not a multiple of 8 bits: use "
-                 "--format qdq";
+                 "`format = qdq`";
       }
       if (reason.empty() && !e.tied.empty()) {
         for (const weight_use& u : e.tied) {
           if (!u.trans_b) {
             reason = "tied " + u.op_type + " '" + display_name(u) +
                      "' multiplies by the table as [K, N] (its groups would run along the "
-                     "vocabulary), so it cannot share GatherBlockQuantized's codes: use --format "
-                     "qdq";
+                     "vocabulary), so it cannot share GatherBlockQuantized's codes: use `format "
+                     "= qdq`";
             break;
           }
           if (u.alpha != 1.0f) {
             reason = "tied Gemm '" + display_name(u) +
-                     "' has alpha != 1, which would change the shared table: use --format qdq";
+                     "' has alpha != 1, which would change the shared table: use `format = qdq`";
             break;
           }
         }
@@ -146,7 +146,7 @@ std::vector<embedding_job> plan_embeddings(const model& m, const quantize_option
               " is not a multiple of the group size " +
               std::to_string(c.effective_group_size(e.cols)) +
               " (MatMulNBits pads the last group, GatherBlockQuantized does not): use a "
-              "group size dividing D, or --format qdq";
+              "group size dividing D, or `format = qdq`";
         }
         if (reason.empty()) {
           job.tied_info = tied_weight(e);
@@ -158,7 +158,7 @@ std::vector<embedding_job> plan_embeddings(const model& m, const quantize_option
       }
     }
     if (reason.empty() && options.format != output_format::fake && e.type == elem_type::float64) {
-      reason = "float64 tables cannot be stored: use --format fake";
+      reason = "float64 tables cannot be stored: use `format = fake`";
     }
     t.reason = reason;
     if (reason.empty()) {

@@ -152,8 +152,8 @@ class calibration {
       throw model_error(model_error::kind::invalid,
                         std::string("method ") + to_string(first->algo) + " (weight '" +
                             first->info->name +
-                            "') needs calibration data: give the model inputs (int4q quantize "
-                            "--calib FILE|DIR)");
+                            "') needs calibration data: give the model inputs "
+                            "(`calibration.data`)");
     }
     if (awq) check_awq_options();
     group_awq_jobs();
@@ -301,16 +301,17 @@ class calibration {
     const awq_settings& a = options_.awq;
     if (a.samples == 0) {
       throw model_error(model_error::kind::invalid,
-                        "AWQ needs sampled activation rows for its losses: --awq-samples must be "
+                        "AWQ needs sampled activation rows for its losses: `awq.samples` must be "
                         ">= 1 (default 512)");
     }
     try {
       int4q::detail::validate(a.scales);
       int4q::detail::validate(a.clip);
     } catch (const int4q::config_error& e) {
-      throw model_error(model_error::kind::invalid,
-                        std::string("AWQ options: ") + e.what() +
-                            " (--awq-alpha-step, --awq-clip-step, --awq-clip-min)");
+      throw model_error(
+          model_error::kind::invalid,
+          std::string("AWQ options: ") + e.what() +
+              " (`awq.scales.alpha_step`, `awq.clip.clip_step`, `awq.clip.clip_min`)");
     }
   }
 

@@ -1,10 +1,12 @@
-// Option checks and the per-weight decision: --include/--exclude, overrides, lm_head policy,
+// Option checks and the per-weight decision: include/exclude, overrides, lm_head policy,
 // the ORT preset and the scale type of the model.
+#include <optional>
 #include <regex>
 #include <string>
 #include <vector>
 
 #include <int4q/config.hpp>
+#include <int4q/onnx/option_error.hpp>
 #include <int4q/presets.hpp>
 
 #include "writers.hpp"
@@ -15,24 +17,37 @@ namespace detail {
 
 namespace {
 
-[[noreturn]] void unsupported(const std::string& message) {
-  throw model_error(model_error::kind::unsupported, message);
+/// Where a check is: the base options, or override #i (its index and label).
+struct place {
+  std::optional<std::size_t> index;
+  std::string label;  ///< "" or "override #i ('match'): "
+};
+
+[[noreturn]] void unsupported(const std::string& field, const std::string& message,
+                              const place& at = {}) {
+  throw option_error(model_error::kind::unsupported, field, message, at.index, at.label);
 }
 
 bool is_power_of_two(std::size_t v) noexcept { return v != 0 && (v & (v - 1)) == 0; }
 
-std::regex compile(const std::string& pattern, const std::string& what) {
+std::regex compile(const std::string& pattern, const std::string& field, const std::string& name,
+                   const place& at = {}) {
   try {
     return std::regex(pattern, std::regex::ECMAScript);
   } catch (const std::regex_error& e) {
-    throw model_error(
-        model_error::kind::invalid,
-        what + " '" + pattern + "' is not a valid regular expression (" + e.what() + ")");
+    throw option_error(
+        model_error::kind::invalid, field,
+        name + " '" + pattern + "' is not a valid regular expression (" + e.what() + ")", at.index,
+        at.label);
   }
 }
 
 std::string override_label(std::size_t i, const node_override& o) {
   return "override #" + std::to_string(i) + " ('" + o.match + "')";
+}
+
+place override_place(std::size_t i, const node_override& o) {
+  return {i, override_label(i, o) + ": "};
 }
 
 /// The grid parameters a weight gets before the preset and the scale type: the base config
@@ -64,52 +79,122 @@ quant_config apply_preset(const quant_config& c, const quantize_options& options
   return p;
 }
 
-/// Throws model_error(unsupported) when `c` cannot be written in `format`; `where` prefixes
-/// the message ("" for the command line options).
-void check_grid(const quant_config& c, const quantize_options& options, const std::string& where) {
+/// `config.bits = B`.
+std::string bits_is(int bits) { return "`config.bits = " + std::to_string(bits) + "`"; }
+
+/// Throws option_error(unsupported) when MatMulNBits cannot store the grid `c`.
+void check_matmulnbits_grid(const quant_config& c, const place& at) {
+  if (c.bits != 2 && c.bits != 4 && c.bits != 8) {
+    unsupported("config.bits",
+                bits_is(c.bits) +
+                    " cannot be stored by MatMulNBits (2, 4 or 8 bits): use `config.bits = 4`, "
+                    "or `format = fake`",
+                at);
+  }
+  if (c.granularity == grouping::per_channel) {
+    unsupported("config.granularity",
+                "`config.granularity = per_channel` cannot be stored by MatMulNBits (its "
+                "block_size is a power of two 16..256): use `format = qdq`, or "
+                "`config.group_size` 32, 64 or 128",
+                at);
+  }
+  if (!is_power_of_two(c.group_size) || c.group_size < 16 || c.group_size > 256) {
+    unsupported("config.group_size",
+                "`config.group_size = " + std::to_string(c.group_size) +
+                    "` cannot be stored by MatMulNBits (power of two 16..256): use `format = "
+                    "qdq` or a group size of 32/64/128",
+                at);
+  }
+}
+
+/// Throws option_error(unsupported) when DequantizeLinear-21 cannot store the grid `c`.
+void check_qdq_grid(const quant_config& c, const quantize_options& options, const place& at) {
+  if (c.bits != 4 && c.bits != 8) {
+    unsupported("config.bits",
+                bits_is(c.bits) +
+                    " cannot be stored by DequantizeLinear-21 (INT4/UINT4 or INT8/UINT8): use "
+                    "`config.bits` 4 or 8, or `format = " +
+                    (c.bits == 2 ? "matmulnbits" : "fake") + "`",
+                at);
+  }
+  if (c.scheme == scheme::symmetric_full_range && !options.ort_preset) {
+    unsupported("config.scheme",
+                "`config.scheme = symmetric_full_range` gives negative scales, which "
+                "DequantizeLinear consumers such as TensorRT reject: use `config.scheme` "
+                "symmetric or asymmetric with `format = qdq` (or `ort_preset = true`, which "
+                "reproduces ONNX Runtime's negative scales)",
+                at);
+  }
+}
+
+/// Throws option_error(unsupported) when `c` (before the preset) cannot be written in the
+/// options' format.
+void check_grid(const quant_config& c, const quantize_options& options, const place& at) {
+  if (options.ort_preset && c.scheme == scheme::symmetric_offset) {
+    unsupported("config.scheme",
+                "`ort_preset = true` with `config.scheme = symmetric_offset`: ONNX Runtime's "
+                "quantizer is asymmetric or (full-range) symmetric; use `config.scheme` "
+                "asymmetric or symmetric",
+                at);
+  }
+  const quant_config p = apply_preset(c, options);
   try {
-    int4q::validate(c);
+    int4q::validate(p);
   } catch (const int4q::config_error& e) {
-    unsupported(where + e.what());
+    unsupported("config", e.what(), at);
   }
   const output_format f = options.format;
   if (f == output_format::fake) return;
-  if (c.data_type != data_type::integer) {
-    unsupported(where + to_string(c.data_type) +
-                " grids can only be written with --format fake (MatMulNBits and "
-                "DequantizeLinear store integer codes)");
+  if (p.data_type != data_type::integer) {
+    unsupported("config.data_type",
+                std::string(to_string(p.data_type)) +
+                    " grids can only be written with `format = fake` (MatMulNBits and "
+                    "DequantizeLinear store integer codes)",
+                at);
   }
   if (f == output_format::matmulnbits) {
-    if (c.bits != 2 && c.bits != 4 && c.bits != 8) {
-      unsupported(where + "--bits " + std::to_string(c.bits) +
-                  " cannot be stored by MatMulNBits (2, 4 or 8 bits): use --bits 4, or --format "
-                  "fake");
-    }
-    if (c.granularity == grouping::per_channel) {
-      unsupported(where +
-                  "per-channel scales cannot be stored by MatMulNBits (its block_size is a power "
-                  "of two 16..256): use --format qdq or a group size of 32/64/128");
-    }
-    if (!is_power_of_two(c.group_size) || c.group_size < 16 || c.group_size > 256) {
-      unsupported(where + "--group-size " + std::to_string(c.group_size) +
-                  " cannot be stored by MatMulNBits (power of two 16..256): use --format qdq or "
-                  "a group size of 32/64/128");
-    }
-    return;
+    check_matmulnbits_grid(p, at);
+  } else {
+    check_qdq_grid(p, options, at);
   }
-  // qdq
-  if (c.bits != 4 && c.bits != 8) {
-    unsupported(where + "--bits " + std::to_string(c.bits) +
-                " cannot be stored by DequantizeLinear (INT4/UINT4 or INT8/UINT8): use --bits 4 "
-                "or 8" +
-                (c.bits == 2 ? ", or --format matmulnbits" : ", or --format fake"));
+}
+
+/// GPTQ's act-order reorders rows, so groups must be computed up front (static groups) to stay
+/// contiguous in K, as the ONNX formats store them (no g_idx).
+void check_act_order(const quantize_options& options) {
+  if (!options.gptq.act_order || options.gptq.static_groups) return;
+  const std::string fix =
+      "the ONNX formats store groups contiguous in K and have no g_idx (`gptq.static_groups = "
+      "true`, or `gptq.act_order = false`, or `config.granularity = per_channel`)";
+  if (options.config.granularity == grouping::group) {
+    unsupported("gptq.static_groups", "`gptq.act_order` with `config.group_size = " +
+                                          std::to_string(options.config.group_size) +
+                                          "` needs `gptq.static_groups`: " + fix);
   }
-  if (c.scheme == scheme::symmetric_full_range && !options.ort_preset) {
-    unsupported(where +
-                "--scheme symmetric_full_range gives negative scales, which DequantizeLinear "
-                "consumers such as TensorRT reject: use --scheme symmetric or asymmetric with "
-                "--format qdq (or the ort preset, which reproduces ONNX Runtime's negative "
-                "scales)");
+  for (std::size_t i = 0; i < options.overrides.size(); ++i) {
+    const node_override& o = options.overrides[i];
+    if (o.skip.value_or(false) || !o.group_size || *o.group_size == 0) continue;
+    unsupported("gptq.static_groups",
+                "group_size " + std::to_string(*o.group_size) +
+                    " with `gptq.act_order` needs `gptq.static_groups`: " + fix,
+                override_place(i, o));
+  }
+}
+
+void check_accuracy_level(const quantize_options& options) {
+  if (!options.accuracy_level) return;
+  const int level = *options.accuracy_level;
+  if (options.format != output_format::matmulnbits) {
+    unsupported("accuracy_level", std::string("`accuracy_level` is an attribute of MatMulNBits; "
+                                              "`format = ") +
+                                      to_string(options.format) +
+                                      "` has none: drop it or use `format = matmulnbits`");
+  }
+  if (level < 0 || level > 4) {
+    unsupported("accuracy_level",
+                "`accuracy_level = " + std::to_string(level) +
+                    "` is not one of 0..4 (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8): use one of "
+                    "them");
   }
 }
 
@@ -130,33 +215,33 @@ std::size_t int8_lm_head_block(std::size_t k) noexcept {
 
 compiled_selection validate_options(const quantize_options& options) {
   compiled_selection sel;
-  for (const auto& p : options.include) sel.include.push_back(compile(p, "--include"));
-  for (const auto& p : options.exclude) sel.exclude.push_back(compile(p, "--exclude"));
+  for (const auto& p : options.include) sel.include.push_back(compile(p, "include", "`include`"));
+  for (const auto& p : options.exclude) sel.exclude.push_back(compile(p, "exclude", "`exclude`"));
   for (std::size_t i = 0; i < options.overrides.size(); ++i) {
     const node_override& o = options.overrides[i];
-    sel.overrides.push_back(compile(o.match, override_label(i, o) + ": match"));
+    sel.overrides.push_back(compile(o.match, "overrides[" + std::to_string(i) + "].match", "match",
+                                    override_place(i, o)));
   }
-  if (options.accuracy_level) {
-    const int level = *options.accuracy_level;
-    if (options.format != output_format::matmulnbits) {
-      unsupported(std::string("--accuracy-level is an attribute of MatMulNBits; --format ") +
-                  to_string(options.format) + " has none: drop it or use --format matmulnbits");
-    }
-    if (level < 0 || level > 4) {
-      unsupported("--accuracy-level " + std::to_string(level) +
-                  " is not one of 0..4 (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8): use one of "
-                  "them");
-    }
-  }
-  check_grid(apply_preset(options.config, options), options, "");
+  check_accuracy_level(options);
+  check_grid(options.config, options, {});
   for (std::size_t i = 0; i < options.overrides.size(); ++i) {
     const node_override& o = options.overrides[i];
     if (o.skip.value_or(false)) continue;
-    check_grid(apply_preset(with_override(options.config, &o), options), options,
-               override_label(i, o) + ": ");
+    check_grid(with_override(options.config, &o), options, override_place(i, o));
   }
+  check_act_order(options);
   return sel;
 }
+
+}  // namespace detail
+
+void check_quantize_options(const quantize_options& options) { detail::validate_options(options); }
+
+void check_format_grid(const quant_config& c, const quantize_options& options) {
+  detail::check_grid(c, options, {});
+}
+
+namespace detail {
 
 weight_choice choose(const weight_info& w, const quantize_options& options,
                      const compiled_selection& sel) {
@@ -169,18 +254,18 @@ weight_choice choose(const weight_info& w, const quantize_options& options,
     bool included = false;
     for (const auto& re : sel.include) included = included || matches_any(re, w);
     if (!included) {
-      ch.reason = "not selected by --include";
+      ch.reason = "not selected by `include`";
       return ch;
     }
   }
   for (std::size_t i = 0; i < sel.exclude.size(); ++i) {
     if (matches_any(sel.exclude[i], w)) {
-      ch.reason = "excluded by --exclude '" + options.exclude[i] + "'";
+      ch.reason = "excluded by `exclude` '" + options.exclude[i] + "'";
       return ch;
     }
   }
   if (w.is_lm_head && options.lm_head == lm_head_policy::keep) {
-    ch.reason = "lm_head kept in float (--lm-head quantize to change)";
+    ch.reason = "lm_head kept in float (`lm_head = quantize` to change)";
     return ch;
   }
   const node_override* o = nullptr;

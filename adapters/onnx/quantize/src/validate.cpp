@@ -635,7 +635,7 @@ struct validator {
                   : "its float32 size when int4q computes with it") +
                "), more than this machine's " + std::to_string(available) +
                " bytes: run int4q on a machine with more memory" +
-               (q ? std::string(" or leave the weight in float (--exclude)") : std::string()));
+               (q ? std::string(" or leave the weight in float (`exclude`)") : std::string()));
     }
   }
 
@@ -843,7 +843,7 @@ struct validator {
       if (q) {
         fail(kind::invalid, what +
                                 ", and int4q would quantize it: fix the weights, or leave it in "
-                                "float (--exclude)");
+                                "float (`exclude`)");
       }
       report.warnings.push_back(file + what +
                                 ": it is kept as is, but the model's outputs may be NaN");

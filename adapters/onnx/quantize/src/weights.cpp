@@ -352,7 +352,7 @@ std::vector<weight_info> find_weights(const model& m) {
       if (other != st.other_use.end()) {
         reason = "'" + w.name + "' is also used by " + other->second +
                  " (a tied embedding or another consumer): int4q quantizes weights used only "
-                 "as MatMul/Gemm B (a table also read by a Gather: --embeddings quantize)";
+                 "as MatMul/Gemm B (a table also read by a Gather: `embeddings = quantize`)";
       }
     }
     w.quantizable = reason.empty();

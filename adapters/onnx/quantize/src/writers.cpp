@@ -91,7 +91,7 @@ std::string plan_writes(const model& m, const weight_info& w, output_format form
   if (format != output_format::fake && w.type == elem_type::float64) {
     return std::string("float64 weights cannot be stored by ") +
            (format == output_format::matmulnbits ? "MatMulNBits" : "DequantizeLinear") +
-           " (float, float16 or bfloat16 only): use --format fake";
+           " (float, float16 or bfloat16 only): use `format = fake`";
   }
   if (w.uses.empty()) return "no MatMul/Gemm node uses it";
   job.alpha = w.uses.front().alpha;
@@ -108,7 +108,7 @@ std::string plan_writes(const model& m, const weight_info& w, output_format form
     const NodeProto& n = graph_at(g, u.path).node(u.node_index);
     if (attr_int(n, "transA", 0) != 0) {
       return "Gemm '" + display_name(u) +
-             "' has transA = 1, which MatMulNBits cannot express: use --format qdq";
+             "' has transA = 1, which MatMulNBits cannot express: use `format = qdq`";
     }
     if (u.bias.empty()) continue;
     bias_plan& b = job.bias[i];
@@ -126,7 +126,7 @@ std::string plan_writes(const model& m, const weight_info& w, output_format form
     if (dims.size() > 2 || (values.size() != 1 && !vector_n)) {
       return "Gemm '" + display_name(u) + "' bias C " + dims_string(dims) +
              " is not broadcastable to [N] = [" + std::to_string(w.n) +
-             "] (MatMulNBits' bias input): use --format qdq";
+             "] (MatMulNBits' bias input): use `format = qdq`";
     }
     b.how = bias_plan::kind::fold;
     b.folded.resize(w.n);

@@ -100,6 +100,11 @@ struct quant_plan {
 std::vector<const weight_info*> plan_candidates(const std::vector<weight_info>& weights,
                                                 const quantize_options& options);
 
+/// auto_plan's checks of its options, before any work: throws config_error when effective_bits
+/// is not a positive number, option_error (field "candidates") when the output format cannot
+/// store a candidate on the base grid.
+void check_auto_options(const quantize_options& options, const auto_options& a);
+
 /// Scores every (weight, candidate) on `options.calibration.data` (parallel statistics of the
 /// float model) and solves for the budget. Throws config_error for an infeasible budget (naming
 /// the smallest feasible one), model_error without calibration data.
