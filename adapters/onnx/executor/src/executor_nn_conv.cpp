@@ -1,7 +1,6 @@
 // Convolution and pooling: Conv (im2col + one sgemm per group), ConvTranspose (sgemm + col2im),
 // MaxPool (with Indices), AveragePool, GlobalAveragePool, GlobalMaxPool. Spatial ranks 1-3 are
 // computed as 3-D with leading dimensions of size 1.
-#include <cblas.h>
 
 #include <algorithm>
 #include <array>

@@ -1,7 +1,6 @@
 // Executor operators beyond the GPT-2 set: elementwise math and logic, comparisons, variadic
 // Max/Min/Sum/Mean, reductions, and shape operators (Squeeze, Flatten, Expand,
 // ConstantOfShape, Tile), Clip, Gemm, Trilu, LogSoftmax-free activations.
-#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
