@@ -128,7 +128,7 @@ std::size_t int8_lm_head_block(std::size_t k) noexcept {
   return b;
 }
 
-compiled_selection validate_options(const quantize_options& options) {
+compiled_selection compile_selection(const quantize_options& options) {
   compiled_selection sel;
   for (const auto& p : options.include) sel.include.push_back(compile(p, "--include"));
   for (const auto& p : options.exclude) sel.exclude.push_back(compile(p, "--exclude"));
@@ -136,6 +136,11 @@ compiled_selection validate_options(const quantize_options& options) {
     const node_override& o = options.overrides[i];
     sel.overrides.push_back(compile(o.match, override_label(i, o) + ": match"));
   }
+  return sel;
+}
+
+compiled_selection validate_options(const quantize_options& options) {
+  compiled_selection sel = compile_selection(options);
   if (options.accuracy_level) {
     const int level = *options.accuracy_level;
     if (options.format != output_format::matmulnbits) {
@@ -195,6 +200,7 @@ weight_choice choose(const weight_info& w, const quantize_options& options,
   }
   quant_config c = with_override(options.config, o);
   if (w.is_lm_head && options.lm_head == lm_head_policy::int8) {
+    ch.grid_fixed = true;
     c.bits = 8;
     if (options.format == output_format::matmulnbits) {
       c.granularity = grouping::group;
