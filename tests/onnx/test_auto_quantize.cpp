@@ -4,6 +4,7 @@
 // as in test_gptq_model.cpp).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -238,6 +239,59 @@ TEST(AutoPlan, SiblingsShareAChoiceAndTheBudgetHolds) {
     EXPECT_EQ(back.total_bits, p.total_bits);
     EXPECT_EQ(back.weights[2].choice.name, p.weights[2].choice.name);
   }
+}
+
+// The plan covers exactly the weights quantize_model would quantize and may choose a grid for:
+// --lm-head keep leaves the lm_head in float, quantize lets the plan choose, and int8 fixes it
+// at 8 bits outside the plan (both selections are one: detail::choose).
+TEST(AutoPlan, SelectionAgreesWithQuantizeModelOnTheLmHead) {
+  const ox::model m = sibling_graph();
+  const auto weights = ox::find_weights(m);
+  ASSERT_EQ(weights.size(), 3u);
+  ASSERT_TRUE(weights[2].is_lm_head);  // wo feeds the output
+  for (const auto policy :
+       {ox::lm_head_policy::keep, ox::lm_head_policy::quantize, ox::lm_head_policy::int8}) {
+    for (const bool skip_k : {false, true}) {
+      ox::quantize_options q;
+      q.lm_head = policy;
+      if (skip_k) {
+        ox::node_override o;
+        o.match = "^wk$";
+        o.skip = true;
+        q.overrides = {o};
+      }
+      const auto planned = ox::plan_candidates(weights, q);
+      ox::model out = m;
+      const ox::quantize_report r = ox::quantize_model(out, q);
+      for (std::size_t i = 0; i < weights.size(); ++i) {
+        const bool in_plan =
+            std::find(planned.begin(), planned.end(), &weights[i]) != planned.end();
+        const bool fixed = weights[i].is_lm_head && policy == ox::lm_head_policy::int8;
+        EXPECT_EQ(in_plan, r.tensors[i].quantized && !fixed)
+            << weights[i].name << " policy " << int(policy) << " skip_k " << skip_k;
+        if (fixed) {
+          EXPECT_TRUE(r.tensors[i].quantized);
+          EXPECT_EQ(r.tensors[i].bits, 8);
+        }
+      }
+    }
+  }
+  // An auto plan under int8 leaves the lm_head out; applied, the lm_head still gets 8 bits.
+  ox::quantize_options q;
+  q.lm_head = ox::lm_head_policy::int8;
+  q.calibration.data = random_batches(2);
+  ox::auto_options a;
+  a.effective_bits = 6.0;
+  const ox::quant_plan p = ox::auto_plan(m, q, a);
+  ASSERT_EQ(p.weights.size(), 2u);
+  for (const auto& w : p.weights) EXPECT_NE(w.weight, "wo");
+  ox::model out = m;
+  ox::quantize_options apply;
+  apply.lm_head = ox::lm_head_policy::int8;
+  apply.overrides = ox::plan_overrides(p);
+  const auto r = ox::quantize_model(out, apply);
+  EXPECT_TRUE(r.tensors[2].quantized);
+  EXPECT_EQ(r.tensors[2].bits, 8);
 }
 
 TEST(AutoPlan, ScoreIsTheHessianWeightedError) {

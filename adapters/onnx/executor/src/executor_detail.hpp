@@ -59,7 +59,7 @@ struct node_context {
   }
 };
 
-// Attribute and shape helpers of the writers (writers.hpp): detail::find_attr, attr_int,
+// Attribute and shape helpers of <int4q/onnx/graph.hpp> (model layer): detail::find_attr, attr_int,
 // attr_float, dims_string.
 using detail::attr_float;
 using detail::attr_int;

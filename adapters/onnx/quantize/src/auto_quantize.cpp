@@ -6,7 +6,6 @@
 #include <cmath>
 #include <limits>
 #include <map>
-#include <regex>
 #include <sstream>
 #include <utility>
 
@@ -18,6 +17,10 @@
 #include <int4q/onnx/option_error.hpp>
 #include <int4q/pack.hpp>
 #include <int4q/quantize.hpp>
+
+#include "calibration_passes.hpp"
+#include "weight_tensor.hpp"
+#include "writers.hpp"
 
 namespace int4q {
 namespace onnx {
@@ -50,36 +53,6 @@ std::string candidate_name(const auto_candidate& c) {
          (c.group_size == 0 ? std::string("channel") : "g" + std::to_string(c.group_size));
 }
 
-/// The stored tensor of a weight: the initializer or the Constant node's value.
-const TensorProto& stored_tensor(const model& m, const weight_info& w) {
-  const GraphProto& g = graph_at(m.proto.graph(), w.defined_in);
-  if (w.from_constant_node) {
-    for (const auto& a : g.node(w.constant_node_index).attribute())
-      if (a.name() == "value" && a.has_t()) return a.t();
-  } else {
-    for (const auto& t : g.initializer())
-      if (t.name() == w.name) return t;
-  }
-  throw model_error(model_error::kind::invalid, "weight '" + w.name + "' has no stored tensor");
-}
-
-/// W[K, N] as the nodes multiply it (Gemm alpha folded in, as the writers do).
-xt::xtensor<float, 2> logical_weight(const model& m, const weight_info& w) {
-  xt::xtensor<float, 2> s = read_matrix(m, stored_tensor(m, w));
-  const bool trans = w.uses.front().trans_b;
-  xt::xtensor<float, 2> lw = trans ? xt::xtensor<float, 2>(xt::transpose(s)) : std::move(s);
-  if (lw.shape()[0] != w.k || lw.shape()[1] != w.n) {
-    throw model_error(model_error::kind::invalid,
-                      "weight '" + w.name + "' does not hold [K, N] = [" + std::to_string(w.k) +
-                          ", " + std::to_string(w.n) + "]");
-  }
-  const float alpha = w.uses.front().alpha;
-  if (alpha != 1.0f) {
-    for (auto& v : lw) v *= alpha;
-  }
-  return lw;
-}
-
 /// The grid of candidate `c` on top of the base grid, with scales in the weight's float type.
 int4q::quant_config grid_of(const weight_info& w, const auto_candidate& c,
                             const int4q::quant_config& base) {
@@ -107,13 +80,6 @@ std::string regex_escaped(const std::string& s) {
     out += c;
   }
   return out;
-}
-
-bool matches(const std::regex& re, const weight_info& w) {
-  if (std::regex_search(w.name, re)) return true;
-  for (const auto& u : w.uses)
-    if (std::regex_search(display_name(u), re)) return true;
-  return false;
 }
 
 nlohmann::json candidate_json(const auto_candidate& c) {
@@ -250,24 +216,12 @@ std::vector<std::size_t> solve_choice(const std::vector<std::vector<choice_item>
 
 std::vector<const weight_info*> plan_candidates(const std::vector<weight_info>& weights,
                                                 const quantize_options& options) {
-  std::vector<std::regex> include, exclude, skip;
-  for (const auto& p : options.include) include.emplace_back(p, std::regex::ECMAScript);
-  for (const auto& p : options.exclude) exclude.emplace_back(p, std::regex::ECMAScript);
+  // quantize_model's own selection; a grid the lm_head policy fixes (int8) is not the plan's.
+  const detail::compiled_selection sel = detail::compile_selection(options);
   std::vector<const weight_info*> out;
   for (const weight_info& w : weights) {
-    if (!w.quantizable) continue;
-    if (w.is_lm_head && options.lm_head != lm_head_policy::quantize) continue;
-    bool in = include.empty();
-    for (const auto& re : include) in = in || matches(re, w);
-    for (const auto& re : exclude) in = in && !matches(re, w);
-    // The first matching override decides; one that skips takes the weight out of the plan.
-    for (const auto& o : options.overrides) {
-      if (matches(std::regex(o.match, std::regex::ECMAScript), w)) {
-        in = in && !o.skip.value_or(false);
-        break;
-      }
-    }
-    if (in) out.push_back(&w);
+    const detail::weight_choice ch = detail::choose(w, options, sel);
+    if (ch.quantize && !ch.grid_fixed) out.push_back(&w);
   }
   return out;
 }
@@ -291,10 +245,138 @@ void check_auto_options(const quantize_options& options, const auto_options& a) 
   }
 }
 
+namespace {
+
+/// One weight's plan entry: the stored bits and the score trace(dW^T H dW) of every candidate
+/// (dW = W - qdq(W) on the candidate's grid).
+plan_weight score_weight(const model& m, const weight_info& w, const xt::xtensor<double, 2>& h,
+                         const std::vector<auto_candidate>& cands,
+                         const quantize_options& options) {
+  int4q::quant_options qo;
+  qo.threads = options.threads;
+  const xt::xtensor<float, 2> lw = detail::logical_weight(m, w, w.uses.front().alpha);
+  plan_weight pw;
+  pw.weight = w.name;
+  for (const auto& u : w.uses) pw.nodes.push_back(display_name(u));
+  pw.input = input_of(m, w);
+  pw.k = w.k;
+  pw.n = w.n;
+  for (const auto& c : cands) {
+    pw.costs.push_back(candidate_bits(w, c, options.config, options.format));
+    if (!c.quantize) {
+      pw.scores.push_back(0.0);
+      continue;
+    }
+    const xt::xtensor<float, 2> dq = int4q::qdq(lw, grid_of(w, c, options.config), qo);
+    auto d = xt::xtensor<double, 2>::from_shape({w.k, w.n});
+    for (std::size_t i = 0; i < d.size(); ++i)
+      d.data()[i] = double(lw.data()[i]) - double(dq.data()[i]);
+    pw.scores.push_back(int4q::hessian_loss(h, d));  // trace(D^T H D)
+  }
+  return pw;
+}
+
+/// Every weight scored on its Hessian, gathered in passes over the calibration data whose
+/// statistics fit parallel_stats_bytes (one pass without rewind); in the order of `ws`.
+std::vector<plan_weight> score_weights(const model& m, const std::vector<const weight_info*>& ws,
+                                       const std::vector<auto_candidate>& cands,
+                                       const quantize_options& options, const auto_options& a) {
+  collect_options co;
+  co.threads = options.threads;
+  co.stats.sample_rows = 0;
+  co.on_progress = a.on_progress;
+  const auto passes =
+      detail::split_into_passes(ws, co.stats, options.calibration.parallel_stats_bytes,
+                                static_cast<bool>(options.calibration.rewind));
+  std::vector<plan_weight> out;
+  for (std::size_t p = 0; p < passes.size(); ++p) {
+    if (p > 0) options.calibration.rewind();
+    auto got = collect_activation_stats(m, passes[p], options.calibration.data, co);
+    for (const weight_info* w : passes[p]) {
+      const xt::xtensor<double, 2> h = got.at(w->name).hessian();
+      got.erase(w->name);
+      out.push_back(score_weight(m, *w, h, cands, options));
+    }
+  }
+  return out;
+}
+
+/// The plan's weights by shared input (in order of first appearance): a group takes one
+/// candidate, its items' cost and score the sums over its members.
+struct input_groups {
+  std::vector<std::vector<std::size_t>> members;  ///< indices into plan.weights
+  std::vector<std::vector<choice_item>> items;    ///< per group, per candidate
+};
+
+input_groups group_by_input(const quant_plan& plan) {
+  input_groups g;
+  std::map<std::string, std::size_t> group_of;
+  for (std::size_t i = 0; i < plan.weights.size(); ++i) {
+    const auto found = group_of.emplace(plan.weights[i].input, g.members.size());
+    if (found.second) g.members.emplace_back();
+    g.members[found.first->second].push_back(i);
+  }
+  for (const auto& members : g.members) {
+    std::vector<choice_item> items(plan.candidates.size());
+    for (std::size_t c = 0; c < items.size(); ++c) {
+      for (const std::size_t i : members) {
+        items[c].cost += plan.weights[i].costs[c];
+        items[c].score += plan.weights[i].scores[c];
+      }
+    }
+    g.items.push_back(std::move(items));
+  }
+  return g;
+}
+
+/// Throws config_error naming the smallest feasible budget when even the cheapest candidates
+/// of every group exceed `capacity`.
+void check_budget(const input_groups& g, std::uint64_t capacity, double effective_bits,
+                  std::uint64_t total_weights) {
+  std::uint64_t cheapest = 0;
+  for (const auto& items : g.items) {
+    std::uint64_t c = std::numeric_limits<std::uint64_t>::max();
+    for (const auto& it : items) c = std::min(c, it.cost);
+    cheapest += c;
+  }
+  if (cheapest <= capacity) return;
+  std::ostringstream s;
+  s.precision(6);
+  s << "`effective_bits = " << effective_bits << "`"
+    << " is below the cheapest plan of these candidates: the smallest feasible budget is "
+    << std::ceil(1e4 * double(cheapest) / double(total_weights)) / 1e4 << " bits per weight";
+  throw config_error(s.str());
+}
+
+/// Solves for the budget and records each weight's choice and the totals.
+void choose_within_budget(quant_plan& plan, double effective_bits) {
+  const input_groups g = group_by_input(plan);
+  for (const auto& pw : plan.weights) plan.total_weights += std::uint64_t(pw.k) * pw.n;
+  const long double cap = static_cast<long double>(effective_bits) * plan.total_weights;
+  const std::uint64_t capacity = static_cast<std::uint64_t>(std::floor(cap + 1e-9L));
+  check_budget(g, capacity, effective_bits, plan.total_weights);
+  const std::vector<std::size_t> pick = solve_choice(g.items, capacity);
+  for (std::size_t gi = 0; gi < g.members.size(); ++gi) {
+    for (const std::size_t i : g.members[gi]) {
+      plan_weight& pw = plan.weights[i];
+      pw.choice = plan.candidates[pick[gi]];
+      pw.score = pw.scores[pick[gi]];
+      pw.bits = pw.costs[pick[gi]];
+      plan.total_bits += pw.bits;
+      plan.total_score += pw.score;
+    }
+  }
+  plan.effective_bits = double(plan.total_bits) / double(plan.total_weights);
+}
+
+}  // namespace
+
 quant_plan auto_plan(const model& m, const quantize_options& options, const auto_options& a) {
   check_auto_options(options, a);
-  const std::vector<auto_candidate> cands =
-      a.candidates.empty() ? default_candidates(options.format) : a.candidates;
+  quant_plan plan;
+  plan.candidates = a.candidates.empty() ? default_candidates(options.format) : a.candidates;
+  plan.budget = a.effective_bits;
+  plan.format = to_string(options.format);
   if (!options.calibration.data) {
     throw model_error(model_error::kind::invalid,
                       "auto_quantize needs calibration data (quantize_options::calibration.data)");
@@ -304,117 +386,11 @@ quant_plan auto_plan(const model& m, const quantize_options& options, const auto
   if (ws.empty()) {
     throw model_error(model_error::kind::unsupported, "auto_quantize: no weight to quantize");
   }
-
-  // Statistics in passes that fit parallel_stats_bytes (one pass without rewind).
-  std::map<std::string, activation_stats> stats;
-  collect_options co;
-  co.threads = options.threads;
-  co.stats.sample_rows = 0;
-  co.on_progress = a.on_progress;
-  std::vector<std::vector<const weight_info*>> passes(1);
-  std::uint64_t held = 0;
-  for (const weight_info* w : ws) {
-    const std::uint64_t bytes = std::uint64_t(w->k) * w->k * sizeof(double);
-    if (options.calibration.rewind && !passes.back().empty() &&
-        held + bytes > options.calibration.parallel_stats_bytes) {
-      passes.emplace_back();
-      held = 0;
-    }
-    passes.back().push_back(w);
-    held += bytes;
-  }
-
-  quant_plan plan;
-  plan.candidates = cands;
-  plan.budget = a.effective_bits;
-  plan.format = to_string(options.format);
-  int4q::quant_options qo;
-  qo.threads = options.threads;
-  for (std::size_t p = 0; p < passes.size(); ++p) {
-    if (p > 0) options.calibration.rewind();
-    auto got = collect_activation_stats(m, passes[p], options.calibration.data, co);
-    for (const weight_info* w : passes[p]) {
-      const xt::xtensor<double, 2> h = got.at(w->name).hessian();
-      got.erase(w->name);
-      const xt::xtensor<float, 2> lw = logical_weight(m, *w);
-      plan_weight pw;
-      pw.weight = w->name;
-      for (const auto& u : w->uses) pw.nodes.push_back(display_name(u));
-      pw.input = input_of(m, *w);
-      pw.k = w->k;
-      pw.n = w->n;
-      for (const auto& c : cands) {
-        pw.costs.push_back(candidate_bits(*w, c, options.config, options.format));
-        if (!c.quantize) {
-          pw.scores.push_back(0.0);
-          continue;
-        }
-        const xt::xtensor<float, 2> dq = int4q::qdq(lw, grid_of(*w, c, options.config), qo);
-        auto d = xt::xtensor<double, 2>::from_shape({w->k, w->n});
-        for (std::size_t i = 0; i < d.size(); ++i)
-          d.data()[i] = double(lw.data()[i]) - double(dq.data()[i]);
-        pw.scores.push_back(int4q::hessian_loss(h, d));  // trace(D^T H D)
-      }
-      plan.weights.push_back(std::move(pw));
-    }
-  }
-  // Model order, then groups by shared input.
-  std::map<std::string, std::size_t> order;
-  for (std::size_t i = 0; i < ws.size(); ++i) order[ws[i]->name] = i;
-  std::sort(plan.weights.begin(), plan.weights.end(),
-            [&](const plan_weight& x, const plan_weight& y) {
-              return order.at(x.weight) < order.at(y.weight);
-            });
-  std::vector<std::string> group_inputs;
-  std::map<std::string, std::vector<std::size_t>> members;
-  for (std::size_t i = 0; i < plan.weights.size(); ++i) {
-    auto& m_ = members[plan.weights[i].input];
-    if (m_.empty()) group_inputs.push_back(plan.weights[i].input);
-    m_.push_back(i);
-  }
-  std::vector<std::vector<choice_item>> groups;
-  for (const std::string& in : group_inputs) {
-    std::vector<choice_item> items(cands.size());
-    for (std::size_t c = 0; c < cands.size(); ++c) {
-      for (const std::size_t i : members[in]) {
-        items[c].cost += plan.weights[i].costs[c];
-        items[c].score += plan.weights[i].scores[c];
-      }
-    }
-    groups.push_back(std::move(items));
-  }
-  for (const auto& pw : plan.weights) plan.total_weights += std::uint64_t(pw.k) * pw.n;
-  const long double cap = static_cast<long double>(a.effective_bits) * plan.total_weights;
-  const std::uint64_t capacity = static_cast<std::uint64_t>(std::floor(cap + 1e-9L));
-  std::uint64_t cheapest = 0;
-  for (const auto& g : groups) {
-    std::uint64_t c = std::numeric_limits<std::uint64_t>::max();
-    for (const auto& it : g) c = std::min(c, it.cost);
-    cheapest += c;
-  }
-  if (cheapest > capacity) {
-    std::ostringstream s;
-    s.precision(6);
-    s << "`effective_bits = " << a.effective_bits << "`"
-      << " is below the cheapest plan of these candidates: the smallest feasible budget is "
-      << std::ceil(1e4 * double(cheapest) / double(plan.total_weights)) / 1e4 << " bits per weight";
-    throw config_error(s.str());
-  }
-  const std::vector<std::size_t> pick = solve_choice(groups, capacity);
-  for (std::size_t g = 0; g < group_inputs.size(); ++g) {
-    for (const std::size_t i : members[group_inputs[g]]) {
-      plan_weight& pw = plan.weights[i];
-      pw.choice = cands[pick[g]];
-      pw.score = pw.scores[pick[g]];
-      pw.bits = pw.costs[pick[g]];
-      plan.total_bits += pw.bits;
-      plan.total_score += pw.score;
-    }
-  }
-  plan.effective_bits = double(plan.total_bits) / double(plan.total_weights);
+  // Scored in pass order, which is the model order of `ws`.
+  plan.weights = score_weights(m, ws, plan.candidates, options, a);
+  choose_within_budget(plan, a.effective_bits);
   return plan;
 }
-
 std::vector<node_override> plan_overrides(const quant_plan& plan) {
   std::vector<node_override> out;
   for (const auto& pw : plan.weights) {

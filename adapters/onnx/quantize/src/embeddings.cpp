@@ -295,32 +295,6 @@ void build_embeddings(const model& m, const quantize_options& options,
   }
 }
 
-namespace {
-
-/// Rebuilds the main graph's node list: `before[i]` inserted before node i, `replace[i]` in
-/// its place (nodes are moved, not copied).
-void edit_nodes(GraphProto& g, std::map<int, std::vector<NodeProto>>& before,
-                std::map<int, std::vector<NodeProto>>& replace) {
-  auto* nodes = g.mutable_node();
-  const int count = nodes->size();
-  std::vector<NodeProto*> old(static_cast<std::size_t>(count));
-  nodes->ExtractSubrange(0, count, old.data());
-  for (int i = 0; i < count; ++i) {
-    const auto b = before.find(i);
-    if (b != before.end())
-      for (auto& n : b->second) nodes->Add()->Swap(&n);
-    const auto r = replace.find(i);
-    if (r != replace.end()) {
-      for (auto& n : r->second) nodes->Add()->Swap(&n);
-      delete old[i];
-    } else {
-      nodes->AddAllocated(old[i]);
-    }
-  }
-}
-
-}  // namespace
-
 void rewrite_embeddings(model& m, const quantize_options& options, std::vector<embedding_job>& jobs,
                         name_set& names) {
   if (jobs.empty()) return;
@@ -329,7 +303,7 @@ void rewrite_embeddings(model& m, const quantize_options& options, std::vector<e
     const embedding_info& e = *job.info;
     const quant_config& c = job.config;
     const std::string bits = std::to_string(c.bits);
-    std::map<int, std::vector<NodeProto>> before, replace;
+    node_list_edit edit;
     switch (options.format) {
       case output_format::matmulnbits: {
         for (auto& t : job.tensors) g.add_initializer()->Swap(&t);
@@ -350,7 +324,7 @@ void rewrite_embeddings(model& m, const quantize_options& options, std::vector<e
           set_attr_int(q, "quantize_axis", 1);
           set_attr_int(q, "bits", c.bits);
           set_attr_int(q, "block_size", i64(c.effective_group_size(e.cols)));
-          replace[i].push_back(std::move(q));
+          edit.replacement[i].push_back(std::move(q));
         }
         int first_tied = -1;
         for (std::size_t k = 0; k < job.tied_outputs.size(); ++k) {
@@ -358,8 +332,8 @@ void rewrite_embeddings(model& m, const quantize_options& options, std::vector<e
           first_tied = first_tied < 0 ? i : std::min(first_tied, i);
           weight_use u = e.tied[k];
           u.node_index = i;
-          replace[i] = matmulnbits_nodes(g, g.node(i), options, job.tied_job, u,
-                                         job.tied_job.bias[k], names);
+          edit.replacement[i] = matmulnbits_nodes(g, g.node(i), options, job.tied_job, u,
+                                                  job.tied_job.bias[k], names);
         }
         if (first_tied >= 0) {
           NodeProto reshape;
@@ -368,9 +342,9 @@ void rewrite_embeddings(model& m, const quantize_options& options, std::vector<e
           reshape.add_input(job.data_name);
           reshape.add_input(job.shape_name);
           reshape.add_output(job.reshaped_name);
-          before[first_tied].push_back(std::move(reshape));
+          edit.before[first_tied].push_back(std::move(reshape));
         }
-        edit_nodes(g, before, replace);
+        apply_node_list_edit(g, edit);
         break;
       }
       case output_format::qdq: {
@@ -400,8 +374,8 @@ void rewrite_embeddings(model& m, const quantize_options& options, std::vector<e
           set_attr_int(dq, "axis", 1);  // groups along D
           set_attr_int(dq, "block_size", i64(c.group_size));
         }
-        before[first].push_back(std::move(dq));
-        edit_nodes(g, before, replace);
+        edit.before[first].push_back(std::move(dq));
+        apply_node_list_edit(g, edit);
         break;
       }
       case output_format::fake: mutable_table_tensor(m, e.name)->Swap(&job.tensors.front()); break;
@@ -420,15 +394,7 @@ void rewrite_embeddings(model& m, const quantize_options& options, std::vector<e
     }
     if (refs[e.name] == 0) remove_tensor(g, e.name);
   }
-  if (options.format == output_format::matmulnbits) {
-    bool has = false;
-    for (const auto& o : m.proto.opset_import()) has = has || o.domain() == "com.microsoft";
-    if (!has) {
-      auto* o = m.proto.add_opset_import();
-      o->set_domain("com.microsoft");
-      o->set_version(1);
-    }
-  }
+  if (options.format == output_format::matmulnbits) add_microsoft_opset(m);
 }
 
 }  // namespace detail

@@ -213,7 +213,7 @@ std::size_t int8_lm_head_block(std::size_t k) noexcept {
   return b;
 }
 
-compiled_selection validate_options(const quantize_options& options) {
+compiled_selection compile_selection(const quantize_options& options) {
   compiled_selection sel;
   for (const auto& p : options.include) sel.include.push_back(compile(p, "include", "`include`"));
   for (const auto& p : options.exclude) sel.exclude.push_back(compile(p, "exclude", "`exclude`"));
@@ -222,6 +222,11 @@ compiled_selection validate_options(const quantize_options& options) {
     sel.overrides.push_back(compile(o.match, "overrides[" + std::to_string(i) + "].match", "match",
                                     override_place(i, o)));
   }
+  return sel;
+}
+
+compiled_selection validate_options(const quantize_options& options) {
+  compiled_selection sel = compile_selection(options);
   check_accuracy_level(options);
   check_grid(options.config, options, {});
   for (std::size_t i = 0; i < options.overrides.size(); ++i) {
@@ -280,6 +285,7 @@ weight_choice choose(const weight_info& w, const quantize_options& options,
   }
   quant_config c = with_override(options.config, o);
   if (w.is_lm_head && options.lm_head == lm_head_policy::int8) {
+    ch.grid_fixed = true;
     c.bits = 8;
     if (options.format == output_format::matmulnbits) {
       c.granularity = grouping::group;

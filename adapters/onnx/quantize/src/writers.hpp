@@ -1,18 +1,19 @@
 // Internal to the quantization passes: weight selection, the report's config and the writers used
-// by quantize_model (quantize_model.cpp orchestrates; select.cpp, writers.cpp, embeddings.cpp
-// implement). Graph helpers are in <int4q/onnx/graph.hpp> (model layer).
+// by quantize_model (quantize_model.cpp orchestrates, calibration_passes.cpp quantizes; select.cpp,
+// writers.cpp with writer_<format>.cpp, embeddings.cpp implement). Graph helpers are in
+// <int4q/onnx/graph.hpp> (model layer).
 #ifndef INT4Q_ONNX_SRC_WRITERS_HPP
 #define INT4Q_ONNX_SRC_WRITERS_HPP
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <optional>
 #include <regex>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <onnx/onnx_pb.h>
@@ -24,6 +25,7 @@
 #include <int4q/onnx/model.hpp>
 #include <int4q/onnx/quantize_model.hpp>
 #include <int4q/onnx/weights.hpp>
+#include <int4q/quantize.hpp>
 
 namespace int4q {
 namespace onnx {
@@ -36,6 +38,10 @@ struct compiled_selection {
   std::vector<std::regex> include, exclude, overrides;
 };
 
+/// Compiles the --include, --exclude and override regexes (model_error(invalid) naming a bad
+/// one); checks nothing else.
+compiled_selection compile_selection(const quantize_options& options);
+
 /// Checks the options (and every override combined with them) against the output format;
 /// compiles the regexes. Throws model_error before anything is changed.
 compiled_selection validate_options(const quantize_options& options);
@@ -46,6 +52,9 @@ struct weight_choice {
   std::string reason;  ///< when !quantize
   int4q::quant_config config;
   method algo = method::rtn;
+  /// The lm_head policy int8 fixed the grid (8 bits, whatever overrides say): not a weight the
+  /// auto plan chooses a grid for.
+  bool grid_fixed = false;
 };
 
 /// Selection, overrides, lm_head policy, preset and scale type for one quantizable weight.
@@ -83,12 +92,12 @@ struct weight_job {
   method algo = method::rtn;
   float alpha = 1.0f;
   std::vector<bias_plan> bias;  ///< per use (matmulnbits)
-  /// Quantizes the logical weight [K, N] (alpha folded) instead of quant_tensor (calibrated
-  /// methods); empty: RTN.
-  std::function<int4q::quantized<float>(const xt::xtensor<float, 2>&)> quantize;
-  /// AWQ: scales the logical weight in place (diag(s) W) before it is quantized, measured and
-  /// written; empty: unchanged.
-  std::function<void(xt::xtensor<float, 2>&)> scale_weight;
+  // Filled by the calibration passes (calibration_passes::quantize) before build_tensors,
+  // released by it:
+  std::chrono::steady_clock::time_point started;  ///< when the weight's quantization began
+  xt::xtensor<float, 2> weight;  ///< the logical weight [K, N] as quantized (alpha folded; AWQ:
+                                 ///< diag(s) W)
+  int4q::quantized<float> q;     ///< its codes, scales and zero points
   // Filled by build_tensors:
   std::vector<::onnx::TensorProto> tensors;  ///< new initializers, in the order written
   std::string data_name, scales_name, zero_points_name;
@@ -108,16 +117,74 @@ void record_quantized(tensor_report& report, const int4q::quant_config& c, std::
                       const int4q::error_stats& stats, std::size_t bytes_after,
                       std::chrono::steady_clock::time_point start);
 
-/// Reads, quantizes and packs one weight into job.tensors (no change to the model). Returns the
-/// report entry's measurements.
+/// Packs one quantized weight (job.q, measured against job.weight, both then released) into
+/// job.tensors (no change to the model); fills the report entry's measurements.
 void build_tensors(const model& m, const quantize_options& options, weight_job& job,
                    name_set& names, tensor_report& report,
                    const std::map<std::string, int>& references);
+
+/// New nodes for one graph's node list, by the index of an existing node: inserted before it,
+/// or in its place.
+struct node_list_edit {
+  std::map<int, std::vector<::onnx::NodeProto>> before, replacement;
+};
+
+/// Rebuilds the node list of `g` in order: the inserted nodes before their node, replacements
+/// in place (the new nodes are moved out of `e`). The kept nodes are moved by pointer, so the
+/// subgraphs they hold stay where they are (other edits may hold pointers to them).
+void apply_node_list_edit(::onnx::GraphProto& g, node_list_edit& e);
 
 /// Applies every job to the graph (nodes replaced/inserted, initializers added, originals
 /// removed when nothing else reads them). Cannot fail.
 void rewrite_graph(model& m, const quantize_options& options, std::vector<weight_job>& jobs,
                    name_set& names);
+
+// ---- Shared by the writers (writers.cpp)
+// ---------------------------------------------------------
+
+/// The ONNX element type of DequantizeLinear codes: INT4/UINT4 (4 bits) or INT8/UINT8,
+/// signed when symmetric (no zero points).
+int qdq_code_type(int bits, bool symmetric);
+
+/// A size as an ONNX dimension.
+std::int64_t to_dim(std::size_t v);
+
+/// The values of a matrix, row-major.
+std::vector<float> float_values(const xt::xtensor<float, 2>& x);
+
+/// The name new nodes for use `u` of node `n` are named after.
+std::string node_base_name(const ::onnx::NodeProto& n, const weight_use& u);
+
+/// Moves `t` into the graph's initializers.
+void add_initializer(::onnx::GraphProto& g, ::onnx::TensorProto&& t);
+
+/// The weight's stored dims: [K, N], or [N, K] for Gemm transB = 1.
+std::vector<std::int64_t> stored_dims_of(const weight_info& w);
+
+/// rewrite_graph's state while the writers add their nodes: the node-list edit of every graph
+/// (each graph found before any node list changes) and the originals to remove once nothing
+/// reads them.
+struct graph_rewrite {
+  model& m;
+  const quantize_options& options;
+  name_set& names;
+  std::map<std::string, std::pair<::onnx::GraphProto*, node_list_edit>> edits;  ///< by path_key
+  std::vector<std::pair<::onnx::GraphProto*, std::string>> released;
+
+  ::onnx::GraphProto& graph(const std::vector<graph_step>& path);
+  node_list_edit& edit_of(const std::vector<graph_step>& path);
+  ::onnx::NodeProto& node_of(const weight_use& u);
+};
+
+// ---- MatMulNBits (writer_matmulnbits.cpp)
+// --------------------------------------------------------
+
+/// MatMulNBits' reasons a weight cannot be written (Gemm transA, a constant bias not
+/// broadcastable to [N]); fills the job's bias plans. "" when it can.
+std::string plan_matmulnbits(const model& m, const weight_info& w, weight_job& job);
+
+/// B, scales and zero points of job.q into job.tensors; returns the bytes stored.
+std::size_t matmulnbits_tensors(weight_job& job, name_set& names);
 
 /// MatMulNBits (plus Mul/Add for a non-constant bias) in place of one MatMul/Gemm `orig` using
 /// the job's data/scales/zero_points names; new initializers (a folded bias) go to `g`.
@@ -126,6 +193,32 @@ std::vector<::onnx::NodeProto> matmulnbits_nodes(::onnx::GraphProto& g,
                                                  const quantize_options& options,
                                                  const weight_job& job, const weight_use& u,
                                                  const bias_plan& b, name_set& names);
+
+/// The job's tensors into the weight's graph, MatMulNBits in place of every use.
+void write_matmulnbits(graph_rewrite& r, weight_job& job);
+
+/// Adds the com.microsoft opset import (version 1) when the model has none.
+void add_microsoft_opset(model& m);
+
+// ---- DequantizeLinear-21 (writer_qdq.cpp)
+// --------------------------------------------------------
+
+/// Packed codes, scales and zero points of job.q in the stored layout; returns the bytes stored.
+std::size_t qdq_tensors(weight_job& job, name_set& names);
+
+/// The job's tensors and one DequantizeLinear before the first use; every use reads its output.
+void write_qdq(graph_rewrite& r, weight_job& job);
+
+// ---- Fake quantization (writer_fake.cpp)
+// ---------------------------------------------------------
+
+/// The dequantized values in the stored layout (in place when only the uses read the weight);
+/// returns the bytes stored.
+std::size_t fake_tensors(const model& m, const quantize_options& options, weight_job& job,
+                         name_set& names, const std::map<std::string, int>& references);
+
+/// The values into the weight's tensor (or a new one the uses read).
+void write_fake(graph_rewrite& r, weight_job& job);
 
 // ---- Embeddings (embeddings.cpp) ----------------------------------------------------------------
 

@@ -95,8 +95,9 @@ struct quant_plan {
   std::string format;  ///< output format the costs were computed for
 };
 
-/// The weights quantize_model would quantize under `options` (include/exclude, lm_head policy
-/// keep excludes the lm_head; overrides with skip are honoured) that a plan covers.
+/// The weights quantize_model would quantize under `options` (its own selection: include/exclude,
+/// overrides with skip, lm_head policy keep) whose grid a plan may choose: an lm_head under
+/// policy int8 is quantized at 8 bits outside the plan.
 std::vector<const weight_info*> plan_candidates(const std::vector<weight_info>& weights,
                                                 const quantize_options& options);
 

@@ -1,0 +1,62 @@
+// The stored tensor of a weight and its logical values W[K, N].
+#include "weight_tensor.hpp"
+
+#include <string>
+#include <utility>
+
+#include <int4q/onnx/graph.hpp>
+
+namespace int4q {
+namespace onnx {
+namespace detail {
+
+const ::onnx::TensorProto& weight_tensor(const model& m, const weight_info& w) {
+  const ::onnx::GraphProto& g = graph_at(m.proto.graph(), w.defined_in);
+  if (w.from_constant_node) {
+    const ::onnx::NodeProto& n = g.node(w.constant_node_index);
+    const auto* a = find_attr(n, "value");
+    if (!a || !a->has_t()) {
+      throw model_error(model_error::kind::invalid, "Constant node '" + n.name() +
+                                                        "' holding weight '" + w.name +
+                                                        "' has no tensor 'value' attribute");
+    }
+    return a->t();
+  }
+  for (const auto& t : g.initializer())
+    if (t.name() == w.name) return t;
+  throw model_error(model_error::kind::invalid, "weight '" + w.name + "' is not an initializer");
+}
+
+::onnx::TensorProto* mutable_weight_tensor(model& m, const weight_info& w) {
+  ::onnx::GraphProto& g = graph_at(*m.proto.mutable_graph(), w.defined_in);
+  if (w.from_constant_node) {
+    ::onnx::NodeProto& n = *g.mutable_node(w.constant_node_index);
+    for (auto& a : *n.mutable_attribute())
+      if (a.name() == "value") return a.mutable_t();
+    return nullptr;
+  }
+  for (auto& t : *g.mutable_initializer())
+    if (t.name() == w.name) return &t;
+  return nullptr;
+}
+
+xt::xtensor<float, 2> logical_weight(const model& m, const weight_info& w, float alpha) {
+  xt::xtensor<float, 2> stored = read_matrix(m, weight_tensor(m, w));
+  const bool trans = !w.uses.empty() && w.uses.front().trans_b;
+  xt::xtensor<float, 2> lw =
+      trans ? xt::xtensor<float, 2>(xt::transpose(stored)) : std::move(stored);
+  if (lw.shape()[0] != w.k || lw.shape()[1] != w.n) {
+    throw model_error(model_error::kind::invalid,
+                      "weight '" + w.name + "' holds [" + std::to_string(lw.shape()[0]) + ", " +
+                          std::to_string(lw.shape()[1]) + "] but its nodes need K = " +
+                          std::to_string(w.k) + ", N = " + std::to_string(w.n));
+  }
+  if (alpha != 1.0f) {
+    for (auto& v : lw) v *= alpha;
+  }
+  return lw;
+}
+
+}  // namespace detail
+}  // namespace onnx
+}  // namespace int4q
