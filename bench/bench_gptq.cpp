@@ -3,11 +3,16 @@
 //
 //   machine/dgemm_2048/threads:T      cblas_dgemm 2048^3 on T BLAS threads (GFLOP/s), the rate of
 //                                     the double part; machine/sgemm_2048 (bench_common) the other
-//   gptq/g128/K/N/threads             gptq(W, H, 4-bit asymmetric g128, block 128), report.rtn_loss
+//   gptq/g128/K/N/threads             gptq(W, H, 4-bit asymmetric g128, block 128) with
+//                                     gptq_options::threads (BLAS on one thread), report.rtn_loss
 //                                     off: the algorithm alone
 //   gptq_rtn_loss/g128/K/N/threads    the same with the default options (+ RTN's loss, one more
 //                                     K x K x N product)
 //   gptq_phase/inverse_cholesky/K/T   the double part alone: dpotrf + dtrtri of the damped H
+//   stats/hessian/K/rows/threads      activation_stats::add of rows x K floats, H read once: float
+//                                     blocks summed in double (ideal: the K (K + 1) rows flops
+//                                     at the sgemm rate on `threads`)
+//   stats/hessian_dsyrk/K/rows/T      the former way: rows copied to double, one dsyrk
 //
 // Counters: ideal_ms = the work at gemm speed: the updates, N K (K - 1) flops in the weight's
 // type (float: sgemm rate), plus the factorization, 2 K^3 / 3 flops in double (dgemm rate);
@@ -102,7 +107,7 @@ double factor_flops(double K) { return 2.0 * K * K * K / 3.0; }
 
 // ---- Benchmarks --------------------------------------------------------------------------------
 
-// Args: K, N, BLAS threads.
+// Args: K, N, threads (gptq_options::threads; BLAS on one thread, the factorization too).
 void bm_gptq(benchmark::State& state, bool rtn_loss) {
   const std::size_t K = static_cast<std::size_t>(state.range(0));
   const std::size_t N = static_cast<std::size_t>(state.range(1));
@@ -113,7 +118,9 @@ void bm_gptq(benchmark::State& state, bool rtn_loss) {
   int4q::gptq_options options;
   options.block_size = 128;
   options.rtn_loss = rtn_loss;
-  int4q_bench::set_blas_threads(threads);
+  // As the CLI runs it: BLAS on one thread, GPTQ's own threads over chunks of columns.
+  options.threads = static_cast<std::size_t>(threads);
+  int4q_bench::set_blas_threads(1);
   stopwatch sw;
   for (auto _ : state) {
     auto r = int4q::gptq(w, h, config, options);
@@ -153,6 +160,58 @@ void bm_inverse_cholesky(benchmark::State& state) {
   int4q_bench::set_multiple_counter(state, "x_ideal", s, ideal);
 }
 
+// ---- Statistics: H = X^T X
+// -----------------------------------------------------------------------
+
+// Args: K, rows, threads (activation_stats_options::threads; BLAS single-threaded, as the CLI
+// runs it). The upper triangle's K (K + 1) rows flops (symmetric rank-k update).
+double hessian_flops(double K, double rows) { return K * (K + 1) * rows; }
+
+void bm_hessian(benchmark::State& state) {
+  const std::size_t K = static_cast<std::size_t>(state.range(0));
+  const std::size_t rows = static_cast<std::size_t>(state.range(1));
+  const int threads = static_cast<int>(state.range(2));
+  const auto& x = int4q_bench::cached_weight(rows, K);
+  int4q::activation_stats_options o;
+  o.threads = static_cast<std::size_t>(threads);
+  int4q_bench::set_blas_threads(1);
+  stopwatch sw;
+  for (auto _ : state) {
+    int4q::activation_stats s(K, o);
+    s.add(x.data(), rows);
+    benchmark::DoNotOptimize(s.hessian_upper().data());
+  }
+  const double s = sw.seconds();
+  const double ideal = hessian_flops(K, rows) / int4q_bench::sgemm_reference(threads);
+  state.counters["ideal_ms"] = ideal * 1e3;
+  int4q_bench::set_multiple_counter(state, "x_ideal", s, ideal);
+  int4q_bench::set_flops_counters(state, hessian_flops(K, rows), s, threads);
+}
+
+// The same H accumulated as before this change (int4q <= stop 21): the rows copied to double,
+// one dsyrk per batch, on `threads` BLAS threads: the baseline the float blocks replace.
+void bm_hessian_dsyrk(benchmark::State& state) {
+  const std::size_t K = static_cast<std::size_t>(state.range(0));
+  const std::size_t rows = static_cast<std::size_t>(state.range(1));
+  const int threads = static_cast<int>(state.range(2));
+  const auto& x = int4q_bench::cached_weight(rows, K);
+  std::vector<double> h(K * K);
+  int4q_bench::set_blas_threads(threads);
+  stopwatch sw;
+  for (auto _ : state) {
+    std::vector<double> wide(x.begin(), x.end());
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<int>(K), static_cast<int>(rows),
+                1.0, wide.data(), static_cast<int>(K), 0.0, h.data(), static_cast<int>(K));
+    benchmark::DoNotOptimize(h.data());
+  }
+  const double s = sw.seconds();
+  int4q_bench::set_blas_threads(1);
+  const double ideal = hessian_flops(K, rows) / int4q_bench::sgemm_reference(threads);
+  state.counters["ideal_ms"] = ideal * 1e3;
+  int4q_bench::set_multiple_counter(state, "x_ideal", s, ideal);
+  int4q_bench::set_flops_counters(state, hessian_flops(K, rows), s, threads);
+}
+
 bool register_benchmarks() {
   using benchmark::RegisterBenchmark;
   RegisterBenchmark("machine/dgemm_2048", bm_dgemm)
@@ -181,6 +240,15 @@ bool register_benchmarks() {
       ->Args({4096, 4096, 2})
       ->UseRealTime()
       ->Unit(benchmark::kMillisecond);
+  for (auto* b : {RegisterBenchmark("stats/hessian", bm_hessian),
+                  RegisterBenchmark("stats/hessian_dsyrk", bm_hessian_dsyrk)}) {
+    b->ArgNames({"K", "rows", "threads"})
+        ->Args({4096, 2048, 1})
+        ->Args({4096, 2048, 2})
+        ->Args({11008, 1024, 2})
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
   return true;
 }
 

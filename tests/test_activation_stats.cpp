@@ -22,9 +22,13 @@ using int4q::activation_stats_options;
 using int4q_test::dist;
 using int4q_test::random_weight;
 
-// dsyrk sums X^T X in blocks, the reference in one chain per entry: relative differences of a few
-// rows * 2^-53 per entry, far below this.
+// mean_abs sums in double, the reference too, in another order: a few rows * 2^-53 per entry.
 constexpr double kSumOrderTolerance = 1e-12;
+// H sums each block of B rows in float (sgemm), then the blocks in double: a float sum of B
+// products is within (B + 1) * 2^-24 of its magnitude sum (the bound for recursive summation;
+// blocked sgemm sums do better), the double levels add far less.
+constexpr double kHessianTolerance =
+    double(int4q::activation_stats::hessian_block_rows + 1) * 0x1p-24 + 1e-12;
 
 /// Feeds `x` [rows, K] in batches of `batch` rows.
 void feed(activation_stats& s, const xt::xtensor<float, 2>& x, std::size_t batch) {
@@ -36,9 +40,13 @@ void feed(activation_stats& s, const xt::xtensor<float, 2>& x, std::size_t batch
 }
 
 TEST(ActivationStats, AgreeWithTheDefinitions) {
-  const std::size_t rows = 300, K = 37;
+  // Several float blocks of H (1100 rows = 2 full blocks and a partial one) and several tiles
+  // (K = 300: tiles of 256 and 44 columns, one off-diagonal).
+  const std::size_t rows = 1100, K = 300;
+  ASSERT_GT(rows, 2 * activation_stats::hessian_block_rows);
+  ASSERT_GT(K, activation_stats::hessian_tile);
   const auto x = random_weight<float>(rows, K, dist::outliers, 3);
-  for (std::size_t batch : {std::size_t(1), std::size_t(7), std::size_t(300)}) {
+  for (std::size_t batch : {std::size_t(7), std::size_t(600), rows}) {
     activation_stats s(K);
     feed(s, x, batch);
     EXPECT_EQ(s.rows(), rows);
@@ -63,9 +71,11 @@ TEST(ActivationStats, AgreeWithTheDefinitions) {
           ref += double(x(r, a)) * double(x(r, b));
           mag += std::fabs(double(x(r, a)) * double(x(r, b)));
         }
-        EXPECT_NEAR(h(a, b), ref, kSumOrderTolerance * mag) << a << ", " << b;
+        EXPECT_NEAR(h(a, b), ref, kHessianTolerance * mag) << a << ", " << b;
         EXPECT_EQ(h(a, b), h(b, a));
-        if (b >= a) EXPECT_EQ(upper(a, b), h(a, b)) << a << ", " << b;
+        if (b >= a) {
+          EXPECT_EQ(upper(a, b), h(a, b)) << a << ", " << b;
+        }
       }
     }
   }
@@ -142,6 +152,40 @@ TEST(ActivationStats, NonFiniteActivationNamesRowAndChannelAndAddsNothing) {
   EXPECT_EQ(s.rows(), 2u);
   EXPECT_EQ(s.hessian()(1, 1), 2.0 * 2 + 4.0 * 4);
   EXPECT_THROW(activation_stats(0), int4q::shape_error);
+}
+
+TEST(ActivationStats, HessianIsTheSameForAnyBatchSizesAndThreadCounts) {
+  // Blocks count rows from the first one and each tile is one gemm on one thread: the bytes of H
+  // depend on the rows only.
+  const std::size_t rows = 1300, K = 520;
+  const auto x = random_weight<float>(rows, K, dist::normal, 5);
+  activation_stats_options one;
+  one.threads = 1;
+  activation_stats want(K, one);
+  feed(want, x, rows);
+  const auto h = want.hessian();
+  for (std::size_t threads : {std::size_t(1), std::size_t(2), std::size_t(5)}) {
+    for (std::size_t batch :
+         {std::size_t(1), std::size_t(100), std::size_t(512), std::size_t(513)}) {
+      activation_stats_options o;
+      o.threads = threads;
+      activation_stats s(K, o);
+      feed(s, x, batch);
+      EXPECT_TRUE(s.hessian() == h) << "threads " << threads << ", batches of " << batch;
+    }
+  }
+}
+
+TEST(ActivationStats, ReadingTheHessianAddsThePendingRows) {
+  // 3 rows, less than a block: H is read before any block is full, then more rows come.
+  activation_stats s(2);
+  const float first[] = {1, 2, 3, 4, 5, 6};
+  s.add(first, 3);
+  EXPECT_EQ(s.hessian()(0, 1), 1.0 * 2 + 3.0 * 4 + 5.0 * 6);
+  const float more[] = {-1, 1};
+  s.add(more, 1);
+  EXPECT_EQ(s.hessian()(0, 1), 1.0 * 2 + 3.0 * 4 + 5.0 * 6 - 1.0);
+  EXPECT_EQ(s.hessian_upper()(1, 1), 2.0 * 2 + 4.0 * 4 + 6.0 * 6 + 1.0);
 }
 
 }  // namespace

@@ -327,6 +327,9 @@ std::vector<gptq_case> reference_cases() {
       {64, 16, 32, 4, scheme::symmetric, data_type::nf4, false, false, 128, {}},
       {72, 18, 16, 4, scheme::symmetric, data_type::fp4, true, true, 24, {5}},
       {64, 16, 16, 4, scheme::asymmetric, integer, false, false, 128, {0, 17, 63}},
+      // more columns than detail::gptq_column_chunk (256): chunks of 256, 256 and 88 or 8
+      {64, 600, 16, 4, scheme::asymmetric, integer, false, false, 24, {9}},
+      {96, 520, 32, 4, scheme::asymmetric, integer, true, true, 16, {}},
   };
 }
 
@@ -477,6 +480,32 @@ TEST(GptqProperty, ExactLossAndGroupLoss) {
 }
 
 // ---- 3. Block size --------------------------------------------------------------------------
+
+TEST(GptqThreads, ResultIsTheSameForAnyThreadCount) {
+  // Columns go in fixed chunks whatever the thread count: every byte and the losses agree.
+  for (const gptq_case& t : reference_cases()) {
+    if (t.N <= int4q::detail::gptq_column_chunk) continue;
+    const auto w = int4q_test::random_weight<float>(t.K, t.N, dist::normal, 5u);
+    const auto h = random_hessian(t.K, 5u, t.dead);
+    int4q::gptq_options o;
+    o.act_order = t.act_order;
+    o.static_groups = t.static_groups;
+    o.block_size = t.block;
+    o.exact_loss = true;
+    const auto one = int4q::gptq(w, h, config_of(t), o);
+    for (std::size_t threads : {std::size_t(2), std::size_t(3), std::size_t(0)}) {
+      o.threads = threads;
+      const auto many = int4q::gptq(w, h, config_of(t), o);
+      const std::string ctx = describe(t, 5u) + " threads=" + std::to_string(threads);
+      EXPECT_TRUE(many.q.codes == one.q.codes) << ctx;
+      EXPECT_TRUE(many.q.scales == one.q.scales) << ctx;
+      EXPECT_TRUE(many.q.zero_points == one.q.zero_points) << ctx;
+      EXPECT_EQ(many.report.loss, one.report.loss) << ctx;
+      EXPECT_EQ(many.report.rtn_loss, one.report.rtn_loss) << ctx;
+      EXPECT_TRUE(many.report.group_loss == one.report.group_loss) << ctx;
+    }
+  }
+}
 
 TEST(GptqBlocks, BlockSizeDoesNotChangeTheResult) {
   const std::size_t groups[] = {16, 24, 0};  // 24: groups straddle blocks of 8 and 128

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <xtensor/xadapt.hpp>
@@ -18,6 +19,7 @@
 
 #include <int4q/detail/blas.hpp>
 #include <int4q/detail/input.hpp>
+#include <int4q/detail/parallel.hpp>
 #include <int4q/error.hpp>
 
 namespace int4q {
@@ -26,20 +28,38 @@ struct activation_stats_options {
   bool hessian = true;          ///< accumulate H = X^T X (K x K doubles)
   std::size_t sample_rows = 0;  ///< keep a uniform sample of this many rows (0: none)
   std::uint64_t seed = 0;       ///< of the sample; same seed and rows, same sample
+  /// Threads for H's tiles (0 = hardware threads). H is the same for any count: every tile is
+  /// one BLAS call on one thread.
+  std::size_t threads = 1;
 };
 
 /// Streaming statistics of rows x[K] (K = channels, the reduction axis of the layer's weight
-/// W[K, N]). Memory: K^2 doubles for H, 2K for the channel statistics, sample_rows x K floats;
-/// never the rows themselves.
+/// W[K, N]). Memory: K^2 doubles for H, hessian_block_rows x K floats of pending rows, 2K for
+/// the channel statistics, sample_rows x K floats; never all the rows.
 ///
-///   H[a, b]      = sum over rows of x[a] * x[b]       (double; BLAS dsyrk per batch)
+///   H[a, b]      = sum over rows of x[a] * x[b]
 ///   mean_abs[a]  = (sum over rows of |x[a]|) / rows  (double)
 ///   max_abs[a]   = max over rows of |x[a]|
 ///   sample       = a uniform sample without replacement of min(rows, sample_rows) rows
 ///                  (reservoir sampling, Algorithm R, with a splitmix64 stream from `seed`):
 ///                  the same whatever the batch sizes the rows arrive in.
+///
+/// H is summed in two levels: rows are gathered into blocks of B = hessian_block_rows; each
+/// block's X_b^T X_b is computed in float (sgemm on 256 x 256 tiles of the upper triangle) and
+/// added into the double accumulator. A float block sum of B products has a relative error
+/// below (B + 1) * 2^-24 of its magnitude sum |x[a] x[b]|; the double sum over blocks adds
+/// 2^-53 per block. That is ~3e-5 in the worst case and ~1e-6 typically (random signs), far
+/// below GPTQ's 1% damping of the diagonal, at half the cost of dsyrk and without a double copy
+/// of the rows. Blocks are counted from the first row, so H is the same whatever batch sizes
+/// the rows arrive in and whatever the thread count; reading H (hessian(), hessian_upper())
+/// adds the pending partial block first, after which blocks count from the next row.
 class activation_stats {
  public:
+  /// Rows per float block of H (see the class comment).
+  static constexpr std::size_t hessian_block_rows = 512;
+  /// Tile edge of H's blocked update.
+  static constexpr std::size_t hessian_tile = 256;
+
   explicit activation_stats(std::size_t channels, const activation_stats_options& options = {})
       : k_(channels),
         o_(options),
@@ -69,11 +89,7 @@ class activation_stats {
         }
       }
     }
-    if (o_.hessian && count > 0) {
-      std::vector<double> wide(x, x + count * k_);
-      // Upper triangle of H += X^T X; mirrored when read.
-      detail::blas::syrk(true, true, k_, count, 1.0, wide.data(), k_, 1.0, h_.data(), k_);
-    }
+    if (o_.hessian) add_to_hessian(x, count);
     for (std::size_t r = 0; r < count; ++r) {
       const float* row = x + r * k_;
       for (std::size_t a = 0; a < k_; ++a) {
@@ -104,6 +120,7 @@ class activation_stats {
   /// H = X^T X, symmetric [K, K]. Throws config_error when the Hessian was not requested.
   xt::xtensor<double, 2> hessian() const {
     if (!o_.hessian) throw config_error("activation_stats: hessian = false in the options");
+    flush_hessian();
     auto h = xt::xtensor<double, 2>::from_shape({k_, k_});
     for (std::size_t a = 0; a < k_; ++a) {
       for (std::size_t b = a; b < k_; ++b) h(a, b) = h(b, a) = h_[a * k_ + b];
@@ -115,6 +132,7 @@ class activation_stats {
   /// What gptq() reads (it reads the upper triangle only). Valid while this object lives.
   auto hessian_upper() const {
     if (!o_.hessian) throw config_error("activation_stats: hessian = false in the options");
+    flush_hessian();
     return xt::adapt(h_.data(), k_ * k_, xt::no_ownership(), std::array<std::size_t, 2>{k_, k_});
   }
   xt::xtensor<double, 1> mean_abs() const {
@@ -136,6 +154,56 @@ class activation_stats {
   }
 
  private:
+  /// Gathers rows into blocks of hessian_block_rows; full blocks go into H. Whole blocks of `x`
+  /// are used in place when no rows are pending.
+  void add_to_hessian(const float* x, std::size_t count) {
+    const std::size_t block = hessian_block_rows;
+    while (count > 0) {
+      std::size_t used = block;
+      if (pending_rows_ == 0 && count >= block) {
+        add_block(x, block);
+      } else {
+        used = std::min(count, block - pending_rows_);
+        pending_.resize(block * k_);
+        std::copy(x, x + used * k_,
+                  pending_.begin() + static_cast<std::ptrdiff_t>(pending_rows_ * k_));
+        pending_rows_ += used;
+        if (pending_rows_ == block) flush_hessian();
+      }
+      x += used * k_;
+      count -= used;
+    }
+  }
+  /// Adds the pending rows (a partial or full block) to H.
+  void flush_hessian() const {
+    if (pending_rows_ == 0) return;
+    add_block(pending_.data(), pending_rows_);
+    pending_rows_ = 0;
+  }
+  /// H[a, b] += sum over the block's rows of x[a] x[b] for b >= a: each tile (ta <= tb) of the
+  /// upper triangle is one float gemm X[:, ta]^T X[:, tb] over the block's rows, added in double.
+  void add_block(const float* x, std::size_t rows) const {
+    const std::size_t t = hessian_tile;
+    const std::size_t tiles = (k_ + t - 1) / t;
+    std::vector<std::pair<std::size_t, std::size_t>> pairs;
+    pairs.reserve(tiles * (tiles + 1) / 2);
+    for (std::size_t ta = 0; ta < tiles; ++ta)
+      for (std::size_t tb = ta; tb < tiles; ++tb) pairs.emplace_back(ta * t, tb * t);
+    detail::parallel_for(pairs.size(), o_.threads, [&](std::size_t i) {
+      const std::size_t a0 = pairs[i].first, b0 = pairs[i].second;
+      const std::size_t na = std::min(t, k_ - a0), nb = std::min(t, k_ - b0);
+      std::vector<float> tile(na * nb);
+      detail::blas::gemm(true, false, na, nb, rows, 1.0f, x + a0, k_, x + b0, k_, 0.0f, tile.data(),
+                         nb);
+      for (std::size_t a = 0; a < na; ++a) {
+        double* h = h_.data() + (a0 + a) * k_ + b0;
+        const float* s = tile.data() + a * nb;
+        // In a diagonal tile only b >= a belongs to the upper triangle.
+        for (std::size_t b = (a0 == b0 ? a : 0); b < nb; ++b) h[b] += static_cast<double>(s[b]);
+      }
+    });
+  }
+
   /// splitmix64: the next 64 random bits.
   std::uint64_t next() noexcept {
     std::uint64_t z = (rng_ += 0x9E3779B97F4A7C15ull);
@@ -158,7 +226,9 @@ class activation_stats {
 
   std::size_t k_;
   activation_stats_options o_;
-  std::vector<double> h_;  // upper triangle valid
+  mutable std::vector<double> h_;       // upper triangle valid
+  mutable std::vector<float> pending_;  // rows not yet in h_ (a partial block)
+  mutable std::size_t pending_rows_ = 0;
   std::vector<double> sum_abs_;
   std::vector<float> max_abs_;
   std::vector<float> sample_;

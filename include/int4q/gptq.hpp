@@ -22,7 +22,8 @@
 // Precision: H, its Cholesky factorization and the factor's inverse are double (dpotrf, dtrtri);
 // the working copy of W, the error rows and the updates are in the compute type of W (float:
 // sgemm / sger for float, fp16 and bf16 weights; double: dgemm / dger for double weights).
-// Parallelism comes from the BLAS only (e.g. openblas_set_num_threads); int4q adds no threads.
+// Parallelism: gptq_options::threads over fixed chunks of columns (the same result for any
+// count); the factorization (dpotrf, dtrtri) on the BLAS library's threads.
 #ifndef INT4Q_GPTQ_HPP
 #define INT4Q_GPTQ_HPP
 
@@ -44,6 +45,7 @@
 #include <int4q/detail/blas.hpp>
 #include <int4q/detail/input.hpp>
 #include <int4q/detail/kernels.hpp>
+#include <int4q/detail/parallel.hpp>
 #include <int4q/error.hpp>
 #include <int4q/group_params.hpp>
 #include <int4q/hessian_loss.hpp>
@@ -82,6 +84,10 @@ struct gptq_options {
   /// trace((W - Q)^T H' (W - Q)) = sum_k |e_k|^2, less the damping's share (measured by the
   /// product after all when that share is over gptq_max_damping_share of the sum).
   bool exact_loss = false;
+  /// Threads (0 = hardware threads) over fixed chunks of gptq_column_chunk columns of W (GPTQ
+  /// treats each column on its own) and of the loss products: the result is the same for any
+  /// count. BLAS calls inside stay on the BLAS library's own threads (one in the int4q CLI).
+  std::size_t threads = 1;
 };
 
 /// Statistics of one gptq call. Losses are trace((W - Q)^T H (W - Q)) with the H given
@@ -311,7 +317,7 @@ inline std::vector<double> gptq_damped_factor(const double* h, std::size_t K, co
 /// trace((W - Q)^T H (W - Q)) of the RTN baseline Q = quant_tensor(W, c), for w [K, N].
 template <class T>
 double gptq_rtn_loss(const T* w, std::size_t K, std::size_t N, const double* h,
-                     const quant_config& c) {
+                     const quant_config& c, std::size_t threads) {
   const std::size_t G = c.num_groups(K);
   std::vector<T> d(K * N);
   std::vector<T> scales(G * N);
@@ -322,7 +328,7 @@ double gptq_rtn_loss(const T* w, std::size_t K, std::size_t N, const double* h,
   sink.fake_quant = d.data();
   quantize_matrix(simd_tag{}, w, K, N, c, static_cast<const T*>(nullptr), 1, sink);
   for (std::size_t i = 0; i < K * N; ++i) d[i] = w[i] - d[i];
-  return hessian_loss_by_rows(h, K, d.data(), N, c.effective_group_size(K), nullptr);
+  return hessian_loss_by_rows(h, K, d.data(), N, c.effective_group_size(K), nullptr, threads);
 }
 
 /// The working copy of W that GPTQ updates, rows in quantization order.
@@ -333,16 +339,21 @@ struct gptq_work {
 };
 
 /// The working copy: W with dead rows zeroed, permuted by ord.perm. With static_groups, every
-/// group's parameters go into q first, computed from the unpermuted rows.
+/// group's parameters go into q first, computed from the unpermuted rows. `w` [K, N] has rows
+/// `ldw` apart (a chunk of columns of a wider W).
 template <class T>
-gptq_work<T> gptq_working_copy(const T* w, std::size_t K, std::size_t N, const double* h,
-                               const gptq_order& ord, const quant_config& c, const gptq_options& o,
-                               quantized<T>& q) {
+gptq_work<T> gptq_working_copy(const T* w, std::size_t ldw, std::size_t K, std::size_t N,
+                               const double* h, const gptq_order& ord, const quant_config& c,
+                               const gptq_options& o, quantized<T>& q) {
   const std::size_t gs = c.effective_group_size(K);
   gptq_work<T> s;
-  s.w.assign(w, w + K * N);
+  s.w.resize(K * N);
   for (std::size_t k = 0; k < K; ++k) {
-    if (ord.dead[k]) std::fill(s.w.begin() + k * N, s.w.begin() + (k + 1) * N, T(0));
+    if (ord.dead[k]) {
+      std::fill(s.w.begin() + k * N, s.w.begin() + (k + 1) * N, T(0));
+    } else {
+      std::copy(w + k * ldw, w + k * ldw + N, s.w.begin() + k * N);
+    }
   }
   s.imp.resize(K);
   for (std::size_t k = 0; k < K; ++k) s.imp[k] = static_cast<T>(h[k * K + k]);
@@ -364,33 +375,50 @@ gptq_work<T> gptq_working_copy(const T* w, std::size_t K, std::size_t N, const d
 
 // ---- The sweep over the rows: per-row step and lazy block update -------------------------------
 
-/// What the sweep reads (W, H, the grid, the order, U) and writes (the working copy, q).
+/// Columns of W per chunk of the sweep. GPTQ treats each column of W (an output channel) on
+/// its own: the sweep runs on fixed chunks of columns, each with its own working copy, spread
+/// over gptq_options::threads. The chunks do not depend on the thread count, so neither does
+/// the result.
+constexpr std::size_t gptq_column_chunk = 256;
+
+/// What the sweep reads (W, H, the grid, the order, U) and writes (the working copy, q) for
+/// one chunk of N columns.
 template <class T>
 struct gptq_state {
-  const T* w;  ///< [K, N] W as given
-  std::size_t K, N;
+  const T* w;  ///< [K, N] the chunk of W as given, rows ldw apart
+  std::size_t K, N, ldw;
   const double* h;  ///< [K, K]
   const quant_config& c;
   const gptq_options& o;
   const gptq_order& ord;
   const std::vector<double>& u;  ///< U in inverse_cholesky's layout
   gptq_work<T>& work;
-  quantized<T>& q;
+  quantized<T>& q;  ///< of the chunk: codes [K, N], parameters [G, N]
 };
 
-/// Buffers of one lazy block of rows [i1, i2).
+/// The factor's rows of one lazy block [i1, i2), shared by the chunks.
 template <class T>
 struct gptq_block {
   std::size_t i1 = 0, i2 = 0;
   std::size_t ld = 0;    ///< row stride of panel: K - i1
   std::vector<T> panel;  ///< [bs, K - i1]: U[i1:i2, i1:K] in T
-  std::vector<T> err;    ///< [bs, N]: row k - i1 = e_k
 };
 
 /// Sums over the live rows for the free loss (see gptq_loss).
 struct gptq_error_sums {
   double err_sq = 0;   ///< sum |e_k|^2
   double damp_sq = 0;  ///< sum |w_k - q_k|^2 (W as given)
+};
+
+/// One chunk of columns: its quantized result, working copy and buffers.
+template <class T>
+struct gptq_chunk {
+  std::size_t n0 = 0, n = 0;  ///< columns [n0, n0 + n) of W
+  quantized<T> q;
+  gptq_work<T> work;
+  std::vector<T> err;     ///< [bs, n]: row k - i1 = e_k
+  std::vector<T> values;  ///< [n]: the dequantized row just encoded
+  gptq_error_sums sums;
 };
 
 /// End of the lazy block that starts at row i1: i1 + bs (at most K). When group parameters
@@ -422,10 +450,11 @@ void load_factor_panel(const std::vector<double>& u, std::size_t K, gptq_block<T
 
 /// GPTQ's step for row k (torch's column i):
 ///   q_k = quantize(w_k)          codes into q's row perm[k]; values [N] = the dequantized q_k
-///   e_k = (w_k - q_k) / U[k, k]  into the block's error rows
+///   e_k = (w_k - q_k) / U[k, k]  into the block's error rows err [bs, N]
 ///   w_j -= U[k, j] e_k           for k < j < i2: one ger on the rest of the block
 template <class T>
-void gptq_row(gptq_state<T>& s, std::size_t k, gptq_block<T>& b, T* values, gptq_error_sums& sums) {
+void gptq_row(gptq_state<T>& s, std::size_t k, const gptq_block<T>& b, T* err, T* values,
+              gptq_error_sums& sums) {
   const std::size_t N = s.N, gs = s.c.effective_group_size(s.K);
   T* wk = s.work.w.data() + k * N;
   const std::size_t row = s.ord.perm[k];
@@ -433,10 +462,10 @@ void gptq_row(gptq_state<T>& s, std::size_t k, gptq_block<T>& b, T* values, gptq
   encode_row(wk, N, s.c, s.q.scales.data() + g * N, s.q.zero_points.data() + g * N,
              s.q.codes.data() + row * N, values);
   const T dk = static_cast<T>(inverse_factor_at(s.u.data(), s.K, k, k));
-  T* ek = b.err.data() + (k - b.i1) * N;
+  T* ek = err + (k - b.i1) * N;
   for (std::size_t n = 0; n < N; ++n) ek[n] = (wk[n] - values[n]) / dk;
   if (!s.ord.dead[row]) {
-    const T* w0 = s.w + row * N;
+    const T* w0 = s.w + row * s.ldw;
     for (std::size_t n = 0; n < N; ++n) {
       const double e = static_cast<double>(ek[n]);
       const double dd = static_cast<double>(w0[n]) - static_cast<double>(values[n]);
@@ -452,61 +481,108 @@ void gptq_row(gptq_state<T>& s, std::size_t k, gptq_block<T>& b, T* values, gptq
 
 /// The lazy batch update after a block: W[i2:, :] -= U[i1:i2, i2:]^T E[i1:i2, :] (one gemm).
 template <class T>
-void gptq_lazy_update(gptq_state<T>& s, const gptq_block<T>& b) {
+void gptq_lazy_update(gptq_state<T>& s, const gptq_block<T>& b, const T* err) {
   if (b.i2 >= s.K) return;
   const std::size_t rows = b.i2 - b.i1;
-  blas::gemm(true, false, s.K - b.i2, s.N, rows, T(-1), b.panel.data() + rows, b.ld, b.err.data(),
-             s.N, T(1), s.work.w.data() + b.i2 * s.N, s.N);
+  blas::gemm(true, false, s.K - b.i2, s.N, rows, T(-1), b.panel.data() + rows, b.ld, err, s.N, T(1),
+             s.work.w.data() + b.i2 * s.N, s.N);
 }
 
-/// All rows, in lazy blocks of o.block_size (GPTQ's fasterquant loop). Returns the sums for
-/// the free loss.
+/// Block [b.i1, b.i2) of the sweep on one chunk: its rows, then the lazy update of the rows
+/// after it.
 template <class T>
-gptq_error_sums gptq_sweep(gptq_state<T>& s) {
-  const std::size_t K = s.K, N = s.N, gs = s.c.effective_group_size(K);
+void gptq_chunk_block(gptq_state<T>& s, gptq_chunk<T>& ch, const gptq_block<T>& b) {
+  const std::size_t K = s.K, gs = s.c.effective_group_size(K);
   const bool dynamic_groups = !s.o.static_groups;
-  const std::size_t bs = std::min(s.o.block_size, K);
+  for (std::size_t k = b.i1; k < b.i2; ++k) {
+    if (dynamic_groups && k % gs == 0) {
+      // The grid of the group starting at row k, from its updated rows (act_order here only
+      // with one group, so the group of row k is the group of row perm[k]).
+      const std::size_t g = k / gs;
+      gptq_group_params(s.work.w.data(), s.N, k, std::min(gs, K - k), gs, s.c, s.o,
+                        s.work.imp.data(), s.q.scales.data() + g * s.N,
+                        s.q.zero_points.data() + g * s.N);
+    }
+    gptq_row(s, k, b, ch.err.data(), ch.values.data(), ch.sums);
+  }
+  gptq_lazy_update(s, b, ch.err.data());  // W[i2:] -= U[i1:i2, i2:]^T E
+}
+
+/// Copies a chunk's codes and parameters into columns [n0, n0 + n) of q.
+template <class T>
+void gptq_store_chunk(const gptq_chunk<T>& ch, quantized<T>& q) {
+  const std::size_t N = q.cols();
+  for (std::size_t k = 0; k < q.rows(); ++k)
+    std::copy(ch.q.codes.data() + k * ch.n, ch.q.codes.data() + (k + 1) * ch.n,
+              q.codes.data() + k * N + ch.n0);
+  for (std::size_t g = 0; g < q.num_groups(); ++g) {
+    std::copy(ch.q.scales.data() + g * ch.n, ch.q.scales.data() + (g + 1) * ch.n,
+              q.scales.data() + g * N + ch.n0);
+    std::copy(ch.q.zero_points.data() + g * ch.n, ch.q.zero_points.data() + (g + 1) * ch.n,
+              q.zero_points.data() + g * N + ch.n0);
+  }
+}
+
+/// All rows, in lazy blocks of o.block_size (GPTQ's fasterquant loop), on every chunk of
+/// columns; q receives the result. Returns the sums for the free loss, added chunk by chunk.
+template <class T>
+gptq_error_sums gptq_sweep(const T* w, std::size_t K, std::size_t N, const double* h,
+                           const quant_config& c, const gptq_options& o, const gptq_order& ord,
+                           const std::vector<double>& u, quantized<T>& q) {
+  const std::size_t gs = c.effective_group_size(K);
+  const bool dynamic_groups = !o.static_groups && c.num_groups(K) > 1;
+  const std::size_t bs = std::min(o.block_size, K);
+  std::vector<gptq_chunk<T>> chunks((N + gptq_column_chunk - 1) / gptq_column_chunk);
+  auto state = [&](gptq_chunk<T>& ch) {
+    return gptq_state<T>{w + ch.n0, K, ch.n, N, h, c, o, ord, u, ch.work, ch.q};
+  };
+  parallel_for(chunks.size(), o.threads, [&](std::size_t i) {
+    gptq_chunk<T>& ch = chunks[i];
+    ch.n0 = i * gptq_column_chunk;
+    ch.n = std::min(gptq_column_chunk, N - ch.n0);
+    ch.q = allocate_quantized<T>(K, ch.n, c);
+    ch.work = gptq_working_copy(w + ch.n0, N, K, ch.n, h, ord, c, o, ch.q);
+    ch.err.resize(bs * ch.n);
+    ch.values.resize(ch.n);
+  });
   gptq_block<T> b;
   b.panel.resize(bs * K);
-  b.err.resize(bs * N);
-  std::vector<T> values(N);
-  gptq_error_sums sums;
   for (b.i1 = 0; b.i1 < K; b.i1 = b.i2) {
-    b.i2 = gptq_block_end(b.i1, bs, K, gs, dynamic_groups && s.c.num_groups(K) > 1);
-    load_factor_panel(s.u, K, b);  // U[i1:i2, i1:] in T
-    for (std::size_t k = b.i1; k < b.i2; ++k) {
-      if (dynamic_groups && k % gs == 0) {
-        // The grid of the group starting at row k, from its updated rows (act_order here only
-        // with one group, so the group of row k is the group of row perm[k]).
-        const std::size_t g = k / gs;
-        gptq_group_params(s.work.w.data(), N, k, std::min(gs, K - k), gs, s.c, s.o,
-                          s.work.imp.data(), s.q.scales.data() + g * N,
-                          s.q.zero_points.data() + g * N);
-      }
-      gptq_row(s, k, b, values.data(), sums);  // q_k, e_k, W[k+1:i2] -= U[k, k+1:i2]^T e_k
-    }
-    gptq_lazy_update(s, b);  // W[i2:] -= U[i1:i2, i2:]^T E
+    b.i2 = gptq_block_end(b.i1, bs, K, gs, dynamic_groups);
+    load_factor_panel(u, K, b);  // U[i1:i2, i1:] in T
+    parallel_for(chunks.size(), o.threads, [&](std::size_t i) {
+      gptq_state<T> s = state(chunks[i]);
+      gptq_chunk_block(s, chunks[i], b);
+    });
+  }
+  gptq_error_sums sums;
+  for (gptq_chunk<T>& ch : chunks) {
+    gptq_store_chunk(ch, q);
+    sums.err_sq += ch.sums.err_sq;
+    sums.damp_sq += ch.sums.damp_sq;
+    ch = gptq_chunk<T>();  // frees the chunk's working copy
   }
   return sums;
 }
 
 // ---- Loss --------------------------------------------------------------------------------------
 
-/// report.loss (and report.group_loss with exact_loss) after the sweep. The free loss
-/// subtracts the damping's share from sum |e_k|^2; when that share is most of it (large
-/// damping), the difference would keep few correct digits: then it is measured by the product
-/// (hessian_loss_by_rows), as with exact_loss. Uses the working copy as scratch.
+/// report.loss (and report.group_loss with exact_loss) of q for w [K, N] after the sweep. The
+/// free loss subtracts the damping's share from sum |e_k|^2; when that share is most of it
+/// (large damping), the difference would keep few correct digits: then it is measured by the
+/// product (hessian_loss_by_rows), as with exact_loss.
 template <class T>
-void gptq_loss(gptq_state<T>& s, const gptq_error_sums& sums, gptq_report& rep) {
-  const std::size_t K = s.K, N = s.N;
+void gptq_loss(const T* w, std::size_t K, std::size_t N, const double* h, const quant_config& c,
+               const gptq_options& o, const quantized<T>& q, const gptq_error_sums& sums,
+               gptq_report& rep) {
   const bool cancels = rep.damp * sums.damp_sq > gptq_max_damping_share * sums.err_sq;
-  if (s.o.exact_loss || cancels) {
-    std::vector<T>& d = s.work.w;
-    dequant_matrix(simd_tag{}, s.q, 1, d.data());
-    for (std::size_t i = 0; i < K * N; ++i) d[i] = s.w[i] - d[i];
-    if (s.o.exact_loss) rep.group_loss = xt::zeros<double>({s.c.num_groups(K), N});
-    rep.loss = hessian_loss_by_rows(s.h, K, d.data(), N, s.c.effective_group_size(K),
-                                    s.o.exact_loss ? rep.group_loss.data() : nullptr);
+  if (o.exact_loss || cancels) {
+    std::vector<T> d(K * N);
+    dequant_matrix(simd_tag{}, q, 1, d.data());
+    for (std::size_t i = 0; i < K * N; ++i) d[i] = w[i] - d[i];
+    if (o.exact_loss) rep.group_loss = xt::zeros<double>({c.num_groups(K), N});
+    rep.loss = hessian_loss_by_rows(h, K, d.data(), N, c.effective_group_size(K),
+                                    o.exact_loss ? rep.group_loss.data() : nullptr, o.threads);
   } else {
     // trace(D^T H' D) = sum |e_k|^2 for D = W' - Q (W' = W with dead rows zeroed, H' damped
     // with dead diagonals 1); removing the damping and the dead rows (whose rows of H are 0)
@@ -522,12 +598,10 @@ gptq_result<T> gptq_matrix(const T* w, std::size_t K, std::size_t N, const doubl
   gptq_result<T> res;
   res.q = allocate_quantized<T>(K, N, c);
   const gptq_order ord = gptq_order_of(h, K, o, res.report);
-  if (o.rtn_loss) res.report.rtn_loss = gptq_rtn_loss(w, K, N, h, c);  // before the big buffers
+  if (o.rtn_loss) res.report.rtn_loss = gptq_rtn_loss(w, K, N, h, c, o.threads);
   const std::vector<double> u = gptq_damped_factor(h, K, ord, o, res.report);
-  gptq_work<T> work = gptq_working_copy(w, K, N, h, ord, c, o, res.q);
-  gptq_state<T> s{w, K, N, h, c, o, ord, u, work, res.q};
-  const gptq_error_sums sums = gptq_sweep(s);
-  gptq_loss(s, sums, res.report);
+  const gptq_error_sums sums = gptq_sweep(w, K, N, h, c, o, ord, u, res.q);
+  gptq_loss(w, K, N, h, c, o, res.q, sums, res.report);
   return res;
 }
 

@@ -20,6 +20,7 @@
 #include <int4q/config.hpp>
 #include <int4q/detail/blas.hpp>
 #include <int4q/detail/input.hpp>
+#include <int4q/detail/parallel.hpp>
 #include <int4q/error.hpp>
 
 namespace int4q {
@@ -33,10 +34,15 @@ inline double hessian_at(const double* h, std::size_t K, std::size_t a, std::siz
 /// Rows of H per panel of hessian_loss_rows (bounds the copies to 64 x (K + N) values).
 constexpr std::size_t hessian_panel_rows = 64;
 
+/// Columns per gemm of H D: fixed chunks, spread over `threads` (0 = hardware threads), so
+/// that the terms do not depend on the thread count.
+constexpr std::size_t hessian_loss_column_chunk = 256;
+
 /// Calls row(k, terms) for k = 0 .. K-1 in order, terms [N] = D[k, n] (H D)[k, n] in double,
 /// for a symmetric h [K, K] (upper triangle read) and d [K, N]. Callers sum the terms.
 template <class T, class F>
-void hessian_loss_rows(const double* h, std::size_t K, const T* d, std::size_t N, F&& row) {
+void hessian_loss_rows(const double* h, std::size_t K, const T* d, std::size_t N, F&& row,
+                       std::size_t threads = 1) {
   constexpr std::size_t p = hessian_panel_rows;
   std::vector<T> panel(std::min(p, K) * K);  // rows [i0, i0 + rows) of H in T
   std::vector<T> hd(std::min(p, K) * N);     // the same rows of H D
@@ -47,7 +53,12 @@ void hessian_loss_rows(const double* h, std::size_t K, const T* d, std::size_t N
       for (std::size_t r = 0; r < rows; ++r)
         panel[r * K + j] = static_cast<T>(hessian_at(h, K, i0 + r, j));
     }
-    blas::gemm(false, false, rows, N, K, T(1), panel.data(), K, d, N, T(0), hd.data(), N);
+    constexpr std::size_t cc = hessian_loss_column_chunk;
+    parallel_for((N + cc - 1) / cc, threads, [&](std::size_t c) {
+      const std::size_t n0 = c * cc;
+      blas::gemm(false, false, rows, std::min(cc, N - n0), K, T(1), panel.data(), K, d + n0, N,
+                 T(0), hd.data() + n0, N);
+    });
     for (std::size_t r = 0; r < rows; ++r) {
       const T* dk = d + (i0 + r) * N;
       for (std::size_t n = 0; n < N; ++n)
@@ -61,17 +72,20 @@ void hessian_loss_rows(const double* h, std::size_t K, const T* d, std::size_t N
 /// [G, N] (groups of `gs` rows) gets the per-group, per-column sums added when not null.
 template <class T>
 double hessian_loss_by_rows(const double* h, std::size_t K, const T* d, std::size_t N,
-                            std::size_t gs, double* group_loss) {
+                            std::size_t gs, double* group_loss, std::size_t threads = 1) {
   double total = 0;
-  hessian_loss_rows(h, K, d, N, [&](std::size_t k, const double* terms) {
-    double row = 0;
-    double* gl = group_loss ? group_loss + (k / gs) * N : nullptr;
-    for (std::size_t n = 0; n < N; ++n) {
-      row += terms[n];
-      if (gl) gl[n] += terms[n];
-    }
-    total += row;
-  });
+  hessian_loss_rows(
+      h, K, d, N,
+      [&](std::size_t k, const double* terms) {
+        double row = 0;
+        double* gl = group_loss ? group_loss + (k / gs) * N : nullptr;
+        for (std::size_t n = 0; n < N; ++n) {
+          row += terms[n];
+          if (gl) gl[n] += terms[n];
+        }
+        total += row;
+      },
+      threads);
   return total;
 }
 

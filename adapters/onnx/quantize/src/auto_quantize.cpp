@@ -283,6 +283,7 @@ std::vector<plan_weight> score_weights(const model& m, const std::vector<const w
                                        const quantize_options& options, const auto_options& a) {
   collect_options co;
   co.threads = options.threads;
+  co.stats.threads = options.threads;
   co.stats.sample_rows = 0;
   co.on_progress = a.on_progress;
   const auto passes =

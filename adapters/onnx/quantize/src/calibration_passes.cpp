@@ -70,7 +70,9 @@ int first_main_graph_use(const weight_info& w) {
 
 std::uint64_t stats_bytes(const weight_info& w, const activation_stats_options& what) {
   const std::uint64_t k = w.k;
-  return (what.hessian ? k * k * 8 : 0) + what.sample_rows * k * 4 + k * 24;
+  // H (K^2 doubles) and its pending float block, the row sample, the channel sums.
+  const std::uint64_t block = activation_stats::hessian_block_rows;
+  return (what.hessian ? k * k * 8 + block * k * 4 : 0) + what.sample_rows * k * 4 + k * 24;
 }
 
 std::vector<std::vector<const weight_info*>> split_into_passes(
@@ -109,6 +111,7 @@ calibration_passes::calibration_passes(const model& m, const quantize_options& o
   co_.stats.hessian = hessian;
   co_.stats.sample_rows = awq ? options.awq.samples : 0;
   co_.threads = options.threads;
+  co_.stats.threads = options.threads;
   std::vector<const weight_info*> calibrated;
   for (const weight_job& job : jobs)
     if (job.algo != method::rtn) calibrated.push_back(job.info);
@@ -318,8 +321,10 @@ int4q::quantized<float> calibration_passes::run_gptq(const weight_job& job,
       for (std::size_t b = 0; b < scaled.shape()[1]; ++b)
         scaled(a, b) /= static_cast<double>(s[a]) * static_cast<double>(s[b]);
   }
-  auto result = s ? int4q::gptq(job.weight, scaled, job.config, options_.gptq)
-                  : int4q::gptq(job.weight, stats.hessian_upper(), job.config, options_.gptq);
+  int4q::gptq_options go = options_.gptq;
+  go.threads = options_.threads;  // the same result for any count
+  auto result = s ? int4q::gptq(job.weight, scaled, job.config, go)
+                  : int4q::gptq(job.weight, stats.hessian_upper(), job.config, go);
   r.hessian_loss = result.report.loss;
   r.rtn_hessian_loss = result.report.rtn_loss;
   r.damp_retries = result.report.retries;
