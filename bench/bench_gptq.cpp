@@ -136,7 +136,8 @@ void bm_gptq(benchmark::State& state, bool rtn_loss) {
   int4q_bench::set_flops_counters(state, update_flops(K, N), s, threads);
 }
 
-// Args: K, BLAS threads. The double part alone (internal API).
+// Args: K, threads (of the blocked factorization; BLAS on one thread). The double part alone
+// (internal API).
 void bm_inverse_cholesky(benchmark::State& state) {
   const std::size_t K = static_cast<std::size_t>(state.range(0));
   const int threads = static_cast<int>(state.range(1));
@@ -147,10 +148,11 @@ void bm_inverse_cholesky(benchmark::State& state) {
   std::vector<double> u(K * K);
   double mean = 0;
   for (std::size_t k = 0; k < K; ++k) mean += h(k, k) / static_cast<double>(K);
-  int4q_bench::set_blas_threads(threads);
+  int4q_bench::set_blas_threads(1);  // the blocks go over `threads`, as in gptq()
   stopwatch sw;
   for (auto _ : state) {
-    const bool ok = int4q::detail::inverse_cholesky(h.data(), K, perm, dead, 0.01 * mean, u.data());
+    const bool ok = int4q::detail::inverse_cholesky(h.data(), K, perm, dead, 0.01 * mean, u.data(),
+                                                    static_cast<std::size_t>(threads));
     benchmark::DoNotOptimize(ok);
   }
   const double s = sw.seconds();

@@ -481,6 +481,56 @@ TEST(GptqProperty, ExactLossAndGroupLoss) {
 
 // ---- 3. Block size --------------------------------------------------------------------------
 
+// The blocked factorizations (detail/cholesky.hpp) against the plain-loop Cholesky and the
+// definition of the inverse, on a matrix of several blocks, for several thread counts.
+TEST(GptqFactor, BlockedCholeskyAndInverseAgreeWithTheReferenceForAnyThreadCount) {
+  const std::size_t n = 2 * int4q::detail::cholesky_block + 88;  // blocks 256, 256, 88
+  const auto x = random_activations(2 * n, n, 13u, {});
+  const auto h = hessian_of(x);
+  std::vector<double> a(n * n);  // row-major = symmetric, so also column-major
+  double mean = 0;
+  for (std::size_t i = 0; i < n; ++i) mean += h(i, i) / double(n);
+  for (std::size_t i = 0; i < n; ++i)
+    for (std::size_t j = 0; j < n; ++j) a[i * n + j] = h(i, j) + (i == j ? 0.01 * mean : 0.0);
+  const auto ref = cholesky_lower(a, n);  // row-major lower: ref[i * n + j], j <= i
+  std::vector<double> first;
+  for (std::size_t threads : {std::size_t(1), std::size_t(3), std::size_t(0)}) {
+    std::vector<double> l = a;  // column-major: L(i, j) = l[j * n + i]
+    ASSERT_EQ(int4q::detail::potrf_lower_blocked(n, l.data(), n, threads), 0);
+    double worst = 0;
+    for (std::size_t j = 0; j < n; ++j)
+      for (std::size_t i = j; i < n; ++i)
+        worst = std::max(worst, std::abs(l[j * n + i] - ref[i * n + j]) / std::sqrt(a[i * n + i]));
+    // Cholesky is backward stable: entries within n * 2^-53 of sqrt(A_ii) (with room).
+    EXPECT_LT(worst, 1e-12) << "threads " << threads;
+    std::vector<double> inv = l;
+    ASSERT_EQ(int4q::detail::trtri_lower_blocked(n, inv.data(), n, threads), 0);
+    // inv * L = I on the lower triangle (both lower triangular).
+    double off = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      for (std::size_t j = 0; j <= i; ++j) {
+        double s = 0;
+        for (std::size_t p = j; p <= i; ++p) s += inv[p * n + i] * l[j * n + p];
+        off = std::max(off, std::abs(s - (i == j ? 1.0 : 0.0)));
+      }
+    }
+    EXPECT_LT(off, 1e-9) << "threads " << threads;
+    // Only the lower triangle is results; it is the same bytes for any thread count.
+    std::vector<double> lower;
+    for (std::size_t j = 0; j < n; ++j)
+      for (std::size_t i = j; i < n; ++i) lower.push_back(inv[j * n + i]);
+    if (first.empty()) {
+      first = lower;
+    } else {
+      EXPECT_TRUE(lower == first) << "threads " << threads;
+    }
+  }
+  // Not positive definite: the order of the failing minor, as LAPACK reports it.
+  std::vector<double> bad = a;
+  bad[300 * n + 300] = -1.0;
+  EXPECT_EQ(int4q::detail::potrf_lower_blocked(n, bad.data(), n, 2), 301);
+}
+
 TEST(GptqThreads, ResultIsTheSameForAnyThreadCount) {
   // Columns go in fixed chunks whatever the thread count: every byte and the losses agree.
   for (const gptq_case& t : reference_cases()) {

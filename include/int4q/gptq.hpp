@@ -23,7 +23,7 @@
 // the working copy of W, the error rows and the updates are in the compute type of W (float:
 // sgemm / sger for float, fp16 and bf16 weights; double: dgemm / dger for double weights).
 // Parallelism: gptq_options::threads over fixed chunks of columns (the same result for any
-// count); the factorization (dpotrf, dtrtri) on the BLAS library's threads.
+// count) and over the blocks of the factorization (detail/cholesky.hpp).
 #ifndef INT4Q_GPTQ_HPP
 #define INT4Q_GPTQ_HPP
 
@@ -43,6 +43,7 @@
 #include <int4q/config.hpp>
 #include <int4q/dequant.hpp>
 #include <int4q/detail/blas.hpp>
+#include <int4q/detail/cholesky.hpp>
 #include <int4q/detail/input.hpp>
 #include <int4q/detail/kernels.hpp>
 #include <int4q/detail/parallel.hpp>
@@ -225,7 +226,8 @@ constexpr std::size_t hessian_copy_tile = 64;
 /// u [K, K] receives R^-1 in its row-major upper triangle, and U[i, j] = u[K-1-j, K-1-i]
 /// (read it with inverse_factor_at). Returns false when H' + damp I is not positive definite.
 inline bool inverse_cholesky(const double* h, std::size_t K, const std::vector<std::size_t>& perm,
-                             const std::vector<char>& dead, double damp, double* u) {
+                             const std::vector<char>& dead, double damp, double* u,
+                             std::size_t threads = 1) {
   constexpr std::size_t t = hessian_copy_tile;
   for (std::size_t i0 = 0; i0 < K; i0 += t) {
     for (std::size_t j0 = i0; j0 < K; j0 += t) {
@@ -242,8 +244,8 @@ inline bool inverse_cholesky(const double* h, std::size_t K, const std::vector<s
   }
   // A row-major upper triangle is LAPACK's column-major lower one: the 'L' routines work on it
   // in place, without LAPACKE's row-major transposes.
-  if (blas::potrf_lower(K, u, K) != 0) return false;  // R
-  if (blas::trtri_lower(K, u, K) != 0) return false;  // R^-1
+  if (potrf_lower_blocked(K, u, K, threads) != 0) return false;  // R
+  if (trtri_lower_blocked(K, u, K, threads) != 0) return false;  // R^-1
   for (std::size_t i = 0; i < K; ++i) {
     const double d = u[i * K + i];
     if (!(d > 0.0) || !std::isfinite(d)) return false;
@@ -302,7 +304,7 @@ inline std::vector<double> gptq_damped_factor(const double* h, std::size_t K, co
   rep.damp_fraction = o.damp;
   for (;;) {
     rep.damp = rep.damp_fraction * ord.mean_diag;
-    if (inverse_cholesky(h, K, ord.perm, ord.dead, rep.damp, u.data())) return u;
+    if (inverse_cholesky(h, K, ord.perm, ord.dead, rep.damp, u.data(), o.threads)) return u;
     if (rep.retries == o.max_damp_retries) {
       throw error("gptq: H is not positive definite even with damping " +
                   std::to_string(rep.damp_fraction) + " x mean(diag H) after " +

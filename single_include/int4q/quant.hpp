@@ -54,6 +54,8 @@
 // LAPACK's info (0 = success):
 //   potrf_lower : A = L L^T, L into the lower triangle of a [n, n]
 //   trtri_lower : L^-1 of a non-unit lower triangular L, in place
+// and column-major double gemm_cm, syrk_lower_cm, trsm_right_lower_cm, trmm_left_lower_cm for
+// the blocked factorizations of detail/cholesky.hpp.
 #ifndef INT4Q_DETAIL_BLAS_HPP
 #define INT4Q_DETAIL_BLAS_HPP
 
@@ -109,6 +111,34 @@ inline void syrk(bool upper, bool trans, std::size_t n, std::size_t k, double al
                  const double* a, std::size_t lda, double beta, double* c, std::size_t ldc) {
   cblas_dsyrk(CblasRowMajor, upper ? CblasUpper : CblasLower, op(trans), to_int(n), to_int(k),
               alpha, a, to_int(lda), beta, c, to_int(ldc));
+}
+
+// Column-major BLAS-3 on double, for the blocked factorizations (detail/cholesky.hpp), which
+// work in LAPACK's layout:
+//   gemm_cm : C[m, n] = alpha op(A) op(B) + beta C
+//   syrk_cm : C[n, n] = alpha A A^T + beta C, lower triangle   A [n, k]
+//   trsm_cm : B[m, n] = alpha B op(L)^-1 (right) with L lower, non-unit
+//   trmm_cm : B[m, n] = alpha L B (left) with L lower, non-unit
+inline void gemm_cm(bool trans_a, bool trans_b, std::size_t m, std::size_t n, std::size_t k,
+                    double alpha, const double* a, std::size_t lda, const double* b,
+                    std::size_t ldb, double beta, double* c, std::size_t ldc) {
+  cblas_dgemm(CblasColMajor, op(trans_a), op(trans_b), to_int(m), to_int(n), to_int(k), alpha, a,
+              to_int(lda), b, to_int(ldb), beta, c, to_int(ldc));
+}
+inline void syrk_lower_cm(std::size_t n, std::size_t k, double alpha, const double* a,
+                          std::size_t lda, double beta, double* c, std::size_t ldc) {
+  cblas_dsyrk(CblasColMajor, CblasLower, CblasNoTrans, to_int(n), to_int(k), alpha, a, to_int(lda),
+              beta, c, to_int(ldc));
+}
+inline void trsm_right_lower_cm(bool trans, std::size_t m, std::size_t n, double alpha,
+                                const double* l, std::size_t ldl, double* b, std::size_t ldb) {
+  cblas_dtrsm(CblasColMajor, CblasRight, CblasLower, op(trans), CblasNonUnit, to_int(m), to_int(n),
+              alpha, l, to_int(ldl), b, to_int(ldb));
+}
+inline void trmm_left_lower_cm(std::size_t m, std::size_t n, double alpha, const double* l,
+                               std::size_t ldl, double* b, std::size_t ldb) {
+  cblas_dtrmm(CblasColMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, to_int(m),
+              to_int(n), alpha, l, to_int(ldl), b, to_int(ldb));
 }
 
 inline int potrf_lower(std::size_t n, float* a, std::size_t lda) {
@@ -3100,7 +3130,7 @@ auto qdq(const xt::xexpression<E>& w, const quant_config& config,
 // the working copy of W, the error rows and the updates are in the compute type of W (float:
 // sgemm / sger for float, fp16 and bf16 weights; double: dgemm / dger for double weights).
 // Parallelism: gptq_options::threads over fixed chunks of columns (the same result for any
-// count); the factorization (dpotrf, dtrtri) on the BLAS library's threads.
+// count) and over the blocks of the factorization (detail/cholesky.hpp).
 #ifndef INT4Q_GPTQ_HPP
 #define INT4Q_GPTQ_HPP
 
@@ -3120,6 +3150,123 @@ auto qdq(const xt::xexpression<E>& w, const quant_config& config,
 // #include <int4q/config.hpp> (inlined above)
 // #include <int4q/dequant.hpp> (inlined above)
 // #include <int4q/detail/blas.hpp> (inlined above)
+// begin file include/int4q/detail/cholesky.hpp
+// Blocked Cholesky factorization and triangular inverse in LAPACK's layout (column-major, lower
+// triangle), on fixed blocks of cholesky_block columns, spread over a thread count:
+//
+//   potrf_lower_blocked : A = L L^T              (LAPACK dpotrf 'L'), K^3 / 3 flops
+//   trtri_lower_blocked : L := L^-1, L lower     (LAPACK dtrtri 'L' 'N'), K^3 / 3 flops
+//
+// Every block operation is one BLAS/LAPACK call on one thread, and the blocks do not depend on
+// the thread count: the bytes of the result are the same for any count (LAPACK's own routines on
+// a threaded BLAS are not). Each step is the textbook right-looking algorithm:
+//   potrf, for each block column j:  L_jj = chol(A_jj);  L_ij = A_ij L_jj^-T (i > j, per block
+//     row);  A_ik -= L_ij L_kj^T (i >= k > j, per tile; syrk on the diagonal tiles)
+//   trtri, for block columns j from the last (LAPACK dtrtri's order): with the trailing part
+//     already inverted (T = L[j+1:, j+1:]^-1), the panel P = L[j+1:, j] becomes -(T P) L_jj^-1
+//     (T P per block row, out of place; then one trsm per block row), then L_jj := L_jj^-1.
+// Both read and write only the lower triangle of `a` (the upper part of diagonal tiles is not
+// touched).
+#ifndef INT4Q_DETAIL_CHOLESKY_HPP
+#define INT4Q_DETAIL_CHOLESKY_HPP
+
+#include <algorithm>
+#include <cstddef>
+#include <utility>
+#include <vector>
+
+// #include <int4q/detail/blas.hpp> (inlined above)
+// #include <int4q/detail/parallel.hpp> (inlined above)
+
+namespace int4q {
+namespace detail {
+
+/// Columns per block of the blocked factorizations.
+constexpr std::size_t cholesky_block = 256;
+
+/// A = L L^T of a column-major [n, n] whose lower triangle holds A; L replaces it. Returns 0, or
+/// LAPACK's info (> 0: the leading minor of that order is not positive definite).
+inline int potrf_lower_blocked(std::size_t n, double* a, std::size_t lda, std::size_t threads) {
+  constexpr std::size_t nb = cholesky_block;
+  for (std::size_t j0 = 0; j0 < n; j0 += nb) {
+    const std::size_t nj = std::min(nb, n - j0);
+    double* ajj = a + j0 * lda + j0;
+    const int info = blas::potrf_lower(nj, ajj, lda);
+    if (info != 0) return static_cast<int>(j0) + info;
+    const std::size_t r1 = j0 + nj;  // first row below the block
+    if (r1 >= n) break;
+    const std::size_t blocks = (n - r1 + nb - 1) / nb;
+    // L_ij = A_ij L_jj^-T, one block row at a time.
+    parallel_for(blocks, threads, [&](std::size_t i) {
+      const std::size_t r0 = r1 + i * nb;
+      blas::trsm_right_lower_cm(true, std::min(nb, n - r0), nj, 1.0, ajj, lda, a + j0 * lda + r0,
+                                lda);
+    });
+    // A_ik -= L_ij L_kj^T for the trailing tiles i >= k.
+    std::vector<std::pair<std::size_t, std::size_t>> tiles;
+    for (std::size_t i = 0; i < blocks; ++i)
+      for (std::size_t k = 0; k <= i; ++k) tiles.emplace_back(i, k);
+    parallel_for(tiles.size(), threads, [&](std::size_t t) {
+      const std::size_t r0 = r1 + tiles[t].first * nb, c0 = r1 + tiles[t].second * nb;
+      const std::size_t nr = std::min(nb, n - r0), nc = std::min(nb, n - c0);
+      const double* li = a + j0 * lda + r0;
+      if (r0 == c0) {
+        blas::syrk_lower_cm(nr, nj, -1.0, li, lda, 1.0, a + c0 * lda + r0, lda);
+      } else {
+        blas::gemm_cm(false, true, nr, nc, nj, -1.0, li, lda, a + j0 * lda + c0, lda, 1.0,
+                      a + c0 * lda + r0, lda);
+      }
+    });
+  }
+  return 0;
+}
+
+/// L := L^-1 for a non-unit lower triangular column-major [n, n] L. Returns 0, or LAPACK's info
+/// (> 0: a zero diagonal entry).
+inline int trtri_lower_blocked(std::size_t n, double* a, std::size_t lda, std::size_t threads) {
+  constexpr std::size_t nb = cholesky_block;
+  if (n == 0) return 0;
+  std::vector<double> tp;  // T P, [rest, nj] column-major
+  for (std::size_t j0 = ((n - 1) / nb) * nb;; j0 -= nb) {
+    const std::size_t nj = std::min(nb, n - j0);
+    double* ajj = a + j0 * lda + j0;
+    const std::size_t r1 = j0 + nj;
+    if (r1 < n) {
+      const std::size_t rest = n - r1, blocks = (rest + nb - 1) / nb;
+      double* p = a + j0 * lda + r1;        // P = L[r1:, j0:r1], [rest, nj]
+      const double* t = a + r1 * lda + r1;  // T = the inverted trailing part
+      tp.assign(rest * nj, 0.0);
+      // Block row i of T P = T_ii P_i + T[i, :i] P[:i] (T lower), into tp.
+      parallel_for(blocks, threads, [&](std::size_t i) {
+        const std::size_t q0 = i * nb, nr = std::min(nb, rest - q0);
+        for (std::size_t c = 0; c < nj; ++c)
+          std::copy(p + c * lda + q0, p + c * lda + q0 + nr, tp.data() + c * rest + q0);
+        blas::trmm_left_lower_cm(nr, nj, 1.0, t + q0 * lda + q0, lda, tp.data() + q0, rest);
+        if (q0 > 0) {
+          blas::gemm_cm(false, false, nr, nj, q0, 1.0, t + q0, lda, p, lda, 1.0, tp.data() + q0,
+                        rest);
+        }
+      });
+      // P := -(T P) L_jj^-1, per block row (L_jj not inverted yet).
+      parallel_for(blocks, threads, [&](std::size_t i) {
+        const std::size_t q0 = i * nb, nr = std::min(nb, rest - q0);
+        for (std::size_t c = 0; c < nj; ++c)
+          std::copy(tp.data() + c * rest + q0, tp.data() + c * rest + q0 + nr, p + c * lda + q0);
+        blas::trsm_right_lower_cm(false, nr, nj, -1.0, ajj, lda, p + q0, lda);
+      });
+    }
+    const int info = blas::trtri_lower(nj, ajj, lda);
+    if (info != 0) return static_cast<int>(j0) + info;
+    if (j0 == 0) break;
+  }
+  return 0;
+}
+
+}  // namespace detail
+}  // namespace int4q
+
+#endif  // INT4Q_DETAIL_CHOLESKY_HPP
+// end file include/int4q/detail/cholesky.hpp
 // #include <int4q/detail/input.hpp> (inlined above)
 // #include <int4q/detail/kernels.hpp> (inlined above)
 // #include <int4q/detail/parallel.hpp> (inlined above)
@@ -3422,7 +3569,8 @@ constexpr std::size_t hessian_copy_tile = 64;
 /// u [K, K] receives R^-1 in its row-major upper triangle, and U[i, j] = u[K-1-j, K-1-i]
 /// (read it with inverse_factor_at). Returns false when H' + damp I is not positive definite.
 inline bool inverse_cholesky(const double* h, std::size_t K, const std::vector<std::size_t>& perm,
-                             const std::vector<char>& dead, double damp, double* u) {
+                             const std::vector<char>& dead, double damp, double* u,
+                             std::size_t threads = 1) {
   constexpr std::size_t t = hessian_copy_tile;
   for (std::size_t i0 = 0; i0 < K; i0 += t) {
     for (std::size_t j0 = i0; j0 < K; j0 += t) {
@@ -3439,8 +3587,8 @@ inline bool inverse_cholesky(const double* h, std::size_t K, const std::vector<s
   }
   // A row-major upper triangle is LAPACK's column-major lower one: the 'L' routines work on it
   // in place, without LAPACKE's row-major transposes.
-  if (blas::potrf_lower(K, u, K) != 0) return false;  // R
-  if (blas::trtri_lower(K, u, K) != 0) return false;  // R^-1
+  if (potrf_lower_blocked(K, u, K, threads) != 0) return false;  // R
+  if (trtri_lower_blocked(K, u, K, threads) != 0) return false;  // R^-1
   for (std::size_t i = 0; i < K; ++i) {
     const double d = u[i * K + i];
     if (!(d > 0.0) || !std::isfinite(d)) return false;
@@ -3499,7 +3647,7 @@ inline std::vector<double> gptq_damped_factor(const double* h, std::size_t K, co
   rep.damp_fraction = o.damp;
   for (;;) {
     rep.damp = rep.damp_fraction * ord.mean_diag;
-    if (inverse_cholesky(h, K, ord.perm, ord.dead, rep.damp, u.data())) return u;
+    if (inverse_cholesky(h, K, ord.perm, ord.dead, rep.damp, u.data(), o.threads)) return u;
     if (rep.retries == o.max_damp_retries) {
       throw error("gptq: H is not positive definite even with damping " +
                   std::to_string(rep.damp_fraction) + " x mean(diag H) after " +

@@ -13,6 +13,8 @@
 // LAPACK's info (0 = success):
 //   potrf_lower : A = L L^T, L into the lower triangle of a [n, n]
 //   trtri_lower : L^-1 of a non-unit lower triangular L, in place
+// and column-major double gemm_cm, syrk_lower_cm, trsm_right_lower_cm, trmm_left_lower_cm for
+// the blocked factorizations of detail/cholesky.hpp.
 #ifndef INT4Q_DETAIL_BLAS_HPP
 #define INT4Q_DETAIL_BLAS_HPP
 
@@ -68,6 +70,34 @@ inline void syrk(bool upper, bool trans, std::size_t n, std::size_t k, double al
                  const double* a, std::size_t lda, double beta, double* c, std::size_t ldc) {
   cblas_dsyrk(CblasRowMajor, upper ? CblasUpper : CblasLower, op(trans), to_int(n), to_int(k),
               alpha, a, to_int(lda), beta, c, to_int(ldc));
+}
+
+// Column-major BLAS-3 on double, for the blocked factorizations (detail/cholesky.hpp), which
+// work in LAPACK's layout:
+//   gemm_cm : C[m, n] = alpha op(A) op(B) + beta C
+//   syrk_cm : C[n, n] = alpha A A^T + beta C, lower triangle   A [n, k]
+//   trsm_cm : B[m, n] = alpha B op(L)^-1 (right) with L lower, non-unit
+//   trmm_cm : B[m, n] = alpha L B (left) with L lower, non-unit
+inline void gemm_cm(bool trans_a, bool trans_b, std::size_t m, std::size_t n, std::size_t k,
+                    double alpha, const double* a, std::size_t lda, const double* b,
+                    std::size_t ldb, double beta, double* c, std::size_t ldc) {
+  cblas_dgemm(CblasColMajor, op(trans_a), op(trans_b), to_int(m), to_int(n), to_int(k), alpha, a,
+              to_int(lda), b, to_int(ldb), beta, c, to_int(ldc));
+}
+inline void syrk_lower_cm(std::size_t n, std::size_t k, double alpha, const double* a,
+                          std::size_t lda, double beta, double* c, std::size_t ldc) {
+  cblas_dsyrk(CblasColMajor, CblasLower, CblasNoTrans, to_int(n), to_int(k), alpha, a, to_int(lda),
+              beta, c, to_int(ldc));
+}
+inline void trsm_right_lower_cm(bool trans, std::size_t m, std::size_t n, double alpha,
+                                const double* l, std::size_t ldl, double* b, std::size_t ldb) {
+  cblas_dtrsm(CblasColMajor, CblasRight, CblasLower, op(trans), CblasNonUnit, to_int(m), to_int(n),
+              alpha, l, to_int(ldl), b, to_int(ldb));
+}
+inline void trmm_left_lower_cm(std::size_t m, std::size_t n, double alpha, const double* l,
+                               std::size_t ldl, double* b, std::size_t ldb) {
+  cblas_dtrmm(CblasColMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, to_int(m),
+              to_int(n), alpha, l, to_int(ldl), b, to_int(ldb));
 }
 
 inline int potrf_lower(std::size_t n, float* a, std::size_t lda) {
