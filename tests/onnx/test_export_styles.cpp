@@ -1,8 +1,8 @@
-// The exporter styles of tests/ort/export_styles.hpp (issue 16): with RTN every MatMul/Gemm
-// weight is quantized (counted from how each graph is built, not from int4q's own discovery),
-// no node is inserted by the MatMulNBits writer and every constant path node goes; with AWQ
-// (awq_lite, calibrated by int4q's executor on random inputs) the same weights are quantized and
-// each scale's destination is reported, a Mul inserted only where no producer can take 1/s.
+// The exporter styles of tests/ort/export_styles.hpp (issue 16): with RTN (and GPTQ) every
+// MatMul/Gemm weight is quantized (counted from how each graph is built, not from int4q's own
+// discovery), no node is inserted by the MatMulNBits writer and every constant path node goes; with
+// AWQ (awq_lite, calibrated by int4q's executor on random inputs) the same weights are quantized
+// and each scale's destination is reported, a Mul inserted only where no producer can take 1/s.
 // Prints the numbers of the table in docs/onnx.md. ONNX Runtime runs the same graphs
 // (ort.styles.*).
 #include <gtest/gtest.h>
@@ -124,7 +124,7 @@ outcome quantize(const std::string& style, ox::method algo) {
   out.path_removed = paths_before - paths_after;
   std::set<std::string> mul_folds;
   for (const auto& t : r.tensors) {
-    if (!t.quantized || algo == ox::method::rtn) continue;
+    if (!t.quantized || algo != ox::method::awq_lite) continue;
     EXPECT_FALSE(t.awq_fold.empty()) << t.weight;
     if (t.awq_fold.rfind("Mul inserted", 0) == 0) {
       ++out.muls;
@@ -149,6 +149,8 @@ TEST(ExportStyles, EveryWeightQuantizedNoNodeInsertedPathsRemoved) {
     EXPECT_EQ(rtn.inserted, 0u);
     EXPECT_EQ(rtn.path_removed, e.path_nodes);
     EXPECT_EQ(rtn.left_mm, e.run_time_mm);
+    // GPTQ: sequential calibration by int4q's executor, the same weights.
+    EXPECT_EQ(quantize(style, ox::method::gptq).quantized, e.weights);
     std::cout << "[style] " << style << " rtn: " << rtn.quantized << "/" << e.weights
               << " quantized, inserted " << rtn.inserted << ", path nodes removed "
               << rtn.path_removed << "\n";
@@ -157,6 +159,24 @@ TEST(ExportStyles, EveryWeightQuantizedNoNodeInsertedPathsRemoved) {
 
 // AWQ: the executor runs each style (com.microsoft ops included) to calibrate. Weights sharing
 // an input share one scale: a Mul is inserted once per such group.
+// GenAI's lm_head is already MatMulNBits: left as it is (node, inputs, tensors).
+TEST(ExportStyles, AlreadyQuantizedLayerLeftAlone) {
+  const ox::model before = st::all().at("genai")().model();
+  ox::model m = before;
+  ox::quantize_options o;
+  o.lm_head = ox::lm_head_policy::quantize;
+  ox::quantize_model(m, o);
+  const auto* b = int4q::test::find_node(before.proto, "lm_head");
+  const auto* a = int4q::test::find_node(m.proto, "lm_head");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->SerializeAsString(), b->SerializeAsString());
+  for (const char* t : {"lm_head.qweight", "lm_head.scales"}) {
+    ASSERT_NE(int4q::test::find_initializer(m.proto, t), nullptr) << t;
+    EXPECT_EQ(int4q::test::find_initializer(m.proto, t)->SerializeAsString(),
+              int4q::test::find_initializer(before.proto, t)->SerializeAsString());
+  }
+}
+
 TEST(ExportStyles, AwqFoldsWhereAProducerCanTakeTheScale) {
   for (const auto& [style, e] : expected()) {
     SCOPED_TRACE(style);
