@@ -143,6 +143,33 @@ TEST(AwqFold, IntoSimplifiedLayerNormalizationGamma) {
   fold_and_check(m, ox::awq_fold_kind::simplified_layer_norm);
 }
 
+// com.microsoft SkipSimplifiedLayerNormalization and SkipLayerNormalization (ONNX Runtime
+// GenAI's residual + norm): gamma (and beta) divided; the sum output (a graph output here) is
+// unchanged.
+TEST(AwqFold, IntoTheSkipNormsGamma) {
+  for (const bool simplified : {true, false}) {
+    const ox::model m = siblings_graph([simplified](graph_builder& g) {
+      g.set_opset(1, "com.microsoft");
+      projection(g, "pre");
+      g.node("Relu", {"pre"}, {"skip"}, "relu");
+      g.initializer("gamma", onnx_float, {kK}, random_values(kK, 4, 1.5f));
+      std::vector<std::string> in{"pre", "skip", "gamma"};
+      if (!simplified) {
+        g.initializer("beta", onnx_float, {kK}, random_values(kK, 5, 0.5f));
+        in.push_back("beta");
+      }
+      g.node(simplified ? "SkipSimplifiedLayerNormalization" : "SkipLayerNormalization", in,
+             {"x", "", "", "sum"}, "skip_norm", "com.microsoft");
+      g.output("sum", onnx_float, {kRows, kK});
+    });
+    const auto plan = fold_and_check(
+        m, simplified ? ox::awq_fold_kind::simplified_layer_norm : ox::awq_fold_kind::layer_norm);
+    const std::vector<std::string> divided =
+        simplified ? std::vector<std::string>{"gamma"} : std::vector<std::string>{"gamma", "beta"};
+    EXPECT_EQ(plan.divided, divided);
+  }
+}
+
 // The decomposed RMSNorm: pre * 1 / sqrt(mean(pre^2) + eps) * gamma; the last Mul takes 1/s.
 TEST(AwqFold, IntoTheDecomposedRmsNormGamma) {
   const ox::model m = siblings_graph([](graph_builder& g) {
@@ -221,6 +248,33 @@ TEST(AwqFold, OtherwiseOneMulInFrontOfTheConsumers) {
     g.output("z", onnx_float, {kRows, kK});
   });
   fold_and_check(shared, ox::awq_fold_kind::inserted_mul);
+}
+
+// Shape and Size read only x's shape, which a fold keeps (torch exports read the normalized
+// tensor's shape for the attention reshapes): they do not stop the fold into the norm, and their
+// outputs (here cast to float) are unchanged. A reader of the values (Add) still does.
+TEST(AwqFold, ShapeAndSizeReadersDoNotBlockTheFold) {
+  auto graph = [](bool value_reader) {
+    return siblings_graph([value_reader](graph_builder& g) {
+      projection(g, "pre");
+      g.initializer("gamma", onnx_float, {kK}, random_values(kK, 4, 1.5f));
+      g.node("SimplifiedLayerNormalization", {"pre", "gamma"}, {"x"}, "rms");
+      g.node("Shape", {"x"}, {"xs"}, "shape_of_x");
+      g.node("Size", {"x"}, {"xn"}, "size_of_x");
+      int4q::test::set_attr(g.node("Cast", {"xs"}, {"xs_f"}, "cast_shape"), "to", onnx_float);
+      int4q::test::set_attr(g.node("Cast", {"xn"}, {"xn_f"}, "cast_size"), "to", onnx_float);
+      g.output("xs_f", onnx_float, {2});
+      g.output("xn_f", onnx_float, {});
+      if (value_reader) {
+        g.node("Add", {"x", "x"}, {"z"}, "value_reader");
+        g.output("z", onnx_float, {kRows, kK});
+      }
+    });
+  };
+  const auto plan = fold_and_check(graph(false), ox::awq_fold_kind::simplified_layer_norm);
+  EXPECT_EQ(plan.description(), "simplified_layer_norm 'rms'");
+  const auto blocked = fold_and_check(graph(true), ox::awq_fold_kind::inserted_mul);
+  EXPECT_NE(blocked.why_not_producer.find("other"), std::string::npos) << blocked.why_not_producer;
 }
 
 // Only some consumers of x are scaled (one weight per scale): they read x / s through the Mul,

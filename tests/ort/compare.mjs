@@ -17,7 +17,7 @@
 // tolerance, 1 otherwise, 2 on errors (a model that does not load or run). --expect-fail turns
 // the verdict around for negative controls (models that must NOT match, e.g. a different
 // quantization): exit 0 when every candidate differs from the reference beyond tolerance, else 1.
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import {
   DEFAULT_SEED, createSession, errorMetrics, fmt, makeFeeds, parseArgs, runMain, runSession,
@@ -129,6 +129,7 @@ runMain(async () => {
       `(${r.tolerance}) max_abs ${fmt(m.max_abs)} max_rel ${fmt(m.max_rel)} rel_l2 ${fmt(m.rel_l2)} cosine ${m.cosine.toFixed(9)}` +
       (r.ok ? '' : `  <- ${r.violations.join('; ')}`));
   }
+  if (args.json) mkdirSync(path.dirname(args.json), { recursive: true });
   if (args.json) writeFileSync(args.json, JSON.stringify({ label: args.label, rows }, null, 2) + '\n');
   if (failed) console.log(`${failed} comparison(s) outside tolerance`);
   if (args['expect-fail']) {

@@ -3,7 +3,9 @@
 // One graph per rewrite form of the adapter: plain MatMul (3-D activations), weights in Constant
 // nodes, Gemm transB 0 and 1 with alpha, beta and a bias, Gemm without bias and an odd N, a weight
 // shared by several nodes, fp16, a ragged K, an odd number of groups; token embeddings, alone
-// and tied to a lm_head (Gemm transB = 1, Transpose + MatMul).
+// and tied to a lm_head (Gemm transB = 1, Transpose + MatMul); and the exporter styles of
+// export_styles.hpp (torch.onnx with and without constant folding, mixed precision, fp16,
+// Optimum decoder with past, ONNX Runtime GenAI).
 //
 //   int4q_ort_graphs OUTDIR NAME...      writes OUTDIR/NAME.onnx for each NAME
 //   int4q_ort_graphs --list              prints the names it knows
@@ -22,6 +24,7 @@
 #include <onnx/onnx_pb.h>
 
 #include "onnx/graph_builder.hpp"
+#include "ort/export_styles.hpp"
 
 namespace {
 
@@ -201,7 +204,7 @@ graph_builder tied_transpose() {
 }
 
 const std::map<std::string, std::function<graph_builder()>>& graphs() {
-  static const std::map<std::string, std::function<graph_builder()>> all{
+  static std::map<std::string, std::function<graph_builder()>> all{
       {"matmul", matmul},
       {"matmul_constant", matmul_constant},
       {"gemm_transb0", gemm_transb0},
@@ -215,6 +218,11 @@ const std::map<std::string, std::function<graph_builder()>>& graphs() {
       {"tied_gemm", tied_gemm},
       {"tied_transpose", tied_transpose},
   };
+  static const bool styles_added = [] {
+    for (const auto& [name, make] : int4q::test::styles::all()) all.emplace(name, make);
+    return true;
+  }();
+  (void)styles_added;
   return all;
 }
 

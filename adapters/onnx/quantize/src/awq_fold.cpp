@@ -75,7 +75,13 @@ std::string plan_producer(const model& m, awq_fold_plan& p, const std::set<std::
   const std::size_t K = p.scales.size();
   const auto refs = detail::count_references(g);
   const auto it = refs.find(p.activation);
-  const int readers = it == refs.end() ? 0 : it->second;
+  int readers = it == refs.end() ? 0 : it->second;
+  // Shape and Size read only the shape, which a fold keeps (torch exports read the normalized
+  // tensor's shape for the attention reshapes): they see no change.
+  for (const NodeProto& r : g.node())
+    if ((r.op_type() == "Shape" || r.op_type() == "Size") && default_domain(r) &&
+        r.input_size() > 0 && r.input(0) == p.activation)
+      --readers;
   if (readers != static_cast<int>(p.consumers.size()))
     return "'" + p.activation + "' has readers other than the scaled weights' nodes";
   int producer = -1;
@@ -98,13 +104,19 @@ std::string plan_producer(const model& m, awq_fold_plan& p, const std::set<std::
     p.divided.push_back(n.input(i));
     return "";
   };
+  // The com.microsoft Skip forms normalize x + skip (+ bias) and scale by gamma (input 2; beta
+  // input 3): dividing gamma and beta by s divides output 0 only (output 3, the sum, keeps).
+  const bool skip = (op == "SkipLayerNormalization" || op == "SkipSimplifiedLayerNormalization") &&
+                    n.domain() == "com.microsoft";
   if ((op == "LayerNormalization" && default_domain(n)) ||
       (op == "SimplifiedLayerNormalization" &&
-       (default_domain(n) || n.domain() == "com.microsoft"))) {
+       (default_domain(n) || n.domain() == "com.microsoft")) ||
+      skip) {
     if (detail::attr_int(n, "axis", -1) != -1) return label + " normalizes over axis != -1";
-    const bool ln = op == "LayerNormalization";
-    std::string why = vector_input(1, false);
-    if (why.empty() && ln) why = vector_input(2, true);
+    const bool ln = op == "LayerNormalization" || op == "SkipLayerNormalization";
+    const int gamma = skip ? 2 : 1;
+    std::string why = vector_input(gamma, false);
+    if (why.empty() && ln) why = vector_input(gamma + 1, true);
     if (!why.empty()) return why;
     p.kind = ln ? awq_fold_kind::layer_norm : awq_fold_kind::simplified_layer_norm;
     return "";

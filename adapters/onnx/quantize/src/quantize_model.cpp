@@ -102,6 +102,7 @@ std::vector<detail::weight_job> plan_jobs(const model& m, const quantize_options
       job.algo = choice.algo;
       r.reason = detail::plan_writes(m, w, options.format, job);
       if (r.reason.empty()) {
+        r.constant_path = detail::describe_path(m, w);
         job.report_index = report.tensors.size();
         jobs.push_back(std::move(job));
       }

@@ -218,6 +218,7 @@ json to_json(const quantize_report& report) {
     json e;
     e["weight"] = t.weight;
     e["nodes"] = t.nodes;
+    if (!t.constant_path.empty()) e["constant_path"] = t.constant_path;
     e["k"] = t.k;
     e["n"] = t.n;
     e["quantized"] = t.quantized;

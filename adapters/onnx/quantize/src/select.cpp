@@ -200,6 +200,8 @@ void check_accuracy_level(const quantize_options& options) {
 
 bool matches_any(const std::regex& re, const weight_info& w) {
   if (std::regex_search(w.name, re)) return true;
+  // A weight on a constant path also answers to its stored tensor's name.
+  if (!w.source.empty() && w.source != w.name && std::regex_search(w.source, re)) return true;
   for (const auto& u : w.uses)
     if (std::regex_search(display_name(u), re)) return true;
   return false;

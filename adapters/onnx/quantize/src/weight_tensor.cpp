@@ -1,10 +1,14 @@
 // The stored tensor of a weight and its logical values W[K, N].
 #include "weight_tensor.hpp"
 
+#include <algorithm>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <int4q/onnx/graph.hpp>
+
+#include "const_path.hpp"
 
 namespace int4q {
 namespace onnx {
@@ -22,9 +26,10 @@ const ::onnx::TensorProto& weight_tensor(const model& m, const weight_info& w) {
     }
     return a->t();
   }
+  const std::string& source = w.source.empty() ? w.name : w.source;
   for (const auto& t : g.initializer())
-    if (t.name() == w.name) return t;
-  throw model_error(model_error::kind::invalid, "weight '" + w.name + "' is not an initializer");
+    if (t.name() == source) return t;
+  throw model_error(model_error::kind::invalid, "weight '" + source + "' is not an initializer");
 }
 
 ::onnx::TensorProto* mutable_weight_tensor(model& m, const weight_info& w) {
@@ -35,13 +40,36 @@ const ::onnx::TensorProto& weight_tensor(const model& m, const weight_info& w) {
       if (a.name() == "value") return a.mutable_t();
     return nullptr;
   }
+  const std::string& source = w.source.empty() ? w.name : w.source;
   for (auto& t : *g.mutable_initializer())
-    if (t.name() == w.name) return &t;
+    if (t.name() == source) return &t;
   return nullptr;
 }
 
+namespace {
+
+/// B of a weight on a constant path: the source's values through the path's nodes, [B0, B1].
+xt::xtensor<float, 2> path_matrix(const model& m, const weight_info& w) {
+  const ::onnx::GraphProto& g = graph_at(m.proto.graph(), w.defined_in);
+  std::vector<float> values = read_floats(m, weight_tensor(m, w));
+  std::vector<std::int64_t> dims = w.source_dims;
+  elem_type type = w.source_type;
+  for (const int i : w.path_nodes) apply_path_node(m, g, g.node(i), dims, type, values);
+  if (dims.size() != 2) {
+    throw model_error(model_error::kind::invalid,
+                      "weight '" + w.name + "': its constant path from '" + w.source + "' gives " +
+                          dims_string(dims) + ", not a matrix");
+  }
+  xt::xtensor<float, 2> out({static_cast<std::size_t>(dims[0]), static_cast<std::size_t>(dims[1])});
+  std::copy(values.begin(), values.end(), out.begin());
+  return out;
+}
+
+}  // namespace
+
 xt::xtensor<float, 2> logical_weight(const model& m, const weight_info& w, float alpha) {
-  xt::xtensor<float, 2> stored = read_matrix(m, weight_tensor(m, w));
+  xt::xtensor<float, 2> stored =
+      w.path_nodes.empty() ? read_matrix(m, weight_tensor(m, w)) : path_matrix(m, w);
   const bool trans = !w.uses.empty() && w.uses.front().trans_b;
   xt::xtensor<float, 2> lw =
       trans ? xt::xtensor<float, 2>(xt::transpose(stored)) : std::move(stored);

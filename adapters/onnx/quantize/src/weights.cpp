@@ -14,6 +14,8 @@
 #include <int4q/onnx/graph.hpp>
 #include <int4q/onnx/tensor_types.hpp>
 
+#include "const_path.hpp"
+
 namespace int4q {
 namespace onnx {
 
@@ -136,16 +138,99 @@ std::string weight_key(const std::vector<scope>& stack, int level, const std::st
 
 /// Where the walk collects everything.
 struct walk_state {
+  const model* m = nullptr;
   std::vector<weight_info> weights;
   std::vector<const TensorProto*> tensors;  // per weight: its stored value (nullptr: none)
   std::vector<std::string> def_reason;      // per weight: why its definition is not a constant
   std::vector<std::string> keys;            // per weight: its key
-  std::unordered_map<std::string, std::size_t> index_of;   // weight key -> index in `weights`
-  std::unordered_map<std::string, std::string> other_use;  // tensor key -> first other read
+  std::unordered_map<std::string, std::size_t> index_of;  // weight key -> index in `weights`
+  /// tensor key -> every read other than a MatMul/Gemm B: (node id, label); node id is
+  /// "<graph key>#<index>", "" for a graph output.
+  std::unordered_map<std::string, std::vector<std::pair<std::string, std::string>>> reads;
 };
 
+std::string node_id(const std::string& graph_key, int index) {
+  return graph_key + "#" + std::to_string(index);
+}
+
+// The longest constant path followed back from a B operand.
+constexpr std::size_t max_path_nodes = 32;
+
+/// Follows B = `w.name`, computed by path node `first` of scope `s`, back to its stored source:
+/// fills w.source, w.path_nodes, w.source_type/dims, w.type/dims (B's) and `t`; returns "" or
+/// why B is not a constant path.
+std::string trace_path(const model& m, const scope& s, int first, weight_info& w,
+                       const TensorProto*& t) {
+  const std::string where = s.label.empty() ? std::string() : " of subgraph " + s.label;
+  std::vector<int> nodes;
+  std::string cur = w.name;
+  int index = first;
+  // A path that starts at a run-time tensor: named after the node computing B, as any B
+  // computed at run time.
+  auto run_time = [&](const std::string& what) {
+    return "'" + w.name + "' is computed at run time by " +
+           node_label(s.g->node(first), first, s.label) + " (from '" + cur + "', " + what +
+           "), not a constant weight";
+  };
+  while (true) {
+    const NodeProto& n = s.g->node(index);
+    if (n.op_type() == "Constant") {
+      const auto* value = detail::find_attr(n, "value");
+      if (!value || !value->has_t())
+        return node_label(n, index, s.label) + " holds no tensor 'value' attribute";
+      t = &value->t();
+      w.from_constant_node = true;
+      w.constant_node_index = index;
+      break;
+    }
+    if (!detail::is_path_op(n)) return run_time("computed by " + node_label(n, index, s.label));
+    if (nodes.size() >= max_path_nodes)
+      return "'" + w.name + "' is computed by more than " + std::to_string(max_path_nodes) +
+             " Cast/Transpose/Reshape nodes";
+    nodes.push_back(index);
+    cur = n.input(0);
+    const auto prod = s.producer.find(cur);
+    if (prod != s.producer.end()) {
+      index = prod->second;
+      continue;
+    }
+    const auto init = s.initializers.find(cur);
+    if (init == s.initializers.end()) return run_time("a graph input" + where);
+    if (s.inputs.count(cur))
+      return "'" + cur + "' (the source of '" + w.name + "') is also a graph input" + where +
+             " (an overridable initializer): its value can change at run time";
+    t = init->second;
+    break;
+  }
+  // A constant source: the shapes and axes the path reads must be constants too.
+  for (const int i : nodes) {
+    const NodeProto& n = s.g->node(i);
+    for (const std::string& aux : detail::path_aux_inputs(n)) {
+      if (!detail::constant_tensor(*s.g, aux))
+        return node_label(n, i, s.label) + " on the path of '" + w.name + "' reads '" + aux +
+               "', not a constant";
+    }
+  }
+  std::reverse(nodes.begin(), nodes.end());
+  w.source = cur;
+  w.path_nodes = nodes;
+  check_weight_dims(*t);
+  w.source_type = elem_type_of(t->data_type());
+  w.source_dims.assign(t->dims().begin(), t->dims().end());
+  if (w.source_type == elem_type::other)
+    return "'" + cur + "' (the source of '" + w.name + "') has data type " +
+           onnx_type_name(t->data_type()) + ", not a float type";
+  w.type = w.source_type;
+  w.dims = w.source_dims;
+  for (const int i : nodes) {
+    const std::string why = detail::path_node_shape(m, *s.g, s.g->node(i), w.dims, w.type);
+    if (!why.empty()) return why + " (on the constant path of '" + w.name + "')";
+  }
+  return "";
+}
+
 /// Fills the definition of a new weight `w` that lives at `level` of `stack` (-1: nowhere).
-void define_weight(const std::vector<scope>& stack, int level, weight_info& w,
+void define_weight(const model& m, const std::vector<scope>& stack, int level, weight_info& w,
                    const TensorProto*& t) {
   std::string reason;
   if (level < 0) {
@@ -173,6 +258,8 @@ void define_weight(const std::vector<scope>& stack, int level, weight_info& w,
     } else {
       reason = node_label(c, prod->second, s.label) + " holds no tensor 'value' attribute";
     }
+  } else if (prod != s.producer.end() && detail::is_path_op(s.g->node(prod->second))) {
+    reason = trace_path(m, s, prod->second, w, t);
   } else if (prod != s.producer.end()) {
     reason = "'" + w.name + "' is computed at run time by " +
              node_label(s.g->node(prod->second), prod->second, s.label) + ", not a constant weight";
@@ -214,7 +301,7 @@ void walk(std::vector<scope>& stack, walk_state& st) {
         st.weights.emplace_back();
         st.tensors.push_back(nullptr);
         st.weights.back().name = b;
-        define_weight(stack, level, st.weights.back(), st.tensors.back());
+        define_weight(*st.m, stack, level, st.weights.back(), st.tensors.back());
         // Kept apart: w.reason collects the Gemm transA reason below.
         st.def_reason.emplace_back();
         st.def_reason.back().swap(st.weights.back().reason);
@@ -232,10 +319,10 @@ void walk(std::vector<scope>& stack, walk_state& st) {
       if (in.empty() || (b_slot_op && j == 1)) continue;
       const int level = resolve(stack, in);
       if (level < 0) continue;
-      st.other_use.emplace(
-          weight_key(stack, level, in),
+      const std::string read =
           node_label(node, i, label) +
-              (b_slot_op ? " (as input " + std::to_string(j) + ")" : std::string()));
+          (b_slot_op ? " (as input " + std::to_string(j) + ")" : std::string());
+      st.reads[weight_key(stack, level, in)].emplace_back(node_id(stack.back().key, i), read);
     }
     // Subgraphs, right after their node.
     for (const auto& a : node.attribute()) {
@@ -260,10 +347,22 @@ void walk(std::vector<scope>& stack, walk_state& st) {
   for (const auto& v : here.g->output()) {
     const int level = resolve(stack, v.name());
     if (level < 0) continue;
-    st.other_use.emplace(weight_key(stack, level, v.name()),
-                         here.label.empty() ? std::string("the graph outputs")
-                                            : "the outputs of subgraph " + here.label);
+    const std::string read = here.label.empty() ? std::string("the graph outputs")
+                                                : "the outputs of subgraph " + here.label;
+    st.reads[weight_key(stack, level, v.name())].emplace_back("", read);
   }
+}
+
+/// The first read of one of `keys` by a node not in `allowed` (or a graph output); "" if none.
+std::string first_other_read(const walk_state& st, const std::vector<std::string>& keys,
+                             const std::unordered_set<std::string>& allowed) {
+  for (const std::string& key : keys) {
+    const auto it = st.reads.find(key);
+    if (it == st.reads.end()) continue;
+    for (const auto& [id, read] : it->second)
+      if (id.empty() || !allowed.count(id)) return read;
+  }
+  return "";
 }
 
 }  // namespace
@@ -278,6 +377,7 @@ std::vector<weight_info> find_weights(const model& m) {
   const GraphProto& g = m.proto.graph();
 
   walk_state st;
+  st.m = &m;
   std::vector<scope> stack;
   stack.push_back(make_scope(g, {}, ""));
   walk(stack, st);
@@ -300,12 +400,21 @@ std::vector<weight_info> find_weights(const model& m) {
     if (g.node(index).op_type() == "Constant") constants.insert(name);
   }
 
+  // Every node on a constant path that leads to a weight: it may read a path's tensors.
+  std::unordered_set<std::string> path_node_ids;
+  for (std::size_t wi = 0; wi < st.weights.size(); ++wi) {
+    if (!st.def_reason[wi].empty()) continue;
+    const std::string key = detail::path_key(st.weights[wi].defined_in);
+    for (const int i : st.weights[wi].path_nodes) path_node_ids.insert(node_id(key, i));
+  }
+
   for (std::size_t wi = 0; wi < st.weights.size(); ++wi) {
     weight_info& w = st.weights[wi];
     const TensorProto* t = st.tensors[wi];
     std::string reason = st.def_reason[wi];
 
-    if (t) {
+    if (t && w.path_nodes.empty()) {
+      w.source = w.name;
       check_weight_dims(*t);
       w.type = elem_type_of(t->data_type());
       w.dims.assign(t->dims().begin(), t->dims().end());
@@ -348,9 +457,19 @@ std::vector<weight_info> find_weights(const model& m) {
       }
     }
     if (reason.empty()) {
-      const auto other = st.other_use.find(st.keys[wi]);
-      if (other != st.other_use.end()) {
-        reason = "'" + w.name + "' is also used by " + other->second +
+      // B, and on a constant path the source and the tensors between, are read only by the
+      // uses and by path nodes (of this weight or of others sharing a prefix).
+      const std::string graph_key = detail::path_key(w.defined_in);
+      std::vector<std::string> keys = {st.keys[wi]};
+      if (!w.path_nodes.empty()) {
+        keys.push_back(graph_key + "\n" + w.source);
+        const GraphProto& dg = graph_at(g, w.defined_in);
+        for (std::size_t p = 0; p + 1 < w.path_nodes.size(); ++p)
+          keys.push_back(graph_key + "\n" + dg.node(w.path_nodes[p]).output(0));
+      }
+      const std::string other = first_other_read(st, keys, path_node_ids);
+      if (!other.empty()) {
+        reason = "'" + w.name + "' is also used by " + other +
                  " (a tied embedding or another consumer): int4q quantizes weights used only "
                  "as MatMul/Gemm B (a table also read by a Gather: `embeddings = quantize`)";
       }

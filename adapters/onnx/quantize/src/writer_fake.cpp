@@ -24,7 +24,8 @@ std::size_t fake_tensors(const model& m, const quantize_options& options, weight
   job.stored_dims = stored_dims_of(w);
   const auto it = references.find(w.name);
   const int refs = it == references.end() ? 0 : it->second;
-  job.in_place = refs == static_cast<int>(w.uses.size());
+  // In place only into a stored tensor that nothing else reads (not a constant path's source).
+  job.in_place = w.path_nodes.empty() && refs == static_cast<int>(w.uses.size());
   job.data_name = job.in_place ? weight_tensor(m, w).name() : names.unique(w.name + "_fake");
   job.tensors.push_back(float_tensor(job.data_name, w.type, job.stored_dims, float_values(stored)));
   return w.k * w.n * elem_size(w.type);
@@ -43,6 +44,7 @@ void write_fake(graph_rewrite& r, weight_job& job) {
     if (!job.in_place) n.set_input(1, job.data_name);
     if (job.alpha != 1.0f) remove_attr(n, "alpha");  // folded into the weight
   }
+  if (!w.path_nodes.empty()) release_weight(r, w);
 }
 
 }  // namespace detail

@@ -178,7 +178,7 @@ void write_matmulnbits(graph_rewrite& r, weight_job& job) {
     if (job.bias[i].how == bias_plan::kind::fold && !job.bias[i].reuse_c)
       r.released.emplace_back(&r.graph(job.bias[i].c_defined_in), job.bias[i].c);
   }
-  r.released.emplace_back(&wg, w.name);
+  release_weight(r, w);
 }
 
 void add_microsoft_opset(model& m) {

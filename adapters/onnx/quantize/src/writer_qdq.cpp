@@ -113,7 +113,7 @@ void write_qdq(graph_rewrite& r, weight_job& job) {
     n.set_input(1, output);
     if (job.alpha != 1.0f) remove_attr(n, "alpha");  // folded into the weight
   }
-  r.released.emplace_back(&wg, w.name);
+  release_weight(r, w);
 }
 
 }  // namespace detail

@@ -11,6 +11,7 @@
 #include <int4q/onnx/tensor_types.hpp>
 #include <int4q/quantize.hpp>
 
+#include "const_path.hpp"
 #include "writers.hpp"
 
 namespace int4q {
@@ -126,6 +127,27 @@ NodeProto& graph_rewrite::node_of(const weight_use& u) {
   return *graph(u.path).mutable_node(u.node_index);
 }
 
+void release_weight(graph_rewrite& r, const weight_info& w) {
+  GraphProto& wg = r.graph(w.defined_in);
+  for (auto it = w.path_nodes.rbegin(); it != w.path_nodes.rend(); ++it) {
+    const NodeProto& n = wg.node(*it);  // indices hold until the node lists are edited
+    r.released_nodes.emplace_back(&wg, n.output(0));
+    for (const std::string& aux : path_aux_inputs(n)) r.released.emplace_back(&wg, aux);
+  }
+  r.released.emplace_back(&wg, w.path_nodes.empty() ? w.name : w.source);
+}
+
+std::string describe_path(const model& m, const weight_info& w) {
+  if (w.path_nodes.empty()) return "";
+  const GraphProto& g = graph_at(m.proto.graph(), w.defined_in);
+  std::string s = "'" + w.source + "'";
+  for (const int i : w.path_nodes) {
+    const NodeProto& n = g.node(i);
+    s += " -> " + n.op_type() + " '" + (n.name().empty() ? n.output(0) : n.name()) + "'";
+  }
+  return s;
+}
+
 void rewrite_graph(model& m, const quantize_options& options, std::vector<weight_job>& jobs,
                    name_set& names) {
   if (jobs.empty()) return;
@@ -141,9 +163,24 @@ void rewrite_graph(model& m, const quantize_options& options, std::vector<weight
   }
   for (auto& [key, e] : r.edits) apply_node_list_edit(*e.first, e.second);
 
-  // Originals nothing reads any more (weights, folded biases) go. References are counted by
-  // name over every graph: a name also read elsewhere (even a shadowing one) is kept.
-  const auto refs = count_references(m.proto.graph());
+  // Originals nothing reads any more (constant path nodes, then weights, folded biases) go.
+  // References are counted by name over every graph: a name also read elsewhere (even a
+  // shadowing one) is kept. A path node removed no longer reads its input: a prefix shared by
+  // several weights' paths goes with the last of them.
+  auto refs = count_references(m.proto.graph());
+  for (const auto& [g, output] : r.released_nodes) {
+    if (refs[output] != 0) continue;
+    auto* nodes = g->mutable_node();
+    for (int i = 0; i < nodes->size(); ++i) {
+      const NodeProto& n = nodes->Get(i);
+      if (n.output_size() != 1 || n.output(0) != output) continue;
+      for (const std::string& in : n.input())
+        if (!in.empty()) --refs[in];
+      nodes->DeleteSubrange(i, 1);
+      remove_tensor(*g, output);  // its value_info
+      break;
+    }
+  }
   for (const auto& [g, name] : r.released) {
     const auto it = refs.find(name);
     if (it == refs.end() || it->second == 0) remove_tensor(*g, name);

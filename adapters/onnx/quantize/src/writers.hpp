@@ -170,11 +170,20 @@ struct graph_rewrite {
   name_set& names;
   std::map<std::string, std::pair<::onnx::GraphProto*, node_list_edit>> edits;  ///< by path_key
   std::vector<std::pair<::onnx::GraphProto*, std::string>> released;
+  /// Constant path nodes (by output name) to remove once nothing reads their output, in order.
+  std::vector<std::pair<::onnx::GraphProto*, std::string>> released_nodes;
 
   ::onnx::GraphProto& graph(const std::vector<graph_step>& path);
   node_list_edit& edit_of(const std::vector<graph_step>& path);
   ::onnx::NodeProto& node_of(const weight_use& u);
 };
+
+/// The weight's originals for removal once nothing reads them: the stored tensor, or on a
+/// constant path its nodes (B side first), their constant shape/axes inputs and the source.
+void release_weight(graph_rewrite& r, const weight_info& w);
+
+/// "<source> -> Cast 'c' -> Transpose 't'" for a weight on a constant path, "" otherwise.
+std::string describe_path(const model& m, const weight_info& w);
 
 // ---- MatMulNBits (writer_matmulnbits.cpp)
 // --------------------------------------------------------

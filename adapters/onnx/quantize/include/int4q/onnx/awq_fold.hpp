@@ -2,9 +2,13 @@
 // plan_awq_fold decides where 1/s goes (reading the model only); apply_awq_folds edits the graph.
 //
 // 1/s goes into the producer of x when every reader of x takes the same s (all of them are the
-// given consumers: x is no graph output and no other node or subgraph reads it):
+// given consumers: x is no graph output and no other node or subgraph reads it; Shape and Size
+// nodes, which read only x's shape, do not count):
 //   LayerNormalization (axis -1)            gamma and beta divided by s
 //   SimplifiedLayerNormalization (axis -1)  gamma divided by s
+//   SkipLayerNormalization, SkipSimplifiedLayerNormalization (com.microsoft, output 0): the
+//                                           same (gamma input 2, beta input 3); the sum output
+//                                           is unchanged
 //   Mul by a constant [K] (or [1, .., K])   the constant divided by s (the decomposed RMSNorm's
 //                                           final `* gamma` is this case)
 //   MatMul / Gemm with a constant weight    its output columns (and Gemm's [K] bias) divided
@@ -28,8 +32,8 @@ namespace onnx {
 
 /// Where 1/s went.
 enum class awq_fold_kind {
-  layer_norm,             ///< LayerNormalization gamma and beta
-  simplified_layer_norm,  ///< SimplifiedLayerNormalization gamma
+  layer_norm,             ///< (Skip)LayerNormalization gamma and beta
+  simplified_layer_norm,  ///< (Skip)SimplifiedLayerNormalization gamma
   mul_constant,           ///< the constant operand of a Mul (RMSNorm's gamma)
   matmul,                 ///< a MatMul's constant weight, columns
   gemm,                   ///< a Gemm's constant weight, columns, and its bias

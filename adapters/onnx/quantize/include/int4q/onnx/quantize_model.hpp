@@ -159,6 +159,10 @@ struct quantize_options {
 struct tensor_report {
   std::string weight;
   std::vector<std::string> nodes;
+  /// A weight on a constant path (weights.hpp): "'<source>' -> Cast 'c' -> Transpose 't'", the
+  /// nodes the writers fold into the quantized weight ("" otherwise). The path's nodes and
+  /// source are removed when nothing else reads them, kept when something does.
+  std::string constant_path;
   std::size_t k = 0, n = 0;
   bool quantized = false;
   std::string reason;  ///< why not, when !quantized

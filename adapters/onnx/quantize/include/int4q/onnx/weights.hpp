@@ -28,15 +28,25 @@ struct weight_use {
 };
 
 /// A constant weight used as the B operand of MatMul/Gemm nodes, in logical layout W[K, N].
+///
+/// Constant path: exporters often write B as a stored tensor followed by value-preserving or
+/// layout nodes (Cast between float types, Transpose, Reshape, Flatten, Squeeze, Unsqueeze,
+/// Identity, in any chain). Then `name` is B (the last node's output), `source` the stored
+/// tensor, `path_nodes` the nodes in between; `type` and `dims` are B's (what the MatMul sees).
 struct weight_info {
-  std::string name;                    ///< tensor name (initializer or Constant output)
-  std::vector<graph_step> defined_in;  ///< the graph holding the initializer / Constant node
-  bool from_constant_node = false;
-  int constant_node_index = -1;  ///< index in the defined_in graph
-  elem_type type = elem_type::other;
-  std::vector<std::int64_t> dims;  ///< as stored
-  std::size_t k = 0, n = 0;        ///< logical reduction size and output size
-  std::vector<weight_use> uses;    ///< every MatMul/Gemm using it as B (shared weights: several)
+  std::string name;  ///< tensor name: the B input of the uses (initializer or Constant output,
+                     ///< or the output of a constant path)
+  std::vector<graph_step> defined_in;  ///< the graph holding the source (and the path nodes)
+  bool from_constant_node = false;     ///< the source is a Constant node's output
+  int constant_node_index = -1;        ///< index in the defined_in graph
+  elem_type type = elem_type::other;   ///< B's type (after the path's Casts)
+  std::vector<std::int64_t> dims;      ///< B's dims (as stored when there is no path)
+  std::string source;                  ///< the stored tensor (== name without a path)
+  std::vector<int> path_nodes;  ///< indices in defined_in of the path's nodes, source side first
+  elem_type source_type = elem_type::other;
+  std::vector<std::int64_t> source_dims;  ///< as stored
+  std::size_t k = 0, n = 0;               ///< logical reduction size and output size
+  std::vector<weight_use> uses;  ///< every MatMul/Gemm using it as B (shared weights: several)
   bool quantizable = false;
   std::string reason;       ///< why not, when !quantizable
   bool is_lm_head = false;  ///< the projection to the logits (feeds a graph output)
@@ -53,11 +63,17 @@ struct weight_info {
 /// subgraph's own name shadows an outer one. A weight is that (graph, name) pair: uses of one
 /// main-graph initializer from several subgraphs are one shared weight.
 ///
+/// A B computed by a constant path (see weight_info) from an initializer or Constant of the same
+/// graph is a weight: the path's nodes must be Cast to a float type, Transpose, Reshape with a
+/// constant shape, Flatten, Squeeze/Unsqueeze with constant axes or Identity (at most 32), and the
+/// source and every tensor on the path read only by path nodes (other weights' paths may share a
+/// prefix), else it is not quantizable with the reason.
+///
 /// Not quantizable: an initializer that is also a graph input (overridable), a B computed at run
-/// time or a (sub)graph input, fp64 or non-float types, not 2-D, K or N of 0, Gemm transA = 1,
-/// uses that disagree on the layout (MatMul or Gemm transB = 0 vs Gemm transB = 1), or any other
-/// read of the tensor, in any graph (another op such as Gather for tied embeddings, another
-/// operand slot, a graph or subgraph output). `is_lm_head` is set on every weight with a
+/// time (by other ops) or a (sub)graph input, fp64 or non-float types, not 2-D, K or N of 0, Gemm
+/// transA = 1, uses that disagree on the layout (MatMul or Gemm transB = 0 vs Gemm transB = 1), or
+/// any other read of the tensor, in any graph (another op such as Gather for tied embeddings,
+/// another operand slot, a graph or subgraph output). `is_lm_head` is set on every weight with a
 /// main-graph use whose output reaches a graph output through at most 8 of: Identity, Reshape,
 /// Flatten, Squeeze, Unsqueeze, Cast, Softmax, LogSoftmax, Sigmoid, or an Add/Sub with a constant
 /// operand (a bias); it is a fact about the graph, set whether or not the weight is quantizable.
