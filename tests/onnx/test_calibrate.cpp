@@ -23,6 +23,7 @@
 #include <int4q/onnx/calib_data.hpp>
 #include <int4q/onnx/calibrate.hpp>
 #include <int4q/onnx/executor.hpp>
+#include <int4q/onnx/option_error.hpp>
 #include <int4q/onnx/quantize_model.hpp>
 #include <int4q/onnx/weights.hpp>
 
@@ -556,6 +557,23 @@ TEST(SequentialMemory, DISABLED_GptqThroughTheCliStaysUnderABoundOnAModelSeveral
             << " MiB, bound " << (bound >> 20) << " MiB\n";
   EXPECT_EQ(report["totals"]["weights_quantized"].get<int>(), L);
   EXPECT_LT(peak, bound);
+  fs::remove_all(dir);
+}
+
+// A scratch directory that is not a directory is an option error naming the field.
+TEST(SequentialMemory, ScratchDirMustBeADirectory) {
+  const fs::path dir = fresh_dir("seq_option");
+  ox::quantize_options q;
+  q.calibration.scratch_dir = dir;
+  EXPECT_NO_THROW(ox::check_quantize_options(q));
+  q.calibration.scratch_dir = dir / "missing";
+  try {
+    ox::check_quantize_options(q);
+    ADD_FAILURE() << "a missing scratch directory was accepted";
+  } catch (const ox::option_error& e) {
+    EXPECT_EQ(e.field(), "calibration.scratch_dir");
+    EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what();
+  }
   fs::remove_all(dir);
 }
 
