@@ -302,7 +302,14 @@ struct sequential_calibration::impl {
       resident += run_bytes[r];
       return;
     }
-    store.put(r, runs[r].take_values());
+    run_values values = runs[r].take_values();
+    try {
+      store.put(r, values);
+    } catch (...) {  // the file could not take them (disk full): the run keeps its values
+      runs[r].restore_values(std::move(values));
+      resident += run_bytes[r];
+      throw;
+    }
     spilled[r] = true;
   }
 
