@@ -62,6 +62,30 @@ std::optional<double> parse_real(const std::string& text, const real_range& r) {
   return v;
 }
 
+std::optional<std::uint64_t> parse_size(const std::string& text) {
+  std::size_t digits = 0;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+  if (digits == 0) return std::nullopt;
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < digits; ++i) {
+    const std::uint64_t d = static_cast<std::uint64_t>(text[i] - '0');
+    if (v > (std::numeric_limits<std::uint64_t>::max() - d) / 10) return std::nullopt;
+    v = v * 10 + d;
+  }
+  std::string unit;
+  for (std::size_t i = digits; i < text.size(); ++i)
+    unit += static_cast<char>(std::toupper(static_cast<unsigned char>(text[i])));
+  int shift = unit.empty() || unit == "B" ? 0 : -1;
+  const std::string prefixes = "KMGT";
+  for (std::size_t p = 0; p < prefixes.size(); ++p) {
+    const std::string x(1, prefixes[p]);
+    if (unit == x || unit == x + "B" || unit == x + "IB") shift = 10 * static_cast<int>(p + 1);
+  }
+  if (shift < 0 || (shift > 0 && v > (std::numeric_limits<std::uint64_t>::max() >> shift)))
+    return std::nullopt;
+  return v << shift;
+}
+
 std::string range_message(const std::string& name, const std::string& value,
                           const std::string& range_text) {
   return name + " " + value + ": must be " + range_text;

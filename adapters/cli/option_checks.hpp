@@ -55,6 +55,11 @@ std::optional<std::int64_t> parse_int(const std::string& text, const int_range& 
 /// `text` as a finite real in `r`, or nothing (not a number, NaN, Inf, out of range).
 std::optional<double> parse_real(const std::string& text, const real_range& r);
 
+/// `text` as a byte count: digits with an optional binary suffix K, M, G or T (KiB = 1024 bytes,
+/// any case, an optional trailing "B" or "iB": 512M, 4G, 4GiB, 1000); nothing when it is not one
+/// or overflows 64 bits.
+std::optional<std::uint64_t> parse_size(const std::string& text);
+
 /// "<name> <value>: must be <range>" (name: "--bits", or "--config file 'c.json': \"bits\"").
 std::string range_message(const std::string& name, const std::string& value,
                           const std::string& range_text);

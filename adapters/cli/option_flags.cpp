@@ -64,6 +64,8 @@ const flag_names& quantize_flags() {
         {"awq.clip.clip_step", "--awq-clip-step"},
         {"awq.clip.clip_min", "--awq-clip-min"},
         {"calibration.data", "--calib FILE|DIR"},
+        {"calibration.activation_budget_bytes", "--calib-memory"},
+        {"calibration.scratch_dir", "-o (its directory)"},
         {"effective_bits", "--effective-bits"},
         {"candidates", "--auto-candidates"},
         {"auto_plan", "--auto --plan-out"},

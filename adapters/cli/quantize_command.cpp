@@ -272,14 +272,16 @@ void check_paths_before_loading(const quantize_command_options& o) {
   }
 }
 
-/// The activations calibration holds, estimated before any work and refused when they pass
-/// the machine's physical memory: --calib-mode sequential holds those of every sample at once
-/// (ox::sequential_calibration), parallel mode those of one batch (`per_run` samples). The
-/// estimate is a lower bound: per sample, the bytes of its inputs, plus its rows times the widest
-/// input or output of a quantizable weight (K or N) times 4 bytes.
+/// The activations calibration holds, estimated before any work: one run (`per_run` samples,
+/// both modes advance one run at a time) must fit in the machine's physical memory, and
+/// --calib-mode sequential's paused runs (every sample) in --calib-memory plus the free disk
+/// space for the scratch file next to the output (ox::sequential_calibration). Refused
+/// otherwise, naming the way out. The estimate is a lower bound: per sample, the bytes of its
+/// inputs, plus its rows times the widest input or output of a quantizable weight (K or N) times
+/// 4 bytes.
 void check_calibration_memory(const ox::model& m, const ox::calib_data& data,
                               const quantize_command_options& o, bool sequential,
-                              std::size_t per_run) {
+                              std::size_t per_run, std::uint64_t budget) {
   const std::uint64_t memory = physical_memory_bytes();
   if (memory == 0 || data.samples() == 0) return;
   std::uint64_t width = 0;
@@ -298,38 +300,48 @@ void check_calibration_memory(const ox::model& m, const ox::calib_data& data,
     rows = std::max(rows, r);
   }
   const long double per_sample = input_bytes + static_cast<long double>(rows) * width * 4;
-  const std::size_t held = sequential ? data.samples() : std::min(per_run, data.samples());
-  const long double total = per_sample * static_cast<long double>(held);
-  if (total <= static_cast<long double>(memory)) return;
-  const auto most = static_cast<std::uint64_t>(static_cast<long double>(memory) / per_sample);
   auto bytes = [](long double b) {
     return format_bytes(b >= 1.8e19L ? std::numeric_limits<std::uint64_t>::max()
                                      : static_cast<std::uint64_t>(b));
   };
   const std::string estimate = "(" + std::to_string(rows) + " rows x " + std::to_string(width) +
-                               " values x 4 bytes per sample, and its inputs), more than this "
-                               "machine's " +
-                               format_bytes(memory) + " of memory";
-  if (most == 0) {
-    const bool windows =
-        data.format() == ox::data_format::tokens || data.format() == ox::data_format::random;
-    throw usage_error(
-        (windows ? "--calib-seq-len " + std::to_string(o.calib.seq_len) + ": one"
-                 : std::string("One")) +
-        " calibration sample needs at least " + bytes(per_sample) + " of activations here " +
-        estimate + "; " +
-        (windows ? "use a shorter --calib-seq-len" : "give data with shorter samples"));
-  }
-  if (!sequential) {
+                               " values x 4 bytes per sample, and its inputs)";
+  const std::string beyond_memory =
+      estimate + ", more than this machine's " + format_bytes(memory) + " of memory";
+  const std::size_t held = std::min(per_run, data.samples());
+  const long double run_bytes = per_sample * static_cast<long double>(held);
+  if (run_bytes > static_cast<long double>(memory)) {
+    const auto most = static_cast<std::uint64_t>(static_cast<long double>(memory) / per_sample);
+    if (most == 0) {
+      const bool windows =
+          data.format() == ox::data_format::tokens || data.format() == ox::data_format::random;
+      throw usage_error(
+          (windows ? "--calib-seq-len " + std::to_string(o.calib.seq_len) + ": one"
+                   : std::string("One")) +
+          " calibration sample needs at least " + bytes(per_sample) + " of activations here " +
+          beyond_memory + "; " +
+          (windows ? "use a shorter --calib-seq-len" : "give data with shorter samples"));
+    }
     throw usage_error("--calib-batch " + std::to_string(held) + ": a batch holds at least " +
-                      bytes(total) + " of activations here " + estimate + "; use --calib-batch " +
-                      std::to_string(most) + " or less");
+                      bytes(run_bytes) + " of activations here " + beyond_memory +
+                      "; use --calib-batch " + std::to_string(most) + " or less");
   }
+  if (!sequential) return;
+  std::error_code ec;
+  const fs::path dir = o.output.parent_path().empty() ? fs::path(".") : o.output.parent_path();
+  const fs::space_info space = fs::space(dir, ec);
+  const long double disk = ec ? 0.0L : static_cast<long double>(space.available);
+  const long double room = static_cast<long double>(std::min(budget, memory)) + disk;
+  const long double total = per_sample * static_cast<long double>(data.samples());
+  if (total <= room) return;
   throw usage_error(o.calib.samples_flag + " " + std::to_string(data.samples()) +
-                    ": --calib-mode sequential holds the activations of every sample at once, at "
-                    "least " +
-                    bytes(total) + " here " + estimate + "; use " + o.calib.samples_flag + " " +
-                    std::to_string(most) + " or less, or --calib-mode parallel");
+                    ": --calib-mode sequential holds the activations of every sample, at least " +
+                    bytes(total) + " here " + estimate + ", more than --calib-memory " +
+                    bytes(static_cast<long double>(std::min(budget, memory))) + " plus the " +
+                    bytes(disk) + " free on disk for its scratch file; use " +
+                    o.calib.samples_flag + " " +
+                    std::to_string(static_cast<std::uint64_t>(room / per_sample)) +
+                    " or less, or --calib-mode parallel");
 }
 
 void check_paths_after_loading(const quantize_command_options& o, const ox::model& m) {
@@ -511,8 +523,7 @@ void add_method_options(CLI::App& sub, quantize_command_options& o) {
   add_count_options(sub, o.calib,
                     "Calibration samples: windows of a token file (at most its distinct windows), "
                     "random samples, or at most this many samples of a .npy/.npz/.pb data; a "
-                    "count given is checked against the data and, with --calib-mode sequential, "
-                    "the machine's memory",
+                    "count given is checked against the data",
                     "Tokens per calibration window (token files; symbolic dimensions of random "
                     "inputs)");
   add_int_option(sub, "--calib-batch", o.calib_batch, {1}, "Calibration samples per executor run");
@@ -521,6 +532,20 @@ void add_method_options(CLI::App& sub, quantize_command_options& o) {
              "weights (GPTQ's recipe); parallel: every weight sees the float model's (ONNX "
              "Runtime's and INC's GPTQ)",
              "sequential");
+  sub.add_option_function<std::string>(
+         "--calib-memory",
+         [&o](const std::string& v) {
+           const auto bytes = parse_size(v);
+           if (!bytes)
+             throw CLI::ValidationError("--calib-memory " + v,
+                                        "must be a size in bytes, such as 1000, 512M or 4G");
+           o.calib_memory = *bytes;
+         },
+         "--calib-mode sequential: memory for the activations of the paused calibration runs; "
+         "the runs beyond it wait in a scratch file next to OUT (removed at the end); 0 keeps "
+         "only the run being advanced in memory. The output does not depend on it")
+      ->type_name("SIZE")
+      ->default_str("half the physical memory");
 }
 
 /// GPTQ's settings.
@@ -661,10 +686,19 @@ ox::method parse_method(const std::string& name) {
                     "' is unknown: use rtn, gptq, awq_lite, awq_clip, awq_full or awq_gptq");
 }
 
+/// --calib-memory, by default half the physical memory (the rest for the model, the statistics
+/// and the run being advanced); no limit when the memory is unknown.
+std::uint64_t calib_memory_budget(const quantize_command_options& o) {
+  if (o.calib_memory) return *o.calib_memory;
+  const std::uint64_t memory = physical_memory_bytes();
+  return memory > 0 ? memory / 2 : std::numeric_limits<std::uint64_t>::max();
+}
+
 /// The method, calibration, GPTQ and AWQ settings of the command line.
 void set_method_options(const quantize_command_options& o, ox::quantize_options& q) {
   if (o.method) q.algo = parse_method(*o.method);
   q.calibration.mode = o.calib_mode;
+  q.calibration.activation_budget_bytes = calib_memory_budget(o);
   q.gptq.block_size = o.gptq_block;
   q.gptq.damp = o.damp;
   q.gptq.act_order = o.act_order;
@@ -810,7 +844,8 @@ void open_calibration(quantize_run& run, const ox::model& m) {
       std::max<std::size_t>(1, std::min(o.calib_batch, run.calib->max_batch()));
   if (method_calibrated) {
     check_calibration_memory(m, *run.calib, o,
-                             run.q.calibration.mode == ox::calibration_mode::sequential, per_run);
+                             run.q.calibration.mode == ox::calibration_mode::sequential, per_run,
+                             run.q.calibration.activation_budget_bytes);
   }
   print_data_warnings(*run.calib, o.quiet);
   run.q.calibration.description = run.calib->description();
@@ -912,6 +947,9 @@ void run_steps(quantize_run& run, const clock_type::time_point start) {
                       run.facts.input_bytes >= ox::quantize_options::spill_input_bytes);
   const scratch_file scratch(spill ? o.output : fs::path());
   run.q.spill_file = scratch.path();
+  // Sequential calibration's runs beyond --calib-memory wait in a scratch file next to OUT too.
+  run.q.calibration.scratch_dir =
+      o.output.parent_path().empty() ? fs::path(".") : o.output.parent_path();
   open_calibration(run, m);
   apply_plan(run, m);
   const ox::quantize_report report = quantize(run, m);

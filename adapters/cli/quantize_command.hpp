@@ -51,6 +51,9 @@ struct quantize_command_options {
   data_args calib;
   std::size_t calib_batch = 8;
   int4q::onnx::calibration_mode calib_mode = int4q::onnx::calibration_mode::sequential;
+  /// --calib-memory: paused runs' activations held in memory (sequential), the rest in a
+  /// scratch file next to the output; unset: half the physical memory.
+  std::optional<std::uint64_t> calib_memory;
   std::size_t gptq_block = 128;
   double damp = 0.01;
   bool act_order = true;  ///< GPTQ (default on, see quantize_options::gptq)

@@ -3,16 +3,32 @@
 // computed in the test with plain loops in double (X W, ReLU), and X^T X summed directly.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <limits>
 #include <map>
+#include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include <int4q/onnx/apply_plan.hpp>
+#include <int4q/onnx/auto_quantize.hpp>
+#include <int4q/onnx/calib_data.hpp>
 #include <int4q/onnx/calibrate.hpp>
 #include <int4q/onnx/executor.hpp>
+#include <int4q/onnx/option_error.hpp>
+#include <int4q/onnx/quantize_model.hpp>
 #include <int4q/onnx/weights.hpp>
 
+#include "onnx/cli_runner.hpp"
+#include "onnx/devgpt_eval.hpp"
 #include "onnx/graph_builder.hpp"
 
 namespace {
@@ -242,6 +258,323 @@ TEST(Calibrate, WeightsInsideIfBranchesGetTheRowsOfTheBranchThatRan) {
   std::vector<double> h(K * K, 0.0);
   add_gram(std::vector<double>(x.begin(), x.end()), 2, K, h);
   expect_hessian(stats.at("then_w"), h, K);
+}
+
+// ---- sequential calibration's memory: activation budget (scratch file), freed replacements ----
+
+namespace ox = int4q::onnx;
+namespace fs = std::filesystem;
+
+constexpr std::uint64_t kNoLimit = std::numeric_limits<std::uint64_t>::max();
+
+/// `windows` windows of `seq` bytes of devgpt_cal.u8, `per_run` per batch (so several paused
+/// runs, unlike devgpt_calibration's batches of 8).
+ox::batch_source devgpt_windows(const ox::model& m, std::size_t windows, std::size_t seq,
+                                std::size_t per_run) {
+  ox::calib_options o;
+  o.path = int4q::test::devgpt_dir() / "devgpt_cal.u8";
+  o.seq_len = seq;
+  o.samples = windows;
+  const ox::calib_data data = ox::calib_data::open(m, o);
+  auto next = std::make_shared<std::size_t>(0);
+  return [data, next, per_run](std::map<std::string, value>& in) {
+    if (*next >= data.samples()) return false;
+    const std::size_t count = std::min(per_run, data.samples() - *next);
+    in = data.batch(*next, count);
+    *next += count;
+    return true;
+  };
+}
+
+/// The bits of everything a weight's statistics hold.
+std::string stats_bits(const int4q::activation_stats& s) {
+  std::string bits = std::to_string(s.rows()) + ":";
+  auto add = [&bits](const auto& t) {
+    bits.append(reinterpret_cast<const char*>(t.data()), t.size() * sizeof(*t.data()));
+  };
+  add(s.hessian());
+  add(s.mean_abs());
+  add(s.max_abs());
+  add(s.sample());
+  return bits;
+}
+
+int main_use(const weight_info& w, bool last) {
+  int at = last ? -1 : std::numeric_limits<int>::max();
+  for (const auto& u : w.uses) at = last ? std::max(at, u.node_index) : std::min(at, u.node_index);
+  return at;
+}
+
+/// The quantizable weights by first use (sequential calibration's order).
+std::vector<const weight_info*> in_graph_order(const std::vector<weight_info>& weights) {
+  std::vector<const weight_info*> ws;
+  for (const weight_info& w : weights)
+    if (w.quantizable) ws.push_back(&w);
+  std::stable_sort(ws.begin(), ws.end(), [](const weight_info* a, const weight_info* b) {
+    return main_use(*a, false) < main_use(*b, false);
+  });
+  return ws;
+}
+
+struct sequential_trace {
+  std::vector<std::string> stats;    ///< per weight, stats_bits
+  std::vector<std::size_t> held;     ///< replacements_held() after each stats_for
+  std::vector<std::size_t> spilled;  ///< runs_spilled() after each stats_for
+};
+
+/// Every quantizable weight of devgpt in graph order: its statistics, then a replacement (its
+/// values rounded to multiples of 1/8, so that later weights see changed activations).
+sequential_trace trace_devgpt(const ox::model& m, std::uint64_t budget, const fs::path& dir) {
+  const auto weights = ox::find_weights(m);
+  const std::vector<const weight_info*> ws = in_graph_order(weights);
+  ox::collect_options co;
+  co.stats.sample_rows = 16;
+  co.activation_budget_bytes = budget;
+  co.scratch_dir = dir;
+  ox::sequential_calibration seq(m, ws, devgpt_windows(m, 8, 32, 2), co);
+  sequential_trace t;
+  for (const weight_info* w : ws) {
+    t.stats.push_back(stats_bits(seq.stats_for(*w)));
+    t.held.push_back(seq.replacements_held());
+    t.spilled.push_back(seq.runs_spilled());
+    const ::onnx::TensorProto* init = nullptr;
+    for (const auto& i : m.proto.graph().initializer())
+      if (i.name() == w->name) init = &i;
+    EXPECT_TRUE(init) << w->name;
+    if (!init) return t;
+    value v = ox::to_value(m, *init);
+    for (float& x : v.f) x = std::round(x * 8.0f) / 8.0f;
+    seq.replace(*w, std::move(v));
+  }
+  return t;
+}
+
+fs::path fresh_dir(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("int4q_test_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::size_t files_in(const fs::path& dir) {
+  return static_cast<std::size_t>(std::distance(fs::directory_iterator(dir), {}));
+}
+
+// The runs' values written to the scratch file and read back are the same bits: the statistics
+// of every weight are identical with no limit, with a budget that holds some runs, and with
+// budget 0 (every run but the one being advanced in the file). Replacements are freed once the
+// runs pass the weight's last use: after weight j's statistics, the replaced weights still
+// held are those whose last use is at or after j's first use (counted here from the uses).
+TEST(SequentialMemory, StatisticsAreTheSameBitsWithAnyActivationBudget) {
+  const ox::model m = ox::load_model(int4q::test::devgpt_dir() / "devgpt_fp32.onnx");
+  const fs::path dir = fresh_dir("seq_stats");
+  const sequential_trace all = trace_devgpt(m, kNoLimit, dir);
+  // devgpt's widest live activations: about 2 windows x 32 tokens x 4 x 128 floats per run.
+  const std::uint64_t some = 2 * 2 * 32 * 128 * 4 * 4;
+  const sequential_trace part = trace_devgpt(m, some, dir);
+  const sequential_trace none = trace_devgpt(m, 0, dir);
+  ASSERT_EQ(all.stats.size(), none.stats.size());
+  ASSERT_EQ(all.stats.size(), part.stats.size());
+  for (std::size_t j = 0; j < all.stats.size(); ++j) {
+    EXPECT_TRUE(all.stats[j] == part.stats[j]) << "weight #" << j;
+    EXPECT_TRUE(all.stats[j] == none.stats[j]) << "weight #" << j;
+  }
+  // 4 runs: none spilled without a limit, all of them with budget 0, some but not all between.
+  EXPECT_EQ(*std::max_element(all.spilled.begin(), all.spilled.end()), 0u);
+  EXPECT_EQ(*std::min_element(none.spilled.begin(), none.spilled.end()), 4u);
+  std::size_t partial = 0;
+  for (std::size_t n : part.spilled) partial += n > 0 && n < 4;
+  EXPECT_GT(partial, 0u) << "the budget held every run or none: choose another";
+  std::cout << "[seq memory] steps with some runs spilled at " << some << " bytes: " << partial
+            << " of " << part.spilled.size() << "\n";
+  // Replacements held, against the uses.
+  const auto weights = ox::find_weights(m);
+  const std::vector<const weight_info*> ws = in_graph_order(weights);
+  std::size_t most = 0;
+  for (std::size_t j = 0; j < ws.size(); ++j) {
+    std::size_t want = 0;
+    for (std::size_t i = 0; i < j; ++i) want += main_use(*ws[i], true) >= main_use(*ws[j], false);
+    EXPECT_EQ(none.held[j], want) << ws[j]->name;
+    EXPECT_EQ(all.held[j], want) << ws[j]->name;
+    most = std::max(most, want);
+  }
+  EXPECT_LT(most, ws.size() / 2) << "devgpt's weights are used once each: few stay held";
+  EXPECT_EQ(files_in(dir), 0u) << "the scratch file outlives the calibration";
+  fs::remove_all(dir);
+}
+
+// The scratch file exists while runs are spilled, and is removed at the end, after an error in
+// the data source (construction) and after an error while the runs advance.
+TEST(SequentialMemory, ScratchFileIsRemovedAfterSuccessAndAfterAnError) {
+  const two_layer net;
+  const auto weights = int4q::onnx::find_weights(net.m);
+  const weight_info* w1 = by_name(weights, "w1");
+  const weight_info* w2 = by_name(weights, "w2");
+  const fs::path dir = fresh_dir("seq_scratch");
+  ox::collect_options co;
+  co.activation_budget_bytes = 0;
+  co.scratch_dir = dir;
+  auto batches = [](int count, bool fail_after) {
+    auto n = std::make_shared<int>(0);
+    return [n, count, fail_after](std::map<std::string, value>& in) -> bool {
+      if (*n == count) {
+        if (fail_after) throw std::runtime_error("the data source failed");
+        return false;
+      }
+      in["x"] = value::floats({B, T, K}, input_batch(static_cast<std::uint32_t>(40 + (*n)++)));
+      return true;
+    };
+  };
+  {
+    ox::sequential_calibration seq(net.m, {w1, w2}, batches(3, false), co);
+    EXPECT_EQ(seq.runs_spilled(), 3u);
+    EXPECT_EQ(files_in(dir), 1u);
+    seq.stats_for(*w1);
+    seq.stats_for(*w2);
+    EXPECT_EQ(seq.runs_spilled(), 3u);
+  }
+  EXPECT_EQ(files_in(dir), 0u) << "after success";
+  EXPECT_THROW(ox::sequential_calibration(net.m, {w1, w2}, batches(2, true), co),
+               std::runtime_error);
+  EXPECT_EQ(files_in(dir), 0u) << "after an error in the data";
+  {
+    ox::sequential_calibration seq(net.m, {w1, w2}, batches(3, false), co);
+    seq.stats_for(*w1);
+    seq.replace(*w1, value::floats({K + 1, H1}, std::vector<float>((K + 1) * H1, 1.0f)));
+    EXPECT_THROW(seq.stats_for(*w2), ox::model_error);  // MatMul of a wrong shape
+    EXPECT_EQ(files_in(dir), 1u);
+  }
+  EXPECT_EQ(files_in(dir), 0u) << "after an error while advancing";
+  fs::remove_all(dir);
+}
+
+std::string serialized(const ox::model& m) {
+  std::string s;
+  EXPECT_TRUE(m.proto.SerializeToString(&s));
+  return s;
+}
+
+// The quantized model is the same bytes whatever the activation budget, for every sequential
+// method and for an --auto plan applied sequentially (6 windows of 32 bytes in runs of 2).
+TEST(SequentialMemory, OutputIsTheSameBytesWithAnyActivationBudget) {
+  int4q::test::set_blas_threads(1);
+  const ox::model fp32 = ox::load_model(int4q::test::devgpt_dir() / "devgpt_fp32.onnx");
+  const fs::path dir = fresh_dir("seq_output");
+  auto options = [&](ox::method algo) {
+    ox::quantize_options q;
+    q.algo = algo;
+    q.lm_head = ox::lm_head_policy::quantize;
+    q.awq.samples = 16;
+    q.calibration.data = devgpt_windows(fp32, 6, 32, 2);
+    q.calibration.scratch_dir = dir;
+    return q;
+  };
+  std::vector<std::pair<std::string, ox::quantize_options>> cases;
+  for (const ox::method algo : {ox::method::gptq, ox::method::awq_full, ox::method::awq_gptq})
+    cases.emplace_back(ox::to_string(algo), options(algo));
+  {
+    ox::quantize_options q = options(ox::method::rtn);
+    ox::auto_options a;
+    a.effective_bits = 5.0;
+    const ox::quant_plan plan = ox::auto_plan(fp32, q, a);
+    q = ox::with_plan(options(ox::method::gptq), plan);
+    cases.emplace_back("auto", q);
+  }
+  for (auto& [name, q] : cases) {
+    std::vector<std::string> outputs;
+    for (const std::uint64_t budget :
+         {kNoLimit, std::uint64_t(2 * 32 * 128 * 4 * 4), std::uint64_t(0)}) {
+      ox::model m = fp32;
+      ox::quantize_options o = q;
+      o.calibration.data = devgpt_windows(fp32, 6, 32, 2);
+      o.calibration.activation_budget_bytes = budget;
+      ox::quantize_model(m, o);
+      outputs.push_back(serialized(m));
+    }
+    EXPECT_FALSE(outputs[0] == serialized(fp32)) << name;
+    EXPECT_TRUE(outputs[0] == outputs[1]) << name << ": some runs spilled";
+    EXPECT_TRUE(outputs[0] == outputs[2]) << name << ": every run spilled";
+  }
+  EXPECT_EQ(files_in(dir), 0u);
+  fs::remove_all(dir);
+}
+
+// Peak memory of GPTQ sequential through the CLI (a child process; its --report gives the peak
+// RSS) on a generated model several times the bound: 256 MatMul layers of 512 x 512 fp16
+// weights in external data (128 MiB on disk, 256 MiB as fp32), 4 random samples of 16 tokens,
+// --calib-memory 0 and --spill always. The bound (64 MiB) holds the program, one weight in fp32
+// with its Hessian and GPTQ's work, and the live activations.
+// Enable after h-exec-mem merges: until the executor stops converting every initializer to
+// fp32 up front, the peak is about the fp32 model (measured: see the printed numbers).
+TEST(SequentialMemory, DISABLED_GptqThroughTheCliStaysUnderABoundOnAModelSeveralTimesLarger) {
+  constexpr std::int64_t D = 512, L = 256;
+  constexpr std::uint64_t bound = std::uint64_t(64) << 20;
+  const fs::path dir = fresh_dir("seq_bound");
+  {
+    graph_builder g;
+    g.input("x", int4q::test::onnx_float, {1, -1, D});
+    std::string h = "x";
+    for (std::int64_t l = 0; l < L; ++l) {
+      const std::string w = "w" + std::to_string(l), y = "h" + std::to_string(l);
+      g.initializer(w, int4q::test::onnx_float16, {D, D},
+                    int4q::test::random_values(D * D, static_cast<std::uint32_t>(100 + l), 0.08f));
+      g.matmul("mm" + std::to_string(l), h, w, y);
+      h = y;
+    }
+    g.output(h, int4q::test::onnx_float, {1, -1, D});
+    ox::save_options so;
+    so.mode = ox::external_data::always;
+    ox::save_model(g.model(), dir / "big.onnx", so);
+  }
+  const std::uint64_t on_disk =
+      fs::file_size(dir / "big.onnx") + fs::file_size(dir / "big.onnx.data");
+  ASSERT_GT(on_disk, 2 * bound);
+  const auto r = int4q::test::run_cli(dir, {"quantize",
+                                            "big.onnx",
+                                            "-o",
+                                            "out.onnx",
+                                            "--method",
+                                            "gptq",
+                                            "--calib-samples",
+                                            "4",
+                                            "--calib-seq-len",
+                                            "16",
+                                            "--calib-memory",
+                                            "0",
+                                            "--spill",
+                                            "always",
+                                            "--lm-head",
+                                            "quantize",
+                                            "--threads",
+                                            "1",
+                                            "--report",
+                                            "report.json",
+                                            "-q"});
+  ASSERT_EQ(r.status, 0) << int4q::test::describe(r);
+  const auto report = nlohmann::json::parse(int4q::test::read_text(dir / "report.json"));
+  const std::uint64_t peak = report["peak_rss_bytes"].get<std::uint64_t>();
+  std::cout << "[seq memory] model " << (on_disk >> 20) << " MiB on disk, peak RSS " << (peak >> 20)
+            << " MiB, bound " << (bound >> 20) << " MiB\n";
+  EXPECT_EQ(report["totals"]["weights_quantized"].get<int>(), L);
+  EXPECT_LT(peak, bound);
+  fs::remove_all(dir);
+}
+
+// A scratch directory that is not a directory is an option error naming the field.
+TEST(SequentialMemory, ScratchDirMustBeADirectory) {
+  const fs::path dir = fresh_dir("seq_option");
+  ox::quantize_options q;
+  q.calibration.scratch_dir = dir;
+  EXPECT_NO_THROW(ox::check_quantize_options(q));
+  q.calibration.scratch_dir = dir / "missing";
+  try {
+    ox::check_quantize_options(q);
+    ADD_FAILURE() << "a missing scratch directory was accepted";
+  } catch (const ox::option_error& e) {
+    EXPECT_EQ(e.field(), "calibration.scratch_dir");
+    EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
 }
 
 }  // namespace

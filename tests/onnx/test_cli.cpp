@@ -371,6 +371,27 @@ TEST_F(CliQuantize, GptqWithCalibrationDataReportsItsLossesAndIgnoresThreads) {
                  2, {"--static-groups", "g_idx"});
 }
 
+// --calib-memory: the paused calibration runs beyond it wait in a scratch file next to OUT; the
+// output is the same bytes with 0 (every run but one in the file) and with room for all, and no
+// scratch file is left.
+TEST_F(CliQuantize, GptqCalibMemoryChangesNoByteAndLeavesNoScratchFile) {
+  require_devgpt();
+  auto gptq = [&](const std::string& out, const std::string& memory) {
+    return run({"quantize", devgpt.string(), "-o", out, "--method", "gptq", "--calib",
+                (devgpt_dir / "devgpt_cal.u8").string(), "--calib-samples", "6", "--calib-seq-len",
+                "32", "--calib-batch", "2", "--calib-memory", memory, "-q"});
+  };
+  const result a = gptq("m0.onnx", "0");
+  ASSERT_EQ(a.status, 0) << describe(a);
+  const result b = gptq("m4g.onnx", "4G");
+  ASSERT_EQ(b.status, 0) << describe(b);
+  EXPECT_TRUE(read_text(dir_ / "m0.onnx") == read_text(dir_ / "m4g.onnx"))
+      << "--calib-memory 0 and 4G must write byte-identical files";
+  for (const auto& e : fs::directory_iterator(dir_))
+    EXPECT_EQ(e.path().filename().string().find(".int4q-activations"), std::string::npos)
+        << e.path();
+}
+
 TEST_F(CliQuantize, AutoPlanWithinABudgetWrittenAndAppliedAgain) {
   require_devgpt();
   const std::string cal = (devgpt_dir / "devgpt_cal.u8").string();

@@ -155,6 +155,10 @@ const std::vector<numeric_option>& numeric_options() {
        {"-1", huge, "nan", "inf", "1e3"}},
       {"quantize", "--calib-seq-len", "an integer >= 1", {"0", huge, "nan", "inf", "-128"}},
       {"quantize", "--calib-batch", "an integer >= 1", {"0", huge, "nan", "inf", "-8"}},
+      {"quantize",
+       "--calib-memory",
+       "a size in bytes, such as 1000, 512M or 4G",
+       {"-1", huge, "nan", "inf", "1.5G", "4X", "4GG", "20000000000000000G", "G"}},
       {"quantize", "--gptq-block", "an integer >= 1", {"0", huge, "nan", "inf"}},
       {"quantize", "--damp", "a number > 0", {"0", "-0.01", "1e400", "nan", "inf", "-inf"}},
       {"quantize", "--awq-alpha-step", "a number in (0, 1]", {"0", "1.5", "nan", "inf", "-0.1"}},
@@ -219,13 +223,13 @@ TEST_F(CliOptions, ValuesAtTheEndsOfTheRangesAreAccepted) {
   }
 }
 
-/// The options --help lists with a value (type N, X, B, or a numeric range in the help text)
+/// The options --help lists with a value (type N, X, B, SIZE, or a numeric range in the help text)
 /// are all in the table: a new numeric option without a range check fails here.
 TEST_F(CliOptions, EveryNumericOptionOfHelpIsInTheTable) {
   for (const std::string command : {"quantize", "eval", "inspect"}) {
     const cli_result r = run({command, "--help"});
     ASSERT_EQ(r.status, 0) << describe(r);
-    const std::regex numeric(R"((--[a-z0-9-]+) (N|X|B)\b)");
+    const std::regex numeric(R"((--[a-z0-9-]+) (N|X|B|SIZE)\b)");
     std::set<std::string> listed;
     for (auto it = std::sregex_iterator(r.out.begin(), r.out.end(), numeric);
          it != std::sregex_iterator(); ++it)
@@ -374,8 +378,9 @@ TEST_F(CliOptions, EvalSamplesBeyondTheTokenFile) {
 
 TEST_F(CliOptions, CalibSamplesBeyondMemoryFailAtOnce) {
   // Random inputs have no count limit of their own; sequential calibration would hold 10^12
-  // samples x 128 rows x 64 values x 4 bytes (34 PB): refused before any work, naming the way
-  // out. Parallel mode holds one batch at a time and is not limited by memory.
+  // samples x 128 rows x 64 values x 4 bytes (34 PB), more than --calib-memory plus the disk
+  // for its scratch file: refused before any work, naming the way out. Parallel mode holds one
+  // batch at a time and is not limited by memory.
   expect_failure(
       {"quantize", "lm.onnx", "-o", "out.onnx", "--method", "gptq", "--calib-samples",
        "1000000000000"},

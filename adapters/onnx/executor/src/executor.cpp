@@ -956,6 +956,27 @@ const value* executor::session::find(const std::string& name) const {
   return i != s_->plan->initializers.end() ? &i->second : nullptr;
 }
 
+std::size_t executor::session::value_bytes() const noexcept {
+  std::size_t bytes = 0;
+  if (s_)
+    for (const auto& [name, v] : s_->env)
+      bytes += v.f.size() * sizeof(float) + v.i.size() * sizeof(std::int64_t);
+  return bytes;
+}
+
+std::vector<std::pair<std::string, value>> executor::session::take_values() {
+  std::vector<std::pair<std::string, value>> out;
+  out.reserve(s_->env.size());
+  for (auto& [name, v] : s_->env) out.emplace_back(name, std::move(v));
+  s_->env.clear();
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return out;
+}
+
+void executor::session::restore_values(std::vector<std::pair<std::string, value>> values) {
+  for (auto& [name, v] : values) s_->env[name] = std::move(v);
+}
+
 executor::session executor::start(const std::map<std::string, value>& inputs) const {
   const auto& g = m_.proto.graph();
   auto st = std::make_unique<session::state>();

@@ -1,12 +1,20 @@
 // Calibration statistics from executor runs: parallel (one pass) and sequential (paused runs).
 #include <int4q/onnx/calibrate.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
 #include <limits>
+#include <optional>
 #include <unordered_map>
 #include <utility>
 
 #include <int4q/onnx/graph.hpp>
+#include <int4q/onnx/temp_files.hpp>
 
 namespace int4q {
 namespace onnx {
@@ -66,13 +74,193 @@ std::map<std::string, activation_stats> collect_activation_stats(
 
 // ---- sequential ------------------------------------------------------------------------------
 
+namespace {
+
+using run_values = std::vector<std::pair<std::string, value>>;
+
+/// The scratch file of sequential calibration: the values of paused runs that do not fit in the
+/// memory budget, one contiguous record per run written with positioned writes. A record is
+/// rewritten in its run's slot while it fits there; a larger one takes the first free extent
+/// big enough (freed slots merge with their neighbours) or the end of the file, so the file
+/// stays about one copy of all runs' values. Created on first use in `dir` (the system's
+/// temporary directory when empty) and removed with this object, by an error too.
+///
+/// Record: count, then per value: name length, type, rank, float count, int count (u64 each),
+/// the name, the dims, the floats, the ints (native byte order: the file never leaves the run).
+class run_store {
+ public:
+  explicit run_store(std::filesystem::path dir) : dir_(std::move(dir)) {}
+  ~run_store() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  run_store(const run_store&) = delete;
+  run_store& operator=(const run_store&) = delete;
+
+  void put(std::size_t run, const run_values& values) {
+    open();
+    std::uint64_t bytes = 8;
+    for (const auto& [name, v] : values)
+      bytes += 40 + name.size() + 8 * v.shape.size() + 4 * v.f.size() + 8 * v.i.size();
+    if (slots_.size() <= run) slots_.resize(run + 1);
+    slot& s = slots_[run];
+    if (bytes > s.capacity) {
+      if (s.capacity > 0) release(s.offset, s.capacity);
+      s.offset = allocate(bytes);
+      s.capacity = bytes;
+    }
+    std::uint64_t at = s.offset;
+    write_u64(values.size(), at);
+    for (const auto& [name, v] : values) {
+      for (const std::uint64_t x :
+           {std::uint64_t(name.size()), std::uint64_t(v.type), std::uint64_t(v.shape.size()),
+            std::uint64_t(v.f.size()), std::uint64_t(v.i.size())})
+        write_u64(x, at);
+      write(name.data(), name.size(), at);
+      write(v.shape.data(), 8 * v.shape.size(), at);
+      write(v.f.data(), 4 * v.f.size(), at);
+      write(v.i.data(), 8 * v.i.size(), at);
+    }
+  }
+
+  run_values get(std::size_t run) {
+    std::uint64_t at = slots_.at(run).offset;
+    run_values values(read_u64(at));
+    for (auto& [name, v] : values) {
+      std::uint64_t h[5];
+      for (std::uint64_t& x : h) x = read_u64(at);
+      name.resize(h[0]);
+      v.type = static_cast<value_type>(h[1]);
+      v.shape.resize(h[2]);
+      v.f.resize(h[3]);
+      v.i.resize(h[4]);
+      read(&name[0], name.size(), at);
+      read(v.shape.data(), 8 * v.shape.size(), at);
+      read(v.f.data(), 4 * v.f.size(), at);
+      read(v.i.data(), 8 * v.i.size(), at);
+    }
+    return values;
+  }
+
+ private:
+  struct slot {
+    std::uint64_t offset = 0, capacity = 0;
+  };
+
+  void open() {
+    if (fd_ >= 0) return;
+    const std::filesystem::path dir = dir_.empty() ? std::filesystem::temp_directory_path() : dir_;
+    file_.emplace(dir / ".int4q-activations-", dir / ".int4q-activations");
+    file_->close();
+    fd_ = ::open(file_->path().c_str(), O_RDWR | O_CLOEXEC);
+    if (fd_ < 0) fail("open", errno);
+  }
+
+  /// First fit among the free extents, else the end of the file (joined to a free extent that
+  /// ends there).
+  std::uint64_t allocate(std::uint64_t bytes) {
+    for (auto it = free_.begin(); it != free_.end(); ++it) {
+      if (it->second < bytes) continue;
+      const std::uint64_t at = it->first, left = it->second - bytes;
+      free_.erase(it);
+      if (left > 0) free_[at + bytes] = left;
+      return at;
+    }
+    if (!free_.empty()) {
+      const auto last = std::prev(free_.end());
+      if (last->first + last->second == end_) {
+        const std::uint64_t at = last->first;
+        free_.erase(last);
+        end_ = at + bytes;
+        return at;
+      }
+    }
+    end_ += bytes;
+    return end_ - bytes;
+  }
+
+  void release(std::uint64_t at, std::uint64_t bytes) {
+    auto next = free_.lower_bound(at);
+    if (next != free_.end() && at + bytes == next->first) {
+      bytes += next->second;
+      next = free_.erase(next);
+    }
+    if (next != free_.begin()) {
+      const auto prev = std::prev(next);
+      if (prev->first + prev->second == at) {
+        prev->second += bytes;
+        return;
+      }
+    }
+    free_[at] = bytes;
+  }
+
+  void write_u64(std::uint64_t x, std::uint64_t& at) { write(&x, 8, at); }
+  std::uint64_t read_u64(std::uint64_t& at) {
+    std::uint64_t x = 0;
+    read(&x, 8, at);
+    return x;
+  }
+  void write(const void* data, std::size_t bytes, std::uint64_t& at) {
+    const char* p = static_cast<const char*>(data);
+    for (std::size_t done = 0; done < bytes;) {
+      const ssize_t n = ::pwrite(fd_, p + done, bytes - done, static_cast<off_t>(at + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) fail("write", n < 0 ? errno : EIO);
+      done += static_cast<std::size_t>(n);
+    }
+    at += bytes;
+  }
+  void read(void* data, std::size_t bytes, std::uint64_t& at) {
+    char* p = static_cast<char*>(data);
+    for (std::size_t done = 0; done < bytes;) {
+      const ssize_t n = ::pread(fd_, p + done, bytes - done, static_cast<off_t>(at + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) fail("read", n < 0 ? errno : EIO);
+      done += static_cast<std::size_t>(n);
+    }
+    at += bytes;
+  }
+  [[noreturn]] void fail(const char* what, int error) const {
+    throw model_error(model_error::kind::io,
+                      std::string("sequential calibration: cannot ") + what +
+                          " the scratch file of activations '" + file_->path().string() +
+                          "': " + std::strerror(error) +
+                          " (it holds the paused runs beyond the activation memory budget)");
+  }
+
+  std::filesystem::path dir_;
+  std::optional<registered_temp_file> file_;
+  int fd_ = -1;
+  std::uint64_t end_ = 0;
+  std::map<std::uint64_t, std::uint64_t> free_;  ///< offset -> bytes
+  std::vector<slot> slots_;
+};
+
+/// The last main-graph node using `w`; INT_MAX when a subgraph uses it too (kept to the end).
+int last_main_use(const weight_info& w) {
+  int last = -1;
+  for (const weight_use& u : w.uses) {
+    if (!u.path.empty()) return std::numeric_limits<int>::max();
+    last = std::max(last, u.node_index);
+  }
+  return last < 0 ? std::numeric_limits<int>::max() : last;
+}
+
+}  // namespace
+
 struct sequential_calibration::impl {
   const model& m;
   collect_options options;
   executor ex;
   std::vector<std::map<std::string, value>> inputs;  ///< kept for the subgraph-only pass
   std::vector<executor::session> runs;
-  std::map<std::string, value> replacements;  ///< weight name -> stored values
+  /// Per run: bytes of its values and whether they are in the scratch file now.
+  std::vector<std::size_t> run_bytes;
+  std::vector<bool> spilled;
+  std::uint64_t resident = 0;  ///< bytes of the values of runs in memory
+  run_store store;
+  std::map<std::string, value> replacements;        ///< weight name -> stored values
+  std::map<std::string, int> replacement_last_use;  ///< weight name -> last main-graph node
   run_hooks hooks;
   /// The last statistics computed, by activation name: siblings sharing an input (q/k/v) reuse
   /// them. A name's value never changes once computed and the runs never go back, so they stay
@@ -86,7 +274,7 @@ struct sequential_calibration::impl {
   bool subgraph_done = false;
 
   impl(const model& model_, const collect_options& o)
-      : m(model_), options(o), ex(model_, o.threads) {
+      : m(model_), options(o), ex(model_, o.threads), store(o.scratch_dir) {
     hooks.before_node = [this](int, const ::onnx::NodeProto& node, std::vector<const value*>& in) {
       if (replacements.empty()) return;
       for (int k = 0; k < node.input_size() && k < static_cast<int>(in.size()); ++k) {
@@ -94,6 +282,50 @@ struct sequential_calibration::impl {
         if (it != replacements.end()) in[static_cast<std::size_t>(k)] = &it->second;
       }
     };
+  }
+
+  /// Run r's values back from the scratch file (when they are there).
+  void load(std::size_t r) {
+    if (!spilled[r]) return;
+    runs[r].restore_values(store.get(r));
+    spilled[r] = false;
+    resident += run_bytes[r];
+  }
+
+  /// After run r moved or was read: its values stay in memory while all resident runs fit in
+  /// the budget, else they go to the scratch file. So the resident runs never pass the budget
+  /// but for the one being advanced.
+  void fit_budget(std::size_t r) {
+    resident -= run_bytes[r];
+    run_bytes[r] = runs[r].value_bytes();
+    if (resident + run_bytes[r] <= options.activation_budget_bytes) {
+      resident += run_bytes[r];
+      return;
+    }
+    run_values values = runs[r].take_values();
+    try {
+      store.put(r, values);
+    } catch (...) {  // the file could not take them (disk full): the run keeps its values
+      runs[r].restore_values(std::move(values));
+      resident += run_bytes[r];
+      throw;
+    }
+    spilled[r] = true;
+  }
+
+  /// Frees the replacements no run will read again: every run is at `next` (main-graph node
+  /// index), past the weight's last main-graph use. Kept while the subgraph-only pass, which
+  /// runs the whole graph with them, is still to come.
+  void free_replacements(int next) {
+    if (!subgraph_only.empty() && !subgraph_done) return;
+    for (auto it = replacement_last_use.begin(); it != replacement_last_use.end();) {
+      if (it->second < next) {
+        replacements.erase(it->first);
+        it = replacement_last_use.erase(it);
+      } else {
+        ++it;
+      }
+    }
   }
 };
 
@@ -125,6 +357,9 @@ sequential_calibration::sequential_calibration(const model& m,
   while (source(batch)) {
     if (!p_->subgraph_only.empty()) p_->inputs.push_back(batch);
     p_->runs.push_back(p_->ex.start(batch));
+    p_->run_bytes.push_back(0);
+    p_->spilled.push_back(false);
+    p_->fit_budget(p_->runs.size() - 1);
     batch.clear();
   }
 }
@@ -171,28 +406,38 @@ activation_stats sequential_calibration::stats_for(const weight_info& w) {
   // statistics (no copy: H is K x K doubles).
   const std::size_t others = --p.readers[name];
   if (p.cached && p.cached_name == name) {
-    for (executor::session& s : p.runs) p.ex.advance(s, node_index, p.hooks);
+    for (std::size_t r = 0; r < p.runs.size(); ++r) {
+      if (p.runs[r].next_node() >= node_index) continue;
+      p.load(r);
+      p.ex.advance(p.runs[r], node_index, p.hooks);
+      p.fit_budget(r);
+    }
+    p.free_replacements(node_index);
     if (others > 0) return *p.cached;
     activation_stats last = std::move(*p.cached);
     p.cached.reset();
     return last;
   }
   activation_stats stats(w.k, p.options.stats);
-  for (executor::session& s : p.runs) {
+  for (std::size_t r = 0; r < p.runs.size(); ++r) {
+    executor::session& s = p.runs[r];
     if (s.next_node() > node_index)
       throw model_error(model_error::kind::invalid,
                         "sequential calibration: weight '" + w.name +
                             "' was asked for after the runs passed its node '" + node.name() +
                             "' (ask in graph order)");
+    p.load(r);
     p.ex.advance(s, node_index, p.hooks);
     const value* a = s.find(name);
     if (!a)
       throw model_error(model_error::kind::invalid, "sequential calibration: input '" + name +
                                                         "' of node '" + node.name() +
                                                         "' is not computed");
-    const activation_rows r = rows_of(w, node, *a);
-    stats.add(r.data, r.rows);
+    const activation_rows rows = rows_of(w, node, *a);
+    stats.add(rows.data, rows.rows);
+    p.fit_budget(r);
   }
+  p.free_replacements(node_index);
   p.cached.reset();
   if (others > 0) {
     p.cached_name = name;
@@ -203,6 +448,15 @@ activation_stats sequential_calibration::stats_for(const weight_info& w) {
 
 void sequential_calibration::replace(const weight_info& w, value stored) {
   p_->replacements[w.name] = std::move(stored);
+  p_->replacement_last_use[w.name] = last_main_use(w);
+}
+
+std::size_t sequential_calibration::replacements_held() const noexcept {
+  return p_->replacements.size();
+}
+
+std::size_t sequential_calibration::runs_spilled() const noexcept {
+  return static_cast<std::size_t>(std::count(p_->spilled.begin(), p_->spilled.end(), true));
 }
 
 }  // namespace onnx

@@ -112,6 +112,8 @@ calibration_passes::calibration_passes(const model& m, const quantize_options& o
   co_.stats.sample_rows = awq ? options.awq.samples : 0;
   co_.threads = options.threads;
   co_.stats.threads = options.threads;
+  co_.activation_budget_bytes = options.calibration.activation_budget_bytes;
+  co_.scratch_dir = options.calibration.scratch_dir;
   std::vector<const weight_info*> calibrated;
   for (const weight_job& job : jobs)
     if (job.algo != method::rtn) calibrated.push_back(job.info);

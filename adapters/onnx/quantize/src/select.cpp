@@ -1,8 +1,10 @@
 // Option checks and the per-weight decision: include/exclude, overrides, lm_head policy,
 // the ORT preset and the scale type of the model.
+#include <filesystem>
 #include <optional>
 #include <regex>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include <int4q/config.hpp>
@@ -227,6 +229,20 @@ compiled_selection compile_selection(const quantize_options& options) {
   return sel;
 }
 
+namespace {
+
+/// The sequential calibration's scratch directory, when given, must be an existing directory.
+void check_scratch_dir(const quantize_options& options) {
+  const std::filesystem::path& dir = options.calibration.scratch_dir;
+  std::error_code ec;
+  if (dir.empty() || std::filesystem::is_directory(dir, ec)) return;
+  throw option_error(model_error::kind::invalid, "calibration.scratch_dir",
+                     "`calibration.scratch_dir` '" + dir.string() +
+                         "' is not a directory (the scratch file of activations goes there)");
+}
+
+}  // namespace
+
 compiled_selection validate_options(const quantize_options& options) {
   compiled_selection sel = compile_selection(options);
   check_accuracy_level(options);
@@ -237,6 +253,7 @@ compiled_selection validate_options(const quantize_options& options) {
     check_grid(with_override(options.config, &o), options, override_place(i, o));
   }
   check_act_order(options);
+  check_scratch_dir(options);
   return sel;
 }
 

@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <int4q/onnx/model.hpp>
@@ -86,6 +87,15 @@ class executor {
     /// A value live at this point (an input, a computed value not yet freed, an initializer);
     /// nullptr when there is none.
     const value* find(const std::string& name) const;
+    /// Bytes of the data of the values the session holds (its inputs and the computed values
+    /// still live; initializers are the executor's, not the session's).
+    std::size_t value_bytes() const noexcept;
+    /// Moves the values the session holds out of it, sorted by name (calibration writes the
+    /// paused runs' activations to a scratch file this way); the session keeps its place and
+    /// must get them back with restore_values() before it runs on or is read.
+    std::vector<std::pair<std::string, value>> take_values();
+    /// Gives back the values take_values() took.
+    void restore_values(std::vector<std::pair<std::string, value>> values);
 
    private:
     friend class executor;

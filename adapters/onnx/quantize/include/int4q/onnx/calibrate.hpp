@@ -12,7 +12,10 @@
 #define INT4Q_ONNX_CALIBRATE_HPP
 
 #include <cstddef>
+#include <cstdint>
+#include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -43,6 +46,14 @@ struct collect_options {
   std::size_t threads = 0;         ///< of the executor (0 = all cores)
   /// Called after each batch with the number of batches done.
   std::function<void(std::size_t batches)> on_progress;
+  /// Sequential calibration: the most bytes of paused runs' live values (activations) kept in
+  /// memory. A run whose values would pass it, once advanced, has them written to a scratch file
+  /// and read back when it is advanced again; 0 writes every run but the one being advanced.
+  /// The output does not depend on it. Default: no limit (the CLI's --calib-memory sets one).
+  std::uint64_t activation_budget_bytes = std::numeric_limits<std::uint64_t>::max();
+  /// Where that scratch file is created (".int4q-activations-XXXXXXXX", removed when the
+  /// calibration ends, by an error too); empty: the system's temporary directory.
+  std::filesystem::path scratch_dir;
 };
 
 /// "Parallel" statistics of every weight in `weights` (by weight name; the rows of all uses of
@@ -52,8 +63,10 @@ std::map<std::string, activation_stats> collect_activation_stats(
     const model& m, const std::vector<const weight_info*>& weights, const batch_source& source,
     const collect_options& options = {});
 
-/// "Sequential" calibration. Holds one paused run per batch (memory: the live activations of
-/// all batches at the current point of the graph). For weights in graph order:
+/// "Sequential" calibration. Holds one paused run per batch: the live activations of all
+/// batches at the current point of the graph, those beyond options.activation_budget_bytes in a
+/// scratch file (one record per run, rewritten in its place), and each replaced weight until
+/// the runs have passed its last main-graph use. For weights in graph order:
 ///
 ///   stats = seq.stats_for(w);        // runs every batch up to w's first node
 ///   ...quantize w with stats...
@@ -62,7 +75,8 @@ std::map<std::string, activation_stats> collect_activation_stats(
 /// Weights used only inside subgraphs (If branches) are not seen by the paused main-graph
 /// runs: stats_for gives them the statistics of a full run of the float model instead
 /// (parallel, with the replacements made so far), computed once on first need from a copy of
-/// the batches' inputs kept for that purpose.
+/// the batches' inputs kept for that purpose. Until that pass has run, every replacement is
+/// kept (the pass runs the whole graph with them).
 class sequential_calibration {
  public:
   sequential_calibration(const model& m, const std::vector<const weight_info*>& weights,
@@ -77,6 +91,11 @@ class sequential_calibration {
   /// Replaces the weight's values for the rest of the runs: `stored` in the tensor's stored
   /// layout and shape (dims of weight_info), as floats.
   void replace(const weight_info& w, value stored);
+
+  /// Memory diagnostics: replaced weights still held, and runs whose values are in the
+  /// scratch file now.
+  std::size_t replacements_held() const noexcept;
+  std::size_t runs_spilled() const noexcept;
 
  private:
   struct impl;

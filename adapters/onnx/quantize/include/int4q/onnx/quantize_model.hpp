@@ -50,7 +50,9 @@ const char* to_string(method m) noexcept;
 enum class calibration_mode {
   /// Weights in graph order, each calibrated on the activations that flow through the already
   /// quantized earlier weights (GPTQ's own recipe). Memory: the live activations of all
-  /// calibration batches at the current point of the graph, plus one weight's statistics.
+  /// calibration batches at the current point of the graph (those beyond
+  /// calibration_options::activation_budget_bytes in a scratch file), plus one weight's
+  /// statistics.
   sequential,
   /// Every weight calibrated on the float model's activations (as ONNX Runtime's and INC's
   /// GPTQ do): one pass; memory: the statistics of every calibrated weight at once.
@@ -69,6 +71,14 @@ struct calibration_options {
   calibration_mode mode = calibration_mode::sequential;
   /// Parallel mode: the most bytes of statistics held at once (H is K x K doubles per weight).
   std::uint64_t parallel_stats_bytes = std::uint64_t(1) << 30;
+  /// Sequential mode: the most bytes of paused runs' activations held in memory; the others
+  /// go to a scratch file in `scratch_dir` (collect_options::activation_budget_bytes). The
+  /// output does not depend on it. Default: no limit (the CLI defaults to half the physical
+  /// memory, --calib-memory).
+  std::uint64_t activation_budget_bytes = std::numeric_limits<std::uint64_t>::max();
+  /// Where that scratch file goes (an existing directory); empty: the system's temporary
+  /// directory.
+  std::filesystem::path scratch_dir;
   /// For the report: what the data is (a file, random inputs, ...).
   std::string description;
 };
