@@ -960,7 +960,13 @@ void run_steps(quantize_run& run, const clock_type::time_point start) {
   run.q.spill_file = scratch.path();
   open_calibration(run, m);
   apply_plan(run, m);
-  if (o.resume) start_journal(run, m);
+  if (o.resume) {
+    start_journal(run, m);
+  } else if (!o.quiet && fs::exists(ox::resume_manifest_path(resume_journal_path(o.output)))) {
+    std::cerr << "int4q: warning: '" << resume_journal_path(o.output).string()
+              << "' holds the finished weights of an earlier --resume run, left as it is: add "
+                 "--resume to continue it\n";
+  }
   const ox::quantize_report report = quantize(run, m);
   const std::optional<double> achieved_bits =
       run.plan ? ox::achieved_effective_bits(*run.plan, report) : std::nullopt;

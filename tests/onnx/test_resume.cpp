@@ -406,6 +406,11 @@ TEST_F(Resume, CliStoppedRunContinuesWithResumeAndRemovesItsJournal) {
       << describe(stopped);
   EXPECT_TRUE(fs::exists(journal) && fs::exists(manifest));
   EXPECT_FALSE(fs::exists(dir_ / "out.onnx"));
+  // Without --resume the journal is neither used nor touched; a warning names it.
+  const auto plain = run_cli(dir_, {"quantize", model, "-o", "out.onnx"});
+  EXPECT_EQ(plain.status, 0) << describe(plain);
+  EXPECT_NE(plain.err.find("add --resume to continue it"), std::string::npos) << describe(plain);
+  fs::remove(dir_ / "out.onnx");
   // Another grid: refused (exit 2) naming --resume and the field; the journal stays.
   const auto other = with({"-o", "out.onnx", "--resume", "--bits", "8"});
   EXPECT_EQ(other.status, 2) << describe(other);
