@@ -429,4 +429,37 @@ TEST_F(Resume, CliStoppedRunContinuesWithResumeAndRemovesItsJournal) {
   EXPECT_EQ(nlohmann::json::parse(read_text(dir_ / "report.json"))["totals"]["weights_resumed"], 5);
 }
 
+/// --auto (GPTQ on the plan's grids) scores its candidates again on resume (the same plan),
+/// then continues the journal.
+TEST_F(Resume, CliAutoPlanResumesToTheSameBytes) {
+  const std::vector<std::string> base = {"quantize",
+                                         (devgpt_dir / "devgpt_fp32.onnx").string(),
+                                         "--lm-head",
+                                         "quantize",
+                                         "--method",
+                                         "gptq",
+                                         "--auto",
+                                         "--effective-bits",
+                                         "4.5",
+                                         "--calib",
+                                         (devgpt_dir / "devgpt_cal.u8").string(),
+                                         "--calib-samples",
+                                         "8",
+                                         "-q"};
+  const auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_cli(dir_, args);
+  };
+  const auto whole = with({"-o", "whole.onnx"});
+  ASSERT_EQ(whole.status, 0) << describe(whole);
+  const auto stopped = with({"-o", "out.onnx", "--resume", "--test-stop-after", "6"});
+  ASSERT_EQ(stopped.status, 3) << describe(stopped);
+  const auto resumed = with({"-o", "out.onnx", "--resume"});
+  ASSERT_EQ(resumed.status, 0) << describe(resumed);
+  EXPECT_TRUE(read_text(dir_ / "whole.onnx") == read_text(dir_ / "out.onnx"))
+      << "the resumed --auto run wrote other bytes than the whole run";
+  EXPECT_FALSE(fs::exists(dir_ / ".out.onnx.resume.json"));
+}
+
 }  // namespace
