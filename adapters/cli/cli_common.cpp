@@ -268,6 +268,39 @@ const fs::path& scratch_file::path() const noexcept {
   return file_ ? file_->path() : none;
 }
 
+fs::path resume_journal_path(const fs::path& output) {
+  fs::path p = hidden_prefix(output, ".resume");
+  return p;
+}
+
+void remove_journal(const fs::path& output) noexcept {
+  const fs::path journal = resume_journal_path(output);
+  std::error_code ec;
+  fs::remove(int4q::onnx::resume_manifest_path(journal), ec);  // first: no manifest, no journal
+  fs::remove(journal, ec);
+}
+
+nlohmann::json file_fingerprint(const fs::path& path) {
+  const auto one = [](const fs::path& p) {
+    struct stat st {};
+    const bool ok = ::stat(p.c_str(), &st) == 0;
+    const std::int64_t mtime_ns =
+        ok ? std::int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec : -1;
+    return nlohmann::json{{"path", fs::absolute(p).lexically_normal().string()},
+                          {"bytes", ok ? std::uint64_t(st.st_size) : 0},
+                          {"mtime_ns", mtime_ns}};
+  };
+  std::error_code ec;
+  if (!fs::is_directory(path, ec)) return one(path);
+  std::vector<fs::path> files;
+  for (const auto& e : fs::recursive_directory_iterator(path, ec))
+    if (e.is_regular_file(ec)) files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  nlohmann::json all = nlohmann::json::array();
+  for (const fs::path& f : files) all.push_back(one(f));
+  return all;
+}
+
 void write_file_atomically(const fs::path& path, const std::string& content) {
   // Created with mode 0666 less the umask, registered for the signal handler until renamed.
   int4q::onnx::registered_temp_file temp(hidden_prefix(path, ".tmp-"), path);
@@ -303,16 +336,28 @@ progress_line::progress_line(bool enabled)
 
 progress_line::~progress_line() { finish(); }
 
-void progress_line::update(std::size_t k, std::size_t n, const std::string& name) {
+std::string progress_text(const int4q::onnx::quantize_progress& p) {
+  std::string text = p.layer;
+  const double fresh = p.cost_done - p.cost_restored;
+  if (p.seconds > 0 && fresh > 0) {
+    char rate[48];
+    std::snprintf(rate, sizeof rate, "  %.1f GFLOP/s", fresh / p.seconds * 1e-9);
+    text += rate;
+  }
+  if (p.restored > 0) text += "  (" + std::to_string(p.restored) + " resumed)";
+  return text;
+}
+
+void progress_line::update(std::size_t k, std::size_t n, const std::string& text, double eta_s) {
   if (!enabled_ || n == 0) return;
   const auto now = std::chrono::steady_clock::now();
   // Redraw at most 10 times a second (and always for the last weight).
   if (drawn_ && k < n && now - last_draw_ < std::chrono::milliseconds(100)) return;
   last_draw_ = now;
   const double elapsed = seconds_since(start_);
-  const double eta = k == 0 ? 0.0 : elapsed / static_cast<double>(k) * static_cast<double>(n - k);
-  std::string line = "[" + std::to_string(k) + "/" + std::to_string(n) + "] " + name +
-                     "  elapsed " + format_seconds(elapsed) + "  ETA " + format_seconds(eta);
+  std::string line = "[" + std::to_string(k) + "/" + std::to_string(n) + "] " + text +
+                     "  elapsed " + format_seconds(elapsed) + "  ETA " +
+                     (std::isnan(eta_s) ? std::string("?") : format_seconds(eta_s));
   winsize ws{};
   if (::ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 && line.size() >= ws.ws_col) {
     line.resize(ws.ws_col - 1);

@@ -12,7 +12,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include <int4q/onnx/model.hpp>
+#include <int4q/onnx/quantize_model.hpp>
 #include <int4q/onnx/temp_files.hpp>
 
 namespace int4q {
@@ -83,6 +86,17 @@ class scratch_file {
   std::optional<int4q::onnx::registered_temp_file> file_;
 };
 
+/// The resume journal of `int4q quantize --resume` for OUT = `output`: "." + its name +
+/// ".resume" in its directory (with its manifest, that path + ".json").
+std::filesystem::path resume_journal_path(const std::filesystem::path& output);
+
+/// Removes the resume journal of `output` and its manifest (nothing when absent).
+void remove_journal(const std::filesystem::path& output) noexcept;
+
+/// {"path", "bytes", "mtime_ns"} of a file (absolute path), or of each regular file in a
+/// directory (sorted by path): what a resume journal checks the inputs by.
+nlohmann::json file_fingerprint(const std::filesystem::path& path);
+
 /// Writes `content` to `path` through a temporary file in the same directory
 /// ("." + its name + ".tmp-XXXXXXXX") and a rename, so that a failure or a signal leaves no
 /// partial file. Throws model_error(io).
@@ -100,8 +114,9 @@ class progress_line {
   progress_line(const progress_line&) = delete;
   progress_line& operator=(const progress_line&) = delete;
 
-  /// Weight `k` of `n` (from 1) is done.
-  void update(std::size_t k, std::size_t n, const std::string& name);
+  /// Weight `k` of `n` (from 1) is done: "[k/n] text  elapsed E  ETA T", the ETA `eta_s`
+  /// ("?" when NaN: not known yet).
+  void update(std::size_t k, std::size_t n, const std::string& text, double eta_s);
   /// Clears the line.
   void finish();
 
@@ -111,6 +126,11 @@ class progress_line {
   std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_draw_;
 };
+
+/// The progress line's text for quantize: the layer (the node of the weight just done), the
+/// rate of this run's work in the cost model's FLOP per second (weight_cost; restored weights
+/// excluded) and the weights restored from a resume journal.
+std::string progress_text(const int4q::onnx::quantize_progress& p);
 
 /// True when stderr is a terminal.
 bool stderr_is_terminal() noexcept;

@@ -69,6 +69,8 @@ const flag_names& quantize_flags() {
         {"effective_bits", "--effective-bits"},
         {"candidates", "--auto-candidates"},
         {"auto_plan", "--auto --plan-out"},
+        // --resume (quantize_options::resume)
+        {"resume.journal", "--resume"},
     };
     for (auto& d : data_flags("--calib")) f.insert(d);
     return f;

@@ -652,6 +652,12 @@ void add_run_options(CLI::App& sub, quantize_command_options& o) {
   add_int_option(sub, "--threads", o.threads, threads_range(),
                  "Threads (the output does not depend on it)");
   sub.add_flag("-q,--quiet", o.quiet, "Print nothing but errors (and the report with --report -)");
+  sub.add_flag("--resume", o.resume,
+               "Keep a journal of the finished weights next to OUT (.OUT.resume and "
+               ".OUT.resume.json) and continue from it when it exists: a run that dies is "
+               "rerun with the same command and --resume, and writes the same bytes. The "
+               "journal is removed once OUT is written");
+  sub.add_option("--test-stop-after", o.test_stop_after)->group("");  // tests: see docs
 }
 
 }  // namespace
@@ -896,8 +902,8 @@ void apply_plan(quantize_run& run, const ox::model& m) {
 
 ox::quantize_report quantize(quantize_run& run, ox::model& m) {
   progress_line progress(!run.o.quiet && stderr_is_terminal());
-  run.q.on_progress = [&progress](std::size_t k, std::size_t n, const std::string& name) {
-    progress.update(k, n, name);
+  run.q.on_progress = [&progress](const ox::quantize_progress& p) {
+    progress.update(p.done, p.total, progress_text(p), ox::eta_seconds(p));
   };
   const auto t = clock_type::now();
   ox::quantize_report report = ox::quantize_model(m, run.q);
@@ -934,6 +940,46 @@ void print_plan_summary(const quantize_run& run, const std::optional<double>& ac
   }
 }
 
+// ---- --resume -----------------------------------------------------------------------------------
+
+/// What the journal must match beyond the options and the graph: the input model's files and
+/// the calibration data (names, sizes, modification times) and how the data is read.
+nlohmann::json resume_fingerprint(const quantize_run& run, const ox::model& m) {
+  const quantize_command_options& o = run.o;
+  nlohmann::json model = nlohmann::json::array({file_fingerprint(o.input)});
+  for (const fs::path& data : external_data_files(m)) model.push_back(file_fingerprint(data));
+  nlohmann::json j = {{"model", model}};
+  if (run.calib) {
+    j["calibration"] = {
+        {"data", o.calib.path.empty() ? nlohmann::json(nullptr) : file_fingerprint(o.calib.path)},
+        {"description", run.calib->description()},
+        {"samples", run.calib->samples()},
+        {"seq_len", o.calib.seq_len},
+        {"token_dtype", o.calib.token_dtype},
+        {"seed", o.calib.seed},
+        {"batch", o.calib_batch}};
+  }
+  return j;
+}
+
+/// --resume: the journal next to OUT, continued when it exists (said on stderr either way).
+void start_journal(quantize_run& run, const ox::model& m) {
+  const quantize_command_options& o = run.o;
+  const fs::path journal = resume_journal_path(o.output);
+  run.q.resume.journal = journal;
+  run.q.resume.fingerprint = resume_fingerprint(run, m);
+  run.q.resume.stop_after = o.test_stop_after;
+  note_resume_journal_for_signals(journal);
+  if (o.quiet) return;
+  std::error_code ec;
+  if (fs::exists(ox::resume_manifest_path(journal), ec)) {
+    std::cerr << "int4q: --resume: continuing the run journaled in '" << journal.string() << "'\n";
+  } else {
+    std::cerr << "int4q: --resume: no journal '" << journal.string()
+              << "' yet: starting from the first weight\n";
+  }
+}
+
 /// The quantize steps after prepare(); option_error from the library becomes a usage error.
 void run_steps(quantize_run& run, const clock_type::time_point start) {
   const quantize_command_options& o = run.o;
@@ -952,10 +998,18 @@ void run_steps(quantize_run& run, const clock_type::time_point start) {
       o.output.parent_path().empty() ? fs::path(".") : o.output.parent_path();
   open_calibration(run, m);
   apply_plan(run, m);
+  if (o.resume) {
+    start_journal(run, m);
+  } else if (!o.quiet && fs::exists(ox::resume_manifest_path(resume_journal_path(o.output)))) {
+    std::cerr << "int4q: warning: '" << resume_journal_path(o.output).string()
+              << "' holds the finished weights of an earlier --resume run, left as it is: add "
+                 "--resume to continue it\n";
+  }
   const ox::quantize_report report = quantize(run, m);
   const std::optional<double> achieved_bits =
       run.plan ? ox::achieved_effective_bits(*run.plan, report) : std::nullopt;
   save(run, m);
+  if (o.resume) remove_journal(o.output);
   run.facts.peak_rss = peak_rss_bytes();
   run.facts.total_s = seconds_since(start);
   if (!o.report.empty()) {
@@ -975,6 +1029,20 @@ void run_steps(quantize_run& run, const clock_type::time_point start) {
   if (!o.quiet && run.plan) print_plan_summary(run, achieved_bits);
 }
 
+/// --resume, after a failure: the journal stays to be continued, said on stderr (one without
+/// a finished weight is removed).
+void note_journal_kept(const quantize_command_options& o) {
+  if (!o.resume) return;
+  std::error_code ec;
+  const fs::path journal = resume_journal_path(o.output);
+  if (!fs::exists(ox::resume_manifest_path(journal), ec)) {
+    remove_journal(o.output);
+    return;
+  }
+  std::cerr << "int4q: the finished weights are kept in '" << journal.string()
+            << "': run the same command with --resume to continue\n";
+}
+
 }  // namespace
 
 void run_quantize(const quantize_command_options& o) {
@@ -982,7 +1050,15 @@ void run_quantize(const quantize_command_options& o) {
   quantize_run run(o);
   try {
     prepare(run);
-    run_steps(run, start);
+    try {
+      run_steps(run, start);
+    } catch (const ox::option_error& e) {
+      if (e.field() != "resume.journal") note_journal_kept(o);
+      throw;  // a journal of another run: as it was
+    } catch (...) {
+      note_journal_kept(o);
+      throw;
+    }
   } catch (const ox::option_error& e) {
     throw as_usage_error(e, run.sources);
   } catch (const int4q::config_error& e) {

@@ -75,6 +75,11 @@ struct quantize_command_options {
   std::size_t awq_samples = 512;
   std::size_t threads = 0;
   bool quiet = false;
+  /// --resume: keep a journal of the finished weights next to OUT (resume_journal_path) and
+  /// continue from it when it exists; --test-stop-after N (hidden, for tests): stop after N
+  /// weights journaled, as a run that died there would.
+  bool resume = false;
+  std::size_t test_stop_after = 0;
 };
 
 /// Adds the `quantize` subcommand to `app`; parsing it runs run_quantize.

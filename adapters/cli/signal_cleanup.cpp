@@ -27,6 +27,8 @@ char output_path[4096];
 bool output_existed = false;
 struct stat output_before {};
 std::atomic<bool> output_known{false};
+char journal_path[4096];
+std::atomic<bool> journal_known{false};
 
 std::atomic<bool> handling{false};
 
@@ -103,6 +105,11 @@ void on_signal(int sig) {
       line.add("' was written completely before the signal");
     }
   }
+  if (journal_known.load()) {
+    line.add("; the resume journal '");
+    line.add(journal_path);
+    line.add("' is kept: run the same command with --resume to continue");
+  }
   line.write_to(STDERR_FILENO);
   // End by the same signal: default disposition, raised again; it is blocked in this handler
   // and delivered as soon as the handler returns.
@@ -139,6 +146,14 @@ void note_output_for_signals(const std::filesystem::path& output) noexcept {
   std::memcpy(output_path, text.c_str(), text.size() + 1);
   output_existed = ::stat(output_path, &output_before) == 0;
   output_known.store(true);
+}
+
+void note_resume_journal_for_signals(const std::filesystem::path& journal) noexcept {
+  const std::string& text = journal.native();
+  if (text.empty() || text.size() >= sizeof journal_path) return;
+  journal_known.store(false);
+  std::memcpy(journal_path, text.c_str(), text.size() + 1);
+  journal_known.store(true);
 }
 
 void wait_if_interrupted() noexcept {

@@ -19,6 +19,10 @@ void install_signal_cleanup() noexcept;
 /// tell "left unchanged" from "not written"). Call before the first temporary file is made.
 void note_output_for_signals(const std::filesystem::path& output) noexcept;
 
+/// Names the resume journal (int4q quantize --resume) for the handler's message: it is kept,
+/// and the line says how to continue.
+void note_resume_journal_for_signals(const std::filesystem::path& journal) noexcept;
+
 /// When a handler is removing files on another thread: waits (forever) for it to end the
 /// process, so that no other exit status or error line races with it. Returns at once otherwise.
 void wait_if_interrupted() noexcept;

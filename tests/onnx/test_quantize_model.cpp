@@ -929,8 +929,8 @@ TEST(QuantizeModel, ReportAndJson) {
   auto o = options_for(output_format::matmulnbits, grid(4, 32, false));
   o.lm_head = int4q::onnx::lm_head_policy::keep;
   std::vector<std::string> progress;
-  o.on_progress = [&](std::size_t i, std::size_t n, const std::string& w) {
-    progress.push_back(std::to_string(i) + "/" + std::to_string(n) + " " + w);
+  o.on_progress = [&](const int4q::onnx::quantize_progress& p) {
+    progress.push_back(std::to_string(p.done) + "/" + std::to_string(p.total) + " " + p.weight);
   };
   const auto r = quantize_model(m, o);
   EXPECT_EQ(progress, (std::vector<std::string>{"1/3 w_q_proj", "2/3 w_k_proj", "3/3 w_v_proj"}));

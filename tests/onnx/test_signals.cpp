@@ -357,6 +357,39 @@ TEST_F(CliSignals, IntDuringGptqCalibrationLeavesAnExistingOutputUnchanged) {
   EXPECT_EQ(read_text(work_ / "out.onnx.data"), old);
 }
 
+TEST_F(CliSignals, TermDuringAResumableRunKeepsItsJournalAndResumeFinishesIt) {
+  std::vector<std::string> args = gptq_args();
+  args.push_back("--resume");
+  const fs::path manifest = work_ / ".out.onnx.resume.json";
+  int status = 0;
+  std::string err;
+  // Once a weight is journaled (a whole run takes seconds).
+  const bool hit = act_when_retried(
+      args, [&] { return fs::exists(manifest); }, [](pid_t pid) { ::kill(pid, SIGTERM); }, status,
+      err);
+  ASSERT_TRUE(hit) << "the run never journaled a weight; last stderr:\n" << err;
+  ASSERT_TRUE(WIFSIGNALED(status)) << "status " << status << "\n" << err;
+  EXPECT_EQ(WTERMSIG(status), SIGTERM) << err;
+  // The spill file, and the manifest's temporary file when the signal came while it was written.
+  const std::string line = last_line(err);
+  EXPECT_EQ(line.rfind("int4q: interrupted by SIGTERM: removed ", 0), 0u) << err;
+  const std::string ending =
+      "'out.onnx' was not written; the resume journal './.out.onnx.resume' is kept: run the same "
+      "command with --resume to continue\n";
+  EXPECT_TRUE(line.size() > ending.size() &&
+              line.compare(line.size() - ending.size(), ending.size(), ending) == 0)
+      << err;
+  EXPECT_EQ(names_in(work_), (std::set<std::string>{".out.onnx.resume", ".out.onnx.resume.json"}));
+  const auto resumed = int4q::test::run_cli(work_, args);
+  ASSERT_EQ(resumed.status, 0) << int4q::test::describe(resumed);
+  std::vector<std::string> whole = gptq_args();
+  whole[3] = "whole.onnx";
+  ASSERT_EQ(int4q::test::run_cli(work_, whole).status, 0);
+  EXPECT_TRUE(read_text(work_ / "out.onnx") == read_text(work_ / "whole.onnx"))
+      << "the run resumed after SIGTERM wrote other bytes than a whole run";
+  EXPECT_EQ(names_in(work_), (std::set<std::string>{"out.onnx", "whole.onnx"}));
+}
+
 TEST_F(CliSignals, TermWhileSavingExternalDataRemovesThePartialDataFile) {
   const std::string old = "an earlier output";
   std::ofstream(work_ / "out.onnx", std::ios::binary) << old;

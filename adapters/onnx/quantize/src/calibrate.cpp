@@ -459,5 +459,19 @@ std::size_t sequential_calibration::runs_spilled() const noexcept {
   return static_cast<std::size_t>(std::count(p_->spilled.begin(), p_->spilled.end(), true));
 }
 
+void sequential_calibration::pass(const weight_info& w) {
+  impl& p = *p_;
+  const int node_index = first_main_use(w);
+  if (node_index < 0) {
+    if (!p.subgraph_done) stats_for(w);  // the one subgraph pass, with the replacements so far
+    return;
+  }
+  // The reader count and the siblings' cache as stats_for leaves them.
+  const std::string& name = p.m.proto.graph().node(node_index).input(0);
+  if (--p.readers[name] == 0 && p.cached && p.cached_name == name) p.cached.reset();
+  for (executor::session& s : p.runs)
+    if (s.next_node() <= node_index) p.ex.advance(s, node_index, p.hooks);
+}
+
 }  // namespace onnx
 }  // namespace int4q

@@ -9,6 +9,7 @@
 
 #include <int4q/dequant.hpp>
 #include <int4q/gptq.hpp>
+#include <int4q/onnx/option_error.hpp>
 #include <int4q/quantize.hpp>
 
 #include "weight_tensor.hpp"
@@ -222,6 +223,11 @@ void calibration_passes::search(awq_group& g, const activation_stats& stats) {
                                                       "' (weight '" + first.info->name +
                                                       "'): " + e.what());
   }
+  adopt_search(g);
+}
+
+/// Whether the group's searched scales are used, and the reports' words when they are not.
+void calibration_passes::adopt_search(awq_group& g) {
   g.active = !g.result.identity && std::any_of(g.result.scales.begin(), g.result.scales.end(),
                                                [](float v) { return v != 1.0f; });
   if (!g.active) {
@@ -230,10 +236,11 @@ void calibration_passes::search(awq_group& g, const activation_stats& stats) {
   }
 }
 
-/// diag(s) W for an AWQ group's member (the search runs on its first member's statistics).
+/// diag(s) W for an AWQ group's member (the search runs on its first member's statistics,
+/// `stats`; null once the group is searched).
 void calibration_passes::scale_weight(weight_job& job, awq_group& g,
-                                      const activation_stats& stats) {
-  if (!g.searched) search(g, stats);
+                                      const activation_stats* stats) {
+  if (!g.searched) search(g, *stats);
   if (!g.active) return;
   const float* s = g.result.scales.data();
   xt::xtensor<float, 2>& lw = job.weight;
@@ -241,9 +248,50 @@ void calibration_passes::scale_weight(weight_job& job, awq_group& g,
     for (std::size_t n = 0; n < lw.shape()[1]; ++n) lw(k, n) *= s[k];
 }
 
-void calibration_passes::quantize(weight_job& job) {
+bool calibration_passes::quantize(weight_job& job) {
   job.started = std::chrono::steady_clock::now();
   job.weight = logical_weight(m_, *job.info, job.alpha);
+  if (journal_) {
+    journaled_weight saved;
+    if (journal_->restore(job, saved, report_.tensors[job.report_index])) {
+      restore(job, saved);
+      return true;
+    }
+  }
+  quantize_fresh(job);
+  if (journal_) {
+    const awq_group* g = group_of(job);
+    journal_->append(job, report_.tensors[job.report_index], g ? &g->result : nullptr);
+  }
+  return false;
+}
+
+/// A journaled weight: its group's AWQ search, its scaled weight, its codes and, sequential,
+/// the runs taken past its node with its quantized values, as quantize_fresh left them.
+void calibration_passes::restore(weight_job& job, journaled_weight& saved) {
+  awq_group* g = group_of(job);
+  if (g && !saved.has_awq) {
+    throw option_error(model_error::kind::invalid, "resume.journal",
+                       "`resume.journal`: weight '" + job.info->name +
+                           "' was journaled without its AWQ scales; remove the journal to start "
+                           "over");
+  }
+  if (g && !g->searched) {
+    g->searched = true;
+    g->result = std::move(saved.awq);
+    if (g->result.scales.size() > 0) adopt_search(*g);  // else: no rows reached it
+  }
+  if (g) scale_weight(job, *g, nullptr);
+  job.q = std::move(saved.q);
+  job.q.config = job.config;
+  if (!sequential_ || job.algo == method::rtn) return;
+  sequential_->pass(*job.info);
+  if (report_.tensors[job.report_index].calibration_rows > 0)
+    sequential_->replace(*job.info,
+                         stored_values(job, g && g->active ? g->result.scales.data() : nullptr));
+}
+
+void calibration_passes::quantize_fresh(weight_job& job) {
   if (job.algo == method::rtn) {
     try {
       job.q = int4q::quant_tensor(job.weight, job.config, quant_opts());
@@ -262,7 +310,7 @@ void calibration_passes::quantize(weight_job& job) {
     return;
   }
   activation_stats stats = statistics(*job.info);
-  scale_weight(job, *g, stats);
+  scale_weight(job, *g, &stats);
   try {
     quantize_calibrated(job, std::move(stats));
   } catch (const int4q::non_finite_error& e) {

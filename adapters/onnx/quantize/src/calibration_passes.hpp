@@ -17,6 +17,7 @@
 #include <int4q/onnx/awq_fold.hpp>
 #include <int4q/onnx/calibrate.hpp>
 
+#include "resume_journal.hpp"
 #include "writers.hpp"
 
 namespace int4q {
@@ -54,8 +55,13 @@ class calibration_passes {
 
   /// Fills job.weight and job.q: the logical weight (AWQ: scaled) and its quantized form (RTN,
   /// or the job's method on its statistics). Sequential: the quantized values then replace the
-  /// float ones in the runs for the weights after it, so call it in order().
-  void quantize(weight_job& job);
+  /// float ones in the runs for the weights after it, so call it in order(). With a journal,
+  /// a weight it holds is restored from it instead (returns true), and one quantized here is
+  /// appended to it.
+  bool quantize(weight_job& job);
+
+  /// The resume journal (null: none), kept by the caller for the passes' lifetime.
+  void set_journal(resume_journal* journal) { journal_ = journal; }
 
   /// Where each scaled group's 1/s goes (reads the model only; call after every weight is
   /// quantized); records it in the members' reports.
@@ -76,7 +82,10 @@ class calibration_passes {
   void group_awq_jobs();
   awq_group* group_of(const weight_job& job);
   void search(awq_group& g, const activation_stats& stats);
-  void scale_weight(weight_job& job, awq_group& g, const activation_stats& stats);
+  void adopt_search(awq_group& g);
+  void quantize_fresh(weight_job& job);
+  void restore(weight_job& job, journaled_weight& saved);
+  void scale_weight(weight_job& job, awq_group& g, const activation_stats* stats);
   void quantize_calibrated(weight_job& job, activation_stats stats);
   int4q::quantized<float> run_method(weight_job& job, const activation_stats& stats, const float* s,
                                      tensor_report& r);
@@ -102,6 +111,7 @@ class calibration_passes {
   std::map<std::string, activation_stats> parallel_;
   std::vector<awq_group> groups_;
   std::map<std::size_t, std::size_t> group_index_;  ///< job index -> group
+  resume_journal* journal_ = nullptr;
 };
 
 }  // namespace detail

@@ -2,10 +2,13 @@
 // then edits the graph, so that any error leaves the model as it was.
 #include <int4q/onnx/quantize_model.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string>
@@ -17,6 +20,7 @@
 
 #include "awq_fold_detail.hpp"
 #include "calibration_passes.hpp"
+#include "resume_journal.hpp"
 #include "writers.hpp"
 
 namespace int4q {
@@ -113,19 +117,63 @@ std::vector<detail::weight_job> plan_jobs(const model& m, const quantize_options
   return jobs;
 }
 
+/// The progress after the weight at `step` of the passes' order is done; the cost model's rows
+/// are those the first calibrated weight saw.
+void report_progress(const quantize_options& options, const detail::calibration_passes& cal,
+                     const std::vector<detail::weight_job>& jobs, const quantize_report& report,
+                     std::size_t step, bool restored, double seconds, quantize_progress& p) {
+  std::size_t rows = 0;
+  for (const tensor_report& r : report.tensors)
+    if (rows == 0 && r.calibration_rows > 0) rows = r.calibration_rows;
+  const detail::weight_job& job = jobs[cal.order()[step]];
+  const weight_info& w = *job.info;
+  p.done = step + 1;
+  p.total = jobs.size();
+  p.weight = w.name;
+  p.layer = display_name(w.uses.front());
+  p.restored += restored ? 1 : 0;
+  p.seconds += restored ? 0.0 : seconds;
+  p.cost_done = p.cost_total = 0;
+  if (restored) p.cost_restored += weight_cost(w.k, w.n, job.algo, rows, options.awq);
+  for (std::size_t i = 0; i < jobs.size(); ++i) {
+    const detail::weight_job& j = jobs[cal.order()[i]];
+    const double c = weight_cost(j.info->k, j.info->n, j.algo, rows, options.awq);
+    p.cost_total += c;
+    p.cost_done += i <= step ? c : 0.0;
+  }
+  options.on_progress(p);
+}
+
 /// Quantizes (calibration passes) and packs (writers) every weight into new tensors, one weight
-/// at a time, in the passes' order (the model is only read).
-void quantize_jobs(const model& m, const quantize_options& options, detail::calibration_passes& cal,
-                   std::vector<detail::weight_job>& jobs, detail::name_set& names,
-                   std::optional<spill_writer>& spill, quantize_report& report) {
+/// at a time, in the passes' order (the model is only read). Returns the weights restored from
+/// the resume journal.
+std::size_t quantize_jobs(const model& m, const quantize_options& options,
+                          detail::calibration_passes& cal, std::vector<detail::weight_job>& jobs,
+                          detail::name_set& names, std::optional<spill_writer>& spill,
+                          quantize_report& report) {
   const auto references = detail::count_references(m.proto.graph());
+  quantize_progress progress;
+  std::size_t restored = 0, journaled = 0;
   for (std::size_t step = 0; step < jobs.size(); ++step) {
     detail::weight_job& job = jobs[cal.order()[step]];
-    cal.quantize(job);  // sequential: before the runs go on to the next weight
+    const auto start = std::chrono::steady_clock::now();
+    const bool from_journal = cal.quantize(job);  // sequential: before the runs go on
+    restored += from_journal ? 1 : 0;
     detail::build_tensors(m, options, job, names, report.tensors[job.report_index], references);
     if (spill) spill->spill(job.tensors);  // memory: one weight's new tensors at a time
-    if (options.on_progress) options.on_progress(step + 1, jobs.size(), job.info->name);
+    if (options.on_progress) {
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      report_progress(options, cal, jobs, report, step, from_journal, seconds, progress);
+    }
+    if (!from_journal && ++journaled == options.resume.stop_after && step + 1 < jobs.size()) {
+      throw resume_stopped(model_error::kind::io, "stopped after " + std::to_string(journaled) +
+                                                      " weights journaled in '" +
+                                                      options.resume.journal.string() +
+                                                      "' (resume.stop_after, for tests)");
+    }
   }
+  return restored;
 }
 
 /// The report's totals: weights quantized, bytes before and after (embedding tables included).
@@ -142,6 +190,32 @@ void add_totals(quantize_report& report) {
 }
 
 }  // namespace
+
+double weight_cost(std::size_t k, std::size_t n, method m, std::size_t rows,
+                   const awq_settings& awq) {
+  const double K = static_cast<double>(k), N = static_cast<double>(n);
+  const double R = static_cast<double>(rows);
+  double cost = 8 * K * N;
+  if (m == method::rtn) return cost;
+  cost += 2 * R * K * N;
+  if (m == method::gptq || m == method::awq_gptq) cost += R * K * K + K * K * K + K * K * N;
+  const double samples = static_cast<double>(std::min(rows, awq.samples));
+  // Grid points: alphas 0, step, ..., alpha_max; ratios 1, 1 - step, ..., clip_min.
+  const auto points = [](double span, double step) {
+    return step > 0 ? std::floor(span / step + 1e-9) + 1 : 1.0;
+  };
+  if (m == method::awq_lite || m == method::awq_full || m == method::awq_gptq)
+    cost += 2 * samples * K * N * points(awq.scales.alpha_max, awq.scales.alpha_step);
+  if (m == method::awq_clip || m == method::awq_full)
+    cost += 2 * samples * K * N * points(1.0 - awq.clip.clip_min, awq.clip.clip_step);
+  return cost;
+}
+
+double eta_seconds(const quantize_progress& p) {
+  const double fresh = p.cost_done - p.cost_restored;
+  if (!(fresh > 0)) return std::numeric_limits<double>::quiet_NaN();
+  return p.seconds / fresh * std::max(0.0, p.cost_total - p.cost_done);
+}
 
 quantize_report quantize_model(model& m, const quantize_options& options) {
   const auto start = std::chrono::steady_clock::now();
@@ -170,8 +244,13 @@ quantize_report quantize_model(model& m, const quantize_options& options) {
   std::optional<spill_writer> spill;
   if (!options.spill_file.empty() && !jobs.empty())
     spill.emplace(options.spill_file, options.spill_min_bytes);
+  // A journal of another run is refused before the calibration reads any data.
+  std::optional<detail::resume_journal> journal;
+  if (!options.resume.journal.empty() && !jobs.empty())
+    journal.emplace(options.resume.journal, detail::resume_fingerprint(m, options));
   detail::calibration_passes cal(m, options, jobs, report);
-  quantize_jobs(m, options, cal, jobs, names, spill, report);
+  if (journal) cal.set_journal(&*journal);
+  report.weights_resumed = quantize_jobs(m, options, cal, jobs, names, spill, report);
   detail::build_embeddings(m, options, emb_jobs, names, report);
   // Where each AWQ scale's 1/s goes (reads the model; may still throw).
   const std::vector<awq_fold_plan> folds = cal.fold_plans();

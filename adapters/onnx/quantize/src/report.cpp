@@ -280,6 +280,7 @@ json to_json(const quantize_report& report) {
   json totals;
   totals["weights"] = report.tensors.size();
   totals["weights_quantized"] = report.weights_quantized;
+  totals["weights_resumed"] = report.weights_resumed;
   totals["bytes_before"] = report.bytes_before;
   totals["bytes_after"] = report.bytes_after;
   totals["compression"] =

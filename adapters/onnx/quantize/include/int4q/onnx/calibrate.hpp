@@ -91,6 +91,12 @@ class sequential_calibration {
   /// Replaces the weight's values for the rest of the runs: `stored` in the tensor's stored
   /// layout and shape (dims of weight_info), as floats.
   void replace(const weight_info& w, value stored);
+  /// For a weight whose result is known already (a resumed run): what stats_for does to the
+  /// runs, without the statistics. The runs advance up to w's first node (replace() then applies
+  /// before it runs), and a weight used only inside subgraphs has the subgraph pass made first,
+  /// as stats_for would have made it, so that the weights after it see the same activations as
+  /// in a run that computed w's statistics.
+  void pass(const weight_info& w);
 
   /// Memory diagnostics: replaced weights still held, and runs whose values are in the
   /// scratch file now.

@@ -125,6 +125,52 @@ struct awq_settings {
   std::size_t samples = 512;
 };
 
+/// Where a long run stands, after each weight (quantize_options::on_progress).
+struct quantize_progress {
+  std::size_t done = 0, total = 0;  ///< weights quantized (restored included) and to quantize
+  std::size_t restored = 0;         ///< of `done`, taken from the resume journal
+  std::string weight;               ///< the weight just done
+  std::string layer;                ///< the display name of its first node
+  /// weight_cost of the weights done, of those restored (part of cost_done) and of all; rows
+  /// are the calibration rows the first calibrated weight saw (0 before: forward terms absent).
+  double cost_done = 0, cost_restored = 0, cost_total = 0;
+  /// Seconds spent on the weights this run quantized (restored ones excluded): each from the
+  /// start of its calibration to its tensors being packed (and spilled).
+  double seconds = 0;
+};
+
+/// A run that keeps a journal of the weights it has finished, so that a run that dies (a
+/// signal, an error, a power cut) continues where it stopped: the same call with the same
+/// model, options and data restores the journaled weights instead of calibrating them again
+/// and writes output byte-identical to a run that was never interrupted. Sequential calibration
+/// still runs the data through the restored weights' nodes, with their quantized values, as
+/// the uninterrupted run did; AWQ's scales (and so its folds) are restored with them.
+struct resume_options {
+  /// The journal's data file (the quantized codes, scales and zero points of each finished
+  /// weight, appended); its manifest is the same path + ".json" (what each weight's data is,
+  /// and the fingerprint), replaced atomically after each weight once its data is on disk.
+  /// Empty: no journal. When the manifest exists, its weights are restored; the caller removes
+  /// both files once the output is saved (resume_manifest_path names the second).
+  std::filesystem::path journal;
+  /// What the caller knows of the run's inputs beyond the options and the model's graph (file
+  /// names, sizes and modification times of the model and of the calibration data, ...). The
+  /// journal records it with int4q's version, the options that change the output and a hash of
+  /// the graph; a journal whose record differs is refused (option_error naming the fields).
+  nlohmann::json fingerprint;
+  /// For tests: after this many weights journaled by this run, stop with resume_stopped
+  /// (0: never), as a run that died there would.
+  std::size_t stop_after = 0;
+};
+
+/// The manifest of a journal: `journal` + ".json".
+std::filesystem::path resume_manifest_path(const std::filesystem::path& journal);
+
+/// Thrown by quantize_model when resume_options::stop_after weights were journaled (tests).
+class resume_stopped : public model_error {
+ public:
+  using model_error::model_error;
+};
+
 struct quantize_options {
   int4q::quant_config config;  ///< base grid for every selected weight
   bool ort_preset = false;  ///< use presets::ort_matmulnbits / ort_qdq grids (bit-exact with ORT)
@@ -161,9 +207,27 @@ struct quantize_options {
   /// Inputs (model and external data) of at least this many bytes are worth spilling: the
   /// CLI's `--spill auto` and the e2e benchmark use it.
   static constexpr std::uint64_t spill_input_bytes = std::uint64_t(512) << 20;
-  /// Called after each weight: (index from 1, count, weight name).
-  std::function<void(std::size_t, std::size_t, const std::string&)> on_progress;
+  /// A run that can continue after it dies (resume_options).
+  resume_options resume;
+  /// Called after each weight with what is done and what is left (eta_seconds estimates the
+  /// time left from it).
+  std::function<void(const quantize_progress&)> on_progress;
 };
+
+/// Expected cost of quantizing one weight [K, N] with method `m` on `rows` calibration rows, in
+/// floating-point operations (2 per multiply-add), for progress and ETAs: RTN 8 K N; the
+/// calibrated methods add the forward through the weight's node (2 rows K N); GPTQ (gptq,
+/// awq_gptq) the Hessian (rows K^2, its upper triangle), its Cholesky inverse (K^3) and the
+/// column updates (K^2 N); AWQ's scale search (awq_lite, awq_full, awq_gptq) 2 samples K N per
+/// grid alpha, its clip search (awq_clip, awq_full) 2 samples K N per grid ratio; `samples` =
+/// min(rows, awq.samples). A model, not a measurement: only the ratios between weights matter.
+double weight_cost(std::size_t k, std::size_t n, method m, std::size_t rows,
+                   const awq_settings& awq = {});
+
+/// The time left, in seconds: the seconds spent on the weights this run quantized (restored
+/// ones excluded) per unit of their cost, times the cost of the weights left. NaN until this
+/// run has quantized a weight of non-zero cost.
+double eta_seconds(const quantize_progress& p);
 
 /// One weight in the report.
 struct tensor_report {
@@ -216,6 +280,7 @@ struct quantize_report {
   std::vector<tensor_report> tensors;
   std::vector<embedding_report> embeddings;  ///< every Gather table found (empty with keep)
   std::size_t weights_quantized = 0;
+  std::size_t weights_resumed = 0;  ///< restored from the resume journal (resume_options)
   std::size_t bytes_before = 0, bytes_after = 0;  ///< of the weights considered
   double seconds = 0;
 };
