@@ -469,8 +469,13 @@ void sequential_calibration::pass(const weight_info& w) {
   // The reader count and the siblings' cache as stats_for leaves them.
   const std::string& name = p.m.proto.graph().node(node_index).input(0);
   if (--p.readers[name] == 0 && p.cached && p.cached_name == name) p.cached.reset();
-  for (executor::session& s : p.runs)
-    if (s.next_node() <= node_index) p.ex.advance(s, node_index, p.hooks);
+  for (std::size_t r = 0; r < p.runs.size(); ++r) {
+    if (p.runs[r].next_node() >= node_index) continue;
+    p.load(r);  // as stats_for: spilled runs come back, go on, and fit the budget again
+    p.ex.advance(p.runs[r], node_index, p.hooks);
+    p.fit_budget(r);
+  }
+  p.free_replacements(node_index);
 }
 
 }  // namespace onnx
