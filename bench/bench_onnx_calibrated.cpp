@@ -15,13 +15,15 @@
 //   INT4Q_BENCH_THREADS      --threads of the CLI (default 0: all cores)
 //
 // Counters per run (the child's numbers, from wait4):
-//   wall_s, cpu_s (user + sys), peak_rss_MB (the child's maximum resident set),
-//   ideal_s (FLOP ideal / sgemm FLOP/s on the CLI's thread count, measured by this process
-//   before the run), x_ideal = wall_s / ideal_s, forward_s, weights_s, load_s, save_s (from the
-//   CLI's --report: weights_s is the sum of the per-weight "seconds", which run from reading the
-//   weight through its statistics and solve to its packed tensors; forward_s = the quantize
-//   phase minus weights_s: the executor's forward passes and the activation hooks; --auto's
-//   calibration and scoring are in auto_s), model_GB.
+//   wall_s, cpu_s (user + sys), peak_rss_MB (the child's maximum resident set), TFLOP (the
+//   FLOP ideal below), ideal_s (TFLOP / sgemm FLOP/s wall-clock on the CLI's thread count,
+//   measured by this process before the run), x_ideal = wall_s / ideal_s, ideal_cpu_s (TFLOP /
+//   sgemm FLOP per CPU-second on one thread), x_ideal_cpu = cpu_s / ideal_cpu_s (the fair
+//   figure on a machine shared with other jobs, where wall-clock rates fall with the load),
+//   forward_s, weights_s, load_s, save_s (from the CLI's --report: weights_s is the sum of the
+//   per-weight "seconds", which run from reading the weight through its statistics and solve to its
+//   packed tensors; forward_s = the quantize phase minus weights_s: the executor's forward passes
+//   and the activation hooks; --auto's calibration and scoring are in auto_s), model_GB.
 //
 // FLOP ideal (multiply-add = 2 FLOPs; T = S * seq tokens; per layer: the 7 linear weights
 // W [K, N], the 4 distinct activations that feed them: q/k/v share one (K = hidden), o one
@@ -47,8 +49,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -155,6 +159,27 @@ double ideal_flops(method m, const int4q::test::llama_options& o, double samples
   return per_layer * o.layers;
 }
 
+/// sgemm FLOPs per CPU-second on one BLAS thread (best of 3 products, CPU time of this thread):
+/// on a machine shared with other jobs, wall-clock rates fall with the load, CPU-time rates do not.
+double sgemm_cpu_rate() {
+  static const double rate = [] {
+    int4q_bench::set_blas_threads(1);
+    int4q_bench::sgemm_once();  // allocate and warm up
+    double best = 0;
+    for (int r = 0; r < 3; ++r) {
+      timespec a{}, b{};
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+      int4q_bench::sgemm_once();
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+      const double s = static_cast<double>(b.tv_sec - a.tv_sec) +
+                       1e-9 * static_cast<double>(b.tv_nsec - a.tv_nsec);
+      best = std::max(best, int4q_bench::sgemm_flops / s);
+    }
+    return best;
+  }();
+  return rate;
+}
+
 double json_number(const nlohmann::json& j, const char* a, const char* b = nullptr) {
   const nlohmann::json* v = j.contains(a) ? &j.at(a) : nullptr;
   if (v && b) v = v->contains(b) ? &v->at(b) : nullptr;
@@ -171,8 +196,10 @@ void bm_calibrated(benchmark::State& state, method m) {
                                         std::to_string(layers) + ".json");
   const int threads =
       cli_threads() > 0 ? cli_threads() : static_cast<int>(std::thread::hardware_concurrency());
-  // The sgemm rate on the CLI's thread count, measured now (the machine as it is for this run).
+  // The sgemm rates, measured in this process: wall-clock on the CLI's thread count (the machine
+  // as it is now, loaded or not) and per CPU-second on one thread (load-independent).
   const double sgemm = int4q_bench::sgemm_reference(threads);
+  const double sgemm_cpu = sgemm_cpu_rate();
   std::vector<std::string> args = {INT4Q_CLI_PATH,
                                    "quantize",
                                    model.string(),
@@ -217,13 +244,21 @@ void bm_calibrated(benchmark::State& state, method m) {
       if (t.contains("seconds") && t["seconds"].is_number())
         weights_s += t["seconds"].get<double>();
   const double quantize_s = json_number(rep, "timing", "quantize_seconds");
-  const double ideal_s = ideal_flops(m, o, samples(), seq_len()) / sgemm;
+  const double flops = ideal_flops(m, o, samples(), seq_len());
+  const double ideal_s = flops / sgemm;
+  const double ideal_cpu_s = flops / sgemm_cpu;
   state.counters["wall_s"] = r.wall_s;
   state.counters["cpu_s"] = r.cpu_s;
   state.counters["peak_rss_MB"] = r.peak_rss_bytes / 1e6;
+  state.counters["TFLOP"] = flops / 1e12;
   state.counters["ideal_s"] = ideal_s;
   state.counters["x_ideal"] = r.wall_s / ideal_s;
+  // CPU time against the FLOPs at one core's sgemm rate per CPU-second: on a shared machine
+  // the fair comparison (a perfect run on C free cores takes ideal_cpu_s / C of wall time).
+  state.counters["ideal_cpu_s"] = ideal_cpu_s;
+  state.counters["x_ideal_cpu"] = r.cpu_s / ideal_cpu_s;
   state.counters["sgemm_GFLOPs"] = sgemm / 1e9;
+  state.counters["sgemm_cpu_GFLOPs"] = sgemm_cpu / 1e9;
   state.counters["load_s"] = json_number(rep, "timing", "load_seconds");
   state.counters["auto_s"] = json_number(rep, "timing", "auto_plan_seconds");
   state.counters["forward_s"] = quantize_s - weights_s;
