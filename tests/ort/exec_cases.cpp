@@ -34,6 +34,7 @@
 #include <int4q/onnx/executor.hpp>
 #include <int4q/onnx/model.hpp>
 
+#include "llama_model.hpp"
 #include "onnx/graph_builder.hpp"
 
 namespace {
@@ -686,12 +687,28 @@ built gbq(const gbq_config& c) {
   return b;
 }
 
+// ---- Generated Llama models (tests/models/llama_model.hpp)
+// ---------------------------------------------------------------
+
+// The whole small Llama (2 layers, hidden 64, 4 heads, 2 kv heads, MLP 172, vocab 256; fp32:
+// ONNX Runtime's CPU provider lacks fp16 kernels for some of its ops), tokens [2, 16].
+built llama_small() {
+  built b;
+  b.proto = int4q::test::build_llama_model(int4q::test::llama_options());
+  std::vector<std::int64_t> ids(2 * 16);
+  for (std::size_t e = 0; e < ids.size(); ++e)
+    ids[e] = static_cast<std::int64_t>((e * 89 + 3) % 256);
+  b.given = {{"input_ids", onnx_int64, ints({2, 16}, ids)}};
+  return b;
+}
+
 // ---- The case table
 // -------------------------------------------------------------------------------------
 
 const std::map<std::string, std::function<built()>>& cases() {
   static const std::map<std::string, std::function<built()>> table = {
       {"softmax", softmax},
+      {"llama_small", llama_small},
       {"layer_norm", layer_norm},
       {"matmul_broadcast", matmul_broadcast},
       {"gather", gather},
