@@ -978,12 +978,21 @@ void run_nodes(const model& m, executor::weight_cache& cache, const executor::gr
 
   std::vector<value> results;
   inputs_t in;
+  std::vector<std::size_t> deferred;  // large initializers the hook says it replaces
   for (int k = begin; k < end; ++k) {
     const NodeProto& n = g.node(k);
     const node_context c{n, p.has_subgraph[static_cast<std::size_t>(k)] ? &run_sub : nullptr};
+    const bool hook = hooks && hooks->before_node;
     in.clear();
+    deferred.clear();
     for (const std::string& name : n.input()) {
       if (name.empty()) {
+        in.push_back(nullptr);
+        continue;
+      }
+      if (hook && hooks->replaces && !env.count(name) && p.large.count(name) &&
+          hooks->replaces(n, name)) {
+        deferred.push_back(in.size());
         in.push_back(nullptr);
         continue;
       }
@@ -991,7 +1000,9 @@ void run_nodes(const model& m, executor::weight_cache& cache, const executor::gr
       if (!v) c.fail("input '" + name + "' is not computed before the node (graph not sorted?)");
       in.push_back(v);
     }
-    if (hooks && hooks->before_node) hooks->before_node(k, n, in);
+    if (hook) hooks->before_node(k, n, in);
+    for (const std::size_t d : deferred)  // not replaced after all: the initializer
+      if (!in[d]) in[d] = lookup(n.input(static_cast<int>(d)));
     results.clear();
     (*p.ops[static_cast<std::size_t>(k)])(c, m, in, results);
     if (results.size() < static_cast<std::size_t>(n.output_size()))

@@ -88,6 +88,11 @@ struct run_hooks {
   std::function<void(int node_index, const ::onnx::NodeProto& node,
                      std::vector<const value*>& inputs)>
       before_node;
+  /// Optional: whether before_node will replace input `name` of `node` (sequential calibration:
+  /// a weight already quantized). Such an input that is a large initializer is handed to
+  /// before_node as nullptr instead of being converted first, and converted only if the hook
+  /// leaves it null. Unset: every input is resolved before the hook.
+  std::function<bool(const ::onnx::NodeProto& node, const std::string& name)> replaces;
 };
 
 /// Runs the main graph of a model. Construction checks the graph: every operator must be
