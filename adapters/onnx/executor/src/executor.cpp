@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <list>
+#include <mutex>
 #include <numeric>
 #include <set>
 #include <string>
@@ -695,48 +697,71 @@ value value::ints(std::vector<std::int64_t> shape, std::vector<std::int64_t> dat
   return v;
 }
 
-value to_value(const model& m, const TensorProto& t) {
-  value v;
-  // UINT4, INT4: two per byte, low nibble first.
-  if (t.data_type() == onnx_uint4 || t.data_type() == onnx_int4) {
-    v.type = value_type::int64;
-    v.shape.assign(t.dims().begin(), t.dims().end());
-    const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, t);
-    v.i.resize(v.size());
-    for (std::size_t e = 0; e < v.i.size(); ++e) {
-      const std::int64_t nibble = (bytes.at(e / 2) >> (4 * (e % 2))) & 0xF;
-      v.i[e] = t.data_type() == onnx_int4 && nibble >= 8 ? nibble - 16 : nibble;
-    }
-    return v;
-  }
-  if (!value_type_of(t.data_type(), v.type)) {
+namespace {
+
+/// The executor's type for `t`'s data type (4-bit types: int64); throws model_error
+/// (unsupported) for a type it does not compute with.
+value_type computed_type(const TensorProto& t) {
+  value_type type = value_type::int64;
+  if (t.data_type() == onnx_uint4 || t.data_type() == onnx_int4) return type;
+  if (!value_type_of(t.data_type(), type)) {
     throw model_error(model_error::kind::unsupported,
                       "tensor '" + t.name() + "' has data type " + std::to_string(t.data_type()) +
                           ", which the executor does not compute with");
   }
+  return type;
+}
+
+}  // namespace
+
+value to_value(const model& m, const TensorProto& t) { return to_value(tensor_reader(m), t); }
+
+value to_value(const tensor_reader& reader, const TensorProto& t) {
+  value v;
+  v.type = computed_type(t);
   v.shape.assign(t.dims().begin(), t.dims().end());
   const std::size_t n = v.size();
-  const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, t);
-  auto load = [&](auto sample, auto convert) {
-    using S = decltype(sample);
-    if (bytes.size() != n * sizeof(S)) {
-      throw model_error(model_error::kind::invalid,
-                        "tensor '" + t.name() + "' holds " + std::to_string(bytes.size()) +
-                            " bytes for " + std::to_string(n) + " elements");
-    }
-    for (std::size_t e = 0; e < n; ++e) {
-      S s;
-      std::memcpy(&s, bytes.data() + e * sizeof(S), sizeof(S));
-      convert(e, s);
-    }
-  };
-  auto to_f = [&](std::size_t e, auto s) { v.f[e] = static_cast<float>(s); };
-  auto to_i = [&](std::size_t e, auto s) { v.i[e] = static_cast<std::int64_t>(s); };
   if (v.type == value_type::float32) {
     v.f.resize(n);
   } else {
     v.i.resize(n);
   }
+  // The payload arrives in pieces of whole elements (tensor_reader); element e of the value is
+  // converted from the e-th stored element, as from one byte vector.
+  if (t.data_type() == onnx_uint4 || t.data_type() == onnx_int4) {
+    // UINT4, INT4: two per byte, low nibble first.
+    std::size_t e = 0;
+    reader.read(t, [&](const std::uint8_t* bytes, std::size_t size) {
+      for (std::size_t b = 0; b < size; ++b) {
+        for (int half = 0; half < 2 && e < n; ++half, ++e) {
+          const std::int64_t nibble = (bytes[b] >> (4 * half)) & 0xF;
+          v.i[e] = t.data_type() == onnx_int4 && nibble >= 8 ? nibble - 16 : nibble;
+        }
+      }
+    });
+    return v;
+  }
+  auto load = [&](auto sample, auto convert) {
+    using S = decltype(sample);
+    std::uint64_t total = 0;
+    std::size_t e = 0;
+    reader.read(t, [&](const std::uint8_t* bytes, std::size_t size) {
+      total += size;
+      if (total > n * sizeof(S)) return;  // reported below; never written past the value
+      for (std::size_t k = 0; k + sizeof(S) <= size; k += sizeof(S), ++e) {
+        S s;
+        std::memcpy(&s, bytes + k, sizeof(S));
+        convert(e, s);
+      }
+    });
+    if (total != n * sizeof(S)) {
+      throw model_error(model_error::kind::invalid, "tensor '" + t.name() + "' holds " +
+                                                        std::to_string(total) + " bytes for " +
+                                                        std::to_string(n) + " elements");
+    }
+  };
+  auto to_f = [&](std::size_t e, auto s) { v.f[e] = static_cast<float>(s); };
+  auto to_i = [&](std::size_t e, auto s) { v.i[e] = static_cast<std::int64_t>(s); };
   switch (t.data_type()) {
     case TensorProto::FLOAT: load(float(), to_f); break;
     case TensorProto::DOUBLE: load(double(), to_f); break;
@@ -773,19 +798,82 @@ std::vector<std::string> supported_ops() {
 // ---- executor
 // -------------------------------------------------------------------------------------
 
-/// One graph ready to run: its initializers converted once, each node's operator looked up
-/// once, the index of the last node reading each name (values are freed after it; names read
-/// inside a node's subgraphs count as read by that node), and the plans of its subgraphs.
+/// One graph ready to run: its small initializers converted once and its large ones by tensor
+/// (converted when read, through the weight cache), each node's operator looked up once, the
+/// index of the last node reading each name (values are freed after it; names read inside a
+/// node's subgraphs count as read by that node), and the plans of its subgraphs.
 struct executor::graph_plan {
   const ::onnx::GraphProto* graph = nullptr;
   std::unordered_map<std::string, value> initializers;
+  std::unordered_map<std::string, const TensorProto*> large;
   std::vector<const op_fn*> ops;
   std::unordered_map<std::string, int> last_use;
   std::unordered_map<const ::onnx::GraphProto*, std::unique_ptr<graph_plan>> subgraphs;
   std::vector<bool> has_subgraph;
 };
 
+/// Large initializers converted, least recently used last; dropped from the back once their
+/// bytes pass `capacity`. Values are shared: a node holding one keeps it alive after a drop.
+struct executor::weight_cache {
+  weight_cache(const model& m, std::size_t capacity_bytes) : reader(m), capacity(capacity_bytes) {}
+
+  std::shared_ptr<const value> get(const TensorProto& t) {
+    {
+      const std::lock_guard<std::mutex> lock(mutex);
+      const auto it = index.find(&t);
+      if (it != index.end()) {
+        lru.splice(lru.begin(), lru, it->second);
+        return it->second->second;
+      }
+    }
+    // Converted outside the lock: other runs go on meanwhile (two runs may convert the same
+    // tensor at once; the values are equal and the first one in is kept).
+    auto v = std::make_shared<const value>(to_value(reader, t));
+    const std::size_t size = v->f.size() * sizeof(float) + v->i.size() * sizeof(std::int64_t);
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto it = index.find(&t);
+    if (it != index.end()) return it->second->second;
+    if (size > capacity) return v;  // never fits: converted for each use
+    lru.emplace_front(&t, v);
+    index[&t] = lru.begin();
+    bytes += size;
+    while (bytes > capacity) {
+      const value& old = *lru.back().second;
+      bytes -= old.f.size() * sizeof(float) + old.i.size() * sizeof(std::int64_t);
+      index.erase(lru.back().first);
+      lru.pop_back();
+    }
+    return v;
+  }
+
+  tensor_reader reader;
+  const std::size_t capacity;
+  std::mutex mutex;
+  std::list<std::pair<const TensorProto*, std::shared_ptr<const value>>> lru;
+  std::unordered_map<const TensorProto*, decltype(lru)::iterator> index;
+  std::size_t bytes = 0;
+};
+
 namespace {
+
+/// Large initializers held while a node (or a session's find) uses them.
+using pins_t = std::vector<std::shared_ptr<const value>>;
+
+/// The initializer `name` of `p`: small ones from the plan, large ones from the cache (held in
+/// `pins`); nullptr when `p` has none.
+const value* plan_initializer(const executor::graph_plan& p, executor::weight_cache& cache,
+                              const std::string& name, pins_t& pins) {
+  const auto i = p.initializers.find(name);
+  if (i != p.initializers.end()) return &i->second;
+  const auto l = p.large.find(name);
+  if (l == p.large.end()) return nullptr;
+  pins.push_back(cache.get(*l->second));
+  return pins.back().get();
+}
+
+bool has_initializer(const executor::graph_plan& p, const std::string& name) {
+  return p.initializers.count(name) != 0 || p.large.count(name) != 0;
+}
 
 /// Every name a graph reads, its subgraphs included (over-approximates the outer names they use).
 void names_read(const ::onnx::GraphProto& g, std::set<std::string>& out) {
@@ -812,7 +900,17 @@ void collect_unsupported(const ::onnx::GraphProto& g, std::set<std::string>& uns
 std::unique_ptr<executor::graph_plan> make_plan(const model& m, const ::onnx::GraphProto& g) {
   auto p = std::make_unique<executor::graph_plan>();
   p->graph = &g;
-  for (const TensorProto& t : g.initializer()) p->initializers[t.name()] = to_value(m, t);
+  for (const TensorProto& t : g.initializer()) {
+    const auto bytes = tensor_payload_bytes(t);
+    if (bytes && *bytes > small_initializer_bytes) {
+      computed_type(t);  // an unsupported type is refused now, not when a node reads it
+      p->large[t.name()] = &t;
+      p->initializers.erase(t.name());  // the last of a repeated name wins, as before
+    } else {
+      p->initializers[t.name()] = to_value(m, t);
+      p->large.erase(t.name());
+    }
+  }
   for (int k = 0; k < g.node_size(); ++k) {
     const NodeProto& n = g.node(k);
     p->ops.push_back(&registry().at(op_key(n)));
@@ -841,15 +939,15 @@ using lookup_fn = std::function<const value*(const std::string&)>;
 /// Runs the nodes of `p` with the values in `env` (inputs already there), names not found in
 /// env or the plan's initializers resolving through `outer`. Values are freed after their last
 /// reader. Runs nodes [begin, end).
-void run_nodes(const model& m, const executor::graph_plan& p,
+void run_nodes(const model& m, executor::weight_cache& cache, const executor::graph_plan& p,
                std::unordered_map<std::string, value>& env, const lookup_fn& outer,
                const run_hooks* hooks, int begin, int end) {
   const ::onnx::GraphProto& g = *p.graph;
+  pins_t pins;  // the large initializers the running node reads, released after it
   const lookup_fn lookup = [&](const std::string& name) -> const value* {
     const auto e = env.find(name);
     if (e != env.end()) return &e->second;
-    const auto i = p.initializers.find(name);
-    if (i != p.initializers.end()) return &i->second;
+    if (const value* v = plan_initializer(p, cache, name, pins)) return v;
     return outer ? outer(name) : nullptr;
   };
   const subgraph_runner run_sub = [&](const ::onnx::GraphProto& sg,
@@ -859,7 +957,7 @@ void run_nodes(const model& m, const executor::graph_plan& p,
     for (int k = 0; k < sg.input_size() && k < static_cast<int>(args.size()); ++k)
       if (args[static_cast<std::size_t>(k)])
         sub_env[sg.input(k).name()] = *args[static_cast<std::size_t>(k)];
-    run_nodes(m, sp, sub_env, lookup, hooks, 0, sg.node_size());
+    run_nodes(m, cache, sp, sub_env, lookup, hooks, 0, sg.node_size());
     std::vector<value> outs;
     for (const auto& o : sg.output()) {
       const auto it = sub_env.find(o.name());
@@ -868,14 +966,11 @@ void run_nodes(const model& m, const executor::graph_plan& p,
         continue;
       }
       const value* v = lookup(o.name());
-      if (!v) {
-        const auto i = sp.initializers.find(o.name());
-        if (i == sp.initializers.end())
-          throw model_error(
-              model_error::kind::invalid,
-              "subgraph '" + sg.name() + "' never computes its output '" + o.name() + "'");
-        v = &i->second;
-      }
+      if (!v) v = plan_initializer(sp, cache, o.name(), pins);
+      if (!v)
+        throw model_error(
+            model_error::kind::invalid,
+            "subgraph '" + sg.name() + "' never computes its output '" + o.name() + "'");
       outs.push_back(*v);
     }
     return outs;
@@ -883,12 +978,21 @@ void run_nodes(const model& m, const executor::graph_plan& p,
 
   std::vector<value> results;
   inputs_t in;
+  std::vector<std::size_t> deferred;  // large initializers the hook says it replaces
   for (int k = begin; k < end; ++k) {
     const NodeProto& n = g.node(k);
     const node_context c{n, p.has_subgraph[static_cast<std::size_t>(k)] ? &run_sub : nullptr};
+    const bool hook = hooks && hooks->before_node;
     in.clear();
+    deferred.clear();
     for (const std::string& name : n.input()) {
       if (name.empty()) {
+        in.push_back(nullptr);
+        continue;
+      }
+      if (hook && hooks->replaces && !env.count(name) && p.large.count(name) &&
+          hooks->replaces(n, name)) {
+        deferred.push_back(in.size());
         in.push_back(nullptr);
         continue;
       }
@@ -896,7 +1000,9 @@ void run_nodes(const model& m, const executor::graph_plan& p,
       if (!v) c.fail("input '" + name + "' is not computed before the node (graph not sorted?)");
       in.push_back(v);
     }
-    if (hooks && hooks->before_node) hooks->before_node(k, n, in);
+    if (hook) hooks->before_node(k, n, in);
+    for (const std::size_t d : deferred)  // not replaced after all: the initializer
+      if (!in[d]) in[d] = lookup(n.input(static_cast<int>(d)));
     results.clear();
     (*p.ops[static_cast<std::size_t>(k)])(c, m, in, results);
     if (results.size() < static_cast<std::size_t>(n.output_size()))
@@ -904,6 +1010,7 @@ void run_nodes(const model& m, const executor::graph_plan& p,
     for (int o = 0; o < n.output_size(); ++o) {
       if (!n.output(o).empty()) env[n.output(o)] = std::move(results[static_cast<std::size_t>(o)]);
     }
+    pins.clear();
     for (const std::string& name : n.input()) {
       const auto lu = p.last_use.find(name);
       if (lu != p.last_use.end() && lu->second == k) env.erase(name);
@@ -919,7 +1026,13 @@ void run_nodes(const model& m, const executor::graph_plan& p,
 
 }  // namespace
 
-executor::executor(const model& m, std::size_t threads) : m_(m), threads_(threads) {
+executor::executor(const model& m, std::size_t threads)
+    : executor(m, executor_options{threads, executor_options{}.weight_cache_bytes}) {}
+
+executor::executor(const model& m, const executor_options& options)
+    : m_(m),
+      threads_(options.threads),
+      cache_(std::make_shared<weight_cache>(m, options.weight_cache_bytes)) {
   std::set<std::string> unsupported;
   collect_unsupported(m.proto.graph(), unsupported);
   if (!unsupported.empty()) {
@@ -940,6 +1053,8 @@ std::size_t& exec::current_threads_slot() noexcept {
 struct executor::session::state {
   std::unordered_map<std::string, value> env;
   const graph_plan* plan = nullptr;
+  weight_cache* cache = nullptr;
+  pins_t found;  ///< large initializers returned by find(), held until the next advance
   int next = 0;
 };
 
@@ -952,8 +1067,7 @@ int executor::session::next_node() const noexcept { return s_ ? s_->next : 0; }
 const value* executor::session::find(const std::string& name) const {
   const auto e = s_->env.find(name);
   if (e != s_->env.end()) return &e->second;
-  const auto i = s_->plan->initializers.find(name);
-  return i != s_->plan->initializers.end() ? &i->second : nullptr;
+  return plan_initializer(*s_->plan, *s_->cache, name, s_->found);
 }
 
 std::size_t executor::session::value_bytes() const noexcept {
@@ -981,13 +1095,14 @@ executor::session executor::start(const std::map<std::string, value>& inputs) co
   const auto& g = m_.proto.graph();
   auto st = std::make_unique<session::state>();
   st->plan = plan_.get();
+  st->cache = cache_.get();
   for (const auto& [name, v] : inputs) {
     bool known = false;
     for (const auto& in : g.input()) known = known || in.name() == name;
     if (!known) {
       std::string names;
       for (const auto& in : g.input())
-        if (!plan_->initializers.count(in.name()))
+        if (!has_initializer(*plan_, in.name()))
           names += (names.empty() ? "'" : ", '") + in.name() + "'";
       throw model_error(model_error::kind::invalid,
                         "the model has no input named '" + name + "' (its inputs: " + names + ")");
@@ -997,7 +1112,7 @@ executor::session executor::start(const std::map<std::string, value>& inputs) co
     const auto it = inputs.find(in.name());
     if (it != inputs.end()) {
       st->env[in.name()] = it->second;
-    } else if (!plan_->initializers.count(in.name())) {
+    } else if (!has_initializer(*plan_, in.name())) {
       throw model_error(model_error::kind::invalid,
                         "graph input '" + in.name() + "' was not given");
     }
@@ -1014,7 +1129,8 @@ void executor::advance(session& s, int end_node, const run_hooks& hooks) const {
   } restore_threads{saved};
   const int end = std::min(end_node, m_.proto.graph().node_size());
   if (end <= s.s_->next) return;
-  run_nodes(m_, *plan_, s.s_->env, nullptr, &hooks, s.s_->next, end);
+  s.s_->found.clear();
+  run_nodes(m_, *cache_, *plan_, s.s_->env, nullptr, &hooks, s.s_->next, end);
   s.s_->next = end;
 }
 
@@ -1028,13 +1144,14 @@ std::map<std::string, value> executor::finish(session& s, const run_hooks& hooks
       outputs[o.name()] = std::move(e->second);
       continue;
     }
-    const auto i = plan_->initializers.find(o.name());
-    if (i == plan_->initializers.end())
+    const value* i = plan_initializer(*plan_, *cache_, o.name(), s.s_->found);
+    if (!i)
       throw model_error(model_error::kind::invalid,
                         "graph output '" + o.name() + "' is never computed");
-    outputs[o.name()] = i->second;
+    outputs[o.name()] = *i;
   }
   s.s_->env.clear();
+  s.s_->found.clear();
   return outputs;
 }
 

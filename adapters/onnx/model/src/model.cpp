@@ -13,6 +13,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <system_error>
@@ -400,35 +401,20 @@ elem_type require_float_tensor(const TensorProto& t, int rank) {
 }  // namespace
 
 xt::xtensor<float, 2> read_matrix(const model& m, const TensorProto& t) {
-  const elem_type type = require_float_tensor(t, 2);
+  require_float_tensor(t, 2);
   float_count(t);  // dims non-negative, rows * cols * 4 fits
   const auto rows = static_cast<std::size_t>(t.dims(0));
   const auto cols = static_cast<std::size_t>(t.dims(1));
   xt::xtensor<float, 2> out = xt::empty<float>({rows, cols});
-  // float32 in external data or raw_data goes straight into `out`: no second copy of the
-  // largest weight in memory.
-  if (type == elem_type::float32 && is_external(t)) {
-    const external_span span = locate_external(m, t);
-    if (span.length == out.size() * 4) {
-      read_span(t, span, out.data());
-      return out;
-    }
-  }
-  if (type == elem_type::float32 && t.has_raw_data() && t.raw_data().size() == out.size() * 4) {
-    if (out.size() != 0) std::memcpy(out.data(), t.raw_data().data(), out.size() * 4);
-    return out;
-  }
-  const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, t);
-  to_float(bytes.data(), type, rows * cols, out.data());
+  // Converted piece by piece into `out`: no second copy of the largest weight in memory.
+  tensor_reader(m).read_floats(t, out.data(), out.size());
   return out;
 }
 
 xt::xtensor<float, 1> read_vector(const model& m, const TensorProto& t) {
-  const elem_type type = require_float_tensor(t, 1);
-  const std::size_t count = float_count(t);
-  const std::vector<std::uint8_t> bytes = read_tensor_bytes(m, t);
-  xt::xtensor<float, 1> out = xt::empty<float>({count});
-  to_float(bytes.data(), type, count, out.data());
+  require_float_tensor(t, 1);
+  xt::xtensor<float, 1> out = xt::empty<float>({float_count(t)});
+  tensor_reader(m).read_floats(t, out.data(), out.size());
   return out;
 }
 
@@ -784,6 +770,113 @@ class input_files {
   std::vector<char> buffer_;
   bool kernel_copy_ = true;
 };
+
+}  // namespace
+
+// ---- tensor_reader ------------------------------------------------------------------------------
+
+// The data files a reader has opened, by path; a file stays open while the reader lives.
+struct tensor_reader::files {
+  std::mutex mutex;
+  std::map<std::string, std::unique_ptr<fd_guard>> open;
+
+  int fd(const TensorProto& t, const std::filesystem::path& file) {
+    const std::lock_guard<std::mutex> lock(mutex);
+    auto it = open.find(file.string());
+    if (it == open.end()) {
+      const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) {
+        const int e = errno;
+        throw model_error(kind::io, tensor_label(t) + ": cannot open its external data file " +
+                                        quoted(file) + " (" + errno_text(e) +
+                                        "): keep the data file next to the model");
+      }
+      it = open.emplace(file.string(), std::make_unique<fd_guard>(fd)).first;
+    }
+    return it->second->get();
+  }
+};
+
+tensor_reader::tensor_reader(const model& m, std::size_t chunk_bytes)
+    : m_(m),
+      chunk_(std::max<std::size_t>(8, chunk_bytes / 8 * 8)),
+      files_(std::make_unique<files>()) {}
+
+tensor_reader::~tensor_reader() = default;
+
+void tensor_reader::read(const TensorProto& t, const payload_sink& sink) const {
+  check_dims(t, "");
+  if (!is_external(t)) {
+    const int type = t.data_type();
+    const auto expected = tensor_payload_bytes(t);
+    if (t.has_raw_data() && type != TensorProto::STRING && type != TensorProto::UNDEFINED) {
+      const std::string& raw = t.raw_data();
+      if (expected && raw.size() != *expected) {
+        throw model_error(kind::invalid, tensor_label(t) + " holds " + std::to_string(raw.size()) +
+                                             " bytes of data but dims " + dims_string(t) +
+                                             " need " + std::to_string(*expected) +
+                                             ": fix the model");
+      }
+      if (!raw.empty()) sink(reinterpret_cast<const std::uint8_t*>(raw.data()), raw.size());
+      return;
+    }
+    const std::vector<std::uint8_t> bytes = read_tensor_bytes(m_, t);  // typed fields: checked
+    if (!bytes.empty()) sink(bytes.data(), bytes.size());
+    return;
+  }
+  const external_span span = locate_external(m_, t);
+  const int fd = files_->fd(t, span.file);
+  std::vector<std::uint8_t> buffer(
+      static_cast<std::size_t>(std::min<std::uint64_t>(chunk_, span.length)));
+  std::uint64_t done = 0;
+  while (done < span.length) {
+    // Fill the whole piece (pread may return less) so that pieces stay multiples of 8 bytes.
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(chunk_, span.length - done));
+    std::size_t got = 0;
+    while (got < want) {
+      const ssize_t n = ::pread(fd, buffer.data() + got, want - got,
+                                static_cast<off_t>(span.offset + done + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        const int e = n < 0 ? errno : 0;
+        throw model_error(kind::io, tensor_label(t) + ": cannot read " +
+                                        std::to_string(span.length) + " bytes at offset " +
+                                        std::to_string(span.offset) + " of " + quoted(span.file) +
+                                        " (" + (e ? errno_text(e) : std::string("end of file")) +
+                                        "): the data file changed since the model was loaded");
+      }
+      got += static_cast<std::size_t>(n);
+    }
+    sink(buffer.data(), want);
+    done += want;
+  }
+}
+
+void tensor_reader::read_floats(const TensorProto& t, float* out, std::size_t count) const {
+  const elem_type type = elem_type_of(t.data_type());
+  const std::size_t size = elem_size(type);
+  if (type == elem_type::other) {
+    throw model_error(kind::unsupported, tensor_label(t) + " has data type " +
+                                             std::to_string(t.data_type()) +
+                                             ": expected float32, float16, bfloat16 or float64");
+  }
+  std::size_t done = 0;  // elements converted so far
+  read(t, [&](const std::uint8_t* bytes, std::size_t n) {
+    if (n % size != 0 || n / size > count - done) {
+      throw model_error(kind::invalid, tensor_label(t) + " holds more than the " +
+                                           std::to_string(count) + " elements expected");
+    }
+    to_float(bytes, type, n / size, out + done);
+    done += n / size;
+  });
+  if (done != count) {
+    throw model_error(kind::invalid, tensor_label(t) + " holds " + std::to_string(done) +
+                                         " elements, not the " + std::to_string(count) +
+                                         " expected");
+  }
+}
+
+namespace {
 
 // Payload size of a tensor as it would be saved (0 when it has none, e.g. strings).
 std::uint64_t payload_size(const TensorProto& t) {

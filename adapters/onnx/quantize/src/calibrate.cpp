@@ -282,6 +282,10 @@ struct sequential_calibration::impl {
         if (it != replacements.end()) in[static_cast<std::size_t>(k)] = &it->second;
       }
     };
+    // A replaced weight is never read: the executor need not convert the original.
+    hooks.replaces = [this](const ::onnx::NodeProto&, const std::string& name) {
+      return replacements.count(name) != 0;
+    };
   }
 
   /// Run r's values back from the scratch file (when they are there).

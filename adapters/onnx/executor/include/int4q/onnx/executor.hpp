@@ -2,6 +2,20 @@
 // are computed in fp32), so that int4q can calibrate (activations reaching each MatMul) and
 // evaluate (int4q eval) without another runtime. BLAS for MatMul.
 //
+// Memory (issue 12): weights stay in the model in their stored type (fp16, bf16, fp32, ...;
+// external data stays on disk) and are converted to the executor's fp32/int64 values when
+// needed, so the executor's memory does not grow with the model:
+// - initializers of at most small_initializer_bytes (64 KiB stored: biases, norms, shape
+//   constants, masks) are converted once, when the executor is built;
+// - larger ones are converted when a node that reads them runs, external data by positioned
+//   reads of 4 MiB pieces converted straight into the value (tensor_reader: no whole-tensor
+//   byte copy), into a weight cache shared by the executor's runs: least recently used first out
+//   once its values pass executor_options::weight_cache_bytes (default 1 GiB). A value a node
+//   reads stays alive while the node runs even if the cache drops it.
+// Peak memory for weights: the small initializers, plus the cache bound, plus the large operands
+// of the running node (a tensor larger than the whole cache is converted for each use and not
+// kept). Outputs are bit-identical for any cache size (0: convert at every use) and thread count.
+//
 // Work in progress (issue 4): the operators of GPT-2-style torch exports (the devgpt model),
 // elementwise math and logic, reductions and common shape operators are implemented;
 // supported_ops() lists them. A graph using anything else is refused before any work starts,
@@ -42,6 +56,25 @@ struct value {
 
 /// A TensorProto (inline or external data of `m`) as a value. Throws model_error.
 value to_value(const model& m, const ::onnx::TensorProto& t);
+/// The same through `reader` (its open data files, piece-by-piece conversion).
+value to_value(const tensor_reader& reader, const ::onnx::TensorProto& t);
+
+/// Initializers whose stored payload is at most this many bytes are converted when the executor
+/// is built and kept; larger ones go through the weight cache.
+inline constexpr std::size_t small_initializer_bytes = std::size_t{64} << 10;
+
+/// How an executor runs.
+struct executor_options {
+  /// Of the executor's own parallel loops (MatMul/Gemm/Conv row blocks, attention heads;
+  /// 0 = all cores).
+  std::size_t threads = 0;
+  /// Bytes of converted large initializers kept between uses (LRU). The default, 1 GiB, holds a
+  /// whole Llama-7B layer in fp32 (q, k, v, o: 4 x 64 MiB; gate, up, down: 3 x 172 MiB; 0.75
+  /// GiB), so sequential calibration, which runs every paused batch over the same stretch of a
+  /// layer one batch after another, converts each weight once per stretch, not once per batch.
+  /// 0: convert at every use (least memory; outputs are the same).
+  std::size_t weight_cache_bytes = std::size_t{1} << 30;
+};
 
 /// The operators the executor implements (default domain), sorted.
 std::vector<std::string> supported_ops();
@@ -56,6 +89,11 @@ struct run_hooks {
   std::function<void(int node_index, const ::onnx::NodeProto& node,
                      std::vector<const value*>& inputs)>
       before_node;
+  /// Optional: whether before_node will replace input `name` of `node` (sequential calibration:
+  /// a weight already quantized). Such an input that is a large initializer is handed to
+  /// before_node as nullptr instead of being converted first, and converted only if the hook
+  /// leaves it null. Unset: every input is resolved before the hook.
+  std::function<bool(const ::onnx::NodeProto& node, const std::string& name)> replaces;
 };
 
 /// Runs the main graph of a model. Construction checks the graph: every operator must be
@@ -66,6 +104,7 @@ class executor {
   /// heads; 0 = all cores). Outputs do not depend on it when BLAS runs single-threaded (the
   /// int4q CLI sets that): each block is one BLAS call with the same arithmetic.
   explicit executor(const model& m, std::size_t threads = 0);
+  executor(const model& m, const executor_options& options);
 
   /// Runs the graph; `inputs` by graph input name (initializers that are also inputs may be
   /// overridden, missing ones keep their initializer). Returns the graph outputs by name.
@@ -85,7 +124,8 @@ class executor {
     /// Index of the next main-graph node to run (node_size() when finished).
     int next_node() const noexcept;
     /// A value live at this point (an input, a computed value not yet freed, an initializer);
-    /// nullptr when there is none.
+    /// nullptr when there is none. A large initializer is converted (or taken from the cache)
+    /// and held by the session until its next advance() or finish().
     const value* find(const std::string& name) const;
     /// Bytes of the data of the values the session holds (its inputs and the computed values
     /// still live; initializers are the executor's, not the session's).
@@ -112,13 +152,17 @@ class executor {
   std::map<std::string, value> finish(session& s, const run_hooks& hooks = {}) const;
 
   struct graph_plan;
+  struct weight_cache;
 
  private:
   const model& m_;
   std::size_t threads_ = 0;
-  /// The main graph and, for each subgraph (If branches), its initializers converted once and
-  /// the index of the last node reading each name (values are freed after it).
+  /// The main graph and, for each subgraph (If branches), its small initializers converted once,
+  /// its large ones by tensor, and the index of the last node reading each name (values are
+  /// freed after it).
   std::shared_ptr<const graph_plan> plan_;
+  /// Large initializers converted, shared by the runs (thread-safe).
+  std::shared_ptr<weight_cache> cache_;
 };
 
 }  // namespace onnx

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -71,6 +72,40 @@ bool is_external(const ::onnx::TensorProto& t) noexcept;
 /// Raw little-endian bytes of a tensor's payload, from raw_data, the typed repeated fields
 /// (float_data, int32_data for fp16/bf16, double_data) or external data.
 std::vector<std::uint8_t> read_tensor_bytes(const model& m, const ::onnx::TensorProto& t);
+
+/// Receives consecutive pieces of a tensor's payload, in order: `size` bytes at `bytes`.
+using payload_sink = std::function<void(const std::uint8_t* bytes, std::size_t size)>;
+
+/// Reads tensor payloads piece by piece, never holding a whole payload a second time: external
+/// data by positioned reads (pread) of at most `chunk_bytes` into a buffer of that size, from
+/// data files opened once each and kept open while the reader lives; raw_data as one piece
+/// straight from the proto; the typed fields (float_data, int32_data, ...) through
+/// read_tensor_bytes (small tensors in practice). Every piece but the last holds a multiple of
+/// 8 bytes, so no element of any type straddles two pieces. Thread-safe: threads may read through
+/// one reader at once (each read has its own buffer; the file table has a mutex).
+class tensor_reader {
+ public:
+  /// 4 MiB: large enough that a read costs far more than the call, small enough to be noise
+  /// next to the converted floats it fills.
+  static constexpr std::size_t default_chunk_bytes = std::size_t{4} << 20;
+  explicit tensor_reader(const model& m, std::size_t chunk_bytes = default_chunk_bytes);
+  ~tensor_reader();
+  tensor_reader(const tensor_reader&) = delete;
+  tensor_reader& operator=(const tensor_reader&) = delete;
+
+  /// Calls `sink` for the pieces of t's payload, checked as read_tensor_bytes checks it (dims,
+  /// sizes, external range inside its file). Throws model_error naming the tensor and file.
+  void read(const ::onnx::TensorProto& t, const payload_sink& sink) const;
+  /// A float tensor (fp32, fp16, bf16 or fp64) converted into `out` (`count` elements, the
+  /// tensor's element count), piece by piece. Throws model_error.
+  void read_floats(const ::onnx::TensorProto& t, float* out, std::size_t count) const;
+
+ private:
+  struct files;
+  const model& m_;
+  std::size_t chunk_;
+  std::unique_ptr<files> files_;
+};
 
 /// A 2-D float tensor (fp32, fp16, bf16 or fp64 on disk) as float [dims0, dims1].
 xt::xtensor<float, 2> read_matrix(const model& m, const ::onnx::TensorProto& t);
