@@ -374,7 +374,7 @@ void run_eval(const eval_command_options& o) {
   const ox::model ref = ox::load_model(o.reference);
   const ox::model cand = ox::load_model(o.candidate);
   {
-    // Both models, before any work; the executor holds every tensor in float32.
+    // Both models, before any work; the executor converts each tensor it reads to float32.
     ox::validate_options v;
     v.available_memory_bytes = physical_memory_bytes();
     print_validation_warnings(ox::validate_model(ref, v), /*quiet=*/false);

@@ -824,7 +824,7 @@ bool uses_calibration(const ox::quantize_options& q) {
 /// Loads the input and checks the whole model before any work: NaN/Inf is an error in the
 /// weights this run quantizes (the selection of the options and of a --plan file: a weight the
 /// plan keeps in float is not refused), a warning elsewhere; the executor of calibrated methods
-/// holds every tensor in float32.
+/// converts each tensor it reads to float32.
 ox::model load_checked(quantize_run& run) {
   const auto t = clock_type::now();
   ox::model m = ox::load_model(run.o.input);
