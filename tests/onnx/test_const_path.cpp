@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include <int4q/onnx/executor.hpp>
 #include <int4q/onnx/quantize_model.hpp>
 #include <int4q/onnx/weights.hpp>
 
@@ -27,6 +28,7 @@ using int4q::test::gemm_attrs;
 using int4q::test::graph_builder;
 using int4q::test::onnx_float;
 using int4q::test::onnx_float16;
+using int4q::test::onnx_int64;
 using int4q::test::random_values;
 using int4q::test::rounded_to;
 using int4q::test::set_attr;
@@ -305,6 +307,209 @@ TEST(ConstPath, NonConstantPathsAreNamed) {
       << ws[0].reason;
   EXPECT_NE(ws[1].reason.find("casts to a non-float type"), std::string::npos) << ws[1].reason;
   EXPECT_NE(ws[2].reason.find("'shape', not a constant"), std::string::npos) << ws[2].reason;
+}
+
+// ---- Embedding tables on a constant path (issue 16): a Gather reading the table through
+// Cast/Transpose/Reshape/Identity nodes is quantized as the same table stored directly, the
+// path removed; a tied lm_head reading it through a Transpose shares the quantized table.
+
+constexpr std::int64_t kV = 64, kD = 32, kTokens = 10;
+
+/// ids [10] -> Gather(`table(g)`) -> h [10, D]; tied: logits [10, V] = h @ Transpose(table)
+/// (torch's tied lm_head without constant folding), or Gemm transB = 1 on the table. `table`
+/// adds the table's nodes and returns the name the Gather reads.
+enum class head { none, transpose, gemm };
+template <class F>
+ox::model embedding_model(F table, head h) {
+  graph_builder g;
+  g.input("ids", onnx_int64, {kTokens});
+  const std::string t = table(g);
+  g.node("Gather", {t, "ids"}, {"h"}, "embed");
+  g.output("h", onnx_float, {kTokens, kD});
+  if (h == head::transpose) {
+    g.node("Transpose", {t}, {"emb_t"}, "emb_transpose");
+    g.matmul("lm_head", "h", "emb_t", "logits");
+  } else if (h == head::gemm) {
+    gemm_attrs a;
+    a.trans_b = true;
+    g.gemm("lm_head", "h", t, "", "logits", a);
+  }
+  if (h != head::none) g.output("logits", onnx_float, {kTokens, kV});
+  return g.model();
+}
+
+ox::quantize_options embedding_options(ox::output_format f) {
+  ox::quantize_options o = options(f, ox::method::rtn);
+  o.embeddings = ox::embedding_policy::quantize;
+  o.config.group_size = 16;
+  return o;
+}
+
+std::map<std::string, ox::value> run_tokens(const ox::model& m) {
+  std::vector<std::int64_t> ids(kTokens);
+  for (std::int64_t i = 0; i < kTokens; ++i) ids[i] = (i * 7 + 3) % kV;
+  return ox::executor(m, 1).run({{"ids", ox::value::ints({kTokens}, ids)}});
+}
+
+/// Quantizes the path form and its twin in the three formats (matmulnbits only: `only_nbits`):
+/// the same tensors byte for byte, the same nodes, the same outputs bit for bit. Returns the
+/// path form's matmulnbits report.
+ox::quantize_report expect_embedding_twin(const ox::model& path, const ox::model& twin,
+                                          bool only_nbits = false) {
+  ox::quantize_report first;
+  for (const ox::output_format f :
+       {ox::output_format::matmulnbits, ox::output_format::qdq, ox::output_format::fake}) {
+    if (only_nbits && f != ox::output_format::matmulnbits) continue;
+    SCOPED_TRACE(ox::to_string(f));
+    ox::model a = path, b = twin;
+    const ox::quantize_report ra = ox::quantize_model(a, embedding_options(f));
+    const ox::quantize_report rb = ox::quantize_model(b, embedding_options(f));
+    EXPECT_EQ(ra.embeddings.size(), 1u);
+    EXPECT_TRUE(!ra.embeddings.empty() && ra.embeddings[0].tensor.quantized);
+    EXPECT_TRUE(!rb.embeddings.empty() && rb.embeddings[0].tensor.quantized);
+    EXPECT_TRUE(signature_of(a) == signature_of(b));
+    EXPECT_EQ(a.proto.graph().node_size(), b.proto.graph().node_size());
+    const auto ya = run_tokens(a), yb = run_tokens(b);
+    EXPECT_EQ(ya.size(), yb.size());
+    for (const auto& [name, v] : ya) {
+      EXPECT_TRUE(yb.count(name)) << name;
+      if (!yb.count(name)) continue;
+      EXPECT_EQ(v.shape, yb.at(name).shape) << name;
+      EXPECT_TRUE(v.f == yb.at(name).f) << name;  // bit for bit (no NaN here)
+    }
+    if (f == ox::output_format::matmulnbits) first = ra;
+  }
+  return first;
+}
+
+// Mixed-precision export: an fp16 table Cast to float, read by the Gather and, through a
+// Transpose, by the tied lm_head. The twin stores the fp16 values as float.
+TEST(ConstPathEmbedding, CastFromFloat16WithTiedLmHead) {
+  const std::vector<float> t = random_values(kV * kD, 21, 0.5f);
+  for (const head h : {head::none, head::transpose}) {
+    SCOPED_TRACE(h == head::none ? "untied" : "tied through a Transpose");
+    const ox::model path = embedding_model(
+        [&](graph_builder& g) {
+          g.initializer("emb16", onnx_float16, {kV, kD}, t);
+          set_attr(g.node("Cast", {"emb16"}, {"emb32"}, "cast"), "to", onnx_float);
+          return std::string("emb32");
+        },
+        h);
+    const ox::model twin = embedding_model(
+        [&](graph_builder& g) {
+          g.initializer("emb16", onnx_float, {kV, kD}, rounded_to(onnx_float16, t));
+          return std::string("emb16");
+        },
+        h);
+    const auto es = ox::find_embeddings(path);
+    ASSERT_EQ(es.size(), 1u);
+    EXPECT_TRUE(es[0].quantizable) << es[0].reason;
+    EXPECT_EQ(es[0].name, "emb32");
+    EXPECT_EQ(es[0].source, "emb16");
+    EXPECT_EQ(es[0].path_nodes, std::vector<int>{0});
+    EXPECT_EQ(es[0].type, ox::elem_type::float32);
+    EXPECT_EQ(es[0].source_type, ox::elem_type::float16);
+    EXPECT_EQ(es[0].tied.size(), h == head::none ? 0u : 1u);
+    EXPECT_TRUE(h == head::none || es[0].tied[0].trans_b);
+    const auto r = expect_embedding_twin(path, twin);
+    ASSERT_EQ(r.embeddings.size(), 1u);
+    EXPECT_EQ(r.embeddings[0].tensor.constant_path, "'emb16' -> Cast 'cast'");
+    EXPECT_EQ(r.embeddings[0].tied.size(), h == head::none ? 0u : 1u);
+    EXPECT_EQ(r.embeddings[0].tensor.bytes_before, std::size_t(kV * kD * 2));  // as stored
+    const auto j = ox::to_json(r);
+    EXPECT_EQ(j["embeddings"][0]["constant_path"], "'emb16' -> Cast 'cast'");
+    ox::model q = path;
+    ox::quantize_model(q, embedding_options(ox::output_format::matmulnbits));
+    for (const auto& n : q.proto.graph().node()) {
+      EXPECT_NE(n.op_type(), "Cast");
+      EXPECT_NE(n.op_type(), "Transpose");
+    }
+    for (const auto& init : q.proto.graph().initializer()) EXPECT_NE(init.name(), "emb16");
+  }
+}
+
+// The tied lm_head through a Transpose of a Cast table is quantized as the direct twin tied by
+// Gemm transB = 1: the same MatMulNBits reading the GatherBlockQuantized codes.
+TEST(ConstPathEmbedding, TiedThroughTransposeAsGemmTransB) {
+  const std::vector<float> t = random_values(kV * kD, 22, 0.5f);
+  const ox::model path = embedding_model(
+      [&](graph_builder& g) {
+        g.initializer("emb16", onnx_float16, {kV, kD}, t);
+        set_attr(g.node("Cast", {"emb16"}, {"emb32"}, "cast"), "to", onnx_float);
+        return std::string("emb32");
+      },
+      head::transpose);
+  const ox::model twin = embedding_model(
+      [&](graph_builder& g) {
+        g.initializer("emb", onnx_float, {kV, kD}, rounded_to(onnx_float16, t));
+        return std::string("emb");
+      },
+      head::gemm);
+  expect_embedding_twin(path, twin, true);
+}
+
+// A table stored transposed [D, V] (a Reshape shape from a Constant node) read through
+// Transpose -> Reshape -> Identity.
+TEST(ConstPathEmbedding, TransposeReshapeIdentityChain) {
+  const std::vector<float> t = random_values(kV * kD, 23, 0.5f);  // [V, D]
+  const ox::model path = embedding_model(
+      [&](graph_builder& g) {
+        g.initializer("emb_dv", onnx_float, {kD, 2, kV / 2}, transposed(t, kV, kD));
+        g.constant_i64("dv", {2}, {kD, kV});
+        g.node("Reshape", {"emb_dv", "dv"}, {"emb_2d"}, "reshape");
+        g.node("Transpose", {"emb_2d"}, {"emb_vd"}, "tr");
+        g.node("Identity", {"emb_vd"}, {"emb"}, "id");
+        return std::string("emb");
+      },
+      head::none);
+  const ox::model twin = embedding_model(
+      [&](graph_builder& g) {
+        g.initializer("emb_dv", onnx_float, {kV, kD}, t);
+        return std::string("emb_dv");
+      },
+      head::none);
+  const auto r = expect_embedding_twin(path, twin);
+  EXPECT_EQ(r.embeddings[0].tensor.constant_path,
+            "'emb_dv' -> Reshape 'reshape' -> Transpose 'tr' -> Identity 'id'");
+}
+
+// The path's source also read by another node: the table is quantized, the Cast goes, the
+// source stays for its other reader.
+TEST(ConstPathEmbedding, SourceReadElsewhereStays) {
+  const ox::model m = embedding_model(
+      [&](graph_builder& g) {
+        g.initializer("emb16", onnx_float16, {kV, kD}, random_values(kV * kD, 24, 0.5f));
+        set_attr(g.node("Cast", {"emb16"}, {"emb32"}, "cast"), "to", onnx_float);
+        g.node("Identity", {"emb16"}, {"emb_copy"}, "other_reader");
+        g.output("emb_copy", onnx_float16, {kV, kD});
+        return std::string("emb32");
+      },
+      head::none);
+  ox::model q = m;
+  const auto r = ox::quantize_model(q, embedding_options(ox::output_format::matmulnbits));
+  ASSERT_EQ(r.embeddings.size(), 1u);
+  EXPECT_TRUE(r.embeddings[0].tensor.quantized) << r.embeddings[0].tensor.reason;
+  std::vector<std::string> ops;
+  for (const auto& n : q.proto.graph().node()) ops.push_back(n.op_type());
+  EXPECT_EQ(ops, (std::vector<std::string>{"Identity", "GatherBlockQuantized"}));
+  bool source = false;
+  for (const auto& init : q.proto.graph().initializer()) source = source || init.name() == "emb16";
+  EXPECT_TRUE(source);
+}
+
+// A Gather on a path from a run-time tensor or from an int64 constant is no embedding.
+TEST(ConstPathEmbedding, NonConstantOrIntegerPathsAreNoTables) {
+  graph_builder g;
+  g.input("ids", onnx_int64, {kTokens});
+  g.input("x", onnx_float, {kV, kD});
+  g.node("Identity", {"x"}, {"xi"}, "id");
+  g.node("Gather", {"xi", "ids"}, {"h"}, "g1");
+  g.initializer_i64("lut", {kV}, std::vector<std::int64_t>(kV, 1));
+  g.node("Identity", {"lut"}, {"lut_i"}, "id2");
+  g.node("Gather", {"lut_i", "ids"}, {"k"}, "g2");
+  g.output("h", onnx_float, {kTokens, kD});
+  g.output("k", onnx_int64, {kTokens});
+  EXPECT_TRUE(ox::find_embeddings(g.model()).empty());
 }
 
 }  // namespace

@@ -652,6 +652,37 @@ TEST_F(ValidateValues, SelectionComesFromTheQuantizeOptions) {
   EXPECT_EQ(ox::validate_model(g.model(), o).warnings.size(), 1u);
 }
 
+// A weight or table read through a constant path (fp16 -> Cast) is checked in its stored source.
+TEST_F(ValidateValues, ConstantPathSourcesAreTheQuantizedTensors) {
+  for (const bool table : {false, true}) {
+    SCOPED_TRACE(table ? "embedding table" : "MatMul weight");
+    graph_builder g;
+    std::vector<float> v = random_values(32 * 16, 3);
+    v[5] = std::numeric_limits<float>::quiet_NaN();
+    g.initializer("w16", int4q::test::onnx_float16, {32, 16}, v);
+    int4q::test::set_attr(g.node("Cast", {"w16"}, {"w32"}, "cast"), "to", onnx_float);
+    if (table) {
+      g.input("ids", int4q::test::onnx_int64, {4});
+      g.node("Gather", {"w32", "ids"}, {"y"}, "embed");
+      g.output("y", onnx_float, {4, 16});
+    } else {
+      g.input("x", onnx_float, {4, 32});
+      g.matmul("mm", "x", "w32", "y");
+      g.output("y", onnx_float, {4, 16});
+    }
+    ox::quantize_options q;
+    q.config.group_size = 16;
+    q.lm_head = ox::lm_head_policy::quantize;
+    ox::validate_options o;
+    o.quantize = &q;
+    if (table) {
+      EXPECT_EQ(ox::validate_model(g.model(), o).warnings.size(), 1u);  // tables kept by default
+      q.embeddings = ox::embedding_policy::quantize;
+    }
+    expect_invalid(g.model(), {"initializer 'w16'", "would quantize"}, o);
+  }
+}
+
 // quantized_tensors names exactly the weights and tables quantize_model quantizes.
 TEST(ValidateSelection, QuantizedTensorsMatchQuantizeModelsReport) {
   const ox::model fp32 = ox::load_model(int4q::test::devgpt_dir() / "devgpt_fp32.onnx");

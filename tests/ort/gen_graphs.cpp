@@ -203,6 +203,22 @@ graph_builder tied_transpose() {
   return g;
 }
 
+// A mixed-precision tied embedding (issue 16): the fp16 table is Cast to float, read by the Gather
+// and, through a Transpose of the Cast's output, by the lm_head: ids [d0, 5] -> Gather(Cast(emb16
+// [256, 96])) -> MatMul(Transpose(Cast(emb16))) -> logits [d0, 5, 256].
+graph_builder tied_cast_fp16() {
+  graph_builder g;
+  g.input("ids", int4q::test::onnx_int64, {-1, 5});
+  g.initializer("emb16", onnx_float16, {256, 96}, weights(256, 96, 36));
+  int4q::test::set_attr(g.node("Cast", {"emb16"}, {"emb"}, "emb_cast"), "to", onnx_float);
+  g.node("Gather", {"emb", "ids"}, {"h"}, "embed");
+  g.node("Transpose", {"emb"}, {"emb_t"}, "emb_transpose");
+  g.matmul("head", "h", "emb_t", "logits");
+  g.output("logits", onnx_float, {-1, 5, 256});
+  g.output("h", onnx_float, {-1, 5, 96});
+  return g;
+}
+
 const std::map<std::string, std::function<graph_builder()>>& graphs() {
   static std::map<std::string, std::function<graph_builder()>> all{
       {"matmul", matmul},
@@ -217,6 +233,7 @@ const std::map<std::string, std::function<graph_builder()>>& graphs() {
       {"embedding", embedding},
       {"tied_gemm", tied_gemm},
       {"tied_transpose", tied_transpose},
+      {"tied_cast_fp16", tied_cast_fp16},
   };
   static const bool styles_added = [] {
     for (const auto& [name, make] : int4q::test::styles::all()) all.emplace(name, make);

@@ -19,6 +19,8 @@
 #include <int4q/pack.hpp>
 #include <int4q/quantize.hpp>
 
+#include "const_path.hpp"
+#include "weight_tensor.hpp"
 #include "writers.hpp"
 
 namespace int4q {
@@ -42,12 +44,28 @@ namespace {
 
 std::int64_t i64(std::size_t v) { return static_cast<std::int64_t>(v); }
 
-const TensorProto& table_tensor(const model& m, const embedding_info& e) {
-  const GraphProto& g = m.proto.graph();
-  if (e.from_constant_node) return find_attr(g.node(e.constant_node_index), "value")->t();
-  for (const auto& t : g.initializer())
-    if (t.name() == e.name) return t;
-  throw model_error(model_error::kind::invalid, "table '" + e.name + "' is not an initializer");
+/// The table as a weight of no use: its source and constant path, K = V, N = D (so that
+/// logical_weight reads the table [V, D] as the Gathers see it, the path applied).
+weight_info table_weight(const embedding_info& e) {
+  weight_info w;
+  w.name = e.name;
+  w.from_constant_node = e.from_constant_node;
+  w.constant_node_index = e.constant_node_index;
+  w.type = e.type;
+  w.dims = e.dims;
+  w.source = e.source.empty() ? e.name : e.source;
+  w.path_nodes = e.path_nodes;
+  w.source_type = e.source_type;
+  w.source_dims = e.source_dims;
+  w.k = e.rows;
+  w.n = e.cols;
+  w.quantizable = true;
+  return w;
+}
+
+/// The stem of the names written for a table: its stored source's name.
+const std::string& table_stem(const embedding_info& e) {
+  return e.path_nodes.empty() ? e.name : e.source;
 }
 
 TensorProto* mutable_table_tensor(model& m, const std::string& name) {
@@ -64,16 +82,10 @@ TensorProto* mutable_table_tensor(model& m, const std::string& name) {
 
 /// The tied uses as one weight: the table is their stored B, [N, K] = [V, D] (trans_b).
 weight_info tied_weight(const embedding_info& e) {
-  weight_info w;
-  w.name = e.name;
-  w.from_constant_node = e.from_constant_node;
-  w.constant_node_index = e.constant_node_index;
-  w.type = e.type;
-  w.dims = e.dims;
+  weight_info w = table_weight(e);
   w.k = e.cols;
   w.n = e.rows;
   w.uses = e.tied;
-  w.quantizable = true;
   return w;
 }
 
@@ -100,13 +112,11 @@ std::vector<embedding_job> plan_embeddings(const model& m, const quantize_option
     for (const auto& u : e.tied) r.tied.push_back(display_name(u));
     t.k = e.cols;
     t.n = e.rows;
-    t.bytes_before = e.rows * e.cols * elem_size(e.type);
+    t.bytes_before = e.rows * e.cols * elem_size(e.path_nodes.empty() ? e.type : e.source_type);
     t.bytes_after = t.bytes_before;
     // Selection as for a weight whose nodes are the Gathers (never the lm_head rule: a tied
     // table is one tensor, quantized once with the embedding's grid).
-    weight_info as_weight;
-    as_weight.name = e.name;
-    as_weight.type = e.type;
+    weight_info as_weight = table_weight(e);
     as_weight.k = e.cols;
     as_weight.n = e.rows;
     as_weight.uses = e.gathers;
@@ -163,6 +173,13 @@ std::vector<embedding_job> plan_embeddings(const model& m, const quantize_option
     t.reason = reason;
     if (reason.empty()) {
       job.report_index = report.embeddings.size();
+      t.constant_path = describe_path(m, table_weight(e));
+      // Path nodes and their shape/axes inputs, by name (indices change in rewrite_graph).
+      for (const int i : e.path_nodes) {
+        const NodeProto& n = m.proto.graph().node(i);
+        job.path_outputs.push_back(n.output(0));
+        for (const std::string& aux : path_aux_inputs(n)) job.path_aux.push_back(aux);
+      }
       for (const auto& u : e.gathers)
         job.gather_outputs.push_back(m.proto.graph().node(u.node_index).output(0));
       for (const auto& u : e.tied)
@@ -195,11 +212,9 @@ void build_embeddings(const model& m, const quantize_options& options,
     const quant_config& c = job.config;
     const std::size_t V = e.rows, D = e.cols;
 
-    const xt::xtensor<float, 2> table = read_matrix(m, table_tensor(m, e));  // [V, D]
-    if (table.shape()[0] != V || table.shape()[1] != D) {
-      throw model_error(model_error::kind::invalid,
-                        "table '" + e.name + "' does not hold " + dims_string(e.dims));
-    }
+    // [V, D], the constant path applied (logical_weight checks the shape).
+    const xt::xtensor<float, 2> table = logical_weight(m, table_weight(e), 1.0f);
+    const std::string& stem = table_stem(e);
     const xt::xtensor<float, 2> lw = xt::transpose(table);  // W[K = D, N = V]
     int4q::quant_options qo;
     qo.threads = options.threads;
@@ -221,8 +236,8 @@ void build_embeddings(const model& m, const quantize_options& options,
         // GatherBlockQuantized, uint8 data [V, D * bits / 8] (bits attribute), scales [V, G],
         // zero points packed like MatMulNBits' [V, ceil(G * bits / 8)] (absent: 2^(bits-1)).
         const std::vector<std::uint8_t> data = int4q::pack_flat(codes, c.bits);
-        job.data_name = names.unique(e.name + "_Q" + bits);
-        job.scales_name = names.unique(e.name + "_scales");
+        job.data_name = names.unique(stem + "_Q" + bits);
+        job.scales_name = names.unique(stem + "_scales");
         job.tensors.push_back(make_tensor(job.data_name, TensorProto::UINT8,
                                           {i64(V), i64(D * c.bits / 8)}, data.data(), data.size()));
         job.tensors.push_back(float_tensor(job.scales_name, e.type, {i64(V), i64(G)},
@@ -230,7 +245,7 @@ void build_embeddings(const model& m, const quantize_options& options,
         after = data.size() + scales.size() * elem_size(e.type);
         if (c.has_zero_points()) {
           const auto z = int4q::pack_matmulnbits_zero_points(q.zero_points, c.bits);
-          job.zero_points_name = names.unique(e.name + "_zero_points");
+          job.zero_points_name = names.unique(stem + "_zero_points");
           job.tensors.push_back(make_tensor(job.zero_points_name, TensorProto::UINT8,
                                             {i64(V), i64(z.shape()[1])}, z.data(), z.size()));
           after += z.size();
@@ -239,8 +254,8 @@ void build_embeddings(const model& m, const quantize_options& options,
           // MatMulNBits reads the same bytes as B [V, G, group * bits / 8] (D is a multiple of
           // the group: checked by plan_embeddings) through a Reshape of the shared data.
           const std::size_t gs = c.effective_group_size(D);
-          job.shape_name = names.unique(e.name + "_Q" + bits + "_shape");
-          job.reshaped_name = names.unique(e.name + "_Q" + bits + "_B");
+          job.shape_name = names.unique(stem + "_Q" + bits + "_shape");
+          job.reshaped_name = names.unique(stem + "_Q" + bits + "_B");
           job.tensors.push_back(
               int64_tensor(job.shape_name, {3}, {i64(V), i64(G), i64(gs * c.bits / 8)}));
           after += 3 * 8;
@@ -262,8 +277,8 @@ void build_embeddings(const model& m, const quantize_options& options,
                         : std::vector<std::int64_t>{i64(V), i64(G)};
         const std::vector<std::uint8_t> data = int4q::pack_flat(
             codes, c.bits, symmetric ? code_sign::signed_codes : code_sign::unsigned_codes);
-        job.data_name = names.unique(e.name + "_DQ_Q" + bits);
-        job.scales_name = names.unique(e.name + "_DQ_scales");
+        job.data_name = names.unique(stem + "_DQ_Q" + bits);
+        job.scales_name = names.unique(stem + "_DQ_scales");
         job.tensors.push_back(
             make_tensor(job.data_name, type, {i64(V), i64(D)}, data.data(), data.size()));
         job.tensors.push_back(float_tensor(job.scales_name, e.type, scale_dims,
@@ -272,7 +287,7 @@ void build_embeddings(const model& m, const quantize_options& options,
         if (!symmetric) {
           const xt::xtensor<std::uint8_t, 2> zps = xt::transpose(q.zero_points);  // [V, G]
           const std::vector<std::uint8_t> z = int4q::pack_flat(zps, c.bits);
-          job.zero_points_name = names.unique(e.name + "_DQ_zero_points");
+          job.zero_points_name = names.unique(stem + "_DQ_zero_points");
           job.tensors.push_back(
               make_tensor(job.zero_points_name, type, scale_dims, z.data(), z.size()));
           after += z.size();
@@ -283,9 +298,11 @@ void build_embeddings(const model& m, const quantize_options& options,
       }
       case output_format::fake: {
         const xt::xtensor<float, 2> dq = xt::transpose(int4q::dequant(q, qo));  // [V, D]
-        job.data_name = e.name;
+        // In place into a stored table; a table on a constant path reads a new one (the path
+        // stays for any other reader of its tensors).
+        job.data_name = e.path_nodes.empty() ? e.name : names.unique(stem + "_fake");
         job.tensors.push_back(
-            float_tensor(e.name, e.type, e.dims, std::vector<float>(dq.begin(), dq.end())));
+            float_tensor(job.data_name, e.type, e.dims, std::vector<float>(dq.begin(), dq.end())));
         after = V * D * elem_size(e.type);
         er.shared = !e.tied.empty();
         break;
@@ -303,6 +320,7 @@ void rewrite_embeddings(model& m, const quantize_options& options, std::vector<e
     const embedding_info& e = *job.info;
     const quant_config& c = job.config;
     const std::string bits = std::to_string(c.bits);
+    const std::string& stem = table_stem(e);
     node_list_edit edit;
     switch (options.format) {
       case output_format::matmulnbits: {
@@ -313,7 +331,7 @@ void rewrite_embeddings(model& m, const quantize_options& options, std::vector<e
           NodeProto q;
           q.set_op_type("GatherBlockQuantized");
           q.set_domain("com.microsoft");
-          q.set_name(names.unique((gather.name().empty() ? e.name + "_Gather" : gather.name()) +
+          q.set_name(names.unique((gather.name().empty() ? stem + "_Gather" : gather.name()) +
                                   "_Q" + bits));
           q.add_input(job.data_name);
           q.add_input(gather.input(1));
@@ -338,7 +356,7 @@ void rewrite_embeddings(model& m, const quantize_options& options, std::vector<e
         if (first_tied >= 0) {
           NodeProto reshape;
           reshape.set_op_type("Reshape");
-          reshape.set_name(names.unique(e.name + "_Q" + bits + "_reshape"));
+          reshape.set_name(names.unique(stem + "_Q" + bits + "_reshape"));
           reshape.add_input(job.data_name);
           reshape.add_input(job.shape_name);
           reshape.add_output(job.reshaped_name);
@@ -349,7 +367,7 @@ void rewrite_embeddings(model& m, const quantize_options& options, std::vector<e
       }
       case output_format::qdq: {
         for (auto& t : job.tensors) g.add_initializer()->Swap(&t);
-        const std::string output = names.unique(e.name + "_DQ_Q" + bits + "_output");
+        const std::string output = names.unique(stem + "_DQ_Q" + bits + "_output");
         int first = -1;
         for (int i = 0; i < g.node_size(); ++i) {
           NodeProto& n = *g.mutable_node(i);
@@ -362,7 +380,7 @@ void rewrite_embeddings(model& m, const quantize_options& options, std::vector<e
         NodeProto dq;
         dq.set_op_type("DequantizeLinear");
         const int gi = node_with_output(g, job.gather_outputs.front());
-        const std::string gname = g.node(gi).name().empty() ? e.name : g.node(gi).name();
+        const std::string gname = g.node(gi).name().empty() ? stem : g.node(gi).name();
         dq.set_name(names.unique(gname + "_DQ_Q" + bits));
         dq.add_input(job.data_name);
         dq.add_input(job.scales_name);
@@ -378,21 +396,38 @@ void rewrite_embeddings(model& m, const quantize_options& options, std::vector<e
         apply_node_list_edit(g, edit);
         break;
       }
-      case output_format::fake: mutable_table_tensor(m, e.name)->Swap(&job.tensors.front()); break;
+      case output_format::fake:
+        if (e.path_nodes.empty()) {
+          mutable_table_tensor(m, e.name)->Swap(&job.tensors.front());
+          break;
+        }
+        // Every reader of the path's output (Gathers, tied nodes, Transposes) reads the new
+        // table.
+        g.add_initializer()->Swap(&job.tensors.front());
+        for (auto& n : *g.mutable_node())
+          for (int j = 0; j < n.input_size(); ++j)
+            if (n.input(j) == e.name) n.set_input(j, job.data_name);
+        break;
     }
     job.tensors.clear();
-    if (options.format == output_format::fake) continue;
-    // The Transposes and the float table go once nothing reads them.
+    if (options.format == output_format::fake && e.path_nodes.empty()) continue;
+    // The Transposes, the constant path (its output side first: a removed node no longer reads
+    // its input) and the float table go once nothing reads them; what another node still reads
+    // stays.
     auto refs = count_references(g);
-    for (const std::string& out : job.transpose_outputs) {
-      if (refs[out] != 0) continue;
+    auto remove_node = [&](const std::string& out) {
+      if (refs[out] != 0) return;
       const int i = node_with_output(g, out);
-      if (i >= 0) {
-        g.mutable_node()->DeleteSubrange(i, 1);
-        refs = count_references(g);
-      }
-    }
-    if (refs[e.name] == 0) remove_tensor(g, e.name);
+      if (i < 0) return;
+      g.mutable_node()->DeleteSubrange(i, 1);
+      remove_tensor(g, out);  // its value_info
+      refs = count_references(g);
+    };
+    for (const std::string& out : job.transpose_outputs) remove_node(out);
+    for (auto it = job.path_outputs.rbegin(); it != job.path_outputs.rend(); ++it) remove_node(*it);
+    for (const std::string& aux : job.path_aux)
+      if (refs[aux] == 0) remove_tensor(g, aux);
+    if (refs[stem] == 0) remove_tensor(g, stem);
   }
   if (options.format == output_format::matmulnbits) add_microsoft_opset(m);
 }

@@ -259,6 +259,7 @@ json to_json(const quantize_report& report) {
     const tensor_report& t = er.tensor;
     json e = {{"table", t.weight}, {"gathers", t.nodes}, {"tied", er.tied},
               {"vocabulary", t.n}, {"hidden", t.k},      {"quantized", t.quantized}};
+    if (!t.constant_path.empty()) e["constant_path"] = t.constant_path;
     if (t.quantized) {
       e["bits"] = t.bits;
       e["group_size"] = t.group_size;

@@ -886,10 +886,23 @@ validation_report validate_model(const model& m, const validate_options& options
   v.check_shapes(g, "", shape_chain);
 
   v.quantized = options.quantize ? quantized_tensors(m, *options.quantize) : options.quantized;
+  if (options.quantize) {
+    // A weight or table on a constant path is stored as its source: checked under that name.
+    for (const weight_info& w : find_weights(m))
+      if (!w.path_nodes.empty() && v.quantized.count(w.name)) v.quantized.insert(w.source);
+    for (const embedding_info& e : find_embeddings(m))
+      if (!e.path_nodes.empty() && v.quantized.count(e.name)) v.quantized.insert(e.source);
+  }
   v.check_memory();
   if (options.check_values) {
-    for (const weight_info& w : find_weights(m)) v.weights.insert(w.name);
-    for (const embedding_info& e : find_embeddings(m)) v.weights.insert(e.name);
+    for (const weight_info& w : find_weights(m)) {
+      v.weights.insert(w.name);
+      if (!w.source.empty()) v.weights.insert(w.source);
+    }
+    for (const embedding_info& e : find_embeddings(m)) {
+      v.weights.insert(e.name);
+      v.weights.insert(e.source);
+    }
     v.check_values();
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -557,32 +557,66 @@ std::vector<embedding_info> find_embeddings(const model& m) {
       continue;
     const std::string& name = gather.input(0);
     if (seen.count(name)) continue;
-    // Only constant tables: a Gather on a computed tensor (Shape -> Gather) is no embedding.
+    // Only constant tables: a Gather on a computed tensor (Shape -> Gather) is no embedding. A
+    // table may be a constant path's output: followed back to its stored source.
     const TensorProto* t = nullptr;
     embedding_info e;
-    const auto init = initializers.find(name);
-    const auto prod = producer.find(name);
-    if (init != initializers.end() && prod == producer.end()) {
-      t = init->second;
-    } else if (prod != producer.end() && g.node(prod->second).op_type() == "Constant") {
-      const auto* value = detail::find_attr(g.node(prod->second), "value");
-      if (!value || !value->has_t()) continue;
-      t = &value->t();
-      e.from_constant_node = true;
-      e.constant_node_index = prod->second;
-    } else {
-      continue;
+    std::string cur = name;
+    std::vector<int> path;
+    while (true) {
+      const auto prod = producer.find(cur);
+      if (prod == producer.end()) {
+        const auto init = initializers.find(cur);
+        if (init != initializers.end()) t = init->second;
+        break;
+      }
+      const NodeProto& n = g.node(prod->second);
+      if (n.op_type() == "Constant") {
+        const auto* value = detail::find_attr(n, "value");
+        if (value && value->has_t()) {
+          t = &value->t();
+          e.from_constant_node = true;
+          e.constant_node_index = prod->second;
+        }
+        break;
+      }
+      if (!detail::is_path_op(n) || path.size() >= max_path_nodes) break;
+      path.push_back(prod->second);
+      cur = n.input(0);
     }
+    if (!t) continue;
+    // Through a path, only float sources are tables (a Cast of int64 constants is no embedding).
+    if (!path.empty() && elem_type_of(t->data_type()) == elem_type::other) continue;
     check_weight_dims(*t);
     seen.insert(name);
     e.name = name;
-    e.type = elem_type_of(t->data_type());
-    e.dims.assign(t->dims().begin(), t->dims().end());
+    e.source = cur;
+    e.path_nodes.assign(path.rbegin(), path.rend());
+    e.source_type = elem_type_of(t->data_type());
+    e.source_dims.assign(t->dims().begin(), t->dims().end());
+    e.type = e.source_type;
+    e.dims = e.source_dims;
     std::string reason;
-    if (inputs.count(name)) {
-      reason = "'" + name + "' is also a graph input (an overridable initializer)";
+    for (const int p : e.path_nodes) {
+      const NodeProto& n = g.node(p);
+      for (const std::string& aux : detail::path_aux_inputs(n)) {
+        if (reason.empty() && !detail::constant_tensor(g, aux))
+          reason = label(p) + " on the path of '" + name + "' reads '" + aux + "', not a constant";
+      }
+      if (!reason.empty()) break;
+      reason = detail::path_node_shape(m, g, n, e.dims, e.type);
+      if (!reason.empty()) reason += " (on the constant path of '" + name + "')";
+    }
+    // The table's type after the path (a path from a float source only Casts to float types).
+    const int table_type = e.path_nodes.empty() ? t->data_type() : TensorProto::DOUBLE;
+    if (!reason.empty()) {
+      // the path's
+    } else if (inputs.count(e.source)) {
+      reason = "'" + e.source + "'" +
+               (e.path_nodes.empty() ? "" : " (the source of '" + name + "')") +
+               " is also a graph input (an overridable initializer)";
     } else if (e.type == elem_type::other || e.type == elem_type::float64) {
-      reason = "'" + name + "' has data type " + onnx_type_name(t->data_type()) +
+      reason = "'" + name + "' has data type " + onnx_type_name(table_type) +
                ": int4q quantizes float32, float16 and bfloat16 tables";
     } else if (e.dims.size() != 2) {
       reason = "'" + name + "' is " + std::to_string(e.dims.size()) + "-D " +

@@ -152,7 +152,7 @@ void rewrite_graph(model& m, const quantize_options& options, std::vector<weight
                    name_set& names) {
   if (jobs.empty()) return;
   // Every graph is found (by node indices) before any node list changes.
-  graph_rewrite r{m, options, names, {}, {}};
+  graph_rewrite r{m, options, names, {}, {}, {}};
   for (weight_job& job : jobs) {
     switch (options.format) {
       case output_format::matmulnbits: write_matmulnbits(r, job); break;

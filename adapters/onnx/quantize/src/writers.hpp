@@ -246,6 +246,8 @@ struct embedding_job {
   std::string shape_name, reshaped_name;  ///< matmulnbits, tied: B = Reshape(data, shape)
   // Nodes are found again by output name at rewrite time (indices change in rewrite_graph).
   std::vector<std::string> gather_outputs, tied_outputs, transpose_outputs;
+  /// The table's constant path: its nodes' outputs (source side first) and shape/axes inputs.
+  std::vector<std::string> path_outputs, path_aux;
 };
 
 /// Embedding tables to quantize (empty with --embeddings keep), with their report entries (and

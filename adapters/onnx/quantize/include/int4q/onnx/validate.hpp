@@ -21,7 +21,8 @@ struct validate_options {
   /// their float32 size. Ignored when `quantize` is set.
   std::set<std::string> quantized;
   /// When set, `quantized` is taken as quantized_tensors(m, *quantize), computed once the
-  /// structure and tensor checks have passed (the selection needs a sound graph).
+  /// structure and tensor checks have passed (the selection needs a sound graph), plus the
+  /// stored source of each such weight or table read through a constant path.
   const quantize_options* quantize = nullptr;
   /// The machine's memory in bytes (the CLI: physical pages * page size); 0 = unknown, no
   /// memory check. The library never reads it from the system itself.
@@ -72,8 +73,8 @@ struct validation_report {
 ///    or external, read in chunks of at most 4 MiB: a NaN or Inf is an `invalid` error in a
 ///    tensor that will be quantized and a warning in any other initializer; in a Constant
 ///    node's tensor NaN is a warning, and +-Inf too when it is a MatMul/Gemm weight or Gather
-///    table (find_weights, find_embeddings), else accepted (exporters write attention masks as
-///    Constant -Inf).
+///    table or their source on a constant path (find_weights, find_embeddings), else accepted
+///    (exporters write attention masks as Constant -Inf).
 validation_report validate_model(const model& m, const validate_options& options = {});
 
 /// The names of the tensors quantize_model(m, options) would quantize: its selected weights and,

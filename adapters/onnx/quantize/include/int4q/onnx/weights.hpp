@@ -81,13 +81,24 @@ struct weight_info {
 std::vector<weight_info> find_weights(const model& m);
 
 /// A Gather reading a constant table: the token embedding.
+///
+/// Constant path (as for weight_info): a table written as a stored tensor followed by
+/// Cast/Transpose/Reshape/Flatten/Squeeze/Unsqueeze/Identity nodes (an fp16 table Cast to float
+/// in mixed-precision exports). Then `name` is what the Gathers read (the last node's output),
+/// `source` the stored tensor, `path_nodes` the nodes in between; `type` and `dims` are the
+/// table's as the Gathers see it.
 struct embedding_info {
-  std::string name;  ///< the table (main-graph initializer or Constant output)
-  bool from_constant_node = false;
-  int constant_node_index = -1;  ///< index in the main graph
+  std::string name;  ///< the table (main-graph initializer or Constant output, or the output of
+                     ///< a constant path)
+  bool from_constant_node = false;  ///< the source is a Constant node's output
+  int constant_node_index = -1;     ///< index in the main graph
   elem_type type = elem_type::other;
-  std::vector<std::int64_t> dims;  ///< as stored: [V, D] (rows = vocabulary)
-  std::size_t rows = 0, cols = 0;  ///< V and D
+  std::vector<std::int64_t> dims;  ///< [V, D] (rows = vocabulary), as the Gathers see it
+  std::string source;              ///< the stored tensor (== name without a path)
+  std::vector<int> path_nodes;     ///< main-graph indices of the path's nodes, source side first
+  elem_type source_type = elem_type::other;
+  std::vector<std::int64_t> source_dims;  ///< as stored
+  std::size_t rows = 0, cols = 0;         ///< V and D
   /// Every Gather (default domain, main graph, axis 0) with the table as data, in graph order
   /// (op_type "Gather"; `trans_b` unused).
   std::vector<weight_use> gathers;
@@ -105,7 +116,10 @@ struct embedding_info {
 /// Every constant table read by a Gather in the main graph (the embeddings), whether it can be
 /// quantized or not (reason: not 2-D, not float32/float16/bfloat16, a graph input, gathered on
 /// axis 1, read by anything other than Gather axis 0, MatMul/Gemm B or a Transpose feeding
-/// only those, read inside a subgraph, a graph output). Ordered by first Gather. find_weights is
+/// only those, read inside a subgraph, a graph output). A table may be the output of a constant
+/// path (see embedding_info; at most 32 nodes, main graph, from a float initializer or Constant,
+/// shapes and axes constants); the path's tensors may have other readers (then the writers keep
+/// the path for them). Ordered by first Gather. find_weights is
 /// unchanged: a tied table stays "not quantizable" there (read by a Gather); quantize_model
 /// quantizes it as an embedding with --embeddings quantize and shares it with the tied uses.
 std::vector<embedding_info> find_embeddings(const model& m);
