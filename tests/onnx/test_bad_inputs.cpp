@@ -48,6 +48,7 @@
 #include "onnx/bad_models.hpp"
 #include "onnx/cli_runner.hpp"
 #include "onnx/graph_builder.hpp"
+#include "onnx/sanitizer.hpp"
 #include "onnx/scratch_dir.hpp"
 
 #ifndef INT4Q_CLI_PATH
@@ -64,14 +65,6 @@ using int4q::test::read_text;
 using int4q::test::shell_quote;
 
 // ---- Running, with limits ----------------------------------------------------------------------
-
-#if defined(__SANITIZE_ADDRESS__)
-#define INT4Q_TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define INT4Q_TEST_ASAN 1
-#endif
-#endif
 
 /// The 4 GiB memory limit of a run. AddressSanitizer reserves terabytes of address space for
 /// its shadow memory, so an ASan build (scripts/test's second build) cannot run under

@@ -30,6 +30,7 @@
 #include "onnx/cli_runner.hpp"
 #include "onnx/devgpt_eval.hpp"
 #include "onnx/graph_builder.hpp"
+#include "onnx/sanitizer.hpp"
 
 namespace {
 
@@ -507,6 +508,9 @@ TEST(SequentialMemory, OutputIsTheSameBytesWithAnyActivationBudget) {
 // Before the executor converted initializers lazily (its fp32 copy of every weight), the peak
 // was 312 MiB here.
 TEST(SequentialMemory, GptqThroughTheCliStaysUnderABoundOnAModelSeveralTimesLarger) {
+#ifdef INT4Q_TEST_ASAN
+  GTEST_SKIP() << "peak memory is not measured under AddressSanitizer (quarantine, shadow memory)";
+#endif
   constexpr std::int64_t D = 512, L = 256;
   constexpr std::uint64_t bound = std::uint64_t(64) << 20;
   const fs::path dir = fresh_dir("seq_bound");
