@@ -21,6 +21,7 @@
 #include "cli_common.hpp"
 #include "eval_command.hpp"
 #include "inspect_command.hpp"
+#include "mpi_ranks.hpp"
 #include "option_flags.hpp"
 #include "quantize_command.hpp"
 #include "signal_cleanup.hpp"
@@ -32,6 +33,14 @@ int fail(int code, std::string message) {
   int4q::cli::wait_if_interrupted();  // a signal on another thread ends the run, not this error
   for (char& c : message) c = c == '\n' ? ' ' : c;
   std::fflush(stdout);
+  int4q::onnx::communicator* comm = int4q::cli::current_communicator();
+  if (int4q::onnx::distributed(comm)) {
+    // The other ranks may wait in a collective: the whole job ends, with this exit code.
+    std::fprintf(stderr, "int4q: error: rank %d of %d: %s\n", comm->rank(), comm->size(),
+                 message.c_str());
+    std::fflush(stderr);
+    comm->abort(code);
+  }
   std::fprintf(stderr, "int4q: error: %s\n", message.c_str());
   return code;
 }

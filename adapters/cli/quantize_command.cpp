@@ -24,6 +24,7 @@
 #include <int4q/version.hpp>
 
 #include "cli_common.hpp"
+#include "mpi_ranks.hpp"
 #include "option_checks.hpp"
 #include "option_flags.hpp"
 #include "signal_cleanup.hpp"
@@ -874,7 +875,7 @@ void apply_plan(quantize_run& run, const ox::model& m) {
     run.plan = ox::auto_plan(m, run.q, run.auto_options);
     run.facts.auto_s = seconds_since(t);
     run.next_sample = 0;  // the method reads the data again from its start
-    if (!o.plan_out.empty()) {
+    if (!o.plan_out.empty() && job_rank() == 0) {
       write_file_atomically(o.plan_out, ox::to_json(*run.plan).dump(2) + "\n");
     }
   } else if (run.plan) {
@@ -997,6 +998,7 @@ void run_steps(quantize_run& run, const clock_type::time_point start) {
   run.q.calibration.scratch_dir =
       o.output.parent_path().empty() ? fs::path(".") : o.output.parent_path();
   open_calibration(run, m);
+  run.q.comm = current_communicator();  // mpirun: the ranks of job_communicator()
   apply_plan(run, m);
   if (o.resume) {
     start_journal(run, m);
@@ -1006,6 +1008,7 @@ void run_steps(quantize_run& run, const clock_type::time_point start) {
                  "--resume to continue it\n";
   }
   const ox::quantize_report report = quantize(run, m);
+  if (job_rank() != 0) return;  // the model, the report and the summary: rank 0's
   const std::optional<double> achieved_bits =
       run.plan ? ox::achieved_effective_bits(*run.plan, report) : std::nullopt;
   save(run, m);
@@ -1045,8 +1048,13 @@ void note_journal_kept(const quantize_command_options& o) {
 
 }  // namespace
 
-void run_quantize(const quantize_command_options& o) {
+void run_quantize(const quantize_command_options& options) {
   const auto start = clock_type::now();
+  // Under mpirun: every rank runs the same steps; rank 0 alone prints and writes.
+  ox::communicator* comm = job_communicator();
+  quantize_command_options rank_options = options;
+  if (comm && comm->rank() != 0) rank_options.quiet = true;
+  const quantize_command_options& o = rank_options;
   quantize_run run(o);
   try {
     prepare(run);

@@ -485,6 +485,12 @@ struct activation_stats_options {
   /// Threads for H's tiles (0 = hardware threads). H is the same for any count: every tile is
   /// one BLAS call on one thread.
   std::size_t threads = 1;
+  /// A share of H's work, for processes that all see every row: of the tiles of H's upper
+  /// triangle (in their fixed order), this object accumulates tile i when
+  /// i % hessian_parts == hessian_part and leaves the others 0, so combine_hessian() (an
+  /// element-wise sum over the parts) gives, exactly, the H that one object makes alone.
+  std::size_t hessian_part = 0;
+  std::size_t hessian_parts = 1;
 };
 
 /// Streaming statistics of rows x[K] (K = channels, the reduction axis of the layer's weight
@@ -522,6 +528,8 @@ class activation_stats {
         max_abs_(channels, 0.0f),
         rng_(options.seed) {
     if (channels == 0) throw shape_error("activation_stats: channels must be >= 1");
+    if (o_.hessian_parts == 0 || o_.hessian_part >= o_.hessian_parts)
+      throw config_error("activation_stats: hessian_part must be < hessian_parts");
     sample_.reserve(o_.sample_rows * k_);
   }
 
@@ -589,6 +597,20 @@ class activation_stats {
     flush_hessian();
     return xt::adapt(h_.data(), k_ * k_, xt::no_ownership(), std::array<std::size_t, 2>{k_, k_});
   }
+
+  /// Joins the shares of H (activation_stats_options::hessian_part): `sum(data, count)` must
+  /// replace each of the `count` doubles of the raw accumulator at `data` by its sum over the
+  /// parts (e.g. an MPI all-reduce). Exact in any order: each element was accumulated by one
+  /// part, the others hold +0 (an accumulator that starts at +0 never becomes -0), and x + 0 = x.
+  /// After it this object holds the whole H and accumulates every tile.
+  template <class Sum>
+  void combine_hessian(Sum&& sum) {
+    if (!o_.hessian) return;
+    flush_hessian();
+    sum(h_.data(), h_.size());
+    o_.hessian_part = 0;
+    o_.hessian_parts = 1;
+  }
   xt::xtensor<double, 1> mean_abs() const {
     auto m = xt::xtensor<double, 1>::from_shape({k_});
     for (std::size_t a = 0; a < k_; ++a) m(a) = rows_ ? sum_abs_[a] / double(rows_) : 0.0;
@@ -641,8 +663,10 @@ class activation_stats {
     const std::size_t tiles = (k_ + t - 1) / t;
     std::vector<std::pair<std::size_t, std::size_t>> pairs;
     pairs.reserve(tiles * (tiles + 1) / 2);
+    std::size_t index = 0;
     for (std::size_t ta = 0; ta < tiles; ++ta)
-      for (std::size_t tb = ta; tb < tiles; ++tb) pairs.emplace_back(ta * t, tb * t);
+      for (std::size_t tb = ta; tb < tiles; ++tb, ++index)
+        if (index % o_.hessian_parts == o_.hessian_part) pairs.emplace_back(ta * t, tb * t);
     detail::parallel_for(pairs.size(), o_.threads, [&](std::size_t i) {
       const std::size_t a0 = pairs[i].first, b0 = pairs[i].second;
       const std::size_t na = std::min(t, k_ - a0), nb = std::min(t, k_ - b0);

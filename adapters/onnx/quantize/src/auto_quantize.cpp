@@ -250,8 +250,8 @@ namespace {
 /// One weight's plan entry: the stored bits and the score trace(dW^T H dW) of every candidate
 /// (dW = W - qdq(W) on the candidate's grid).
 plan_weight score_weight(const model& m, const weight_info& w, const xt::xtensor<double, 2>& h,
-                         const std::vector<auto_candidate>& cands,
-                         const quantize_options& options) {
+                         const std::vector<auto_candidate>& cands, const quantize_options& options,
+                         bool score = true) {
   int4q::quant_options qo;
   qo.threads = options.threads;
   const xt::xtensor<float, 2> lw = detail::logical_weight(m, w, w.uses.front().alpha);
@@ -263,7 +263,7 @@ plan_weight score_weight(const model& m, const weight_info& w, const xt::xtensor
   pw.n = w.n;
   for (const auto& c : cands) {
     pw.costs.push_back(candidate_bits(w, c, options.config, options.format));
-    if (!c.quantize) {
+    if (!c.quantize || !score) {  // not scored here: another rank sends the score
       pw.scores.push_back(0.0);
       continue;
     }
@@ -286,6 +286,10 @@ std::vector<plan_weight> score_weights(const model& m, const std::vector<const w
   co.stats.threads = options.threads;
   co.stats.sample_rows = 0;
   co.on_progress = a.on_progress;
+  // Distributed: data-parallel statistics; each weight scored on one rank (round robin), the
+  // scores sent to all once the pass's weights are done.
+  co.comm = options.comm;
+  communicator* comm = distributed(options.comm) ? options.comm : nullptr;
   const auto passes =
       detail::split_into_passes(ws, co.stats, options.calibration.parallel_stats_bytes,
                                 static_cast<bool>(options.calibration.rewind));
@@ -293,11 +297,18 @@ std::vector<plan_weight> score_weights(const model& m, const std::vector<const w
   for (std::size_t p = 0; p < passes.size(); ++p) {
     if (p > 0) options.calibration.rewind();
     auto got = collect_activation_stats(m, passes[p], options.calibration.data, co);
-    for (const weight_info* w : passes[p]) {
-      const xt::xtensor<double, 2> h = got.at(w->name).hessian();
+    const std::size_t first = out.size();
+    for (std::size_t i = 0; i < passes[p].size(); ++i) {
+      const weight_info* w = passes[p][i];
+      const bool mine =
+          !comm || static_cast<int>(i % static_cast<std::size_t>(comm->size())) == comm->rank();
+      const xt::xtensor<double, 2> h = mine ? got.at(w->name).hessian() : xt::xtensor<double, 2>();
       got.erase(w->name);
-      out.push_back(score_weight(m, *w, h, cands, options));
+      out.push_back(score_weight(m, *w, h, cands, options, mine));
     }
+    for (std::size_t i = 0; comm && i < passes[p].size(); ++i)
+      broadcast_vector(*comm, out[first + i].scores,
+                       static_cast<int>(i % static_cast<std::size_t>(comm->size())));
   }
   return out;
 }

@@ -32,6 +32,15 @@ std::unordered_map<const ::onnx::NodeProto*, std::vector<const weight_info*>> us
   return out;
 }
 
+/// f(w, rows) for each weight of `by_node` that `node` multiplies with its input 0 `in[0]`.
+template <class Uses, class F>
+void for_each_rows(const Uses& by_node, const ::onnx::NodeProto& node,
+                   const std::vector<const value*>& in, F&& f) {
+  const auto it = by_node.find(&node);
+  if (it == by_node.end() || in.empty() || !in[0]) return;
+  for (const weight_info* w : it->second) f(*w, rows_of(*w, node, *in[0]));
+}
+
 }  // namespace
 
 activation_rows rows_of(const weight_info& w, const ::onnx::NodeProto& node, const value& a) {
@@ -45,9 +54,95 @@ activation_rows rows_of(const weight_info& w, const ::onnx::NodeProto& node, con
   return {a.f.data(), a.size() / w.k};
 }
 
+namespace {
+
+/// This rank's statistics options: its share of H's tiles when the run is distributed.
+activation_stats_options stats_share(const collect_options& o) {
+  activation_stats_options s = o.stats;
+  if (distributed(o.comm)) {
+    s.hessian_part = static_cast<std::size_t>(o.comm->rank());
+    s.hessian_parts = static_cast<std::size_t>(o.comm->size());
+  }
+  return s;
+}
+
+/// Joins the ranks' shares of H (exact: see activation_stats::combine_hessian).
+void combine(activation_stats& s, const collect_options& o) {
+  if (!distributed(o.comm)) return;
+  s.combine_hessian([&](double* data, std::size_t count) { o.comm->sum(data, count); });
+}
+
+/// Rows of `count` x `k` floats from rank `owner` to every rank (the owner's `data` is sent,
+/// the others' `buffer` receives), added to `stats` on every rank.
+void add_broadcast_rows(communicator& comm, int owner, activation_stats& stats, const float* data,
+                        std::size_t count, std::vector<float>& buffer) {
+  std::uint64_t n = count * stats.channels();
+  comm.broadcast(&n, sizeof n, owner);
+  if (comm.rank() != owner) {
+    buffer.resize(static_cast<std::size_t>(n));
+    data = buffer.data();
+  }
+  if (n > 0) comm.broadcast(const_cast<float*>(data), static_cast<std::size_t>(n) * 4, owner);
+  stats.add(data, static_cast<std::size_t>(n) / stats.channels());
+}
+
+/// Distributed collect_activation_stats: rounds of `size` batches, batch b of a round on rank
+/// b; after the round, each batch's rows of each weight (in the order its hooks saw them) go to
+/// every rank, batch by batch, so every rank adds the rows in the order one process does.
+std::map<std::string, activation_stats> collect_distributed(
+    const model& m, const std::vector<const weight_info*>& weights, const batch_source& source,
+    const collect_options& options) {
+  communicator& comm = *options.comm;
+  const int ranks = comm.size(), me = comm.rank();
+  std::map<std::string, activation_stats> stats;
+  for (const weight_info* w : weights)
+    stats.emplace(w->name, activation_stats(w->k, stats_share(options)));
+  const auto by_node = uses_by_node(m, weights);
+  const executor ex(m, options.threads);
+  std::map<std::string, std::vector<float>> rows;  // this rank's batch, by weight
+  run_hooks hooks;
+  hooks.before_node = [&](int, const ::onnx::NodeProto& node, std::vector<const value*>& in) {
+    for_each_rows(by_node, node, in, [&](const weight_info& w, const activation_rows& r) {
+      std::vector<float>& v = rows[w.name];
+      v.insert(v.end(), r.data, r.data + r.rows * w.k);
+    });
+  };
+  std::map<std::string, value> batch;
+  std::vector<float> buffer;
+  std::size_t done = 0;
+  bool more = true;
+  while (more) {
+    int in_round = 0;
+    for (; in_round < ranks; ++in_round) {
+      if (!source(batch)) {
+        more = false;
+        break;
+      }
+      if (in_round == me) ex.run(batch, hooks);
+      batch.clear();
+    }
+    check_same_on_all_ranks(comm, static_cast<std::uint64_t>(in_round),
+                            "the number of calibration batches");
+    for (int owner = 0; owner < in_round; ++owner) {
+      for (auto& [name, s] : stats) {
+        const std::vector<float>& mine = rows[name];
+        add_broadcast_rows(comm, owner, s, mine.data(), mine.size() / s.channels(), buffer);
+      }
+    }
+    rows.clear();
+    done += static_cast<std::size_t>(in_round);
+    if (in_round > 0 && options.on_progress) options.on_progress(done);
+  }
+  for (auto& entry : stats) combine(entry.second, options);
+  return stats;
+}
+
+}  // namespace
+
 std::map<std::string, activation_stats> collect_activation_stats(
     const model& m, const std::vector<const weight_info*>& weights, const batch_source& source,
     const collect_options& options) {
+  if (distributed(options.comm)) return collect_distributed(m, weights, source, options);
   std::map<std::string, activation_stats> stats;
   for (const weight_info* w : weights)
     stats.emplace(w->name, activation_stats(w->k, options.stats));
@@ -55,12 +150,9 @@ std::map<std::string, activation_stats> collect_activation_stats(
   const executor ex(m, options.threads);
   run_hooks hooks;
   hooks.before_node = [&](int, const ::onnx::NodeProto& node, std::vector<const value*>& in) {
-    const auto it = by_node.find(&node);
-    if (it == by_node.end() || in.empty() || !in[0]) return;
-    for (const weight_info* w : it->second) {
-      const activation_rows r = rows_of(*w, node, *in[0]);
-      stats.at(w->name).add(r.data, r.rows);
-    }
+    for_each_rows(by_node, node, in, [&](const weight_info& w, const activation_rows& r) {
+      stats.at(w.name).add(r.data, r.rows);
+    });
   };
   std::map<std::string, value> batch;
   std::size_t done = 0;
@@ -253,7 +345,9 @@ struct sequential_calibration::impl {
   collect_options options;
   executor ex;
   std::vector<std::map<std::string, value>> inputs;  ///< kept for the subgraph-only pass
+  /// This rank's runs: batch g is run g / size of rank g % size (collect_options::comm).
   std::vector<executor::session> runs;
+  std::size_t total = 0;  ///< batches of all ranks
   /// Per run: bytes of its values and whether they are in the scratch file now.
   std::vector<std::size_t> run_bytes;
   std::vector<bool> spilled;
@@ -357,15 +451,22 @@ sequential_calibration::sequential_calibration(const model& m,
       ++p_->readers[m.proto.graph().node(first).input(0)];
     }
   }
+  const bool comm = distributed(options.comm);
+  const std::size_t ranks = comm ? static_cast<std::size_t>(options.comm->size()) : 1;
+  const std::size_t me = comm ? static_cast<std::size_t>(options.comm->rank()) : 0;
   std::map<std::string, value> batch;
-  while (source(batch)) {
+  for (; source(batch); ++p_->total) {
+    // Every rank runs every batch in the subgraph-only pass (rare: weights only in If branches).
     if (!p_->subgraph_only.empty()) p_->inputs.push_back(batch);
-    p_->runs.push_back(p_->ex.start(batch));
-    p_->run_bytes.push_back(0);
-    p_->spilled.push_back(false);
-    p_->fit_budget(p_->runs.size() - 1);
+    if (p_->total % ranks == me) {
+      p_->runs.push_back(p_->ex.start(batch));
+      p_->run_bytes.push_back(0);
+      p_->spilled.push_back(false);
+      p_->fit_budget(p_->runs.size() - 1);
+    }
     batch.clear();
   }
+  if (comm) check_same_on_all_ranks(*options.comm, p_->total, "the number of calibration batches");
 }
 
 sequential_calibration::~sequential_calibration() = default;
@@ -390,12 +491,9 @@ activation_stats sequential_calibration::stats_for(const weight_info& w) {
       run_hooks hooks;
       hooks.before_node = [&](int k, const ::onnx::NodeProto& node, std::vector<const value*>& in) {
         p.hooks.before_node(k, node, in);
-        const auto it = by_node.find(&node);
-        if (it == by_node.end() || in.empty() || !in[0]) return;
-        for (const weight_info* s : it->second) {
-          const activation_rows r = rows_of(*s, node, *in[0]);
-          stats.at(s->name).add(r.data, r.rows);
-        }
+        for_each_rows(by_node, node, in, [&](const weight_info& s, const activation_rows& r) {
+          stats.at(s.name).add(r.data, r.rows);
+        });
       };
       std::map<std::string, value> b;
       while (again(b)) p.ex.run(b, hooks);
@@ -422,8 +520,18 @@ activation_stats sequential_calibration::stats_for(const weight_info& w) {
     p.cached.reset();
     return last;
   }
-  activation_stats stats(w.k, p.options.stats);
-  for (std::size_t r = 0; r < p.runs.size(); ++r) {
+  activation_stats stats(w.k, stats_share(p.options));
+  communicator* comm = distributed(p.options.comm) ? p.options.comm : nullptr;
+  const std::size_t ranks = comm ? static_cast<std::size_t>(comm->size()) : 1;
+  const std::size_t me = comm ? static_cast<std::size_t>(comm->rank()) : 0;
+  std::vector<float> buffer;
+  // Batches in order; batch g is run r = g / ranks of rank g % ranks (all of them alone).
+  for (std::size_t g = 0; g < p.total; ++g) {
+    if (g % ranks != me) {
+      add_broadcast_rows(*comm, static_cast<int>(g % ranks), stats, nullptr, 0, buffer);
+      continue;
+    }
+    const std::size_t r = g / ranks;
     executor::session& s = p.runs[r];
     if (s.next_node() > node_index)
       throw model_error(model_error::kind::invalid,
@@ -438,9 +546,13 @@ activation_stats sequential_calibration::stats_for(const weight_info& w) {
                                                         "' of node '" + node.name() +
                                                         "' is not computed");
     const activation_rows rows = rows_of(w, node, *a);
-    stats.add(rows.data, rows.rows);
+    if (comm)
+      add_broadcast_rows(*comm, static_cast<int>(me), stats, rows.data, rows.rows, buffer);
+    else
+      stats.add(rows.data, rows.rows);
     p.fit_budget(r);
   }
+  combine(stats, p.options);
   p.free_replacements(node_index);
   p.cached.reset();
   if (others > 0) {

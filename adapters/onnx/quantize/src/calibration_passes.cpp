@@ -2,6 +2,7 @@
 #include "calibration_passes.hpp"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <limits>
 #include <numeric>
@@ -11,6 +12,7 @@
 #include <int4q/gptq.hpp>
 #include <int4q/onnx/option_error.hpp>
 #include <int4q/quantize.hpp>
+#include <xtensor/xadapt.hpp>
 
 #include "weight_tensor.hpp"
 
@@ -321,6 +323,17 @@ void calibration_passes::quantize_fresh(weight_job& job) {
 /// The job's method on its statistics (RTN when no data reached it); sequential: the quantized
 /// values swapped into the runs for the weights after it.
 void calibration_passes::quantize_calibrated(weight_job& job, activation_stats stats) {
+  solve(job, stats);
+  if (sequential_ && report_.tensors[job.report_index].calibration_rows > 0) {
+    const awq_group* group = group_of(job);
+    sequential_->replace(
+        *job.info,
+        stored_values(job, group && group->active ? group->result.scales.data() : nullptr));
+  }
+}
+
+/// The job's method on its statistics (RTN when no data reached it), without the replacement.
+void calibration_passes::solve(weight_job& job, const activation_stats& stats) {
   tensor_report& r = report_.tensors[job.report_index];
   r.calibration_rows = stats.rows();
   if (stats.rows() == 0) {
@@ -339,7 +352,6 @@ void calibration_passes::quantize_calibrated(weight_job& job, activation_stats s
     r.awq_rtn_loss = group->result.rtn_loss;
   }
   job.q = run_method(job, stats, s, r);
-  if (sequential_) sequential_->replace(*job.info, stored_values(job, s));
 }
 
 int4q::quantized<float> calibration_passes::run_method(weight_job& job,
@@ -414,6 +426,163 @@ activation_stats calibration_passes::statistics(const weight_info& w) {
   return s;
 }
 
+// ---- distributed runs ---------------------------------------------------------------------
+
+namespace {
+
+/// Owners of `costs.size()` units on `ranks` ranks: the longest first, each to the rank with the
+/// least work so far (the lowest on ties). The same on every rank: it reads only the costs.
+std::vector<int> assign_owners(const std::vector<double>& costs, int ranks) {
+  std::vector<std::size_t> by_cost(costs.size());
+  std::iota(by_cost.begin(), by_cost.end(), std::size_t(0));
+  std::stable_sort(by_cost.begin(), by_cost.end(),
+                   [&](std::size_t a, std::size_t b) { return costs[a] > costs[b]; });
+  std::vector<double> load(static_cast<std::size_t>(ranks), 0.0);
+  std::vector<int> owner(costs.size(), 0);
+  for (const std::size_t u : by_cost) {
+    const auto least = std::min_element(load.begin(), load.end()) - load.begin();
+    owner[u] = static_cast<int>(least);
+    load[static_cast<std::size_t>(least)] += costs[u];
+  }
+  return owner;
+}
+
+template <class T>
+void broadcast_tensor(communicator& comm, xt::xtensor<T, 2>& t, int root) {
+  std::array<std::uint64_t, 2> shape{t.shape()[0], t.shape()[1]};
+  comm.broadcast(shape.data(), sizeof shape, root);
+  if (comm.rank() != root) t = xt::xtensor<T, 2>::from_shape({shape[0], shape[1]});
+  if (t.size() > 0) comm.broadcast(t.data(), t.size() * sizeof(T), root);
+}
+
+}  // namespace
+
+std::string calibration_passes::set_key(const weight_job& job) const {
+  if (job.algo == method::rtn) return {};
+  if (sequential_) {
+    const int first = first_main_graph_use(*job.info);
+    if (first == std::numeric_limits<int>::max()) return {};  // subgraph-only: alone
+    return "input:" + m_.proto.graph().node(first).input(0);
+  }
+  return "pass:" + std::to_string(pass_of_.at(job.info));
+}
+
+std::size_t calibration_passes::set_end(std::size_t first) const {
+  const std::string key = set_key(jobs_[order_[first]]);
+  std::size_t last = first + 1;
+  if (key.empty()) return last;
+  while (last < order_.size() && set_key(jobs_[order_[last]]) == key) ++last;
+  return last;
+}
+
+/// The owner's search result of group g to every rank.
+void calibration_passes::share_search(awq_group& g, int owner) {
+  communicator& comm = *options_.comm;
+  std::vector<float> scales(g.result.scales.begin(), g.result.scales.end());
+  broadcast_vector(comm, scales, owner);
+  std::array<double, 4> v{g.result.alpha, g.result.identity ? 1.0 : 0.0, g.result.loss,
+                          g.result.rtn_loss};
+  comm.broadcast(v.data(), sizeof v, owner);
+  if (comm.rank() == owner) return;
+  g.searched = true;
+  g.result.scales = xt::adapt(scales, {scales.size()});
+  g.result.alpha = v[0];
+  g.result.identity = v[1] != 0.0;
+  g.result.loss = v[2];
+  g.result.rtn_loss = v[3];
+  if (g.result.scales.size() > 0) adopt_search(g);  // else: no rows reached it (as search())
+}
+
+/// The owner's codes, scales, zero points and report fields of `job` to every rank.
+void calibration_passes::share_result(weight_job& job, int owner) {
+  communicator& comm = *options_.comm;
+  broadcast_tensor(comm, job.q.codes, owner);
+  broadcast_tensor(comm, job.q.scales, owner);
+  broadcast_tensor(comm, job.q.zero_points, owner);
+  tensor_report& r = report_.tensors[job.report_index];
+  std::string fields = comm.rank() == owner ? report_fields(r).dump() : std::string();
+  broadcast_string(comm, fields, owner);
+  if (comm.rank() == owner) return;
+  job.q.config = job.config;
+  restore_report_fields(nlohmann::json::parse(fields), r);
+}
+
+void calibration_passes::quantize_set(std::size_t first, std::size_t last) {
+  communicator& comm = *options_.comm;
+  const int me = comm.rank();
+  std::vector<weight_job*> set;
+  for (std::size_t i = first; i < last; ++i) set.push_back(&jobs_[order_[i]]);
+  for (weight_job* job : set) {
+    job->started = std::chrono::steady_clock::now();
+    job->weight = logical_weight(m_, *job->info, job->alpha);
+  }
+  if (set.front()->algo == method::rtn) {  // alone; cheap: every rank quantizes it
+    quantize_fresh(*set.front());
+    return;
+  }
+  // 1. Statistics on every rank (collectives): sequential, the set shares one input, computed
+  // for its first weight (stats_for would hand the others the same values); parallel, its pass.
+  std::vector<activation_stats> held;
+  std::vector<const activation_stats*> stats;
+  if (sequential_) {
+    held.push_back(statistics(*set.front()->info));
+    stats.assign(set.size(), &held.front());
+  } else {
+    held.reserve(set.size());
+    for (weight_job* job : set) {
+      held.push_back(statistics(*job->info));
+      stats.push_back(&held.back());
+    }
+  }
+  // 2. The AWQ searches of the groups first met here, divided among the ranks.
+  std::vector<std::pair<awq_group*, std::size_t>> searches;  // group, member in the set
+  for (std::size_t i = 0; i < set.size(); ++i) {
+    awq_group* g = group_of(*set[i]);
+    if (!g || g->searched) continue;
+    if (std::none_of(searches.begin(), searches.end(), [&](const auto& s) { return s.first == g; }))
+      searches.emplace_back(g, i);
+  }
+  std::vector<double> costs;
+  for (const auto& s : searches) {
+    const weight_info& w = *set[s.second]->info;
+    costs.push_back(weight_cost(w.k, w.n, method::awq_lite, stats[s.second]->rows(), options_.awq));
+  }
+  const std::vector<int> search_owner = assign_owners(costs, comm.size());
+  for (std::size_t u = 0; u < searches.size(); ++u)
+    if (search_owner[u] == me) search(*searches[u].first, *stats[searches[u].second]);
+  for (std::size_t u = 0; u < searches.size(); ++u)
+    share_search(*searches[u].first, search_owner[u]);
+  for (weight_job* job : set)
+    if (awq_group* g = group_of(*job)) scale_weight(*job, *g, nullptr);
+  // 3. The solves, divided among the ranks, then every result to every rank.
+  costs.clear();
+  for (std::size_t i = 0; i < set.size(); ++i) {
+    const weight_info& w = *set[i]->info;
+    costs.push_back(weight_cost(w.k, w.n, set[i]->algo, stats[i]->rows(), options_.awq));
+  }
+  const std::vector<int> owner = assign_owners(costs, comm.size());
+  for (std::size_t i = 0; i < set.size(); ++i) {
+    if (owner[i] != me) continue;
+    try {
+      solve(*set[i], *stats[i]);
+    } catch (const int4q::non_finite_error& e) {
+      throw model_error(model_error::kind::invalid,
+                        "weight '" + set[i]->info->name + "': " + e.what());
+    }
+  }
+  for (std::size_t i = 0; i < set.size(); ++i) share_result(*set[i], owner[i]);
+  // 4. Sequential: every rank's runs go on with the quantized values, weight by weight, as
+  // quantize() makes them go (the runs pass each weight's node with the earlier ones replaced).
+  if (!sequential_) return;
+  for (std::size_t i = 0; i < set.size(); ++i) {
+    weight_job& job = *set[i];
+    if (i > 0) sequential_->pass(*job.info);
+    if (report_.tensors[job.report_index].calibration_rows == 0) continue;
+    const awq_group* g = group_of(job);
+    sequential_->replace(*job.info,
+                         stored_values(job, g && g->active ? g->result.scales.data() : nullptr));
+  }
+}
 int4q::quant_options calibration_passes::quant_opts() const {
   int4q::quant_options qo;
   qo.threads = options_.threads;

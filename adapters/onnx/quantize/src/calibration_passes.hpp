@@ -60,6 +60,14 @@ class calibration_passes {
   /// appended to it.
   bool quantize(weight_job& job);
 
+  /// Distributed runs (quantize_options::comm): the end (an index into order()) of the set of
+  /// weights from order()[first] on that are ready at the same point (sequential: consecutive
+  /// weights reading the same input; parallel: of the same pass; an RTN weight alone).
+  std::size_t set_end(std::size_t first) const;
+  /// Distributed: quantize() for the weights order()[first, last), with their AWQ searches and
+  /// solves divided among the ranks and the results sent to every rank.
+  void quantize_set(std::size_t first, std::size_t last);
+
   /// The resume journal (null: none), kept by the caller for the passes' lifetime.
   void set_journal(resume_journal* journal) { journal_ = journal; }
 
@@ -87,6 +95,7 @@ class calibration_passes {
   void restore(weight_job& job, journaled_weight& saved);
   void scale_weight(weight_job& job, awq_group& g, const activation_stats* stats);
   void quantize_calibrated(weight_job& job, activation_stats stats);
+  void solve(weight_job& job, const activation_stats& stats);
   int4q::quantized<float> run_method(weight_job& job, const activation_stats& stats, const float* s,
                                      tensor_report& r);
   int4q::quantized<float> run_gptq(const weight_job& job, const activation_stats& stats,
@@ -94,6 +103,9 @@ class calibration_passes {
   int4q::quantized<float> run_awq_clip(const weight_job& job, const activation_stats& stats,
                                        const float* s, tensor_report& r) const;
   activation_stats statistics(const weight_info& w);
+  void share_search(awq_group& g, int owner);
+  void share_result(weight_job& job, int owner);
+  std::string set_key(const weight_job& job) const;
   int4q::quant_options quant_opts() const;
 
   const model& m_;

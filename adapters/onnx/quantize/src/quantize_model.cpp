@@ -16,6 +16,7 @@
 
 #include <int4q/onnx/awq_fold.hpp>
 #include <int4q/onnx/opset.hpp>
+#include <int4q/onnx/option_error.hpp>
 #include <int4q/onnx/temp_files.hpp>
 
 #include "awq_fold_detail.hpp"
@@ -176,6 +177,32 @@ std::size_t quantize_jobs(const model& m, const quantize_options& options,
   return restored;
 }
 
+/// quantize_jobs for a distributed run (options.comm): the weights ready at the same point are
+/// quantized together (their solves spread over the ranks), then packed one by one.
+void quantize_jobs_distributed(const model& m, const quantize_options& options,
+                               detail::calibration_passes& cal,
+                               std::vector<detail::weight_job>& jobs, detail::name_set& names,
+                               std::optional<spill_writer>& spill, quantize_report& report) {
+  const auto references = detail::count_references(m.proto.graph());
+  quantize_progress progress;
+  for (std::size_t first = 0; first < jobs.size();) {
+    const std::size_t last = cal.set_end(first);
+    const auto start = std::chrono::steady_clock::now();
+    cal.quantize_set(first, last);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    for (std::size_t step = first; step < last; ++step) {
+      detail::weight_job& job = jobs[cal.order()[step]];
+      detail::build_tensors(m, options, job, names, report.tensors[job.report_index], references);
+      if (spill) spill->spill(job.tensors);
+      if (options.on_progress)
+        report_progress(options, cal, jobs, report, step, false,
+                        seconds / static_cast<double>(last - first), progress);
+    }
+    first = last;
+  }
+}
+
 /// The report's totals: weights quantized, bytes before and after (embedding tables included).
 void add_totals(quantize_report& report) {
   for (const tensor_report& r : report.tensors) {
@@ -222,6 +249,15 @@ quantize_report quantize_model(model& m, const quantize_options& options) {
 
   // 1. Options, regexes and overrides (throws before anything else).
   const detail::compiled_selection selection = detail::validate_options(options);
+  if (distributed(options.comm)) {
+    if (!options.resume.journal.empty())
+      throw option_error(model_error::kind::invalid, "resume.journal",
+                         "`resume.journal` is for one process: a distributed run (" +
+                             std::to_string(options.comm->size()) +
+                             " ranks) cannot resume; run it without a journal");
+    check_same_on_all_ranks(*options.comm, digest_of(detail::resume_fingerprint(m, options).dump()),
+                            "the model (its graph) or the options");
+  }
 
   // 2. What each weight gets.
   const std::vector<weight_info> weights = find_weights(m);
@@ -250,7 +286,10 @@ quantize_report quantize_model(model& m, const quantize_options& options) {
     journal.emplace(options.resume.journal, detail::resume_fingerprint(m, options));
   detail::calibration_passes cal(m, options, jobs, report);
   if (journal) cal.set_journal(&*journal);
-  report.weights_resumed = quantize_jobs(m, options, cal, jobs, names, spill, report);
+  if (distributed(options.comm))
+    quantize_jobs_distributed(m, options, cal, jobs, names, spill, report);
+  else
+    report.weights_resumed = quantize_jobs(m, options, cal, jobs, names, spill, report);
   detail::build_embeddings(m, options, emb_jobs, names, report);
   // Where each AWQ scale's 1/s goes (reads the model; may still throw).
   const std::vector<awq_fold_plan> folds = cal.fold_plans();

@@ -78,6 +78,8 @@ double number_of(const json& j) {
   return j.is_number() ? j.get<double>() : std::numeric_limits<double>::quiet_NaN();
 }
 
+}  // namespace
+
 /// The fields of a tensor_report that calibration fills (the writers fill the rest again).
 json report_fields(const tensor_report& r) {
   return {{"method", r.method},
@@ -94,6 +96,8 @@ json report_fields(const tensor_report& r) {
           {"clip_rtn_loss", number(r.clip_rtn_loss)}};
 }
 
+namespace {
+
 json span_json(std::uint64_t offset, std::uint64_t bytes) { return json::array({offset, bytes}); }
 
 /// Codes of up to 4 bits two per byte (the first in the low nibble), else one per byte.
@@ -105,6 +109,8 @@ std::vector<std::uint8_t> packed_codes(const xt::xtensor<std::uint8_t, 2>& codes
     out[i / 2] |= static_cast<std::uint8_t>((codes.data()[i] & 0x0f) << (i % 2 ? 4 : 0));
   return out;
 }
+
+}  // namespace
 
 /// The calibration fields of a report restored (the counterpart of report_fields).
 void restore_report_fields(const json& j, tensor_report& r) {
@@ -121,8 +127,6 @@ void restore_report_fields(const json& j, tensor_report& r) {
   r.clip_loss = number_of(j.at("clip_loss"));
   r.clip_rtn_loss = number_of(j.at("clip_rtn_loss"));
 }
-
-}  // namespace
 
 json resume_fingerprint(const model& m, const quantize_options& options) {
   json o = options_json(options);

@@ -37,6 +37,11 @@ struct journaled_weight {
 /// (nodes, initializer names, types and dims, inputs and outputs) and the caller's part.
 nlohmann::json resume_fingerprint(const model& m, const quantize_options& options);
 
+/// The fields of a tensor_report that calibration fills (method, rows, losses, AWQ alpha, ...), as
+/// JSON, and back: the journal keeps them, and distributed runs send them to every rank.
+nlohmann::json report_fields(const tensor_report& r);
+void restore_report_fields(const nlohmann::json& j, tensor_report& r);
+
 class resume_journal {
  public:
   /// Opens the journal of `options.resume`: when its manifest exists, checks its fingerprint

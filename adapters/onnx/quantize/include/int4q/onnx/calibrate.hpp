@@ -22,6 +22,7 @@
 #include <vector>
 
 #include <int4q/activation_stats.hpp>
+#include <int4q/onnx/communicator.hpp>
 #include <int4q/onnx/executor.hpp>
 #include <int4q/onnx/model.hpp>
 #include <int4q/onnx/weights.hpp>
@@ -54,6 +55,12 @@ struct collect_options {
   /// Where that scratch file is created (".int4q-activations-XXXXXXXX", removed when the
   /// calibration ends, by an error too); empty: the system's temporary directory.
   std::filesystem::path scratch_dir;
+  /// The ranks of a distributed run (null or one rank: this process alone). Data parallel: batch
+  /// b runs on rank b % size only; its rows go to every rank (broadcast, in batch order), and
+  /// each rank accumulates its share of H's tiles, joined by a sum at the end. Every rank then
+  /// holds the statistics, byte for byte, that one process computes alone. Every rank must read
+  /// the same batches (it keeps the inputs of its own).
+  communicator* comm = nullptr;
 };
 
 /// "Parallel" statistics of every weight in `weights` (by weight name; the rows of all uses of

@@ -212,6 +212,14 @@ struct quantize_options {
   /// Called after each weight with what is done and what is left (eta_seconds estimates the
   /// time left from it).
   std::function<void(const quantize_progress&)> on_progress;
+  /// The ranks of a distributed run (MPI: int4q::onnx::mpi_communicator; null: this process
+  /// alone). Every rank calls quantize_model with the same model and options: the calibration
+  /// batches are spread over the ranks (collect_options::comm), the GPTQ solves and AWQ searches
+  /// of the weights ready at the same point are divided among them and their results sent to
+  /// all, so every rank ends with the same quantized model, byte for byte the one a single
+  /// process makes (the caller saves it on one rank). Ranks that disagree about the model or the
+  /// options get a model_error before any work. Not with `resume` (one journal per run).
+  communicator* comm = nullptr;
 };
 
 /// Expected cost of quantizing one weight [K, N] with method `m` on `rows` calibration rows, in
