@@ -13,6 +13,9 @@
 //   INT4Q_BENCH_SAMPLES      calibration windows (default 64)
 //   INT4Q_BENCH_SEQ          tokens per window (default 128)
 //   INT4Q_BENCH_THREADS      --threads of the CLI (default 0: all cores)
+//   INT4Q_BENCH_RANKS        MPI ranks, comma separated (default 1: no mpiexec; "1,2,4" for the
+//                            issue-14 table): `mpiexec -np R int4q quantize ...`, each rank
+//                            with INT4Q_BENCH_THREADS threads (set it: 0 is all cores per rank)
 //
 // Counters per run (the child's numbers, from wait4):
 //   wall_s, cpu_s (user + sys), peak_rss_MB (the child's maximum resident set), TFLOP (the
@@ -23,7 +26,9 @@
 //   forward_s, weights_s, load_s, save_s (from the CLI's --report: weights_s is the sum of the
 //   per-weight "seconds", which run from reading the weight through its statistics and solve to its
 //   packed tensors; forward_s = the quantize phase minus weights_s: the executor's forward passes
-//   and the activation hooks; --auto's calibration and scoring are in auto_s), model_GB.
+//   and the activation hooks; --auto's calibration and scoring are in auto_s), model_GB;
+//   ranks, comm_MB_per_layer (what rank 0 sent and received, the report's communication_bytes,
+//   over the layers; with MPI the times are the whole job's, cpu_s all ranks' together).
 //
 // FLOP ideal (multiply-add = 2 FLOPs; T = S * seq tokens; per layer: the 7 linear weights
 // W [K, N], the 4 distinct activations that feed them: q/k/v share one (K = hidden), o one
@@ -188,14 +193,17 @@ double json_number(const nlohmann::json& j, const char* a, const char* b = nullp
 
 void bm_calibrated(benchmark::State& state, method m) {
   const int layers = static_cast<int>(state.range(0));
+  const int ranks = static_cast<int>(state.range(1));
   const auto o = int4q::test::llama_options::llama2_7b(layers);
   const fs::path model = model_path(layers);
   const fs::path tokens = token_file();
   const fs::path out = work_dir() / "out.onnx";
   const fs::path report = work_dir() / ("report_" + std::string(method_name(m)) + "_L" +
                                         std::to_string(layers) + ".json");
+  // Threads of the whole job: each rank runs the CLI's --threads.
   const int threads =
-      cli_threads() > 0 ? cli_threads() : static_cast<int>(std::thread::hardware_concurrency());
+      ranks *
+      (cli_threads() > 0 ? cli_threads() : static_cast<int>(std::thread::hardware_concurrency()));
   // The sgemm rates, measured in this process: wall-clock on the CLI's thread count (the machine
   // as it is now, loaded or not) and per CPU-second on one thread (load-independent).
   const double sgemm = int4q_bench::sgemm_reference(threads);
@@ -222,6 +230,16 @@ void bm_calibrated(benchmark::State& state, method m) {
     args.insert(args.end(), {"--auto", "--effective-bits", "4.5"});
   } else {
     args.insert(args.end(), {"--method", method_name(m)});
+  }
+  if (ranks > 1) {
+#if defined(INT4Q_MPIEXEC)
+    // --oversubscribe: more ranks than cores is allowed (a 2-core machine measuring 4 ranks).
+    args.insert(args.begin(), {INT4Q_MPIEXEC, "--allow-run-as-root", "--oversubscribe", "-np",
+                               std::to_string(ranks)});
+#else
+    state.SkipWithError("ranks > 1 needs MPI (int4q built without it)");
+    return;
+#endif
   }
   child_result r;
   for (auto _ : state) {
@@ -264,6 +282,8 @@ void bm_calibrated(benchmark::State& state, method m) {
   state.counters["forward_s"] = quantize_s - weights_s;
   state.counters["weights_s"] = weights_s;
   state.counters["save_s"] = json_number(rep, "timing", "save_seconds");
+  state.counters["ranks"] = ranks;
+  state.counters["comm_MB_per_layer"] = json_number(rep, "communication_bytes") / 1e6 / layers;
   state.counters["model_GB"] =
       static_cast<double>(fs::file_size(model) + fs::file_size(model.string() + ".data")) / 1e9;
   fs::remove(out);
@@ -271,15 +291,21 @@ void bm_calibrated(benchmark::State& state, method m) {
 }
 
 bool register_calibrated() {
-  std::vector<int> layer_counts;
-  std::stringstream list(env_or("INT4Q_BENCH_LAYERS", "1"));
-  for (std::string item; std::getline(list, item, ',');)
-    if (!item.empty()) layer_counts.push_back(std::stoi(item));
+  const auto numbers = [](const char* name) {
+    std::vector<int> out;
+    std::stringstream list(env_or(name, "1"));
+    for (std::string item; std::getline(list, item, ',');)
+      if (!item.empty()) out.push_back(std::stoi(item));
+    return out;
+  };
+  const std::vector<int> layer_counts = numbers("INT4Q_BENCH_LAYERS");
+  const std::vector<int> rank_counts = numbers("INT4Q_BENCH_RANKS");
   for (method m : {method::gptq, method::awq_full, method::autoq}) {
     auto* b = benchmark::RegisterBenchmark((std::string("calibrated/") + method_name(m)).c_str(),
                                            [m](benchmark::State& s) { bm_calibrated(s, m); });
-    b->ArgName("layers")->Iterations(1)->UseManualTime()->Unit(benchmark::kSecond);
-    for (int l : layer_counts) b->Arg(l);
+    b->ArgNames({"layers", "ranks"})->Iterations(1)->UseManualTime()->Unit(benchmark::kSecond);
+    for (int l : layer_counts)
+      for (int r : rank_counts) b->Args({l, r});
   }
   return true;
 }

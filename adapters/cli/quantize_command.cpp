@@ -385,6 +385,10 @@ nlohmann::json make_report(const quantize_command_options& o, const ox::quantize
                  {"quantize_seconds", f.quantize_s},
                  {"save_seconds", f.save_s},
                  {"total_seconds", f.total_s}};
+  // mpirun: the ranks and what rank 0 sent and received (tests/mpi, bench_onnx_calibrated).
+  const ox::communicator* comm = current_communicator();
+  j["ranks"] = comm ? comm->size() : 1;
+  j["communication_bytes"] = comm ? comm->bytes_moved() : 0;
   return j;
 }
 

@@ -78,12 +78,14 @@ class local_communicator final : public communicator {
   void broadcast(void* data, std::size_t bytes, int root) override {
     publish(data);
     s_->barrier();
+    bytes_ += bytes;
     if (rank_ != root && bytes > 0)
       std::memcpy(data, s_->pointers[static_cast<std::size_t>(root)], bytes);
     s_->barrier();  // the root's buffer is read by all before anyone goes on
   }
 
   void sum(double* data, std::size_t count) override {
+    bytes_ += 2 * count * sizeof(double);
     publish(data);
     s_->barrier();
     // Rank order, as one fixed sum: every rank computes the same values.
@@ -97,6 +99,7 @@ class local_communicator final : public communicator {
   }
 
   std::vector<std::uint64_t> all_gather(std::uint64_t v) override {
+    bytes_ += static_cast<std::uint64_t>(s_->ranks) * sizeof v;
     publish(&v);
     s_->barrier();
     std::vector<std::uint64_t> all;
@@ -107,6 +110,7 @@ class local_communicator final : public communicator {
   }
 
   [[noreturn]] void abort(int) override { std::abort(); }
+  std::uint64_t bytes_moved() const noexcept override { return bytes_; }
 
  private:
   void publish(void* p) {
@@ -115,6 +119,7 @@ class local_communicator final : public communicator {
   }
   std::shared_ptr<local_state> s_;
   int rank_;
+  std::uint64_t bytes_ = 0;
 };
 
 }  // namespace

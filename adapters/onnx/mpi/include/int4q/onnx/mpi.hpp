@@ -29,9 +29,7 @@ class mpi_communicator final : public communicator {
   std::vector<std::uint64_t> all_gather(std::uint64_t v) override;
   [[noreturn]] void abort(int code) override;
 
-  /// Bytes this rank has sent and received through it (a broadcast counts its payload once on
-  /// each rank; a sum twice: in and out), for the benchmarks' communication volume.
-  std::uint64_t bytes_moved() const noexcept { return bytes_; }
+  std::uint64_t bytes_moved() const noexcept override { return bytes_; }
 
  private:
   int rank_ = 0, size_ = 1;

@@ -28,6 +28,9 @@ class communicator {
   virtual void sum(double* data, std::size_t count) = 0;
   /// Every rank's `v`, in rank order, on every rank.
   virtual std::vector<std::uint64_t> all_gather(std::uint64_t v) = 0;
+  /// Payload bytes this rank has sent and received through it so far (a broadcast counts its
+  /// payload once on each rank, a sum twice: in and out): the communication volume.
+  virtual std::uint64_t bytes_moved() const noexcept = 0;
   /// Ends the whole job after an error on this rank (the others may wait in a collective).
   [[noreturn]] virtual void abort(int code) = 0;
 };
