@@ -33,8 +33,8 @@ struct activation_stats_options {
   std::size_t threads = 1;
   /// A share of H's work, for processes that all see every row: of the tiles of H's upper
   /// triangle (in their fixed order), this object accumulates tile i when
-  /// i % hessian_parts == hessian_part and leaves the others 0, so combine_hessian() (an
-  /// element-wise sum over the parts) gives, exactly, the H that one object makes alone.
+  /// i % hessian_parts == hessian_part and leaves the others 0; join_hessian() then gives every
+  /// part, exactly, the H that one object makes alone.
   std::size_t hessian_part = 0;
   std::size_t hessian_parts = 1;
 };
@@ -144,16 +144,32 @@ class activation_stats {
     return xt::adapt(h_.data(), k_ * k_, xt::no_ownership(), std::array<std::size_t, 2>{k_, k_});
   }
 
-  /// Joins the shares of H (activation_stats_options::hessian_part): `sum(data, count)` must
-  /// replace each of the `count` doubles of the raw accumulator at `data` by its sum over the
-  /// parts (e.g. an MPI all-reduce). Exact in any order: each element was accumulated by one
-  /// part, the others hold +0 (an accumulator that starts at +0 never becomes -0), and x + 0 = x.
-  /// After it this object holds the whole H and accumulates every tile.
-  template <class Sum>
-  void combine_hessian(Sum&& sum) {
+  /// Joins the shares of H (activation_stats_options::hessian_part) held by the parts' objects,
+  /// tile by tile in their fixed order: `broadcast(data, count, part)` must copy the `count`
+  /// doubles at `data` from the object of part `part` (the tile's owner, which packed its tile
+  /// there) to every other part's `data` (e.g. MPI_Bcast from rank `part`). Each part then holds
+  /// exactly the H one object accumulates alone (every tile is copied, not summed), and
+  /// accumulates every tile from then on. Every part sends its tiles once and receives the
+  /// others': K^2 / 2 doubles in all.
+  template <class Broadcast>
+  void join_hessian(Broadcast&& broadcast) {
     if (!o_.hessian) return;
     flush_hessian();
-    sum(h_.data(), h_.size());
+    std::vector<double> tile;
+    for_each_tile(
+        [&](std::size_t index, std::size_t a0, std::size_t b0, std::size_t na, std::size_t nb) {
+          const std::size_t owner = index % o_.hessian_parts;
+          tile.resize(na * nb);
+          if (owner == o_.hessian_part) {
+            for (std::size_t a = 0; a < na; ++a)
+              std::copy_n(h_.data() + (a0 + a) * k_ + b0, nb, tile.data() + a * nb);
+          }
+          broadcast(tile.data(), tile.size(), owner);
+          if (owner != o_.hessian_part) {
+            for (std::size_t a = 0; a < na; ++a)
+              std::copy_n(tile.data() + a * nb, nb, h_.data() + (a0 + a) * k_ + b0);
+          }
+        });
     o_.hessian_part = 0;
     o_.hessian_parts = 1;
   }
@@ -202,17 +218,25 @@ class activation_stats {
     add_block(pending_.data(), pending_rows_);
     pending_rows_ = 0;
   }
+  /// f(index, a0, b0, na, nb) for the tiles of H's upper triangle (ta <= tb, rows a0..a0+na,
+  /// columns b0..b0+nb), numbered in their fixed order (row of tiles by row of tiles).
+  template <class F>
+  void for_each_tile(F&& f) const {
+    const std::size_t t = hessian_tile;
+    const std::size_t tiles = (k_ + t - 1) / t;
+    std::size_t index = 0;
+    for (std::size_t ta = 0; ta < tiles; ++ta)
+      for (std::size_t tb = ta; tb < tiles; ++tb, ++index)
+        f(index, ta * t, tb * t, std::min(t, k_ - ta * t), std::min(t, k_ - tb * t));
+  }
   /// H[a, b] += sum over the block's rows of x[a] x[b] for b >= a: each tile (ta <= tb) of the
   /// upper triangle is one float gemm X[:, ta]^T X[:, tb] over the block's rows, added in double.
   void add_block(const float* x, std::size_t rows) const {
     const std::size_t t = hessian_tile;
-    const std::size_t tiles = (k_ + t - 1) / t;
-    std::vector<std::pair<std::size_t, std::size_t>> pairs;
-    pairs.reserve(tiles * (tiles + 1) / 2);
-    std::size_t index = 0;
-    for (std::size_t ta = 0; ta < tiles; ++ta)
-      for (std::size_t tb = ta; tb < tiles; ++tb, ++index)
-        if (index % o_.hessian_parts == o_.hessian_part) pairs.emplace_back(ta * t, tb * t);
+    std::vector<std::pair<std::size_t, std::size_t>> pairs;  // this part's tiles
+    for_each_tile([&](std::size_t index, std::size_t a0, std::size_t b0, std::size_t, std::size_t) {
+      if (index % o_.hessian_parts == o_.hessian_part) pairs.emplace_back(a0, b0);
+    });
     detail::parallel_for(pairs.size(), o_.threads, [&](std::size_t i) {
       const std::size_t a0 = pairs[i].first, b0 = pairs[i].second;
       const std::size_t na = std::min(t, k_ - a0), nb = std::min(t, k_ - b0);

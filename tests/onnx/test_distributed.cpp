@@ -6,6 +6,8 @@
 // checked against plain loops.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <exception>
 #include <filesystem>
@@ -16,6 +18,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <xtensor/xtensor.hpp>
 
 #include <int4q/activation_stats.hpp>
 #include <int4q/onnx/auto_quantize.hpp>
@@ -60,9 +64,8 @@ void on_ranks(int ranks, const std::function<void(int, ox::communicator&)>& f) {
 
 // ---- the collectives and H's shares ----------------------------------------------------------
 
-TEST(LocalGroup, BroadcastSumAndGatherMatchPlainLoops) {
+TEST(LocalGroup, BroadcastAndGatherReachEveryRank) {
   const int ranks = 3;
-  std::vector<std::vector<double>> sums(ranks);
   std::vector<std::vector<std::uint64_t>> gathered(ranks);
   std::vector<std::vector<int>> received(ranks);
   on_ranks(ranks, [&](int r, ox::communicator& c) {
@@ -72,14 +75,10 @@ TEST(LocalGroup, BroadcastSumAndGatherMatchPlainLoops) {
     if (r == 1) v = {7, 8, 9, 10};
     ox::broadcast_vector(c, v, 1);
     received[r] = v;
-    std::vector<double> x = {double(r), 0.5 * r, 1.0};
-    c.sum(x.data(), x.size());
-    sums[r] = x;
     gathered[r] = c.all_gather(100 + static_cast<std::uint64_t>(r));
   });
   for (int r = 0; r < ranks; ++r) {
     EXPECT_EQ(received[r], (std::vector<int>{7, 8, 9, 10}));
-    EXPECT_EQ(sums[r], (std::vector<double>{0 + 1 + 2, 0 + 0.5 + 1.0, 3.0}));
     EXPECT_EQ(gathered[r], (std::vector<std::uint64_t>{100, 101, 102}));
   }
 }
@@ -99,9 +98,9 @@ TEST(LocalGroup, RanksThatDisagreeAreNamed) {
   }
 }
 
-/// H of activation_stats split in `parts` shares (each share accumulating its tiles), joined by
-/// an element-wise sum, equals the H of one object exactly; both equal X^T X in double within
-/// the float blocks' rounding.
+/// H of activation_stats split in `parts` shares (each accumulating its tiles, on its own
+/// thread-rank), joined by join_hessian over broadcasts, equals the H of one object exactly on
+/// every part; that H equals X^T X in double within the float blocks' rounding.
 TEST(ActivationStatsShares, JoinedSharesEqualOneObjectExactly) {
   const std::size_t k = 600, rows = 1100;  // 3 tiles of 256 per side, 3 blocks of 512 rows
   std::mt19937 gen(5);
@@ -111,37 +110,24 @@ TEST(ActivationStatsShares, JoinedSharesEqualOneObjectExactly) {
   int4q::activation_stats whole(k);
   whole.add(x.data(), rows);
   const auto h = whole.hessian();
-  for (const std::size_t parts : {2u, 3u, 4u}) {
-    std::vector<int4q::activation_stats> shares;
-    for (std::size_t p = 0; p < parts; ++p) {
+  for (const int parts : {2, 3, 4}) {
+    std::vector<xt::xtensor<double, 2>> joined(static_cast<std::size_t>(parts));
+    on_ranks(parts, [&](int r, ox::communicator& c) {
       int4q::activation_stats_options o;
-      o.hessian_part = p;
-      o.hessian_parts = parts;
-      shares.emplace_back(k, o);
-      shares.back().add(x.data(), rows);
-    }
-    // The sum over the shares (the first's accumulator receives it, then gives it to the rest).
-    std::vector<double> total;
-    for (auto& s : shares) {
-      s.combine_hessian([&](double* d, std::size_t n) {
-        if (total.empty()) {
-          total.assign(n, 0.0);
-          for (auto& t : shares) {
-            if (&t == &s) {
-              for (std::size_t i = 0; i < n; ++i) total[i] += d[i];
-            } else {
-              const auto u = t.hessian_upper();  // not yet joined: its own tiles only
-              for (std::size_t i = 0; i < n; ++i) total[i] += u.data()[i];
-            }
-          }
-        }
-        std::copy(total.begin(), total.end(), d);
+      o.hessian_part = static_cast<std::size_t>(r);
+      o.hessian_parts = static_cast<std::size_t>(parts);
+      int4q::activation_stats share(k, o);
+      share.add(x.data(), 700);  // in two calls: blocks count from the first row
+      share.add(x.data() + 700 * k, rows - 700);
+      share.join_hessian([&](double* d, std::size_t n, std::size_t owner) {
+        c.broadcast(d, n * sizeof(double), static_cast<int>(owner));
       });
-    }
-    for (auto& s : shares) {
-      const auto hs = s.hessian();
+      joined[static_cast<std::size_t>(r)] = share.hessian();
+    });
+    for (int r = 0; r < parts; ++r) {
+      const auto& hs = joined[static_cast<std::size_t>(r)];
       for (std::size_t i = 0; i < hs.size(); ++i)
-        ASSERT_EQ(hs.data()[i], h.data()[i]) << parts << " parts, element " << i;
+        ASSERT_EQ(hs.data()[i], h.data()[i]) << parts << " parts, part " << r << ", element " << i;
     }
   }
   // Against the definition, in double: the float blocks' error bound (activation_stats.hpp).
@@ -246,11 +232,16 @@ class Distributed : public ::testing::TestWithParam<run_case> {
     int4q::test::set_blas_threads(1);
   }
 
-  /// Every rank's model equals the single-process one, for 2, 3 and 4 ranks.
+  /// Every rank's model equals the single-process one, for 2, 3 and 4 ranks, and the ranks
+  /// did share the data: each received at least the calibration rows of one weight's input.
   void expect_same_bytes(const subject& s) {
     ox::model alone = *s.model;
-    ox::quantize_model(alone, options_for(GetParam(), s));
+    const ox::quantize_report report = ox::quantize_model(alone, options_for(GetParam(), s));
     const std::string expected = serialized(alone);
+    std::uint64_t input_bytes = 0;
+    for (const ox::tensor_report& t : report.tensors)
+      input_bytes = std::max<std::uint64_t>(input_bytes, t.calibration_rows * t.k * 4);
+    ASSERT_GT(input_bytes, 0u);
     for (const int ranks : {2, 3, 4}) {
       std::vector<std::string> bytes(static_cast<std::size_t>(ranks));
       on_ranks(ranks, [&](int r, ox::communicator& c) {
@@ -259,6 +250,7 @@ class Distributed : public ::testing::TestWithParam<run_case> {
         o.comm = &c;
         ox::quantize_model(m, o);
         bytes[static_cast<std::size_t>(r)] = serialized(m);
+        EXPECT_GE(c.bytes_moved(), input_bytes) << "rank " << r << ": no data-parallel rows";
       });
       for (int r = 0; r < ranks; ++r)
         EXPECT_TRUE(bytes[static_cast<std::size_t>(r)] == expected)

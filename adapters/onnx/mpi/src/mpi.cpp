@@ -58,18 +58,6 @@ void mpi_communicator::broadcast(void* data, std::size_t bytes, int root) {
   bytes_ += bytes;
 }
 
-void mpi_communicator::sum(double* data, std::size_t count) {
-  const std::size_t piece = piece_bytes / sizeof(double);
-  for (std::size_t done = 0; done < count;) {
-    const std::size_t n = std::min(piece, count - done);
-    check(MPI_Allreduce(MPI_IN_PLACE, data + done, static_cast<int>(n), MPI_DOUBLE, MPI_SUM,
-                        MPI_COMM_WORLD),
-          "MPI_Allreduce");
-    done += n;
-  }
-  bytes_ += 2 * count * sizeof(double);
-}
-
 std::vector<std::uint64_t> mpi_communicator::all_gather(std::uint64_t v) {
   std::vector<std::uint64_t> all(static_cast<std::size_t>(size_));
   check(MPI_Allgather(&v, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD),

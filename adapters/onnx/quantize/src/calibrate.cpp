@@ -66,10 +66,12 @@ activation_stats_options stats_share(const collect_options& o) {
   return s;
 }
 
-/// Joins the ranks' shares of H (exact: see activation_stats::combine_hessian).
+/// Joins the ranks' shares of H: each tile from its rank to all (activation_stats::join_hessian).
 void combine(activation_stats& s, const collect_options& o) {
   if (!distributed(o.comm)) return;
-  s.combine_hessian([&](double* data, std::size_t count) { o.comm->sum(data, count); });
+  s.join_hessian([&](double* data, std::size_t count, std::size_t owner) {
+    o.comm->broadcast(data, count * sizeof(double), static_cast<int>(owner));
+  });
 }
 
 /// Rows of `count` x `k` floats from rank `owner` to every rank (the owner's `data` is sent,

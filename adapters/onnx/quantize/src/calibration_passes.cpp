@@ -117,6 +117,7 @@ calibration_passes::calibration_passes(const model& m, const quantize_options& o
   co_.stats.threads = options.threads;
   co_.activation_budget_bytes = options.calibration.activation_budget_bytes;
   co_.scratch_dir = options.calibration.scratch_dir;
+  co_.comm = options.comm;  // distributed: data-parallel statistics
   std::vector<const weight_info*> calibrated;
   for (const weight_job& job : jobs)
     if (job.algo != method::rtn) calibrated.push_back(job.info);

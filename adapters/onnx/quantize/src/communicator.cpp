@@ -84,20 +84,6 @@ class local_communicator final : public communicator {
     s_->barrier();  // the root's buffer is read by all before anyone goes on
   }
 
-  void sum(double* data, std::size_t count) override {
-    bytes_ += 2 * count * sizeof(double);
-    publish(data);
-    s_->barrier();
-    // Rank order, as one fixed sum: every rank computes the same values.
-    std::vector<double> total(count, 0.0);
-    for (int r = 0; r < s_->ranks; ++r) {
-      const double* p = static_cast<const double*>(s_->pointers[static_cast<std::size_t>(r)]);
-      for (std::size_t i = 0; i < count; ++i) total[i] += p[i];
-    }
-    s_->barrier();  // all have read every rank's data before any is overwritten
-    std::copy(total.begin(), total.end(), data);
-  }
-
   std::vector<std::uint64_t> all_gather(std::uint64_t v) override {
     bytes_ += static_cast<std::uint64_t>(s_->ranks) * sizeof v;
     publish(&v);

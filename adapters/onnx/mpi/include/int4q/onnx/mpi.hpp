@@ -25,7 +25,6 @@ class mpi_communicator final : public communicator {
   int rank() const noexcept override { return rank_; }
   int size() const noexcept override { return size_; }
   void broadcast(void* data, std::size_t bytes, int root) override;
-  void sum(double* data, std::size_t count) override;
   std::vector<std::uint64_t> all_gather(std::uint64_t v) override;
   [[noreturn]] void abort(int code) override;
 

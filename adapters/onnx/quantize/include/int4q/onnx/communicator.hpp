@@ -24,12 +24,10 @@ class communicator {
   virtual int size() const noexcept = 0;
   /// `bytes` bytes at `data` from rank `root` to every rank (the same count on all ranks).
   virtual void broadcast(void* data, std::size_t bytes, int root) = 0;
-  /// Element-wise sum over the ranks of `count` doubles, in place, the result on every rank.
-  virtual void sum(double* data, std::size_t count) = 0;
   /// Every rank's `v`, in rank order, on every rank.
   virtual std::vector<std::uint64_t> all_gather(std::uint64_t v) = 0;
   /// Payload bytes this rank has sent and received through it so far (a broadcast counts its
-  /// payload once on each rank, a sum twice: in and out): the communication volume.
+  /// payload once on each rank): the communication volume.
   virtual std::uint64_t bytes_moved() const noexcept = 0;
   /// Ends the whole job after an error on this rank (the others may wait in a collective).
   [[noreturn]] virtual void abort(int code) = 0;
