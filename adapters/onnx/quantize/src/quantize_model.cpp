@@ -193,6 +193,10 @@ void quantize_jobs_distributed(const model& m, const quantize_options& options,
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     for (std::size_t step = first; step < last; ++step) {
       detail::weight_job& job = jobs[cal.order()[step]];
+      // The report's seconds: an equal share of the set's time, then its own packing.
+      job.started = std::chrono::steady_clock::now() -
+                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                        std::chrono::duration<double>(seconds / double(last - first)));
       detail::build_tensors(m, options, job, names, report.tensors[job.report_index], references);
       if (spill) spill->spill(job.tensors);
       if (options.on_progress)
