@@ -322,6 +322,58 @@ TEST(AutoPlan, ScoreIsTheHessianWeightedError) {
   EXPECT_NEAR(p.weights[0].scores[0], ref, 1e-6 * ref);
 }
 
+// Scores on 700-column siblings (three chunks of columns for H D): the same bits for 1, 2 and 3
+// threads, and each sibling's score (the second takes the H accumulated for the first) equal to
+// ||X W - X Q||_F^2 computed from the rows.
+TEST(AutoPlan, ScoresAreTheSameForAnyThreadCountAndSiblingsShareH) {
+  constexpr std::size_t K = 64, N = 700;
+  graph_builder g;
+  g.input("x", onnx_float, {-1, 64});
+  g.initializer("wa", onnx_float, {64, 700}, random_values(K * N, 21));
+  g.initializer("wb", onnx_float, {64, 700}, random_values(K * N, 22, 0.1f));
+  g.matmul("a", "x", "wa", "ya");
+  g.matmul("b", "x", "wb", "yb");
+  g.output("ya", onnx_float, {-1, 700});
+  g.output("yb", onnx_float, {-1, 700});
+  const ox::model m = g.model();
+  std::vector<ox::quant_plan> plans;
+  for (const std::size_t threads : {1, 2, 3}) {
+    ox::quantize_options q;
+    q.lm_head = ox::lm_head_policy::quantize;
+    q.threads = threads;
+    q.calibration.data = random_batches(3);
+    ox::auto_options a;
+    a.effective_bits = 6;
+    plans.push_back(ox::auto_plan(m, q, a));
+  }
+  ASSERT_EQ(plans[0].weights.size(), 2u);
+  for (const auto& p : plans) {
+    EXPECT_EQ(ox::to_json(p).dump(), ox::to_json(plans[0]).dump());
+    for (std::size_t i = 0; i < 2; ++i)
+      EXPECT_EQ(p.weights[i].scores, plans[0].weights[i].scores);  // bitwise
+  }
+  int4q::quant_config c;
+  c.group_size = 32;
+  for (std::size_t i = 0; i < 2; ++i) {
+    const auto w = i == 0 ? random_values(K * N, 21) : random_values(K * N, 22, 0.1f);
+    auto W = xt::xtensor<float, 2>::from_shape({K, N});
+    std::copy(w.begin(), w.end(), W.begin());
+    const xt::xtensor<float, 2> Q = int4q::dequant(int4q::quant_tensor(W, c));
+    double ref = 0;
+    for (std::uint32_t b = 0; b < 3; ++b) {
+      const auto x = random_values(16 * K, 100 + b);
+      for (std::size_t r = 0; r < 16; ++r) {
+        for (std::size_t n = 0; n < N; ++n) {
+          double e = 0;
+          for (std::size_t k = 0; k < K; ++k) e += double(x[r * K + k]) * (W(k, n) - Q(k, n));
+          ref += e * e;
+        }
+      }
+    }
+    EXPECT_NEAR(plans[0].weights[i].scores[0], ref, 1e-6 * ref) << i;
+  }
+}
+
 TEST(AutoPlan, InfeasibleBudgetNamesTheSmallestFeasibleOne) {
   const ox::model m = sibling_graph();
   ox::quantize_options q;

@@ -324,6 +324,24 @@ TEST_F(CliQuantize, ThreadCountDoesNotChangeTheOutput) {
       << "--threads 1 and --threads 2 must write byte-identical files";
 }
 
+TEST_F(CliQuantize, AutoPlanThreadCountDoesNotChangeTheOutput) {
+  require_devgpt();
+  auto with = [&](const std::string& threads) {
+    return run({"quantize", devgpt.string(), "-o", "a" + threads + ".onnx", "--auto",
+                "--effective-bits", "5", "--calib", (devgpt_dir / "devgpt_cal.u8").string(),
+                "--calib-samples", "4", "--plan-out", "a" + threads + ".json", "--threads", threads,
+                "-q"});
+  };
+  const result a = with("1");
+  ASSERT_EQ(a.status, 0) << describe(a);
+  const result b = with("2");
+  ASSERT_EQ(b.status, 0) << describe(b);
+  EXPECT_TRUE(read_text(dir_ / "a1.onnx") == read_text(dir_ / "a2.onnx"))
+      << "--auto: --threads 1 and --threads 2 must write byte-identical files";
+  EXPECT_TRUE(read_text(dir_ / "a1.json") == read_text(dir_ / "a2.json"))
+      << "--auto: the plan (scores) must not depend on the thread count";
+}
+
 TEST_F(CliQuantize, GptqWithCalibrationDataReportsItsLossesAndIgnoresThreads) {
   require_devgpt();
   const std::vector<std::string> base = {"quantize",

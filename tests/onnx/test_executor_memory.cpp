@@ -241,6 +241,116 @@ TEST_F(ExecutorMemory, ReplacedWeightIsNotConverted) {
   EXPECT_THROW(ox::executor(ext, ox::executor_options{1, 0}).run(in, hooks), ox::model_error);
 }
 
+// Gather from a large stored table (an embedding) reads only the rows its indices name: the
+// same bits as the whole table converted (cache 0 and default, external and inline, fp16, bf16,
+// fp32), with negative, repeated and 2-D indices; axis 1 and indices naming most rows take the
+// whole table; an index out of range is refused with the node's message either way.
+TEST_F(ExecutorMemory, GatherFromLargeTableReadsRowsAsTheWholeTable) {
+  for (const int type : {onnx_float16, onnx_bfloat16, onnx_float}) {
+    const std::int64_t rows = 300, width = 96;  // 57 KB as bf16/fp16: above 64 KiB only as fp32
+    const std::int64_t big_rows = type == onnx_float ? rows : 2 * rows;
+    const std::vector<float> table = random_values(std::size_t(big_rows * width), 21);
+    const std::vector<std::int64_t> ids = {7, -1, 7, 0, 255, 256, 3, -300, 42, 43, 44, 7};
+    graph_builder g;
+    g.input("ids", int4q::test::onnx_int64, {3, 4});
+    g.input("cols", int4q::test::onnx_int64, {2});
+    g.initializer("table", type, {big_rows, width}, table);
+    g.node("Gather", {"table", "ids"}, {"rows"}, "gather_rows");
+    int4q::test::set_attr(g.node("Gather", {"table", "cols"}, {"by_cols"}, "gather_cols"), "axis",
+                          1);
+    g.output("rows", onnx_float, {3, 4, width});
+    g.output("by_cols", onnx_float, {big_rows, 2});
+    const ox::model ext = save_external(g.proto(), dir_, "table.onnx", "table.bin");
+    ASSERT_TRUE(ox::is_external(ext.proto.graph().initializer(0)));
+    ox::model inline_model;
+    inline_model.proto = g.proto();
+    const std::map<std::string, ox::value> in{{"ids", ox::value::ints({3, 4}, ids)},
+                                              {"cols", ox::value::ints({2}, {5, -2})}};
+    const auto out = ox::executor(ext, ox::executor_options{1, 0}).run(in);
+    // Against the stored values, gathered by a plain loop.
+    const std::vector<float> stored = int4q::test::rounded_to(type, table);
+    const ox::value& r = out.at("rows");
+    ASSERT_EQ(r.shape, (std::vector<std::int64_t>{3, 4, width}));
+    for (std::size_t e = 0; e < ids.size(); ++e) {
+      const std::int64_t row = ids[e] < 0 ? ids[e] + big_rows : ids[e];
+      for (std::int64_t c = 0; c < width; ++c)
+        ASSERT_EQ(r.f[e * width + c], stored[std::size_t(row * width + c)]) << type << " " << e;
+    }
+    for (std::int64_t row = 0; row < big_rows; ++row) {
+      ASSERT_EQ(out.at("by_cols").f[row * 2], stored[row * width + 5]);
+      ASSERT_EQ(out.at("by_cols").f[row * 2 + 1], stored[row * width + width - 2]);
+    }
+    for (const std::size_t cache : {std::size_t{0}, std::size_t{1} << 30}) {
+      expect_same_outputs(out, ox::executor(ext, ox::executor_options{2, cache}).run(in),
+                          "external, cache " + std::to_string(cache));
+      expect_same_outputs(out, ox::executor(inline_model, ox::executor_options{1, cache}).run(in),
+                          "inline, cache " + std::to_string(cache));
+    }
+    // Most rows named: the whole table (the same values).
+    std::vector<std::int64_t> many(static_cast<std::size_t>(big_rows));
+    for (std::size_t k = 0; k < many.size(); ++k) many[k] = std::int64_t(many.size() - 1 - k);
+    graph_builder g2;
+    g2.input("ids", int4q::test::onnx_int64, {big_rows});
+    g2.initializer("table", type, {big_rows, width}, table);
+    g2.node("Gather", {"table", "ids"}, {"rows"}, "gather_all");
+    g2.output("rows", onnx_float, {big_rows, width});
+    const ox::model ext2 = save_external(g2.proto(), dir_, "all.onnx", "all.bin");
+    const auto all = ox::executor(ext2, ox::executor_options{1, 0})
+                         .run({{"ids", ox::value::ints({big_rows}, many)}});
+    for (std::size_t k = 0; k < many.size(); ++k)
+      ASSERT_EQ(all.at("rows").f[k * width], stored[std::size_t(many[k] * width)]);
+    // Out of range: op_gather's error on the whole table.
+    std::vector<std::int64_t> bad = ids;
+    bad[5] = big_rows;
+    const std::map<std::string, ox::value> bad_in{{"ids", ox::value::ints({3, 4}, bad)},
+                                                  {"cols", ox::value::ints({2}, {5, -2})}};
+    std::string sliced_error, whole_error;
+    try {
+      ox::executor(ext, ox::executor_options{1, 0}).run(bad_in);
+    } catch (const ox::model_error& e) {
+      sliced_error = e.what();
+    }
+    try {
+      ox::executor(inline_model, ox::executor_options{1, 0}).run(bad_in);
+    } catch (const ox::model_error& e) {
+      whole_error = e.what();
+    }
+    EXPECT_NE(sliced_error.find("gather_rows"), std::string::npos) << sliced_error;
+    EXPECT_EQ(sliced_error, whole_error);
+  }
+}
+
+// tensor_reader::read_floats_at: any range equals the same elements of read_floats, for
+// external and inline tensors; a range past the end is refused naming the tensor.
+TEST_F(ExecutorMemory, ReaderRangesEqualTheWholeTensor) {
+  const ::onnx::ModelProto proto = mixed_model();
+  const ox::model ext = save_external(proto, dir_, "mixed.onnx", "mixed.bin", 0);
+  ox::model inline_model;
+  inline_model.proto = proto;
+  for (const ox::model* m : std::vector<const ox::model*>{&ext, &inline_model}) {
+    const ox::tensor_reader reader(*m);
+    for (const auto& t : m->proto.graph().initializer()) {
+      const std::size_t n = ox::to_value(reader, t).size();
+      std::vector<float> whole(n);
+      reader.read_floats(t, whole.data(), n);
+      for (const std::size_t first : {std::size_t{0}, std::size_t{1}, n / 3, n - 5}) {
+        const std::size_t count = std::min<std::size_t>(777, n - first);
+        std::vector<float> part(count);
+        reader.read_floats_at(t, first, count, part.data());
+        ASSERT_TRUE(std::equal(part.begin(), part.end(), whole.begin() + first))
+            << t.name() << " at " << first;
+      }
+      float one = 0;
+      try {
+        reader.read_floats_at(t, n, 1, &one);
+        ADD_FAILURE() << "no error past the end of " << t.name();
+      } catch (const ox::model_error& e) {
+        EXPECT_NE(std::string(e.what()).find(t.name()), std::string::npos) << e.what();
+      }
+    }
+  }
+}
+
 // devgpt (13 MB of fp32 weights, most above the small-initializer size): the same logits, bit
 // for bit, with no cache, a cache smaller than one weight and the default.
 TEST(ExecutorMemoryDevgpt, SameBitsForAnyCacheSize) {

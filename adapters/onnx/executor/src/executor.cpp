@@ -934,6 +934,52 @@ std::unique_ptr<executor::graph_plan> make_plan(const model& m, const ::onnx::Gr
   return p;
 }
 
+/// Gather on axis 0 of a large stored float table (an embedding: 32000 x 4096 fp16 is 0.5 GB
+/// as fp32, and a window of 128 tokens reads 128 rows): only the rows the indices name are read
+/// and converted, into `rows` ([u, ...], sorted distinct rows), and `renumbered` holds the
+/// indices as positions in it, so that op_gather on the two gives what it gives on the whole
+/// table. Returns false (nothing done; the table goes through the weight cache) when the node is
+/// another op or axis, an index is out of range (op_gather reports it on the table) or the
+/// indices name more than half the rows.
+bool slice_gather_table(const NodeProto& n, const TensorProto& t, const value* indices,
+                        const tensor_reader& reader, value& rows, value& renumbered) {
+  if (n.op_type() != "Gather" || !(n.domain().empty() || n.domain() == "ai.onnx")) return false;
+  if (!indices || indices->type != value_type::int64 || t.dims_size() == 0 ||
+      elem_type_of(t.data_type()) == elem_type::other)
+    return false;
+  const std::int64_t axis = attr_int(n, "axis", 0);
+  if (axis != 0 && axis != -t.dims_size()) return false;
+  const std::int64_t dim = t.dims(0);
+  std::vector<std::int64_t> ids = indices->i;
+  for (std::int64_t& v : ids) {
+    if (v < 0) v += dim;
+    if (v < 0 || v >= dim) return false;
+  }
+  std::vector<std::int64_t> distinct = ids;
+  std::sort(distinct.begin(), distinct.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  if (distinct.size() > static_cast<std::size_t>(dim) / 2) return false;
+  std::size_t inner = 1;
+  for (int k = 1; k < t.dims_size(); ++k) inner *= static_cast<std::size_t>(t.dims(k));
+  rows.type = value_type::float32;
+  rows.shape.assign(t.dims().begin(), t.dims().end());
+  rows.shape[0] = static_cast<std::int64_t>(distinct.size());
+  rows.f.resize(distinct.size() * inner);
+  for (std::size_t a = 0; a < distinct.size();) {  // runs of consecutive rows: one read each
+    std::size_t b = a + 1;
+    while (b < distinct.size() && distinct[b] == distinct[b - 1] + 1) ++b;
+    reader.read_floats_at(t, static_cast<std::size_t>(distinct[a]) * inner, (b - a) * inner,
+                          rows.f.data() + a * inner);
+    a = b;
+  }
+  renumbered.type = indices->type;
+  renumbered.shape = indices->shape;
+  renumbered.i.resize(ids.size());
+  for (std::size_t e = 0; e < ids.size(); ++e)
+    renumbered.i[e] = std::lower_bound(distinct.begin(), distinct.end(), ids[e]) - distinct.begin();
+  return true;
+}
+
 using lookup_fn = std::function<const value*(const std::string&)>;
 
 /// Runs the nodes of `p` with the values in `env` (inputs already there), names not found in
@@ -979,6 +1025,7 @@ void run_nodes(const model& m, executor::weight_cache& cache, const executor::gr
   std::vector<value> results;
   inputs_t in;
   std::vector<std::size_t> deferred;  // large initializers the hook says it replaces
+  value table_rows, table_indices;    // a Gather's rows of a large table (slice_gather_table)
   for (int k = begin; k < end; ++k) {
     const NodeProto& n = g.node(k);
     const node_context c{n, p.has_subgraph[static_cast<std::size_t>(k)] ? &run_sub : nullptr};
@@ -995,6 +1042,15 @@ void run_nodes(const model& m, executor::weight_cache& cache, const executor::gr
         deferred.push_back(in.size());
         in.push_back(nullptr);
         continue;
+      }
+      if (in.empty() && n.input_size() == 2 && !env.count(name)) {
+        const auto l = p.large.find(name);
+        if (l != p.large.end() && !n.input(1).empty() &&
+            slice_gather_table(n, *l->second, lookup(n.input(1)), cache.reader, table_rows,
+                               table_indices)) {
+          in = {&table_rows, &table_indices};
+          break;
+        }
       }
       const value* v = lookup(name);
       if (!v) c.fail("input '" + name + "' is not computed before the node (graph not sorted?)");

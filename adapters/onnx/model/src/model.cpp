@@ -852,14 +852,24 @@ void tensor_reader::read(const TensorProto& t, const payload_sink& sink) const {
   }
 }
 
-void tensor_reader::read_floats(const TensorProto& t, float* out, std::size_t count) const {
+namespace {
+
+/// t's float element type; throws model_error(unsupported) for any other type.
+elem_type float_type_of(const TensorProto& t) {
   const elem_type type = elem_type_of(t.data_type());
-  const std::size_t size = elem_size(type);
   if (type == elem_type::other) {
     throw model_error(kind::unsupported, tensor_label(t) + " has data type " +
                                              std::to_string(t.data_type()) +
                                              ": expected float32, float16, bfloat16 or float64");
   }
+  return type;
+}
+
+}  // namespace
+
+void tensor_reader::read_floats(const TensorProto& t, float* out, std::size_t count) const {
+  const elem_type type = float_type_of(t);
+  const std::size_t size = elem_size(type);
   std::size_t done = 0;  // elements converted so far
   read(t, [&](const std::uint8_t* bytes, std::size_t n) {
     if (n % size != 0 || n / size > count - done) {
@@ -874,6 +884,55 @@ void tensor_reader::read_floats(const TensorProto& t, float* out, std::size_t co
                                          " elements, not the " + std::to_string(count) +
                                          " expected");
   }
+}
+
+void tensor_reader::read_floats_at(const TensorProto& t, std::size_t first, std::size_t count,
+                                   float* out) const {
+  const elem_type type = float_type_of(t);
+  const std::size_t size = elem_size(type);
+  check_dims(t, "");
+  const std::uint64_t elements = tensor_element_count(t).value_or(0);
+  if (first > elements || count > elements - first) {
+    throw model_error(kind::invalid, tensor_label(t) + ": elements [" + std::to_string(first) +
+                                         ", +" + std::to_string(count) + ") are past its " +
+                                         std::to_string(elements) + " elements");
+  }
+  if (count == 0) return;
+  const std::uint64_t at = std::uint64_t(first) * size, bytes = std::uint64_t(count) * size;
+  if (!is_external(t) && t.has_raw_data()) {
+    if (t.raw_data().size() != elements * size) {
+      throw model_error(kind::invalid, tensor_label(t) + " holds " +
+                                           std::to_string(t.raw_data().size()) +
+                                           " bytes of data but dims " + dims_string(t) + " need " +
+                                           std::to_string(elements * size) + ": fix the model");
+    }
+    to_float(reinterpret_cast<const std::uint8_t*>(t.raw_data().data()) + at, type, count, out);
+    return;
+  }
+  if (!is_external(t)) {  // typed fields: the whole payload, then the range
+    const std::vector<std::uint8_t> all = read_tensor_bytes(m_, t);
+    to_float(all.data() + at, type, count, out);
+    return;
+  }
+  const external_span span = locate_external(m_, t);
+  const int fd = files_->fd(t, span.file);
+  std::vector<std::uint8_t> buffer(static_cast<std::size_t>(bytes));
+  std::uint64_t got = 0;
+  while (got < bytes) {
+    const ssize_t n = ::pread(fd, buffer.data() + got, static_cast<std::size_t>(bytes - got),
+                              static_cast<off_t>(span.offset + at + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int e = n < 0 ? errno : 0;
+      throw model_error(kind::io, tensor_label(t) + ": cannot read " + std::to_string(bytes) +
+                                      " bytes at offset " + std::to_string(span.offset + at) +
+                                      " of " + quoted(span.file) + " (" +
+                                      (e ? errno_text(e) : std::string("end of file")) +
+                                      "): the data file changed since the model was loaded");
+    }
+    got += static_cast<std::uint64_t>(n);
+  }
+  to_float(buffer.data(), type, count, out);
 }
 
 namespace {

@@ -248,8 +248,10 @@ void check_auto_options(const quantize_options& options, const auto_options& a) 
 namespace {
 
 /// One weight's plan entry: the stored bits and the score trace(dW^T H dW) of every candidate
-/// (dW = W - qdq(W) on the candidate's grid).
-plan_weight score_weight(const model& m, const weight_info& w, const xt::xtensor<double, 2>& h,
+/// (dW = W - qdq(W) on the candidate's grid), H the upper triangle of h [K, K] (row-major).
+/// The products H dW run on options.threads over fixed chunks of columns and the terms are
+/// summed as hessian_loss sums them: the same scores for any thread count.
+plan_weight score_weight(const model& m, const weight_info& w, const double* h,
                          const std::vector<auto_candidate>& cands, const quantize_options& options,
                          bool score = true) {
   int4q::quant_options qo;
@@ -271,13 +273,22 @@ plan_weight score_weight(const model& m, const weight_info& w, const xt::xtensor
     auto d = xt::xtensor<double, 2>::from_shape({w.k, w.n});
     for (std::size_t i = 0; i < d.size(); ++i)
       d.data()[i] = double(lw.data()[i]) - double(dq.data()[i]);
-    pw.scores.push_back(int4q::hessian_loss(h, d));  // trace(D^T H D)
+    double score = 0;  // trace(D^T H D), the terms in row-major order of D
+    int4q::detail::hessian_loss_rows(
+        h, w.k, d.data(), w.n,
+        [&](std::size_t, const double* terms) {
+          for (std::size_t n = 0; n < w.n; ++n) score += terms[n];
+        },
+        options.threads);
+    pw.scores.push_back(score);
   }
   return pw;
 }
 
 /// Every weight scored on its Hessian, gathered in passes over the calibration data whose
 /// statistics fit parallel_stats_bytes (one pass without rewind); in the order of `ws`.
+/// Weights with one use each that multiply the same input (q/k/v, gate/up) have the same H:
+/// it is accumulated once, for the first of them, and scores each.
 std::vector<plan_weight> score_weights(const model& m, const std::vector<const weight_info*>& ws,
                                        const std::vector<auto_candidate>& cands,
                                        const quantize_options& options, const auto_options& a) {
@@ -290,25 +301,39 @@ std::vector<plan_weight> score_weights(const model& m, const std::vector<const w
   // scores sent to all once the pass's weights are done.
   co.comm = options.comm;
   communicator* comm = distributed(options.comm) ? options.comm : nullptr;
+  const auto owner = [&](std::size_t i) {
+    return comm ? static_cast<int>(i % static_cast<std::size_t>(comm->size())) : 0;
+  };
+  std::vector<std::size_t> source(ws.size());  // index in ws of the weight whose H it takes
+  std::vector<const weight_info*> accumulated;
+  std::map<std::string, std::size_t> first_of;
+  for (std::size_t i = 0; i < ws.size(); ++i) {
+    source[i] = i;
+    if (ws[i]->uses.size() == 1)
+      source[i] =
+          first_of.emplace(input_of(m, *ws[i]) + "\n" + std::to_string(ws[i]->k), i).first->second;
+    if (source[i] == i) accumulated.push_back(ws[i]);
+  }
+  std::map<std::string, std::size_t> last_reader;  // source weight name -> last index using it
+  for (std::size_t i = 0; i < ws.size(); ++i) last_reader[ws[source[i]]->name] = i;
   const auto passes =
-      detail::split_into_passes(ws, co.stats, options.calibration.parallel_stats_bytes,
+      detail::split_into_passes(accumulated, co.stats, options.calibration.parallel_stats_bytes,
                                 static_cast<bool>(options.calibration.rewind));
-  std::vector<plan_weight> out;
+  std::vector<plan_weight> out(ws.size());
   for (std::size_t p = 0; p < passes.size(); ++p) {
     if (p > 0) options.calibration.rewind();
     auto got = collect_activation_stats(m, passes[p], options.calibration.data, co);
-    const std::size_t first = out.size();
-    for (std::size_t i = 0; i < passes[p].size(); ++i) {
-      const weight_info* w = passes[p][i];
-      const bool mine =
-          !comm || static_cast<int>(i % static_cast<std::size_t>(comm->size())) == comm->rank();
-      const xt::xtensor<double, 2> h = mine ? got.at(w->name).hessian() : xt::xtensor<double, 2>();
-      got.erase(w->name);
-      out.push_back(score_weight(m, *w, h, cands, options, mine));
+    std::vector<std::size_t> scored;  // this pass's weights
+    for (std::size_t i = 0; i < ws.size(); ++i) {
+      const auto it = got.find(ws[source[i]]->name);
+      if (it == got.end()) continue;  // another pass's
+      const bool mine = !comm || owner(i) == comm->rank();
+      out[i] = score_weight(m, *ws[i], it->second.hessian_upper().data(), cands, options, mine);
+      scored.push_back(i);
+      if (last_reader.at(it->first) == i) got.erase(it);  // memory: freed once scored
     }
-    for (std::size_t i = 0; comm && i < passes[p].size(); ++i)
-      broadcast_vector(*comm, out[first + i].scores,
-                       static_cast<int>(i % static_cast<std::size_t>(comm->size())));
+    for (const std::size_t i : scored)
+      if (comm) broadcast_vector(*comm, out[i].scores, owner(i));
   }
   return out;
 }

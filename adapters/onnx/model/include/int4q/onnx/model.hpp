@@ -99,6 +99,11 @@ class tensor_reader {
   /// A float tensor (fp32, fp16, bf16 or fp64) converted into `out` (`count` elements, the
   /// tensor's element count), piece by piece. Throws model_error.
   void read_floats(const ::onnx::TensorProto& t, float* out, std::size_t count) const;
+  /// Elements [first, first + count) of a float tensor (fp32, fp16, bf16 or fp64; row-major)
+  /// converted into `out`, reading only their bytes (external data: positioned reads of that
+  /// range), as read_floats converts them. Throws model_error (type, range past the tensor).
+  void read_floats_at(const ::onnx::TensorProto& t, std::size_t first, std::size_t count,
+                      float* out) const;
 
  private:
   struct files;
