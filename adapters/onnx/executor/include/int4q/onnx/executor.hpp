@@ -79,6 +79,30 @@ struct executor_options {
 /// The operators the executor implements (default domain), sorted.
 std::vector<std::string> supported_ops();
 
+/// Where a run's wall time went (run_hooks::profile): accumulated over every run given the same
+/// profile, main graph and subgraphs together. Only measured when asked (two clock reads per
+/// node); never changes what a run computes.
+struct run_profile {
+  struct entry {
+    std::size_t calls = 0;
+    double seconds = 0;
+  };
+  /// Time inside each operator, by registry key (op_type; "<domain>::<op_type>" outside the
+  /// default domain): the operator's arithmetic, its output allocation and copies.
+  std::map<std::string, entry> ops;
+  /// Converting large initializers to the executor's values (weight cache misses; included in
+  /// `inputs`).
+  entry weight_conversion;
+  /// Resolving each node's inputs (environment and initializer lookups, weight conversion).
+  entry inputs;
+  /// In run_hooks::before_node (statistics collection, weight swaps).
+  entry hooks;
+  /// Storing outputs and freeing values after their last reader.
+  entry release;
+  /// Whole runs (run(), or each advance()/finish()), everything above included.
+  entry total;
+};
+
 /// What run() tells a caller while it runs the main graph (all optional).
 struct run_hooks {
   /// Called before each node (of the main graph and of subgraphs) with its index in its graph,
@@ -94,6 +118,8 @@ struct run_hooks {
   /// before_node as nullptr instead of being converted first, and converted only if the hook
   /// leaves it null. Unset: every input is resolved before the hook.
   std::function<bool(const ::onnx::NodeProto& node, const std::string& name)> replaces;
+  /// Optional: accumulates where the run's time goes (the caller's; one run at a time).
+  run_profile* profile = nullptr;
 };
 
 /// Runs the main graph of a model. Construction checks the graph: every operator must be
