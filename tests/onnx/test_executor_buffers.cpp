@@ -2,7 +2,8 @@
 // frees after them and into buffers of freed values, and split large elementwise and row-wise
 // work over threads in fixed items. Checked here: a chain of such operators on tensors larger
 // than one work item against plain loops in double; byte-identical outputs for 1, 2 and 3
-// threads and for a run where no input may be taken over (a hook hands every operator copies);
+// threads, for later runs of one executor (reusing the buffers of earlier runs, or not) and for
+// a run where no input may be taken over (a hook hands every operator copies);
 // graph outputs and inputs read twice by one node are never overwritten; run_profile counts
 // what ran.
 #include <gtest/gtest.h>
@@ -139,6 +140,15 @@ TEST(ExecutorBuffers, ChainMatchesPlainLoopsAndIsTheSameForAnyThreadCount) {
   for (const std::size_t threads : {std::size_t{2}, std::size_t{3}})
     expect_same_bits(one, ox::executor(c.m, ox::executor_options{threads}).run(c.in),
                      std::to_string(threads) + " threads");
+  // Later runs reuse the buffers the earlier ones left (kept_buffer_bytes), or none.
+  ox::executor_options none;
+  none.threads = 2;
+  none.kept_buffer_bytes = 0;
+  for (const ox::executor_options& o : {ox::executor_options{2}, none}) {
+    const ox::executor e(c.m, o);
+    for (int run = 0; run < 3; ++run)
+      expect_same_bits(one, e.run(c.in), "run " + std::to_string(run));
+  }
 
   // Every operator handed copies (the hook's own values): nothing is taken over or overwritten,
   // and the outputs are the same bits.

@@ -1117,10 +1117,31 @@ void run_nodes(const model& m, executor::weight_cache& cache, const executor::gr
 executor::executor(const model& m, std::size_t threads)
     : executor(m, executor_options{threads, executor_options{}.weight_cache_bytes}) {}
 
+/// The buffers of finished runs for the next ones (one pool: a run takes it whole when it starts
+/// and the finished run with the most buffers leaves its own).
+struct executor::spare_buffers {
+  explicit spare_buffers(std::size_t bytes) : max_bytes(bytes) {}
+  buffer_pool take() {
+    buffer_pool out;
+    const std::lock_guard<std::mutex> lock(mutex);
+    std::swap(out, pool);  // the spare left empty
+    return out;
+  }
+  void give(buffer_pool& p) {
+    p.lower_limit(max_bytes);
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (p.bytes() > pool.bytes()) std::swap(pool, p);
+  }
+  const std::size_t max_bytes;
+  std::mutex mutex;
+  buffer_pool pool;
+};
+
 executor::executor(const model& m, const executor_options& options)
     : m_(m),
       threads_(options.threads),
-      cache_(std::make_shared<weight_cache>(m, options.weight_cache_bytes)) {
+      cache_(std::make_shared<weight_cache>(m, options.weight_cache_bytes)),
+      spare_(std::make_shared<spare_buffers>(options.kept_buffer_bytes)) {
   std::set<std::string> unsupported;
   collect_unsupported(m.proto.graph(), unsupported);
   if (!unsupported.empty()) {
@@ -1190,6 +1211,7 @@ executor::session executor::start(const std::map<std::string, value>& inputs) co
   auto st = std::make_unique<session::state>();
   st->plan = plan_.get();
   st->cache = cache_.get();
+  st->pool = spare_->take();
   for (const auto& [name, v] : inputs) {
     bool known = false;
     for (const auto& in : g.input()) known = known || in.name() == name;
@@ -1251,8 +1273,10 @@ std::map<std::string, value> executor::finish(session& s, const run_hooks& hooks
                         "graph output '" + o.name() + "' is never computed");
     outputs[o.name()] = *i;
   }
+  for (auto& [name, v] : s.s_->env) s.s_->pool.recycle(v.f);
   s.s_->env.clear();
   s.s_->found.clear();
+  spare_->give(s.s_->pool);
   return outputs;
 }
 

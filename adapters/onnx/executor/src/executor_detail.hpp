@@ -116,6 +116,13 @@ class buffer_pool {
   }
   /// Raises the bound to `bytes` if it is larger.
   void raise_limit(std::size_t bytes) { limit_ = std::max(limit_, bytes); }
+  /// Lowers the bound to `bytes` if it is smaller, dropping the oldest buffers above it.
+  void lower_limit(std::size_t bytes) {
+    limit_ = std::min(limit_, bytes);
+    trim();
+  }
+  /// Bytes of the buffers kept.
+  std::size_t bytes() const noexcept { return bytes_; }
 
  private:
   void trim() {

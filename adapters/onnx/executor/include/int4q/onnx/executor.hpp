@@ -74,6 +74,11 @@ struct executor_options {
   /// layer one batch after another, converts each weight once per stretch, not once per batch.
   /// 0: convert at every use (least memory; outputs are the same).
   std::size_t weight_cache_bytes = std::size_t{1} << 30;
+  /// Bytes of freed activation buffers kept from one run to the next, whose outputs then reuse
+  /// them instead of faulting in fresh memory (within a run, freed buffers are reused up to the
+  /// run's peak of live values). 0: a run gives every buffer back when it finishes. Outputs are
+  /// the same either way.
+  std::size_t kept_buffer_bytes = std::size_t{256} << 20;
 };
 
 /// The operators the executor implements (default domain), sorted.
@@ -179,6 +184,7 @@ class executor {
 
   struct graph_plan;
   struct weight_cache;
+  struct spare_buffers;
 
  private:
   const model& m_;
@@ -189,6 +195,8 @@ class executor {
   std::shared_ptr<const graph_plan> plan_;
   /// Large initializers converted, shared by the runs (thread-safe).
   std::shared_ptr<weight_cache> cache_;
+  /// Buffers a finished run left for the next one (executor_options::kept_buffer_bytes).
+  std::shared_ptr<spare_buffers> spare_;
 };
 
 }  // namespace onnx
