@@ -1254,6 +1254,9 @@ void executor::advance(session& s, int end_node, const run_hooks& hooks) const {
   s.s_->found.clear();
   run_nodes(m_, *cache_, *plan_, s.s_->env, nullptr, &hooks, s.s_->next, end);
   s.s_->next = end;
+  // A session paused mid-graph (sequential calibration quantizes meanwhile, and counts only
+  // the live values, value_bytes()) holds no spare buffers.
+  if (end < m_.proto.graph().node_size()) s.s_->pool.clear();
   if (hooks.profile) add_time(hooks.profile->total, start);
 }
 

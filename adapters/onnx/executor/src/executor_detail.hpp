@@ -81,8 +81,9 @@ struct node_context {
 ///
 /// Bounded: the buffers kept never exceed a limit in bytes (the executor sets it to the largest
 /// bytes of live values seen in the run, so a run's peak is at most twice its activations) and
-/// 64 buffers; the oldest go first. A buffer serves requests of n floats when its capacity is
-/// within [n, 2n] (a small tensor does not pin a large buffer).
+/// 64 buffers; the oldest go first. A session paused mid-graph keeps none, a finished run
+/// leaves at most executor_options::kept_buffer_bytes to the next. A buffer serves requests of
+/// n floats when its capacity is within [n, 2n] (a small tensor does not pin a large buffer).
 class buffer_pool {
  public:
   /// n floats, contents unspecified (every element must be written).
@@ -123,6 +124,11 @@ class buffer_pool {
   }
   /// Bytes of the buffers kept.
   std::size_t bytes() const noexcept { return bytes_; }
+  /// Frees every buffer kept (the bound stays).
+  void clear() noexcept {
+    kept_.clear();
+    bytes_ = 0;
+  }
 
  private:
   void trim() {

@@ -65,8 +65,8 @@ inline constexpr std::size_t small_initializer_bytes = std::size_t{64} << 10;
 
 /// How an executor runs.
 struct executor_options {
-  /// Of the executor's own parallel loops (MatMul/Gemm/Conv row blocks, attention heads;
-  /// 0 = all cores).
+  /// Of the executor's own parallel loops (MatMul/Gemm/Conv row blocks, attention heads,
+  /// elementwise and row-wise operators in fixed items; 0 = all cores).
   std::size_t threads = 0;
   /// Bytes of converted large initializers kept between uses (LRU). The default, 1 GiB, holds a
   /// whole Llama-7B layer in fp32 (q, k, v, o: 4 x 64 MiB; gate, up, down: 3 x 172 MiB; 0.75
