@@ -2,6 +2,7 @@
 #include <int4q/onnx/executor.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -51,7 +52,8 @@ void op_constant(const node_context& c, const model& m, const inputs_t&, std::ve
 }
 
 void op_identity(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
-  out.push_back(need(c, in, 0));
+  need(c, in, 0);
+  out.push_back(input_or_copy(c, in, 0));
 }
 
 void op_cast(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
@@ -130,6 +132,7 @@ void op_gather(const node_context& c, const model&, const inputs_t& in, std::vec
   r.shape.insert(r.shape.end(), data.shape.begin() + static_cast<std::ptrdiff_t>(axis) + 1,
                  data.shape.end());
   if (data.type == value_type::float32) {
+    r.f = new_floats(outer * ids.size() * inner);
     gather_rows(data.f, r.f, outer, static_cast<std::size_t>(dim), ids, inner);
   } else {
     gather_rows(data.i, r.i, outer, static_cast<std::size_t>(dim), ids, inner);
@@ -150,16 +153,17 @@ void op_unsqueeze(const node_context& c, const model&, const inputs_t& in,
   for (std::int64_t& ax : axes) ax = normalize_axis(c, ax, rank);
   std::sort(axes.begin(), axes.end());
   if (std::adjacent_find(axes.begin(), axes.end()) != axes.end()) c.fail("axes repeat");
-  value r = a;
-  r.shape.clear();
+  shape_t shape;
   std::size_t src = 0;
   for (std::size_t k = 0; k < rank; ++k) {
     if (std::binary_search(axes.begin(), axes.end(), static_cast<std::int64_t>(k))) {
-      r.shape.push_back(1);
+      shape.push_back(1);
     } else {
-      r.shape.push_back(a.shape[src++]);
+      shape.push_back(a.shape[src++]);
     }
   }
+  value r = input_or_copy(c, in, 0);  // the data unchanged: taken over when a is freed now
+  r.shape = std::move(shape);
   out.push_back(std::move(r));
 }
 
@@ -191,7 +195,7 @@ void op_reshape(const node_context& c, const model&, const inputs_t& in, std::ve
   }
   if (static_cast<std::int64_t>(numel(target)) != total)
     c.fail("cannot reshape " + dims_string(a.shape) + " to " + dims_string(target));
-  value r = a;
+  value r = input_or_copy(c, in, 0);  // the data unchanged: taken over when a is freed now
   r.shape = target;
   out.push_back(std::move(r));
 }
@@ -210,6 +214,7 @@ value strided(const value& a, const shape_t& start, const shape_t& step, const s
   r.shape = count;
   if (numel(count) == 0) return r;
   if (a.type == value_type::float32) {
+    r.f = new_floats(numel(count));
     copy_view(a.f, count, view, offset, r.f);
   } else {
     copy_view(a.i, count, view, offset, r.i);
@@ -323,19 +328,21 @@ void op_concat(const node_context& c, const model&, const inputs_t& in, std::vec
   for (std::size_t d = 0; d < axis; ++d) outer *= static_cast<std::size_t>(first.shape[d]);
   auto run = [&](auto member) {
     auto& dst = r.*member;
-    dst.reserve(r.size());
+    auto o = dst.begin();
     for (std::size_t p = 0; p < outer; ++p) {
       for (const value* v : in) {
         const std::size_t block = v->size() / std::max<std::size_t>(outer, 1);
         const auto& src = v->*member;
-        dst.insert(dst.end(), src.begin() + static_cast<std::ptrdiff_t>(p * block),
-                   src.begin() + static_cast<std::ptrdiff_t>((p + 1) * block));
+        o = std::copy(src.begin() + static_cast<std::ptrdiff_t>(p * block),
+                      src.begin() + static_cast<std::ptrdiff_t>((p + 1) * block), o);
       }
     }
   };
   if (r.type == value_type::float32) {
+    r.f = new_floats(r.size());
     run(&value::f);
   } else {
+    r.i.resize(r.size());
     run(&value::i);
   }
   out.push_back(std::move(r));
@@ -366,6 +373,7 @@ void op_transpose(const node_context& c, const model&, const inputs_t& in,
   shape_t view_strides(rank);
   for (std::size_t k = 0; k < rank; ++k) view_strides[k] = st[static_cast<std::size_t>(perm[k])];
   if (a.type == value_type::float32) {
+    r.f = new_floats(numel(r.shape));
     copy_view(a.f, r.shape, view_strides, 0, r.f);
   } else {
     copy_view(a.i, r.shape, view_strides, 0, r.i);
@@ -395,7 +403,7 @@ void op_where(const node_context& c, const model&, const inputs_t& in, std::vect
   r.type = x.type;
   r.shape = broadcast_shapes(c, {&cond.shape, &x.shape, &y.shape});
   auto select = [&](const auto& xs, const auto& ys, auto& rs) {
-    rs.resize(numel(r.shape));
+    if (rs.empty()) rs.resize(numel(r.shape));
     broadcast_walk<3>(r.shape, {&cond.shape, &x.shape, &y.shape},
                       [&](std::size_t o, const std::array<std::size_t, 3>& p,
                           const std::array<std::size_t, 3>& d, std::size_t len) {
@@ -405,6 +413,7 @@ void op_where(const node_context& c, const model&, const inputs_t& in, std::vect
                       });
   };
   if (r.type == value_type::float32) {
+    r.f = new_floats(numel(r.shape));
     select(x.f, y.f, r.f);
   } else {
     select(x.i, y.i, r.i);
@@ -453,22 +462,28 @@ void op_softmax(const node_context& c, const model& m, const inputs_t& in,
   } else {
     for (std::size_t k = axis; k < rank; ++k) len *= static_cast<std::size_t>(a.shape[k]);
   }
-  value r = a;
-  if (inner == 1) {  // the last axis: rows in place, exp vectorized
-    for (std::size_t p = 0; p < outer; ++p) {
-      float* x = r.f.data() + p * len;
-      float mx = -INFINITY;
-      for (std::size_t k = 0; k < len; ++k) mx = std::max(mx, x[k]);
-      for (std::size_t k = 0; k < len; ++k) x[k] -= mx;
-      exp_in_place(x, len);
-      double sum = 0;
-      for (std::size_t k = 0; k < len; ++k) sum += x[k];
-      const auto inv = static_cast<float>(1.0 / sum);
-      for (std::size_t k = 0; k < len; ++k) x[k] *= inv;
-    }
+  if (inner == 1) {  // the last axis: rows, exp vectorized, the rows over the threads
+    const float* src = a.f.data();
+    value r = c.take_input(in, 0) ? std::move(*c.take_input(in, 0)) : new_float_value(a.shape);
+    float* dst = r.f.data();
+    parallel_ranges(outer, rows_per_item(len), [&](std::size_t p0, std::size_t p1) {
+      for (std::size_t p = p0; p < p1; ++p) {
+        const float* s = src + p * len;
+        float* x = dst + p * len;
+        float mx = -INFINITY;
+        for (std::size_t k = 0; k < len; ++k) mx = std::max(mx, s[k]);
+        for (std::size_t k = 0; k < len; ++k) x[k] = s[k] - mx;
+        exp_in_place(x, len);
+        double sum = 0;
+        for (std::size_t k = 0; k < len; ++k) sum += x[k];
+        const auto inv = static_cast<float>(1.0 / sum);
+        for (std::size_t k = 0; k < len; ++k) x[k] *= inv;
+      }
+    });
     out.push_back(std::move(r));
     return;
   }
+  value r = a;
   for (std::size_t p = 0; p < outer; ++p) {
     for (std::size_t q = 0; q < inner; ++q) {
       float* x = r.f.data() + p * len * inner + q;
@@ -499,30 +514,47 @@ void op_layer_norm(const node_context& c, const model&, const inputs_t& in,
   for (std::size_t k = 0; k < axis; ++k) outer *= static_cast<std::size_t>(x.shape[k]);
   for (std::size_t k = axis; k < x.shape.size(); ++k) len *= static_cast<std::size_t>(x.shape[k]);
   const shape_t norm_shape(x.shape.begin() + static_cast<std::ptrdiff_t>(axis), x.shape.end());
-  const auto is = broadcast_index(scale.shape, norm_shape);
-  const auto ib = bias ? broadcast_index(bias->shape, norm_shape) : std::vector<std::size_t>();
-  value r = x;
+  // Scale and bias broadcast to one row (the common case, already a row, is used as it is).
+  std::vector<float> scale_row, bias_row;
+  auto row_of = [&](const value& v, std::vector<float>& own) -> const float* {
+    if (v.shape == norm_shape) return v.f.data();
+    const auto idx = broadcast_index(v.shape, norm_shape);
+    own.resize(idx.size());
+    for (std::size_t k = 0; k < idx.size(); ++k) own[k] = v.f[idx[k]];
+    return own.data();
+  };
+  const float* sc = row_of(scale, scale_row);
+  const float* bi = bias ? row_of(*bias, bias_row) : nullptr;
   // Optional outputs 1 and 2: the mean and 1 / sqrt(var + epsilon), shape [x.shape[:axis], 1...].
   shape_t stat_shape(x.shape.begin(), x.shape.begin() + static_cast<std::ptrdiff_t>(axis));
   stat_shape.resize(x.shape.size(), 1);
   value means = value::floats(stat_shape, std::vector<float>(outer));
   value inv_std = value::floats(stat_shape, std::vector<float>(outer));
-  for (std::size_t p = 0; p < outer; ++p) {
-    float* v = r.f.data() + p * len;
-    double mean = 0, var = 0;
-    for (std::size_t k = 0; k < len; ++k) mean += v[k];
-    mean /= static_cast<double>(len);
-    for (std::size_t k = 0; k < len; ++k) var += (v[k] - mean) * (v[k] - mean);
-    var /= static_cast<double>(len);
-    const double inv = 1.0 / std::sqrt(var + eps);
-    means.f[p] = static_cast<float>(mean);
-    inv_std.f[p] = static_cast<float>(inv);
-    for (std::size_t k = 0; k < len; ++k) {
-      double y = (v[k] - mean) * inv * scale.f[is[k]];
-      if (bias) y += bias->f[ib[k]];
-      v[k] = static_cast<float>(y);
+  const float* src = x.f.data();
+  value r = c.take_input(in, 0) ? std::move(*c.take_input(in, 0)) : new_float_value(x.shape);
+  float* dst = r.f.data();
+  // Each row in double as before; the rows over the threads.
+  parallel_ranges(outer, rows_per_item(len), [&](std::size_t p0, std::size_t p1) {
+    for (std::size_t p = p0; p < p1; ++p) {
+      const float* v = src + p * len;
+      float* o = dst + p * len;
+      double mean = 0, var = 0;
+      for (std::size_t k = 0; k < len; ++k) mean += v[k];
+      mean /= static_cast<double>(len);
+      for (std::size_t k = 0; k < len; ++k) var += (v[k] - mean) * (v[k] - mean);
+      var /= static_cast<double>(len);
+      const double inv = 1.0 / std::sqrt(var + eps);
+      means.f[p] = static_cast<float>(mean);
+      inv_std.f[p] = static_cast<float>(inv);
+      if (bi) {
+        for (std::size_t k = 0; k < len; ++k)
+          o[k] = static_cast<float>((v[k] - mean) * inv * sc[k] + bi[k]);
+      } else {
+        for (std::size_t k = 0; k < len; ++k)
+          o[k] = static_cast<float>((v[k] - mean) * inv * sc[k]);
+      }
     }
-  }
+  });
   out.push_back(std::move(r));
   out.push_back(std::move(means));
   out.push_back(std::move(inv_std));
@@ -571,7 +603,7 @@ void exec::matmul_values(const node_context& c, const inputs_t& in, std::vector<
   r.shape = batch;
   r.shape.push_back(M);
   r.shape.push_back(N);
-  r.f.resize(numel(r.shape));
+  r.f = new_floats(numel(r.shape));  // every element written below
   const auto mk = static_cast<std::size_t>(M * K), kn = static_cast<std::size_t>(K * N),
              mn = static_cast<std::size_t>(M * N);
   if (bb.empty() || numel(bb) == 1) {
@@ -812,12 +844,26 @@ struct executor::graph_plan {
   std::vector<bool> has_subgraph;
 };
 
+using profile_clock = std::chrono::steady_clock;
+
+namespace {
+
+/// Adds the time since `start` to `e` (one more call); returns now.
+profile_clock::time_point add_time(run_profile::entry& e, profile_clock::time_point start) {
+  const profile_clock::time_point now = profile_clock::now();
+  e.seconds += std::chrono::duration<double>(now - start).count();
+  ++e.calls;
+  return now;
+}
+
+}  // namespace
+
 /// Large initializers converted, least recently used last; dropped from the back once their
 /// bytes pass `capacity`. Values are shared: a node holding one keeps it alive after a drop.
 struct executor::weight_cache {
   weight_cache(const model& m, std::size_t capacity_bytes) : reader(m), capacity(capacity_bytes) {}
 
-  std::shared_ptr<const value> get(const TensorProto& t) {
+  std::shared_ptr<const value> get(const TensorProto& t, run_profile* profile = nullptr) {
     {
       const std::lock_guard<std::mutex> lock(mutex);
       const auto it = index.find(&t);
@@ -828,7 +874,10 @@ struct executor::weight_cache {
     }
     // Converted outside the lock: other runs go on meanwhile (two runs may convert the same
     // tensor at once; the values are equal and the first one in is kept).
+    const profile_clock::time_point start =
+        profile ? profile_clock::now() : profile_clock::time_point();
     auto v = std::make_shared<const value>(to_value(reader, t));
+    if (profile) add_time(profile->weight_conversion, start);
     const std::size_t size = v->f.size() * sizeof(float) + v->i.size() * sizeof(std::int64_t);
     const std::lock_guard<std::mutex> lock(mutex);
     const auto it = index.find(&t);
@@ -862,12 +911,13 @@ using pins_t = std::vector<std::shared_ptr<const value>>;
 /// The initializer `name` of `p`: small ones from the plan, large ones from the cache (held in
 /// `pins`); nullptr when `p` has none.
 const value* plan_initializer(const executor::graph_plan& p, executor::weight_cache& cache,
-                              const std::string& name, pins_t& pins) {
+                              const std::string& name, pins_t& pins,
+                              run_profile* profile = nullptr) {
   const auto i = p.initializers.find(name);
   if (i != p.initializers.end()) return &i->second;
   const auto l = p.large.find(name);
   if (l == p.large.end()) return nullptr;
-  pins.push_back(cache.get(*l->second));
+  pins.push_back(cache.get(*l->second, profile));
   return pins.back().get();
 }
 
@@ -989,11 +1039,12 @@ void run_nodes(const model& m, executor::weight_cache& cache, const executor::gr
                std::unordered_map<std::string, value>& env, const lookup_fn& outer,
                const run_hooks* hooks, int begin, int end) {
   const ::onnx::GraphProto& g = *p.graph;
+  run_profile* const profile = hooks ? hooks->profile : nullptr;
   pins_t pins;  // the large initializers the running node reads, released after it
   const lookup_fn lookup = [&](const std::string& name) -> const value* {
     const auto e = env.find(name);
     if (e != env.end()) return &e->second;
-    if (const value* v = plan_initializer(p, cache, name, pins)) return v;
+    if (const value* v = plan_initializer(p, cache, name, pins, profile)) return v;
     return outer ? outer(name) : nullptr;
   };
   const subgraph_runner run_sub = [&](const ::onnx::GraphProto& sg,
@@ -1026,10 +1077,19 @@ void run_nodes(const model& m, executor::weight_cache& cache, const executor::gr
   inputs_t in;
   std::vector<std::size_t> deferred;  // large initializers the hook says it replaces
   value table_rows, table_indices;    // a Gather's rows of a large table (slice_gather_table)
+  std::vector<value*> dying;          // node_context::dying
+  buffer_pool* const pool = current_pool_slot();
+  // Frees env[name] (its float buffer to the run's pool).
+  auto release = [&](std::unordered_map<std::string, value>::iterator it) {
+    if (pool) pool->recycle(it->second.f);
+    return env.erase(it);
+  };
   for (int k = begin; k < end; ++k) {
     const NodeProto& n = g.node(k);
-    const node_context c{n, p.has_subgraph[static_cast<std::size_t>(k)] ? &run_sub : nullptr};
+    const bool sub = p.has_subgraph[static_cast<std::size_t>(k)];
+    const node_context c{n, sub ? &run_sub : nullptr, &dying};
     const bool hook = hooks && hooks->before_node;
+    profile_clock::time_point t0 = profile ? profile_clock::now() : profile_clock::time_point();
     in.clear();
     deferred.clear();
     for (const std::string& name : n.input()) {
@@ -1056,27 +1116,55 @@ void run_nodes(const model& m, executor::weight_cache& cache, const executor::gr
       if (!v) c.fail("input '" + name + "' is not computed before the node (graph not sorted?)");
       in.push_back(v);
     }
+    if (profile) t0 = add_time(profile->inputs, t0);
     if (hook) hooks->before_node(k, n, in);
+    if (profile && hook) t0 = add_time(profile->hooks, t0);
     for (const std::size_t d : deferred)  // not replaced after all: the initializer
       if (!in[d]) in[d] = lookup(n.input(static_cast<int>(d)));
+    // Inputs the operator may take over: values of this graph's env (not initializers, not
+    // values a hook put in) whose last reader this node is, read through one input only.
+    dying.assign(in.size(), nullptr);
+    if (!sub) {
+      for (int q = 0; q < n.input_size(); ++q) {
+        const std::string& name = n.input(q);
+        if (name.empty()) continue;
+        const auto lu = p.last_use.find(name);
+        const auto e = env.find(name);
+        if (lu == p.last_use.end() || lu->second != k || e == env.end() ||
+            in[static_cast<std::size_t>(q)] != &e->second)
+          continue;
+        int uses = 0;
+        for (const std::string& other : n.input()) uses += other == name;
+        if (uses == 1) dying[static_cast<std::size_t>(q)] = &e->second;
+      }
+    }
     results.clear();
     (*p.ops[static_cast<std::size_t>(k)])(c, m, in, results);
+    if (profile) t0 = add_time(profile->ops[op_key(n)], t0);
     if (results.size() < static_cast<std::size_t>(n.output_size()))
       c.fail("produced fewer outputs than the node has");
     for (int o = 0; o < n.output_size(); ++o) {
       if (!n.output(o).empty()) env[n.output(o)] = std::move(results[static_cast<std::size_t>(o)]);
     }
+    if (pool) {  // the pool may keep as many bytes as the run has had live at once
+      std::size_t live = 0;
+      for (const auto& [name, v] : env) live += v.f.capacity() * sizeof(float);
+      pool->raise_limit(live);
+    }
     pins.clear();
     for (const std::string& name : n.input()) {
       const auto lu = p.last_use.find(name);
-      if (lu != p.last_use.end() && lu->second == k) env.erase(name);
+      if (lu == p.last_use.end() || lu->second != k) continue;
+      const auto e = env.find(name);
+      if (e != env.end()) release(e);
     }
-    if (p.has_subgraph[static_cast<std::size_t>(k)]) {  // outer names read by its subgraphs
+    if (sub) {  // outer names read by its subgraphs
       for (auto it = env.begin(); it != env.end();) {
         const auto lu = p.last_use.find(it->first);
-        it = lu != p.last_use.end() && lu->second == k ? env.erase(it) : std::next(it);
+        it = lu != p.last_use.end() && lu->second == k ? release(it) : std::next(it);
       }
     }
+    if (profile) add_time(profile->release, t0);
   }
 }
 
@@ -1085,10 +1173,31 @@ void run_nodes(const model& m, executor::weight_cache& cache, const executor::gr
 executor::executor(const model& m, std::size_t threads)
     : executor(m, executor_options{threads, executor_options{}.weight_cache_bytes}) {}
 
+/// The buffers of finished runs for the next ones (one pool: a run takes it whole when it starts
+/// and the finished run with the most buffers leaves its own).
+struct executor::spare_buffers {
+  explicit spare_buffers(std::size_t bytes) : max_bytes(bytes) {}
+  buffer_pool take() {
+    buffer_pool out;
+    const std::lock_guard<std::mutex> lock(mutex);
+    std::swap(out, pool);  // the spare left empty
+    return out;
+  }
+  void give(buffer_pool& p) {
+    p.lower_limit(max_bytes);
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (p.bytes() > pool.bytes()) std::swap(pool, p);
+  }
+  const std::size_t max_bytes;
+  std::mutex mutex;
+  buffer_pool pool;
+};
+
 executor::executor(const model& m, const executor_options& options)
     : m_(m),
       threads_(options.threads),
-      cache_(std::make_shared<weight_cache>(m, options.weight_cache_bytes)) {
+      cache_(std::make_shared<weight_cache>(m, options.weight_cache_bytes)),
+      spare_(std::make_shared<spare_buffers>(options.kept_buffer_bytes)) {
   std::set<std::string> unsupported;
   collect_unsupported(m.proto.graph(), unsupported);
   if (!unsupported.empty()) {
@@ -1106,12 +1215,18 @@ std::size_t& exec::current_threads_slot() noexcept {
   return threads;
 }
 
+buffer_pool*& exec::current_pool_slot() noexcept {
+  thread_local buffer_pool* pool = nullptr;
+  return pool;
+}
+
 struct executor::session::state {
   std::unordered_map<std::string, value> env;
   const graph_plan* plan = nullptr;
   weight_cache* cache = nullptr;
   pins_t found;  ///< large initializers returned by find(), held until the next advance
   int next = 0;
+  buffer_pool pool;  ///< buffers of the values freed so far, for the next nodes' outputs
 };
 
 executor::session::session(std::unique_ptr<state> s) : s_(std::move(s)) {}
@@ -1152,6 +1267,7 @@ executor::session executor::start(const std::map<std::string, value>& inputs) co
   auto st = std::make_unique<session::state>();
   st->plan = plan_.get();
   st->cache = cache_.get();
+  st->pool = spare_->take();
   for (const auto& [name, v] : inputs) {
     bool known = false;
     for (const auto& in : g.input()) known = known || in.name() == name;
@@ -1177,17 +1293,27 @@ executor::session executor::start(const std::map<std::string, value>& inputs) co
 }
 
 void executor::advance(session& s, int end_node, const run_hooks& hooks) const {
-  const std::size_t saved = current_threads_slot();
-  current_threads_slot() = threads_;
   struct restore {
-    std::size_t v;
-    ~restore() { current_threads_slot() = v; }
-  } restore_threads{saved};
+    std::size_t threads;
+    buffer_pool* pool;
+    ~restore() {
+      current_threads_slot() = threads;
+      current_pool_slot() = pool;
+    }
+  } restore_slots{current_threads_slot(), current_pool_slot()};
+  current_threads_slot() = threads_;
+  current_pool_slot() = &s.s_->pool;
   const int end = std::min(end_node, m_.proto.graph().node_size());
   if (end <= s.s_->next) return;
+  const profile_clock::time_point start =
+      hooks.profile ? profile_clock::now() : profile_clock::time_point();
   s.s_->found.clear();
   run_nodes(m_, *cache_, *plan_, s.s_->env, nullptr, &hooks, s.s_->next, end);
   s.s_->next = end;
+  // A session paused mid-graph (sequential calibration quantizes meanwhile, and counts only
+  // the live values, value_bytes()) holds no spare buffers.
+  if (end < m_.proto.graph().node_size()) s.s_->pool.clear();
+  if (hooks.profile) add_time(hooks.profile->total, start);
 }
 
 std::map<std::string, value> executor::finish(session& s, const run_hooks& hooks) const {
@@ -1206,8 +1332,10 @@ std::map<std::string, value> executor::finish(session& s, const run_hooks& hooks
                         "graph output '" + o.name() + "' is never computed");
     outputs[o.name()] = *i;
   }
+  for (auto& [name, v] : s.s_->env) s.s_->pool.recycle(v.f);
   s.s_->env.clear();
   s.s_->found.clear();
+  spare_->give(s.s_->pool);
   return outputs;
 }
 

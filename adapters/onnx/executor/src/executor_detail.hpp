@@ -53,11 +53,128 @@ struct node_context {
   const NodeProto& node;
   /// Set for nodes with graph attributes (If); nullptr otherwise.
   const subgraph_runner* subgraph = nullptr;
+  /// For each input: the value itself when the executor frees it right after this node and the
+  /// node reads it through no other input (an activation at its last reader); nullptr otherwise.
+  const std::vector<value*>* dying = nullptr;
   [[noreturn]] void fail(const std::string& what) const {
     throw model_error(model_error::kind::invalid,
                       node.op_type() + " node '" + node.name() + "': " + what);
   }
+  /// Input k when the operator may take it over (move its data into an output, overwrite it in
+  /// place): it is the executor's value, freed after this node and read through no other input;
+  /// nullptr otherwise. An operator that takes an input must not read in[k] afterwards except
+  /// through the returned value.
+  value* take_input(const std::vector<const value*>& in, std::size_t k) const {
+    if (!dying || k >= dying->size() || k >= in.size()) return nullptr;
+    value* v = (*dying)[k];
+    return v && v == in[k] ? v : nullptr;
+  }
 };
+
+// ---- Buffers -----------------------------------------------------------------------------------
+
+/// The float buffers of values freed during a run, handed out again for new values. A fresh
+/// allocation of a large vector comes from the system untouched: its first write faults in every
+/// page (and std::vector zero-fills it first), which on a virtual machine costs more than the
+/// arithmetic of most operators. A run's tensors repeat in size from layer to layer, so after
+/// the first layer most outputs reuse a buffer of the same size.
+///
+/// Bounded: the buffers kept never exceed a limit in bytes (the executor sets it to the largest
+/// bytes of live values seen in the run, so a run's peak is at most twice its activations) and
+/// 64 buffers; the oldest go first. A session paused mid-graph keeps none, a finished run
+/// leaves at most executor_options::kept_buffer_bytes to the next. A buffer serves requests of
+/// n floats when its capacity is within [n, 2n] (a small tensor does not pin a large buffer).
+class buffer_pool {
+ public:
+  /// n floats, contents unspecified (every element must be written).
+  std::vector<float> floats(std::size_t n) {
+    std::size_t best = kept_.size();
+    for (std::size_t k = 0; k < kept_.size(); ++k) {
+      const std::size_t cap = kept_[k].capacity();
+      if (cap >= n && cap <= 2 * n && (best == kept_.size() || cap < kept_[best].capacity()))
+        best = k;
+    }
+    std::vector<float> v;
+    if (best < kept_.size()) {
+      v = std::move(kept_[best]);
+      kept_.erase(kept_.begin() + static_cast<std::ptrdiff_t>(best));
+      bytes_ -= v.capacity() * sizeof(float);
+    }
+    v.resize(n);  // shrinking is free; growing within the capacity fills the new part only
+    return v;
+  }
+  /// Keeps v's buffer for a later request (v is left empty).
+  void recycle(std::vector<float>& v) {
+    const std::size_t bytes = v.capacity() * sizeof(float);
+    if (bytes < kMinBytes || bytes > limit_) {
+      std::vector<float>().swap(v);
+      return;
+    }
+    kept_.push_back(std::move(v));
+    v = std::vector<float>();
+    bytes_ += bytes;
+    trim();
+  }
+  /// Raises the bound to `bytes` if it is larger.
+  void raise_limit(std::size_t bytes) { limit_ = std::max(limit_, bytes); }
+  /// Lowers the bound to `bytes` if it is smaller, dropping the oldest buffers above it.
+  void lower_limit(std::size_t bytes) {
+    limit_ = std::min(limit_, bytes);
+    trim();
+  }
+  /// Bytes of the buffers kept.
+  std::size_t bytes() const noexcept { return bytes_; }
+  /// Frees every buffer kept (the bound stays).
+  void clear() noexcept {
+    kept_.clear();
+    bytes_ = 0;
+  }
+
+ private:
+  void trim() {
+    while (!kept_.empty() && (bytes_ > limit_ || kept_.size() > kMaxBuffers)) {
+      bytes_ -= kept_.front().capacity() * sizeof(float);
+      kept_.erase(kept_.begin());
+    }
+  }
+  /// Smaller buffers come from malloc's free lists anyway.
+  static constexpr std::size_t kMinBytes = std::size_t{64} << 10;
+  static constexpr std::size_t kMaxBuffers = 64;
+  std::vector<std::vector<float>> kept_;
+  std::size_t bytes_ = 0;
+  std::size_t limit_ = 0;
+};
+
+/// The pool of the run on this thread (nullptr outside a run, and on worker threads).
+buffer_pool*& current_pool_slot() noexcept;
+
+/// n floats for an output, contents unspecified (every element must be written): from the
+/// run's pool when there is one.
+inline std::vector<float> new_floats(std::size_t n) {
+  buffer_pool* pool = current_pool_slot();
+  return pool ? pool->floats(n) : std::vector<float>(n);
+}
+
+/// A float value of `shape` with unspecified contents (see new_floats).
+inline value new_float_value(std::vector<std::int64_t> shape) {
+  value r;
+  r.type = value_type::float32;
+  r.f = new_floats(numel(shape));
+  r.shape = std::move(shape);
+  return r;
+}
+
+/// A value to compute an elementwise result of input k into: the input itself when the operator
+/// may take it (take_input), else a copy of it in a buffer from the run's pool.
+inline value input_or_copy(const node_context& c, const std::vector<const value*>& in,
+                           std::size_t k) {
+  if (value* v = c.take_input(in, k)) return std::move(*v);
+  const value& a = *in[k];
+  if (a.type != value_type::float32) return a;
+  value r = new_float_value(a.shape);
+  std::copy(a.f.begin(), a.f.end(), r.f.begin());
+  return r;
+}
 
 // Attribute and shape helpers of <int4q/onnx/graph.hpp> (model layer): detail::find_attr, attr_int,
 // attr_float, dims_string.
@@ -171,16 +288,17 @@ inline std::vector<std::size_t> broadcast_index(const shape_t& s, const shape_t&
 /// Walks `out_shape` (row-major) with N operands of the given shapes broadcast to it, in runs
 /// along the last axis: run(o, pos, step, len) covers output elements o .. o+len-1, operand q
 /// read at pos[q] + j*step[q] (step 1, or 0 along a broadcast axis). No index vectors: the
-/// operands' offsets advance with per-axis counters once per run.
+/// operands' offsets advance with per-axis counters once per run. Only runs [first, end) of the
+/// numel / last-dimension runs are walked (a part of the walk for one thread).
 template <std::size_t N, class Run>
-void broadcast_walk(const shape_t& out_shape, const std::array<const shape_t*, N>& shapes,
-                    Run run) {
+void broadcast_walk(const shape_t& out_shape, const std::array<const shape_t*, N>& shapes, Run run,
+                    std::size_t first = 0, std::size_t end = ~std::size_t(0)) {
   const std::size_t n = numel(out_shape);
   if (n == 0) return;
   const std::size_t rank = out_shape.size();
   std::array<std::size_t, N> pos{}, step{};
   if (rank == 0) {
-    run(std::size_t(0), pos, step, std::size_t(1));
+    if (first == 0 && end > 0) run(std::size_t(0), pos, step, std::size_t(1));
     return;
   }
   // Strides of each operand aligned to the output's axes, 0 along broadcast axes.
@@ -194,8 +312,16 @@ void broadcast_walk(const shape_t& out_shape, const std::array<const shape_t*, N
     step[q] = static_cast<std::size_t>(st[q][rank - 1]);
   }
   const auto len = static_cast<std::size_t>(out_shape[rank - 1]);
+  end = std::min(end, n / len);
+  if (first >= end) return;
+  // The counters (and offsets) of run `first`.
   shape_t counter(rank, 0);
-  for (std::size_t o = 0; o < n; o += len) {
+  for (std::size_t k = rank - 1, rest = first; k-- > 0;) {
+    counter[k] = static_cast<std::int64_t>(rest % static_cast<std::size_t>(out_shape[k]));
+    rest /= static_cast<std::size_t>(out_shape[k]);
+    for (std::size_t q = 0; q < N; ++q) pos[q] += static_cast<std::size_t>(counter[k] * st[q][k]);
+  }
+  for (std::size_t o = first * len; o < end * len; o += len) {
     run(o, pos, step, len);
     for (std::size_t k = rank - 1; k-- > 0;) {
       if (++counter[k] < out_shape[k]) {
@@ -209,51 +335,15 @@ void broadcast_walk(const shape_t& out_shape, const std::array<const shape_t*, N
   }
 }
 
-/// broadcast_walk for two operands: run(o, pa, pb, len, da, db).
+/// broadcast_walk for two operands: run(o, pa, pb, len, da, db), runs [first, end).
 template <class Run>
-void broadcast_runs(const shape_t& out_shape, const shape_t& sa, const shape_t& sb, Run run) {
+void broadcast_runs(const shape_t& out_shape, const shape_t& sa, const shape_t& sb, Run run,
+                    std::size_t first = 0, std::size_t end = ~std::size_t(0)) {
   broadcast_walk<2>(
       out_shape, {&sa, &sb},
       [&](std::size_t o, const std::array<std::size_t, 2>& p, const std::array<std::size_t, 2>& d,
-          std::size_t len) { run(o, p[0], p[1], len, d[0], d[1]); });
-}
-
-/// r[e] = f(a[ia], b[ib]) over the broadcast of a and b, with plain loops for the common cases
-/// (same shape, a scalar operand) so they vectorize.
-template <class T, class F>
-void broadcast_apply(const std::vector<T>& a, const shape_t& sa, const std::vector<T>& b,
-                     const shape_t& sb, const shape_t& out_shape, std::vector<T>& r, F f) {
-  const std::size_t n = numel(out_shape);
-  r.resize(n);
-  const T* pa = a.data();
-  const T* pb = b.data();
-  T* pr = r.data();
-  if (sa == out_shape && sb == out_shape) {
-    for (std::size_t e = 0; e < n; ++e) pr[e] = f(pa[e], pb[e]);
-  } else if (sa == out_shape && b.size() == 1) {
-    const T y = pb[0];
-    for (std::size_t e = 0; e < n; ++e) pr[e] = f(pa[e], y);
-  } else if (sb == out_shape && a.size() == 1) {
-    const T x = pa[0];
-    for (std::size_t e = 0; e < n; ++e) pr[e] = f(x, pb[e]);
-  } else {
-    broadcast_runs(out_shape, sa, sb,
-                   [&](std::size_t o, std::size_t ia, std::size_t ib, std::size_t len,
-                       std::size_t da, std::size_t db) {
-                     if (da == 1 && db == 1) {
-                       for (std::size_t j = 0; j < len; ++j) pr[o + j] = f(pa[ia + j], pb[ib + j]);
-                     } else if (da == 1) {
-                       const T y = pb[ib];
-                       for (std::size_t j = 0; j < len; ++j) pr[o + j] = f(pa[ia + j], y);
-                     } else if (db == 1) {
-                       const T x = pa[ia];
-                       for (std::size_t j = 0; j < len; ++j) pr[o + j] = f(x, pb[ib + j]);
-                     } else {
-                       const T v = f(pa[ia], pb[ib]);
-                       for (std::size_t j = 0; j < len; ++j) pr[o + j] = v;
-                     }
-                   });
-  }
+          std::size_t len) { run(o, p[0], p[1], len, d[0], d[1]); },
+      first, end);
 }
 
 /// dst = the elements of src seen through a strided view: element j of `shape` (row-major) is
@@ -296,6 +386,90 @@ void copy_view(const std::vector<T>& src, const shape_t& shape, const shape_t& s
 /// the duration of a run, the operators' parallel loops read it.
 std::size_t& current_threads_slot() noexcept;
 inline std::size_t current_threads() noexcept { return current_threads_slot(); }
+
+/// Elements per work item of the executor's elementwise loops (rows of row-wise operators are
+/// grouped to about this many elements): a constant, so the partition, and anything computed per
+/// item, is the same for any thread count.
+constexpr std::size_t kElementChunk = std::size_t{1} << 15;
+
+/// fn(begin, end) over [0, count) in fixed items of `per_item`, the items spread over the run's
+/// threads (one item: on the calling thread).
+template <class F>
+void parallel_ranges(std::size_t count, std::size_t per_item, F fn) {
+  per_item = std::max<std::size_t>(per_item, 1);
+  const std::size_t items = (count + per_item - 1) / per_item;
+  if (items <= 1 || current_threads() == 1) {
+    if (count > 0) fn(std::size_t(0), count);
+    return;
+  }
+  int4q::detail::parallel_for(items, current_threads(), [&](std::size_t i) {
+    fn(i * per_item, std::min(count, (i + 1) * per_item));
+  });
+}
+
+/// Rows per item for rows of `len` elements (parallel_ranges over rows).
+inline std::size_t rows_per_item(std::size_t len) {
+  return std::max<std::size_t>(1, kElementChunk / std::max<std::size_t>(len, 1));
+}
+
+/// pr[e] = f(a[ia], b[ib]) over the broadcast of a (shape sa) and b (shape sb) to out_shape, with
+/// plain loops for the common cases (same shape, a scalar operand, runs along the last axis) so
+/// they vectorize, in fixed items over the run's threads. pr may be pa or pb when that operand
+/// has the output's shape (each element is read before it is written).
+template <class T, class F>
+void broadcast_apply(const T* pa, const shape_t& sa, const T* pb, const shape_t& sb,
+                     const shape_t& out_shape, T* pr, F f) {
+  const std::size_t n = numel(out_shape);
+  if (sa == out_shape && sb == out_shape) {
+    parallel_ranges(n, kElementChunk, [&](std::size_t e0, std::size_t e1) {
+      for (std::size_t e = e0; e < e1; ++e) pr[e] = f(pa[e], pb[e]);
+    });
+  } else if (sa == out_shape && numel(sb) == 1) {
+    const T y = pb[0];
+    parallel_ranges(n, kElementChunk, [&](std::size_t e0, std::size_t e1) {
+      for (std::size_t e = e0; e < e1; ++e) pr[e] = f(pa[e], y);
+    });
+  } else if (sb == out_shape && numel(sa) == 1) {
+    const T x = pa[0];
+    parallel_ranges(n, kElementChunk, [&](std::size_t e0, std::size_t e1) {
+      for (std::size_t e = e0; e < e1; ++e) pr[e] = f(x, pb[e]);
+    });
+  } else if (n > 0) {
+    const std::size_t len = out_shape.empty() ? 1 : static_cast<std::size_t>(out_shape.back());
+    auto part = [&](std::size_t first, std::size_t end) {
+      broadcast_runs(
+          out_shape, sa, sb,
+          [&](std::size_t o, std::size_t ia, std::size_t ib, std::size_t l, std::size_t da,
+              std::size_t db) {
+            T* r = pr + o;
+            const T* x = pa + ia;
+            const T* y = pb + ib;
+            if (da == 1 && db == 1) {
+              for (std::size_t j = 0; j < l; ++j) r[j] = f(x[j], y[j]);
+            } else if (da == 1) {
+              const T yv = *y;
+              for (std::size_t j = 0; j < l; ++j) r[j] = f(x[j], yv);
+            } else if (db == 1) {
+              const T xv = *x;
+              for (std::size_t j = 0; j < l; ++j) r[j] = f(xv, y[j]);
+            } else {
+              const T v = f(*x, *y);
+              for (std::size_t j = 0; j < l; ++j) r[j] = v;
+            }
+          },
+          first, end);
+    };
+    parallel_ranges(n / len, rows_per_item(len), part);
+  }
+}
+
+/// The same into a vector sized here.
+template <class T, class F>
+void broadcast_apply(const std::vector<T>& a, const shape_t& sa, const std::vector<T>& b,
+                     const shape_t& sb, const shape_t& out_shape, std::vector<T>& r, F f) {
+  r.resize(numel(out_shape));
+  broadcast_apply(a.data(), sa, b.data(), sb, out_shape, r.data(), f);
+}
 
 /// Threads of the BLAS library (1 when it cannot be asked).
 inline int blas_threads() noexcept { return int4q::detail::blas::threads(); }
@@ -351,15 +525,48 @@ void binary(const node_context& c, const inputs_t& in, std::vector<value>& out, 
   const value& a = need(c, in, 0);
   const value& b = need(c, in, 1);
   if (a.type != b.type) c.fail("inputs have different types");
+  shape_t shape = broadcast_shapes(c, {&a.shape, &b.shape});
   value r;
   r.type = a.type;
-  r.shape = broadcast_shapes(c, {&a.shape, &b.shape});
   if (a.type == value_type::float32) {
-    broadcast_apply(a.f, a.shape, b.f, b.shape, r.shape, r.f, on_float);
+    // Into an input of the output's shape that the executor frees after this node (in place),
+    // else into a buffer from the run's pool. The data pointers survive the move, the shapes
+    // are kept apart first (the moved-from input loses its own).
+    const float* pa = a.f.data();
+    const float* pb = b.f.data();
+    const shape_t sa = a.shape, sb = b.shape;
+    if (value* t = sa == shape ? c.take_input(in, 0) : nullptr) {
+      r.f = std::move(t->f);
+    } else if (value* u = sb == shape ? c.take_input(in, 1) : nullptr) {
+      r.f = std::move(u->f);
+    } else {
+      r.f = new_floats(numel(shape));
+    }
+    broadcast_apply(pa, sa, pb, sb, shape, r.f.data(), on_float);
   } else {
-    broadcast_apply(a.i, a.shape, b.i, b.shape, r.shape, r.i, on_int);
+    broadcast_apply(a.i, a.shape, b.i, b.shape, shape, r.i, on_int);
   }
+  r.shape = std::move(shape);
   out.push_back(std::move(r));
+}
+
+/// A float value of input k's shape computed in chunks over the run's threads:
+/// f(src, dst, count) writes dst[0 .. count) from src[0 .. count), where dst may be src (input k
+/// taken over, see take_input; each element is read before it is written) or a pooled buffer.
+template <class F>
+value map_float_input(const node_context& c, const inputs_t& in, std::size_t k, F f) {
+  const value& a = need(c, in, k);
+  const float* src = a.f.data();
+  value r;
+  if (value* t = c.take_input(in, k)) {
+    r = std::move(*t);
+  } else {
+    r = new_float_value(a.shape);
+  }
+  float* dst = r.f.data();
+  parallel_ranges(r.f.size(), kElementChunk,
+                  [&](std::size_t e0, std::size_t e1) { f(src + e0, dst + e0, e1 - e0); });
+  return r;
 }
 
 /// A value of `shape` whose element e is a's element idx[e] (gathers, transposes, tiles).

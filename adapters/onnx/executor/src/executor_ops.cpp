@@ -35,10 +35,14 @@ template <class FF, class FI>
 void unary(const node_context& c, const inputs_t& in, std::vector<value>& out, FF ff, FI fi,
            bool ints) {
   const value& a = need(c, in, 0);
-  value r = a;
   if (a.type == value_type::float32) {
-    for (float& x : r.f) x = ff(x);
-  } else if (ints && a.type == value_type::int64) {
+    out.push_back(map_float_input(c, in, 0, [&](const float* s, float* d, std::size_t n) {
+      for (std::size_t e = 0; e < n; ++e) d[e] = ff(s[e]);
+    }));
+    return;
+  }
+  value r = a;
+  if (ints && a.type == value_type::int64) {
     for (std::int64_t& x : r.i) x = fi(x);
   } else {
     c.fail("input type is not supported");
@@ -60,9 +64,10 @@ op_fn float_array_op(F f) {
   return [f](const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
     const value& a = need(c, in, 0);
     if (a.type != value_type::float32) c.fail("input type is not supported");
-    value r = a;
-    f(r.f.data(), r.f.size());
-    out.push_back(std::move(r));
+    out.push_back(map_float_input(c, in, 0, [&](const float* s, float* d, std::size_t n) {
+      if (d != s) std::copy(s, s + n, d);
+      f(d, n);
+    }));
   };
 }
 
@@ -131,6 +136,18 @@ op_fn variadic_op(F combine, bool mean) {
 void op_pow(const node_context& c, const model&, const inputs_t& in, std::vector<value>& out) {
   const value& a = need(c, in, 0);
   const value& b = need(c, in, 1);
+  if (a.type == value_type::float32 && b.size() == 1 &&
+      (b.type == value_type::float32 ? b.f[0] == 2.0f : b.i[0] == 2)) {
+    // x^2 as x * x (RMSNorm's Pow(x, 2)): the correctly rounded square, as ONNX Runtime
+    // computes it; std::pow is only within an ulp.
+    shape_t shape = broadcast_shapes(c, {&a.shape, &b.shape});
+    value r = map_float_input(c, in, 0, [](const float* s, float* d, std::size_t n) {
+      for (std::size_t e = 0; e < n; ++e) d[e] = s[e] * s[e];
+    });
+    r.shape = std::move(shape);
+    out.push_back(std::move(r));
+    return;
+  }
   value r;
   r.type = a.type;  // the base's type
   r.shape = broadcast_shapes(c, {&a.shape, &b.shape});
@@ -174,8 +191,30 @@ std::vector<double> reduced_values(const value& a, const std::vector<bool>& redu
                       : kind == 4 ? 1.0
                                   : 0.0;
   std::fill(acc.begin(), acc.end(), init);
-  std::vector<double> mx(n_out, -std::numeric_limits<double>::infinity());
   const std::size_t n = a.size();
+  // Sums over trailing axes (RMSNorm's ReduceMean over the last axis): each output a row of
+  // contiguous elements, added in the same order as the walk below, the rows over the threads.
+  std::size_t first_reduced = rank;
+  while (first_reduced > 0 && reduce[first_reduced - 1]) --first_reduced;
+  if (a.type == value_type::float32 && (kind == 0 || kind == 1 || kind == 5) && n_out > 0 &&
+      std::find(reduce.begin(), reduce.begin() + static_cast<std::ptrdiff_t>(first_reduced),
+                true) == reduce.begin() + static_cast<std::ptrdiff_t>(first_reduced)) {
+    const std::size_t len = n / n_out;
+    parallel_ranges(n_out, rows_per_item(len), [&](std::size_t o0, std::size_t o1) {
+      for (std::size_t o = o0; o < o1; ++o) {
+        const float* x = a.f.data() + o * len;
+        double sum = 0;
+        if (kind == 5) {
+          for (std::size_t k = 0; k < len; ++k) sum += double(x[k]) * double(x[k]);
+        } else {
+          for (std::size_t k = 0; k < len; ++k) sum += x[k];
+        }
+        acc[o] = kind == 1 ? sum / double(len) : sum;
+      }
+    });
+    return acc;
+  }
+  std::vector<double> mx(n_out, -std::numeric_limits<double>::infinity());
   shape_t j(rank, 0);
   auto element = [&](std::size_t e) {
     return a.type == value_type::float32 ? double(a.f[e]) : double(a.i[e]);
@@ -301,7 +340,21 @@ void op_expand(const node_context& c, const model&, const inputs_t& in, std::vec
   value r;
   r.type = a.type;
   r.shape = broadcast_shapes(c, {&a.shape, &target});
-  out.push_back(take(a, r.shape, broadcast_index(a.shape, r.shape)));
+  auto fill = [&](const auto& src, auto& dst) {
+    broadcast_walk<1>(r.shape, {&a.shape},
+                      [&](std::size_t o, const std::array<std::size_t, 1>& p,
+                          const std::array<std::size_t, 1>& d, std::size_t len) {
+                        for (std::size_t j = 0; j < len; ++j) dst[o + j] = src[p[0] + j * d[0]];
+                      });
+  };
+  if (a.type == value_type::float32) {
+    r.f = new_floats(numel(r.shape));
+    fill(a.f, r.f);
+  } else {
+    r.i.resize(numel(r.shape));
+    fill(a.i, r.i);
+  }
+  out.push_back(std::move(r));
 }
 
 void op_constant_of_shape(const node_context& c, const model& m, const inputs_t& in,

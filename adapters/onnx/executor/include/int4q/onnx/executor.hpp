@@ -65,8 +65,8 @@ inline constexpr std::size_t small_initializer_bytes = std::size_t{64} << 10;
 
 /// How an executor runs.
 struct executor_options {
-  /// Of the executor's own parallel loops (MatMul/Gemm/Conv row blocks, attention heads;
-  /// 0 = all cores).
+  /// Of the executor's own parallel loops (MatMul/Gemm/Conv row blocks, attention heads,
+  /// elementwise and row-wise operators in fixed items; 0 = all cores).
   std::size_t threads = 0;
   /// Bytes of converted large initializers kept between uses (LRU). The default, 1 GiB, holds a
   /// whole Llama-7B layer in fp32 (q, k, v, o: 4 x 64 MiB; gate, up, down: 3 x 172 MiB; 0.75
@@ -74,10 +74,39 @@ struct executor_options {
   /// layer one batch after another, converts each weight once per stretch, not once per batch.
   /// 0: convert at every use (least memory; outputs are the same).
   std::size_t weight_cache_bytes = std::size_t{1} << 30;
+  /// Bytes of freed activation buffers kept from one run to the next, whose outputs then reuse
+  /// them instead of faulting in fresh memory (within a run, freed buffers are reused up to the
+  /// run's peak of live values). 0: a run gives every buffer back when it finishes. Outputs are
+  /// the same either way.
+  std::size_t kept_buffer_bytes = std::size_t{256} << 20;
 };
 
 /// The operators the executor implements (default domain), sorted.
 std::vector<std::string> supported_ops();
+
+/// Where a run's wall time went (run_hooks::profile): accumulated over every run given the same
+/// profile, main graph and subgraphs together. Only measured when asked (two clock reads per
+/// node); never changes what a run computes.
+struct run_profile {
+  struct entry {
+    std::size_t calls = 0;
+    double seconds = 0;
+  };
+  /// Time inside each operator, by registry key (op_type; "<domain>::<op_type>" outside the
+  /// default domain): the operator's arithmetic, its output allocation and copies.
+  std::map<std::string, entry> ops;
+  /// Converting large initializers to the executor's values (weight cache misses; included in
+  /// `inputs`).
+  entry weight_conversion;
+  /// Resolving each node's inputs (environment and initializer lookups, weight conversion).
+  entry inputs;
+  /// In run_hooks::before_node (statistics collection, weight swaps).
+  entry hooks;
+  /// Storing outputs and freeing values after their last reader.
+  entry release;
+  /// Whole runs (run(), or each advance()/finish()), everything above included.
+  entry total;
+};
 
 /// What run() tells a caller while it runs the main graph (all optional).
 struct run_hooks {
@@ -94,6 +123,8 @@ struct run_hooks {
   /// before_node as nullptr instead of being converted first, and converted only if the hook
   /// leaves it null. Unset: every input is resolved before the hook.
   std::function<bool(const ::onnx::NodeProto& node, const std::string& name)> replaces;
+  /// Optional: accumulates where the run's time goes (the caller's; one run at a time).
+  run_profile* profile = nullptr;
 };
 
 /// Runs the main graph of a model. Construction checks the graph: every operator must be
@@ -153,6 +184,7 @@ class executor {
 
   struct graph_plan;
   struct weight_cache;
+  struct spare_buffers;
 
  private:
   const model& m_;
@@ -163,6 +195,8 @@ class executor {
   std::shared_ptr<const graph_plan> plan_;
   /// Large initializers converted, shared by the runs (thread-safe).
   std::shared_ptr<weight_cache> cache_;
+  /// Buffers a finished run left for the next one (executor_options::kept_buffer_bytes).
+  std::shared_ptr<spare_buffers> spare_;
 };
 
 }  // namespace onnx
