@@ -253,7 +253,7 @@ namespace {
 /// summed as hessian_loss sums them: the same scores for any thread count.
 plan_weight score_weight(const model& m, const weight_info& w, const double* h,
                          const std::vector<auto_candidate>& cands, const quantize_options& options,
-                         bool score = true) {
+                         bool mine = true) {
   int4q::quant_options qo;
   qo.threads = options.threads;
   const xt::xtensor<float, 2> lw = detail::logical_weight(m, w, w.uses.front().alpha);
@@ -265,7 +265,7 @@ plan_weight score_weight(const model& m, const weight_info& w, const double* h,
   pw.n = w.n;
   for (const auto& c : cands) {
     pw.costs.push_back(candidate_bits(w, c, options.config, options.format));
-    if (!c.quantize || !score) {  // not scored here: another rank sends the score
+    if (!c.quantize || !mine) {  // not scored here: another rank sends the score
       pw.scores.push_back(0.0);
       continue;
     }
