@@ -160,6 +160,18 @@ struct subject {
   std::function<ox::batch_source()> data;
 };
 
+/// The samples of `data` in batches of `per_batch` (the last one shorter), read once.
+ox::batch_source in_batches(ox::calib_data data, std::size_t per_batch) {
+  auto next = std::make_shared<std::size_t>(0);
+  return [data, next, per_batch](std::map<std::string, ox::value>& in) {
+    if (*next >= data.samples()) return false;
+    const std::size_t count = std::min(per_batch, data.samples() - *next);
+    in = data.batch(*next, count);
+    *next += count;
+    return true;
+  };
+}
+
 subject devgpt() {
   subject s;
   s.model =
@@ -172,15 +184,7 @@ subject devgpt() {
     o.path = int4q::test::devgpt_dir() / "devgpt_cal.u8";
     o.seq_len = 128;
     o.samples = 12;
-    const ox::calib_data data = ox::calib_data::open(*m, o);
-    auto next = std::make_shared<std::size_t>(0);
-    return ox::batch_source([data, next](std::map<std::string, ox::value>& in) {
-      if (*next >= data.samples()) return false;
-      const std::size_t count = std::min<std::size_t>(2, data.samples() - *next);
-      in = data.batch(*next, count);
-      *next += count;
-      return true;
-    });
+    return in_batches(ox::calib_data::open(*m, o), 2);
   };
   return s;
 }
@@ -196,13 +200,7 @@ subject llama() {
     ox::calib_options c;  // random tokens: 7 samples of 32, one per batch
     c.seq_len = 32;
     c.samples = 7;
-    const ox::calib_data data = ox::calib_data::open(*m, c);
-    auto next = std::make_shared<std::size_t>(0);
-    return ox::batch_source([data, next](std::map<std::string, ox::value>& in) {
-      if (*next >= data.samples()) return false;
-      in = data.batch((*next)++, 1);
-      return true;
-    });
+    return in_batches(ox::calib_data::open(*m, c), 1);
   };
   return s;
 }

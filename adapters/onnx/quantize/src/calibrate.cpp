@@ -527,13 +527,8 @@ activation_stats sequential_calibration::stats_for(const weight_info& w) {
   const std::size_t ranks = comm ? static_cast<std::size_t>(comm->size()) : 1;
   const std::size_t me = comm ? static_cast<std::size_t>(comm->rank()) : 0;
   std::vector<float> buffer;
-  // Batches in order; batch g is run r = g / ranks of rank g % ranks (all of them alone).
-  for (std::size_t g = 0; g < p.total; ++g) {
-    if (g % ranks != me) {
-      add_broadcast_rows(*comm, static_cast<int>(g % ranks), stats, nullptr, 0, buffer);
-      continue;
-    }
-    const std::size_t r = g / ranks;
+  // Takes run r to the node.
+  const auto advance = [&](std::size_t r) {
     executor::session& s = p.runs[r];
     if (s.next_node() > node_index)
       throw model_error(model_error::kind::invalid,
@@ -542,7 +537,27 @@ activation_stats sequential_calibration::stats_for(const weight_info& w) {
                             "' (ask in graph order)");
     p.load(r);
     p.ex.advance(s, node_index, p.hooks);
-    const value* a = s.find(name);
+  };
+  // Distributed: every rank first takes its own runs to the node, while the other ranks take
+  // theirs; alone, each run is advanced when its rows are read (a spilled run loads once).
+  if (comm) {
+    for (std::size_t r = 0; r < p.runs.size(); ++r) {
+      advance(r);
+      p.fit_budget(r);
+    }
+  }
+  // Batches in order; batch g is run r = g / ranks of rank g % ranks (all of them alone).
+  for (std::size_t g = 0; g < p.total; ++g) {
+    if (g % ranks != me) {
+      add_broadcast_rows(*comm, static_cast<int>(g % ranks), stats, nullptr, 0, buffer);
+      continue;
+    }
+    const std::size_t r = g / ranks;
+    if (comm)
+      p.load(r);
+    else
+      advance(r);
+    const value* a = p.runs[r].find(name);
     if (!a)
       throw model_error(model_error::kind::invalid, "sequential calibration: input '" + name +
                                                         "' of node '" + node.name() +
