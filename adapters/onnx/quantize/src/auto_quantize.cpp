@@ -256,7 +256,9 @@ plan_weight score_weight(const model& m, const weight_info& w, const double* h,
                          bool mine = true) {
   int4q::quant_options qo;
   qo.threads = options.threads;
-  const xt::xtensor<float, 2> lw = detail::logical_weight(m, w, w.uses.front().alpha);
+  // Another rank scores it (distributed): no need to read the weight.
+  const xt::xtensor<float, 2> lw =
+      mine ? detail::logical_weight(m, w, w.uses.front().alpha) : xt::xtensor<float, 2>();
   plan_weight pw;
   pw.weight = w.name;
   for (const auto& u : w.uses) pw.nodes.push_back(display_name(u));

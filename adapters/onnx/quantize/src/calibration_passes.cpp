@@ -325,12 +325,17 @@ void calibration_passes::quantize_fresh(weight_job& job) {
 /// values swapped into the runs for the weights after it.
 void calibration_passes::quantize_calibrated(weight_job& job, activation_stats stats) {
   solve(job, stats);
-  if (sequential_ && report_.tensors[job.report_index].calibration_rows > 0) {
-    const awq_group* group = group_of(job);
-    sequential_->replace(
-        *job.info,
-        stored_values(job, group && group->active ? group->result.scales.data() : nullptr));
-  }
+  replace_in_runs(job);
+}
+
+/// Sequential: the job's quantized values (AWQ: divided by s again) replace the weight in the
+/// runs for the weights after it; not when no rows reached it (its RTN fallback).
+void calibration_passes::replace_in_runs(weight_job& job) {
+  if (!sequential_ || report_.tensors[job.report_index].calibration_rows == 0) return;
+  const awq_group* group = group_of(job);
+  sequential_->replace(
+      *job.info,
+      stored_values(job, group && group->active ? group->result.scales.data() : nullptr));
 }
 
 /// The job's method on its statistics (RTN when no data reached it), without the replacement.
@@ -578,10 +583,7 @@ void calibration_passes::quantize_set(std::size_t first, std::size_t last) {
   for (std::size_t i = 0; i < set.size(); ++i) {
     weight_job& job = *set[i];
     if (i > 0) sequential_->pass(*job.info);
-    if (report_.tensors[job.report_index].calibration_rows == 0) continue;
-    const awq_group* g = group_of(job);
-    sequential_->replace(*job.info,
-                         stored_values(job, g && g->active ? g->result.scales.data() : nullptr));
+    replace_in_runs(job);
   }
 }
 int4q::quant_options calibration_passes::quant_opts() const {

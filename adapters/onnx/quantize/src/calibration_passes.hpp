@@ -96,6 +96,7 @@ class calibration_passes {
   void scale_weight(weight_job& job, awq_group& g, const activation_stats* stats);
   void quantize_calibrated(weight_job& job, activation_stats stats);
   void solve(weight_job& job, const activation_stats& stats);
+  void replace_in_runs(weight_job& job);
   int4q::quantized<float> run_method(weight_job& job, const activation_stats& stats, const float* s,
                                      tensor_report& r);
   int4q::quantized<float> run_gptq(const weight_job& job, const activation_stats& stats,
