@@ -449,19 +449,8 @@ void op_softmax(const node_context& c, const model& m, const inputs_t& in,
                 std::vector<value>& out) {
   const value& a = need(c, in, 0);
   if (a.type != value_type::float32) c.fail("input must be a float tensor");
-  const std::int64_t opset = default_opset(m);
-  const std::size_t rank = a.shape.size();
-  const auto axis = static_cast<std::size_t>(
-      normalize_axis(c, attr_int(c.node, "axis", opset >= 13 ? -1 : 1), rank));
-  // opset >= 13: one axis; before: the input flattened to 2-D at `axis`.
-  std::size_t outer = 1, len = 1, inner = 1;
-  for (std::size_t k = 0; k < axis; ++k) outer *= static_cast<std::size_t>(a.shape[k]);
-  if (opset >= 13) {
-    len = static_cast<std::size_t>(a.shape[axis]);
-    for (std::size_t k = axis + 1; k < rank; ++k) inner *= static_cast<std::size_t>(a.shape[k]);
-  } else {
-    for (std::size_t k = axis; k < rank; ++k) len *= static_cast<std::size_t>(a.shape[k]);
-  }
+  const softmax_layout l = softmax_layout_of(c, m, a.shape);
+  const std::size_t outer = l.outer, len = l.len, inner = l.inner;
   if (inner == 1) {  // the last axis: rows, exp vectorized, the rows over the threads
     const float* src = a.f.data();
     value r = c.take_input(in, 0) ? std::move(*c.take_input(in, 0)) : new_float_value(a.shape);
@@ -693,19 +682,17 @@ std::unordered_map<std::string, op_fn> make_registry() {
   return ops;
 }
 
-/// The registry key of a node: its op_type, prefixed with "<domain>::" outside the default
-/// domain (com.microsoft::MatMulNBits).
-std::string op_key(const NodeProto& n) {
+}  // namespace
+
+std::string exec::op_key(const NodeProto& n) {
   const bool default_domain = n.domain().empty() || n.domain() == "ai.onnx";
   return default_domain ? n.op_type() : n.domain() + "::" + n.op_type();
 }
 
-const std::unordered_map<std::string, op_fn>& registry() {
+const std::unordered_map<std::string, op_fn>& exec::registry() {
   static const std::unordered_map<std::string, op_fn> ops = make_registry();
   return ops;
 }
-
-}  // namespace
 
 // ---- value
 // ---------------------------------------------------------------------------------------

@@ -591,6 +591,29 @@ inline std::int64_t default_opset(const model& m) {
   return 1;
 }
 
+/// The layout Softmax (and LogSoftmax, Hardmax) normalizes a tensor of `shape` in: `outer`
+/// groups of `len` elements `inner` apart along the `axis` attribute (opset >= 13: that one axis,
+/// default -1; before: the input flattened to 2-D at the axis, default 1, so inner = 1).
+struct softmax_layout {
+  std::size_t outer = 1, len = 1, inner = 1;
+};
+inline softmax_layout softmax_layout_of(const node_context& c, const model& m,
+                                        const shape_t& shape) {
+  const std::int64_t opset = default_opset(m);
+  const std::size_t rank = shape.size();
+  const auto axis = static_cast<std::size_t>(
+      normalize_axis(c, attr_int(c.node, "axis", opset >= 13 ? -1 : 1), rank));
+  softmax_layout l;
+  for (std::size_t k = 0; k < axis; ++k) l.outer *= static_cast<std::size_t>(shape[k]);
+  if (opset >= 13) {
+    l.len = static_cast<std::size_t>(shape[axis]);
+    for (std::size_t k = axis + 1; k < rank; ++k) l.inner *= static_cast<std::size_t>(shape[k]);
+  } else {
+    for (std::size_t k = axis; k < rank; ++k) l.len *= static_cast<std::size_t>(shape[k]);
+  }
+  return l;
+}
+
 /// numpy-style MatMul of two float values (batched, broadcast), BLAS sgemm per matrix.
 void matmul_values(const node_context& c, const inputs_t& in, std::vector<value>& out);
 
@@ -600,6 +623,14 @@ void add_more_ops(std::unordered_map<std::string, op_fn>& ops);
 /// The operators of executor_nn.cpp (convolution, pooling, normalization, resize, pad, scatter and
 /// gather variants, activations).
 void add_nn_ops(std::unordered_map<std::string, op_fn>& ops);
+
+/// The registry key of a node: its op_type, prefixed with "<domain>::" outside the default
+/// domain (com.microsoft::MatMulNBits).
+std::string op_key(const NodeProto& n);
+
+/// Every operator of the executor by registry key (built once; the executor and
+/// stretch_gradient run nodes through it).
+const std::unordered_map<std::string, op_fn>& registry();
 
 /// The com.microsoft operators of executor_ms.cpp (fused normalizations, rotary embedding,
 /// attention, GELU variants, GatherBlockQuantized), registered as "com.microsoft::<op>".
