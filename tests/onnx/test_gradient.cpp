@@ -451,6 +451,10 @@ TEST(GradientOps, SplitAndConcat) {
   t.node("Mul", {"A", "A"}, {"A2"});
   set_attr(t.node("Concat", {"C", "A2", "Z"}, {"Y"}), "axis", std::int64_t(1));  // B unused
   t.out("Y");
+  // An unnamed output (its gradient is zero and its extent unknown to the VJP).
+  set_attr(t.node("Split", {"X", "split"}, {"P", "", "Q"}), "axis", std::int64_t(1));
+  t.node("Mul", {"P", "Q"}, {"PQ"});
+  t.out("PQ");
   check_model(t);
 }
 

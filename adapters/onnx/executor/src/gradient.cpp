@@ -23,13 +23,13 @@ namespace {
   throw model_error(model_error::kind::invalid, "stretch_gradient: " + what);
 }
 
-/// Sets the executor's thread count for the operators on this thread (and no buffer pool) for
-/// a scope, restoring the caller's after.
+/// Sets the executor's thread count and buffer pool for the operators on this thread for a
+/// scope, restoring the caller's after.
 struct thread_scope {
-  explicit thread_scope(std::size_t threads)
+  thread_scope(std::size_t threads, buffer_pool* pool)
       : saved_threads(current_threads_slot()), saved_pool(current_pool_slot()) {
     current_threads_slot() = threads;
-    current_pool_slot() = nullptr;
+    current_pool_slot() = pool;
   }
   ~thread_scope() {
     current_threads_slot() = saved_threads;
@@ -52,6 +52,22 @@ struct stretch_gradient::impl {
   /// Initializers converted so far (kept: the weights of one block).
   mutable std::mutex mutex;
   mutable std::unordered_map<std::string, std::shared_ptr<const value>> converted;
+  /// Float buffers of the last backward()'s freed values, for the next pass's values (a
+  /// fresh allocation's first write faults in every page: see exec::buffer_pool). At most the
+  /// bytes of one pass. Taken whole by a pass (under the mutex) and given back by backward().
+  mutable std::mutex pool_mutex;
+  mutable buffer_pool spare;
+
+  buffer_pool take_pool() const {
+    buffer_pool p;
+    const std::lock_guard<std::mutex> lock(pool_mutex);
+    std::swap(p, spare);
+    return p;
+  }
+  void give_pool(buffer_pool& p) const {
+    const std::lock_guard<std::mutex> lock(pool_mutex);
+    if (p.bytes() > spare.bytes()) std::swap(p, spare);
+  }
 
   impl(const model& model_, int first_node, int end_node, std::size_t threads_)
       : m(model_), first(first_node), end(end_node), threads(threads_) {}
@@ -84,6 +100,8 @@ struct stretch_gradient::pass::state {
   std::unordered_set<std::string> requires_grad;
   std::vector<std::string> wrt;
   bool consumed = false;
+  /// Buffers for this pass's new values (from the stretch's spare ones).
+  buffer_pool pool;
 };
 
 stretch_gradient::pass::pass() = default;
@@ -148,11 +166,12 @@ const std::vector<std::string>& stretch_gradient::outputs() const { return d_->o
 stretch_gradient::pass stretch_gradient::forward(const std::map<std::string, const value*>& inputs,
                                                  const std::map<std::string, const value*>& params,
                                                  const std::vector<std::string>& wrt) const {
-  const thread_scope scope(d_->threads);
   const auto& g = d_->m.proto.graph();
   pass p;
   p.s_ = std::make_unique<pass::state>();
   pass::state& s = *p.s_;
+  s.pool = d_->take_pool();
+  const thread_scope scope(d_->threads, &s.pool);
   // A name from outside the stretch: params, then inputs, then the model's initializers.
   auto bind = [&](const std::string& name) -> const value* {
     const auto b = s.bound.find(name);
@@ -253,7 +272,11 @@ std::map<std::string, value> stretch_gradient::backward(
   pass::state& s = *p.s_;
   if (s.consumed) fail("backward() was already called on this pass");
   s.consumed = true;
-  const thread_scope scope(d_->threads);
+  const thread_scope scope(d_->threads, &s.pool);
+  // The pool may keep what the pass holds: freed values serve the gradients, then the next pass.
+  std::size_t held = 0;
+  for (const auto& [name, v] : s.env) held += v.f.capacity() * sizeof(float);
+  s.pool.raise_limit(held);
   const auto& g = d_->m.proto.graph();
   std::unordered_map<std::string, value> grads;
   for (const auto& [name, gv] : output_grads) {
@@ -321,8 +344,16 @@ std::map<std::string, value> stretch_gradient::backward(
     // The node's outputs and their gradients are no longer needed: every reader came after it.
     for (const std::string& name : n.output()) {
       if (name.empty()) continue;
-      grads.erase(name);
-      s.env.erase(name);
+      const auto gi = grads.find(name);
+      if (gi != grads.end()) {
+        s.pool.recycle(gi->second.f);
+        grads.erase(gi);
+      }
+      const auto e = s.env.find(name);
+      if (e != s.env.end()) {
+        s.pool.recycle(e->second.f);
+        s.env.erase(e);
+      }
     }
   }
   std::map<std::string, value> result;
@@ -334,6 +365,8 @@ std::map<std::string, value> stretch_gradient::backward(
   }
   s.env.clear();
   s.node_inputs.clear();
+  for (auto& [name, v] : grads) s.pool.recycle(v.f);
+  d_->give_pool(s.pool);
   return result;
 }
 

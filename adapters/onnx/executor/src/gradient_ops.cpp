@@ -226,6 +226,56 @@ void vjp_gather(const vjp_args& a, gin_t& gin) {
   gin[0] = std::move(r);
 }
 
+/// Elements before and after `axis` of `shape` (outer, inner).
+std::pair<std::size_t, std::size_t> around_axis(const shape_t& shape, std::size_t axis) {
+  std::size_t outer = 1, inner = 1;
+  for (std::size_t k = 0; k < axis; ++k) outer *= static_cast<std::size_t>(shape[k]);
+  for (std::size_t k = axis + 1; k < shape.size(); ++k) inner *= static_cast<std::size_t>(shape[k]);
+  return {outer, inner};
+}
+
+/// Split along an axis: dX = the outputs' gradients concatenated back along it.
+void vjp_split(const vjp_args& a, gin_t& gin) {
+  if (!a.need[0]) return;
+  for (const value* g : a.grad)
+    if (!g) return vjp_moves(a, gin);  // an unnamed output: its extent is not known here
+  const value& x = *a.in[0];
+  const auto axis =
+      static_cast<std::size_t>(normalize_axis(a.c, attr_int(a.c.node, "axis", 0), x.shape.size()));
+  const auto [outer, inner] = around_axis(x.shape, axis);
+  const auto dim = static_cast<std::size_t>(x.shape[axis]);
+  value r = new_float_value(x.shape);
+  std::size_t off = 0;
+  for (const value* g : a.grad) {
+    const auto len = static_cast<std::size_t>(g->shape[axis]);
+    for (std::size_t p = 0; p < outer; ++p)
+      std::copy_n(g->f.data() + p * len * inner, len * inner, r.f.data() + (p * dim + off) * inner);
+    off += len;
+  }
+  gin[0] = std::move(r);
+}
+
+/// Concat along an axis: dX_q = g's part of input q along it.
+void vjp_concat(const vjp_args& a, gin_t& gin) {
+  const value& g = grad0(a);
+  const auto axis =
+      static_cast<std::size_t>(normalize_axis(a.c, attr_int(a.c.node, "axis", 0), g.shape.size()));
+  const auto [outer, inner] = around_axis(g.shape, axis);
+  const auto dim = static_cast<std::size_t>(g.shape[axis]);
+  std::size_t off = 0;
+  for (std::size_t q = 0; q < a.in.size(); ++q) {
+    const auto len = static_cast<std::size_t>(a.in[q]->shape[axis]);
+    if (a.need[q]) {
+      value r = new_float_value(a.in[q]->shape);
+      for (std::size_t p = 0; p < outer; ++p)
+        std::copy_n(g.f.data() + (p * dim + off) * inner, len * inner,
+                    r.f.data() + p * len * inner);
+      gin[q] = std::move(r);
+    }
+    off += len;
+  }
+}
+
 /// Operators that keep the data and change only the shape (Reshape, Flatten, Squeeze,
 /// Unsqueeze, Identity, Cast between float types): g with the input's shape.
 void vjp_same_data(const vjp_args& a, gin_t& gin) {
@@ -653,7 +703,9 @@ std::unordered_map<std::string, vjp_fn> make_vjps() {
   for (const char* op : {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
     v[op] = vjp_same_data;
   v["Cast"] = vjp_cast;
-  for (const char* op : {"Slice", "Split", "Concat", "Tile"}) v[op] = vjp_moves;
+  for (const char* op : {"Slice", "Tile"}) v[op] = vjp_moves;
+  v["Split"] = vjp_split;
+  v["Concat"] = vjp_concat;
   v["Transpose"] = vjp_transpose;
   v["Expand"] = vjp_expand;
   v["Where"] = vjp_where;

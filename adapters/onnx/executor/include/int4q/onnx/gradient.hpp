@@ -31,7 +31,8 @@
 //   Reshape, Flatten, Squeeze, Unsqueeze: g with the input's shape.  Transpose: g transposed by
 //   the inverse permutation.  Expand: g summed over the expanded axes.  Gather (data input):
 //   the rows of g added back to the rows they came from (scatter-add).
-//   Slice, Split, Concat, Tile: each output element is some input element; dX is g scattered
+//   Split: the outputs' gradients concatenated.  Concat: each input's part of g.
+//   Slice, Tile: each output element is some input element; dX is g scattered
 //   (added) back to where the elements came from, found by running the operator itself on the
 //   integers 0..n-1 in place of the float inputs, so the index logic is the forward's own.
 //   com.microsoft: Skip(Simplified)LayerNormalization (s = x + skip + bias, y = norm(s), and s
