@@ -516,13 +516,15 @@ void add_method_options(CLI::App& sub, quantize_command_options& o) {
          "Quantization method: rtn (round to nearest, no data), gptq (GPTQ on calibration "
          "activations run by int4q's executor: see --calib), awq_lite (AWQ per-channel scales, "
          "1/s folded into the graph), awq_clip (AWQ clip ratios), awq_full (awq_lite then "
-         "awq_clip), awq_gptq (awq_lite scales then GPTQ)")
-      ->type_name("rtn|gptq|awq_lite|awq_clip|awq_full|awq_gptq")
+         "awq_clip), awq_gptq (awq_lite scales then GPTQ), block (block-wise output-aware "
+         "tuning: each residual block's rounding offsets and group ranges tuned by signed "
+         "gradients against the float model's block output; see --block-iters)")
+      ->type_name("rtn|gptq|awq_lite|awq_clip|awq_full|awq_gptq|block")
       ->default_str("rtn");
   add_data_options(
       sub, o.calib, "--calib",
-      "Calibration data for --method gptq and awq_* (model inputs; without it, random inputs "
-      "with a warning)");
+      "Calibration data for --method gptq, awq_* and block (model inputs; without it, random "
+      "inputs with a warning)");
   o.calib.samples_flag = "--calib-samples";
   o.calib.seq_len_flag = "--calib-seq-len";
   add_count_options(sub, o.calib,
@@ -579,6 +581,12 @@ void add_awq_options(CLI::App& sub, quantize_command_options& o) {
              "be folded into the input's producer");
   add_int_option(sub, "--awq-samples", o.awq_samples, {1},
                  "AWQ: calibration rows sampled (uniformly) for the scale and clip losses");
+  add_int_option(sub, "--block-iters", o.block_iters, {1},
+                 "--method block: signed-gradient steps per block, each on one calibration "
+                 "batch (--calib-batch samples)");
+  add_real_option(sub, "--block-lr", o.block_lr, real_range{0.0, false},
+                  "--method block: the first step's size, decaying linearly to 0 (0: 1 / "
+                  "--block-iters)");
   sub.add_flag("--compare-rtn", o.compare_rtn,
                "GPTQ: also report RTN's Hessian-weighted loss for each weight (one more K x K x N "
                "product per weight)");
@@ -689,12 +697,14 @@ ox::method parse_method(const std::string& name) {
     throw usage_error("--method " + name +
                       " arrives in a later version of int4q; use --method rtn, gptq or awq_*");
   }
-  for (const ox::method m : {ox::method::rtn, ox::method::gptq, ox::method::awq_lite,
-                             ox::method::awq_clip, ox::method::awq_full, ox::method::awq_gptq}) {
+  for (const ox::method m :
+       {ox::method::rtn, ox::method::gptq, ox::method::awq_lite, ox::method::awq_clip,
+        ox::method::awq_full, ox::method::awq_gptq, ox::method::block}) {
     if (method == normalized(ox::to_string(m))) return m;
   }
   throw usage_error("--method '" + name +
-                    "' is unknown: use rtn, gptq, awq_lite, awq_clip, awq_full or awq_gptq");
+                    "' is unknown: use rtn, gptq, awq_lite, awq_clip, awq_full, awq_gptq or "
+                    "block");
 }
 
 /// --calib-memory, by default half the physical memory (the rest for the model, the statistics
@@ -720,6 +730,8 @@ void set_method_options(const quantize_command_options& o, ox::quantize_options&
   q.awq.clip.clip_min = o.awq_clip_min;
   q.awq.per_subgraph = o.awq_per_subgraph;
   q.awq.samples = o.awq_samples;
+  q.block.iterations = o.block_iters;
+  q.block.learning_rate = o.block_lr;
 }
 
 /// The format, grid and selection flags given, over the config file's.

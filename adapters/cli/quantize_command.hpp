@@ -73,6 +73,9 @@ struct quantize_command_options {
   double awq_clip_min = 0.5;
   bool awq_per_subgraph = true;
   std::size_t awq_samples = 512;
+  /// --method block: signed-gradient steps per block and the first step's size (0: 1 / steps).
+  std::size_t block_iters = 200;
+  double block_lr = 0;
   std::size_t threads = 0;
   bool quiet = false;
   /// --resume: keep a journal of the finished weights next to OUT (resume_journal_path) and

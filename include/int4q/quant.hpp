@@ -6,6 +6,7 @@
 //   awq.hpp           AWQ scale search (awq_lite), clip search (awq_clip), awq_full
 //   gptq.hpp          gptq (Hessian-aware rounding with error feedback)
 //   hessian_loss.hpp  hessian_loss: trace(D^T H D), the output error of a weight error D
+//   tuned_rounding.hpp rounding offsets and range factors tuned by signed gradients (AutoRound)
 //   pad.hpp, pack.hpp pad/unpad, flat and MatMulNBits packing
 //   presets.hpp       ONNX Runtime, GPTQ, ModelOpt, INC grids
 //   metrics.hpp       error statistics
@@ -30,6 +31,7 @@
 #include <int4q/quantize.hpp>
 #include <int4q/quantized.hpp>
 #include <int4q/tables.hpp>
+#include <int4q/tuned_rounding.hpp>
 #include <int4q/version.hpp>
 
 #endif  // INT4Q_QUANT_HPP

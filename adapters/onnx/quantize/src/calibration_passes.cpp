@@ -44,21 +44,8 @@ bool same_grid(const quant_config& a, const quant_config& b) {
 /// must multiply with to compute what the quantized node will ([N, K] for Gemm transB, Gemm
 /// alpha divided out again; AWQ: row k divided by s[k], the node's input being x / s).
 value stored_values(const weight_job& job, const float* s) {
-  const weight_info& w = *job.info;
   const xt::xtensor<float, 2> d = int4q::dequant(job.q);  // [K, N], alpha folded in
-  const bool trans = w.uses.front().trans_b;
-  const std::size_t K = w.k, N = w.n;
-  std::vector<float> v(K * N);
-  for (std::size_t k = 0; k < K; ++k) {
-    for (std::size_t n = 0; n < N; ++n) {
-      const float x = s ? d(k, n) / s[k] : d(k, n);
-      v[trans ? n * K + k : k * N + n] = x / job.alpha;
-    }
-  }
-  using shape_t = std::vector<std::int64_t>;
-  return value::floats(
-      trans ? shape_t{std::int64_t(N), std::int64_t(K)} : shape_t{std::int64_t(K), std::int64_t(N)},
-      std::move(v));
+  return stored_weight_values(*job.info, job.alpha, d.data(), s);
 }
 
 /// Graph order of the first main-graph use (weights only in subgraphs last).

@@ -20,6 +20,7 @@
 #include <int4q/onnx/temp_files.hpp>
 
 #include "awq_fold_detail.hpp"
+#include "block_tuning.hpp"
 #include "calibration_passes.hpp"
 #include "resume_journal.hpp"
 #include "writers.hpp"
@@ -207,6 +208,31 @@ void quantize_jobs_distributed(const model& m, const quantize_options& options,
   }
 }
 
+/// Method block: the blocks tune their weights in graph order (block_tuning.hpp), each packed
+/// as soon as its block is done.
+void quantize_block_jobs(const model& m, const quantize_options& options,
+                         std::vector<detail::weight_job>& jobs, detail::name_set& names,
+                         std::optional<spill_writer>& spill, quantize_report& report) {
+  const auto references = detail::count_references(m.proto.graph());
+  quantize_progress progress;
+  progress.total = jobs.size();
+  for (const detail::weight_job& j : jobs)
+    progress.cost_total += weight_cost(j.info->k, j.info->n, j.algo, 0, options.awq);
+  detail::tune_blocks(m, options, jobs, report, [&](std::size_t j, double seconds) {
+    detail::weight_job& job = jobs[j];
+    const weight_info& w = *job.info;
+    detail::build_tensors(m, options, job, names, report.tensors[job.report_index], references);
+    if (spill) spill->spill(job.tensors);  // memory: one weight's new tensors at a time
+    if (!options.on_progress) return;
+    progress.done += 1;
+    progress.weight = w.name;
+    progress.layer = display_name(w.uses.front());
+    progress.seconds += seconds;
+    progress.cost_done += weight_cost(w.k, w.n, job.algo, 0, options.awq);
+    options.on_progress(progress);
+  });
+}
+
 /// The report's totals: weights quantized, bytes before and after (embedding tables included).
 void add_totals(quantize_report& report) {
   for (const tensor_report& r : report.tensors) {
@@ -284,19 +310,33 @@ quantize_report quantize_model(model& m, const quantize_options& options) {
   std::optional<spill_writer> spill;
   if (!options.spill_file.empty() && !jobs.empty())
     spill.emplace(options.spill_file, options.spill_min_bytes);
-  // A journal of another run is refused before the calibration reads any data.
-  std::optional<detail::resume_journal> journal;
-  if (!options.resume.journal.empty() && !jobs.empty())
-    journal.emplace(options.resume.journal, detail::resume_fingerprint(m, options));
-  detail::calibration_passes cal(m, options, jobs, report);
-  if (journal) cal.set_journal(&*journal);
-  if (distributed(options.comm))
-    quantize_jobs_distributed(m, options, cal, jobs, names, spill, report);
-  else
-    report.weights_resumed = quantize_jobs(m, options, cal, jobs, names, spill, report);
-  detail::build_embeddings(m, options, emb_jobs, names, report);
-  // Where each AWQ scale's 1/s goes (reads the model; may still throw).
-  const std::vector<awq_fold_plan> folds = cal.fold_plans();
+  std::vector<awq_fold_plan> folds;
+  if (std::any_of(jobs.begin(), jobs.end(),
+                  [](const detail::weight_job& j) { return j.algo == method::block; })) {
+    if (!options.resume.journal.empty())
+      throw option_error(model_error::kind::invalid, "resume.journal",
+                         "`resume.journal` is not implemented for method block: run it without "
+                         "a journal");
+    if (distributed(options.comm))
+      throw option_error(model_error::kind::invalid, "comm",
+                         "method block runs in one process: run it without MPI ranks");
+    quantize_block_jobs(m, options, jobs, names, spill, report);
+    detail::build_embeddings(m, options, emb_jobs, names, report);
+  } else {
+    // A journal of another run is refused before the calibration reads any data.
+    std::optional<detail::resume_journal> journal;
+    if (!options.resume.journal.empty() && !jobs.empty())
+      journal.emplace(options.resume.journal, detail::resume_fingerprint(m, options));
+    detail::calibration_passes cal(m, options, jobs, report);
+    if (journal) cal.set_journal(&*journal);
+    if (distributed(options.comm))
+      quantize_jobs_distributed(m, options, cal, jobs, names, spill, report);
+    else
+      report.weights_resumed = quantize_jobs(m, options, cal, jobs, names, spill, report);
+    detail::build_embeddings(m, options, emb_jobs, names, report);
+    // Where each AWQ scale's 1/s goes (reads the model; may still throw).
+    folds = cal.fold_plans();
+  }
 
   // 5. Edit the graph (cannot fail from here on).
   if (spill) {

@@ -29,6 +29,7 @@ const char* to_string(method m) noexcept {
     case method::awq_clip: return "awq_clip";
     case method::awq_full: return "awq_full";
     case method::awq_gptq: return "awq_gptq";
+    case method::block: return "block";
   }
   return "?";
 }
@@ -113,9 +114,12 @@ method get_method(const json& v, const std::string& key) {
   const std::string s = v.is_string() ? v.get<std::string>() : "";
   if (s == "rtn") return method::rtn;
   for (const method m : {method::rtn, method::gptq, method::awq_lite, method::awq_clip,
-                         method::awq_full, method::awq_gptq})
+                         method::awq_full, method::awq_gptq, method::block})
     if (s == to_string(m)) return m;
-  bad(key, "one of \"rtn\", \"gptq\", \"awq_lite\", \"awq_clip\", \"awq_full\", \"awq_gptq\"", v);
+  bad(key,
+      "one of \"rtn\", \"gptq\", \"awq_lite\", \"awq_clip\", \"awq_full\", \"awq_gptq\", "
+      "\"block\"",
+      v);
 }
 
 std::string get_string(const json& v, const std::string& key) {
@@ -191,6 +195,12 @@ json options_json(const quantize_options& options) {
               {"clip_min", options.awq.clip.clip_min},
               {"per_subgraph", options.awq.per_subgraph},
               {"samples", options.awq.samples}};
+  if (options.algo == method::block)
+    j["block"] = {{"iterations", options.block.iterations},
+                  {"learning_rate", options.block.learning_rate},
+                  {"offset_limit", options.block.limits.offset_limit},
+                  {"range_min", options.block.limits.range_min},
+                  {"seed", options.block.seed}};
   j["preset"] = options.ort_preset ? "ort" : "none";
   j["bits"] = c.bits;
   j["group_size"] =
@@ -240,6 +250,10 @@ json to_json(const quantize_report& report) {
         e["awq_fold"] = t.awq_fold;
         e["clip_loss"] = number_or_null(t.clip_loss);
         e["clip_rtn_loss"] = number_or_null(t.clip_rtn_loss);
+      }
+      if (t.method == "block") {
+        e["block_loss_start"] = number_or_null(t.block_loss_start);
+        e["block_loss"] = number_or_null(t.block_loss);
       }
       e["error"] = {{"rmse", t.rmse},
                     {"max_abs", t.max_abs},

@@ -85,6 +85,22 @@ xt::xtensor<float, 2> logical_weight(const model& m, const weight_info& w, float
   return lw;
 }
 
+value stored_weight_values(const weight_info& w, float alpha, const float* d, const float* s) {
+  const bool trans = !w.uses.empty() && w.uses.front().trans_b;
+  const std::size_t K = w.k, N = w.n;
+  std::vector<float> v(K * N);
+  for (std::size_t k = 0; k < K; ++k) {
+    for (std::size_t n = 0; n < N; ++n) {
+      const float x = s ? d[k * N + n] / s[k] : d[k * N + n];
+      v[trans ? n * K + k : k * N + n] = x / alpha;
+    }
+  }
+  using shape_t = std::vector<std::int64_t>;
+  return value::floats(
+      trans ? shape_t{std::int64_t(N), std::int64_t(K)} : shape_t{std::int64_t(K), std::int64_t(N)},
+      std::move(v));
+}
+
 }  // namespace detail
 }  // namespace onnx
 }  // namespace int4q

@@ -6,6 +6,7 @@
 #include <onnx/onnx_pb.h>
 #include <xtensor/xtensor.hpp>
 
+#include <int4q/onnx/executor.hpp>
 #include <int4q/onnx/model.hpp>
 #include <int4q/onnx/weights.hpp>
 
@@ -24,6 +25,11 @@ const ::onnx::TensorProto& weight_tensor(const model& m, const weight_info& w);
 /// [N, K] for Gemm transB = 1, times `alpha` (Gemm alpha, the same for every use). Throws
 /// model_error(invalid) when the stored shape is not [K, N] (or [N, K]).
 xt::xtensor<float, 2> logical_weight(const model& m, const weight_info& w, float alpha);
+
+/// The inverse of logical_weight for values `d` [K, N] (row-major): what the nodes must read as
+/// B so that they multiply with d ([N, K] for Gemm transB, Gemm alpha divided out); `s` (K
+/// values, or nullptr): row k divided by s[k] as well (AWQ: the node's input is then x / s).
+value stored_weight_values(const weight_info& w, float alpha, const float* d, const float* s);
 
 }  // namespace detail
 }  // namespace onnx

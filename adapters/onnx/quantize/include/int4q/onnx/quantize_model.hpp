@@ -21,6 +21,7 @@
 #include <int4q/onnx/calibrate.hpp>
 #include <int4q/onnx/model.hpp>
 #include <int4q/onnx/weights.hpp>
+#include <int4q/tuned_rounding.hpp>
 
 namespace int4q {
 namespace onnx {
@@ -43,6 +44,12 @@ enum class method {
   awq_clip,  ///< AWQ clip search only: per (group, column) clip ratios, no scaling
   awq_full,  ///< awq_lite, then awq_clip on the scaled weight
   awq_gptq,  ///< awq_lite scaling, then GPTQ on the scaled weight (Hessian of x / s)
+  /// Block-wise output-aware tuning (int4q/tuned_rounding.hpp): for each block of the graph
+  /// between two points of its residual stream (find_blocks), every weight's rounding offsets
+  /// and group range factors are tuned by signed gradient descent on the mean squared error
+  /// between the block's output and the float model's, the block's input coming from the
+  /// already quantized blocks; gradients by int4q's own reverse mode (stretch_gradient).
+  block,
 };
 const char* to_string(method m) noexcept;
 
@@ -125,6 +132,18 @@ struct awq_settings {
   std::size_t samples = 512;
 };
 
+/// Block-wise tuning's settings (method block).
+struct block_settings {
+  /// Signed-gradient steps per block, each on one calibration batch (AutoRound's default: 200).
+  std::size_t iterations = 200;
+  /// Step size at the first step, decaying linearly towards 0; 0: 1 / iterations.
+  double learning_rate = 0;
+  /// Limits of the offsets and range factors.
+  int4q::tuned_rounding_options limits;
+  /// The order the batches are visited in (a shuffle per pass over them) comes from it.
+  std::uint64_t seed = 0;
+};
+
 /// Where a long run stands, after each weight (quantize_options::on_progress).
 struct quantize_progress {
   std::size_t done = 0, total = 0;  ///< weights quantized (restored included) and to quantize
@@ -178,6 +197,7 @@ struct quantize_options {
   method algo = method::rtn;
   calibration_options calibration;  ///< for the calibrated methods (gptq, awq_*)
   awq_settings awq;
+  block_settings block;  ///< method block
   /// GPTQ's settings (block, damping, act_order, ...). int4q's default differs from the core's
   /// (the reference algorithm's): act_order with static groups, which scores better on devgpt
   /// (docs/quantization.md has the measurements) and decodes with plain contiguous groups.
@@ -270,6 +290,10 @@ struct tensor_report {
   /// awq_clip, awq_full: the clip search's output error at the chosen ratios and at ratio 1.
   double clip_loss = std::numeric_limits<double>::quiet_NaN();
   double clip_rtn_loss = std::numeric_limits<double>::quiet_NaN();
+  /// block: the mean squared error of its block's output against the float model's, on the
+  /// batch of the first step (round to nearest) and the lowest seen (the parameters kept).
+  double block_loss_start = std::numeric_limits<double>::quiet_NaN();
+  double block_loss = std::numeric_limits<double>::quiet_NaN();
   std::size_t bytes_before = 0, bytes_after = 0;
   double seconds = 0;
 };
