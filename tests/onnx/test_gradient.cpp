@@ -840,3 +840,86 @@ TEST(GradientMicrosoft, GeluVariants) {
 }
 
 }  // namespace
+
+namespace {
+
+// ---- Attention
+// ------------------------------------------------------------------------------------
+
+TEST(GradientAttention, MultiHeadAttention) {
+  for (const int form :
+       {0, 1, 2}) {  // 0: bias, padding mask, attention bias; 1: causal; 2: 4-D K/V
+    test_model t;
+    t.b.set_opset(1, kMs);
+    const std::int64_t B = 2, S = 3, L = form == 1 ? 3 : 4, N = 2, H = 4, Hv = 3;
+    t.in("q", {B, S, N * H});
+    std::vector<std::string> ins{"q"};
+    if (form == 2) {
+      t.in("k", {B, N, L, H});
+      t.in("v", {B, N, L, Hv});
+    } else {
+      t.in("k", {B, L, N * H});
+      t.in("v", {B, L, N * Hv});
+    }
+    ins.insert(ins.end(), {"k", "v"});
+    if (form == 0) {
+      t.weight("bias", {2 * N * H + N * Hv});
+      t.ints("mask", {B, L}, {1, 1, 1, 0, 1, 1, 0, 1});
+      t.weight("attn_bias", {1, N, S, L});
+      ins.insert(ins.end(), {"bias", "mask", "attn_bias"});
+    }
+    auto& n = t.node("MultiHeadAttention", ins, {"Y", "present_k"}, kMs);
+    set_attr(n, "num_heads", N);
+    if (form == 1) set_attr(n, "unidirectional", std::int64_t(1));
+    t.out("Y");
+    t.out("present_k");  // a gradient reaching the present key goes to key (and bias)
+    SCOPED_TRACE(form);
+    check_model(t, 24);
+  }
+}
+
+TEST(GradientAttention, GroupQueryAttention) {
+  for (const int form : {0, 1, 2}) {
+    // 0: attention_bias; 1: do_rotary (rotating all of each head), softcap, local window;
+    // 2: packed QKV, smooth_softmax.
+    test_model t;
+    t.b.set_opset(1, kMs);
+    const std::int64_t B = 2, S = 4, N = 4, Nkv = 2, H = 4;
+    std::vector<std::string> ins;
+    if (form == 2) {
+      t.in("q", {B, S, (N + 2 * Nkv) * H});
+      ins = {"q", "", "", "", ""};
+    } else {
+      t.in("q", {B, S, N * H});
+      t.in("k", {B, S, Nkv * H});
+      t.in("v", {B, S, Nkv * H});
+      ins = {"q", "k", "v", "", ""};
+    }
+    t.ints("seqlens", {B}, {S - 1, S - 1});
+    t.ints("total", {}, {S});
+    ins.insert(ins.end(), {"seqlens", "total"});
+    if (form == 1) {
+      t.weight("cos", {8, H / 2}, -1, 1, false);
+      t.weight("sin", {8, H / 2}, -1, 1, false);
+      ins.insert(ins.end(), {"cos", "sin"});
+    }
+    if (form == 0) {
+      t.weight("attn_bias", {1, N, S, S});
+      ins.insert(ins.end(), {"", "", "", "attn_bias"});
+    }
+    auto& n = t.node("GroupQueryAttention", ins, {"Y"}, kMs);
+    set_attr(n, "num_heads", N);
+    set_attr(n, "kv_num_heads", Nkv);
+    if (form == 1) {
+      set_attr(n, "do_rotary", std::int64_t(1));
+      set_attr(n, "softcap", 1.5f);
+      set_attr(n, "local_window_size", std::int64_t(3));
+    }
+    if (form == 2) set_attr(n, "smooth_softmax", std::int64_t(1));
+    t.out("Y");
+    SCOPED_TRACE(form);
+    check_model(t, 24);
+  }
+}
+
+}  // namespace

@@ -742,6 +742,7 @@ std::unordered_map<std::string, vjp_fn> make_vjps() {
     const double s = 1.0 / (1.0 + std::exp(-alpha * x));
     return s + alpha * x * s * (1.0 - s);
   });
+  add_attention_vjps(v);
   return v;
 }
 

@@ -39,6 +39,13 @@
 //   as output 3: ds = dnorm + g3), SimplifiedLayerNormalization (RMS: no mean), RotaryEmbedding
 //   (a rotation: dX = the operator applied to g with the sine negated), Gelu, BiasGelu,
 //   FastGelu (tanh form), QuickGelu (x sigmoid(alpha x)); default-domain Gelu (both forms).
+//   com.microsoft MultiHeadAttention and GroupQueryAttention without past key/value (a prompt's
+//   block): per head P = softmax(X), X = cap(scale Q K^T) + bias (+ masks), O = P V:
+//   dV = P^T dO, dX = P (dP - rowsum(dP P)) with dP = dO V^T, dQ = scale (dX cap') K,
+//   dK = scale (dX cap')^T Q; MHA's bias, key_padding_mask, attention_bias, unidirectional;
+//   GQA's packed QKV, do_rotary (undone on dQ, dK), softcap, local window, smooth_softmax /
+//   head_sink (no gradient to the sink), attention_bias; present key/value outputs pass their
+//   gradients to key and value.
 //   The statistics outputs of the norms (mean, inverse std) pass no gradient (a nonzero one is
 //   refused).
 //
