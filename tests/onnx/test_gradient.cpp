@@ -693,7 +693,12 @@ TEST(GradientLayers, DevgptWeightGradientsMatchFiniteDifferences) {
 }
 
 TEST(GradientLayers, DevgptSameGradientsForOneAndTwoThreads) {
-  const devgpt_layer d = load_devgpt_layer();
+  devgpt_layer d = load_devgpt_layer();
+  // 4 x 64 tokens: several fixed items in the row-wise and elementwise loops, and the GEMMs in
+  // more than one block, so that two threads do split the work.
+  std::vector<std::int64_t> ids(4 * 64);
+  for (std::size_t e = 0; e < ids.size(); ++e) ids[e] = std::int64_t((e * 37 + 11) % 256);
+  d.feeds = {{"input_ids", value::ints({4, 64}, ids)}};
   const std::vector<std::string> weights = matmul_weights(d.m, d.first, d.end);
   std::map<std::string, value> by_threads[2];
   for (const std::size_t threads : {1, 2}) {

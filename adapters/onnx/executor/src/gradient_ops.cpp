@@ -17,7 +17,31 @@ namespace exec {
 
 value sum_to_shape(const value& g, const shape_t& target) {
   if (g.shape == target) return g;
-  std::vector<double> acc(numel(target), 0.0);
+  const std::size_t n = numel(target);
+  // A bias's common case: target is g's trailing dimensions (leading 1s aside), so g is `rows`
+  // rows of it. Partial sums per fixed item of rows, then the items in order.
+  shape_t core = target;
+  while (!core.empty() && core.front() == 1) core.erase(core.begin());
+  if (n > 0 && core.size() <= g.shape.size() &&
+      std::equal(core.rbegin(), core.rend(), g.shape.rbegin())) {
+    const std::size_t rows = g.f.size() / n;
+    const std::size_t per_item = rows_per_item(n);
+    const std::size_t items = (rows + per_item - 1) / per_item;
+    std::vector<double> parts(items * n, 0.0);
+    int4q::detail::parallel_for(items, current_threads(), [&](std::size_t i) {
+      double* acc = parts.data() + i * n;
+      for (std::size_t r = i * per_item; r < std::min(rows, (i + 1) * per_item); ++r)
+        for (std::size_t k = 0; k < n; ++k) acc[k] += g.f[r * n + k];
+    });
+    std::vector<float> out(n);
+    for (std::size_t k = 0; k < n; ++k) {
+      double sum = 0;
+      for (std::size_t i = 0; i < items; ++i) sum += parts[i * n + k];
+      out[k] = static_cast<float>(sum);
+    }
+    return value::floats(target, std::move(out));
+  }
+  std::vector<double> acc(n, 0.0);
   broadcast_walk<1>(g.shape, {&target},
                     [&](std::size_t o, const std::array<std::size_t, 1>& p,
                         const std::array<std::size_t, 1>& d, std::size_t len) {
