@@ -928,3 +928,62 @@ TEST(GradientAttention, GroupQueryAttention) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(GradientLayers, LlamaFp16LayerThroughCasts) {
+  // An fp16 export: activations rounded to fp16 after each op, the norm statistics in fp32
+  // between Casts. The Casts pass gradients straight through (their rounding has no useful
+  // derivative), so finite differences of the rounded forward are not the reference here: the
+  // forward must still equal the executor's bit for bit, and the gradients must reach every
+  // weight, finite, and be the same for 1 and 2 threads.
+  int4q::test::llama_options o;
+  o.layers = 1;
+  o.hidden = 32;
+  o.intermediate = 48;
+  o.heads = 4;
+  o.kv_heads = 2;
+  o.vocab = 64;
+  o.max_positions = 16;
+  o.fp16 = true;
+  model m;
+  m.proto = int4q::test::build_llama_model(o);
+  int first = -1, end = -1;
+  for (int k = 0; k < m.proto.graph().node_size(); ++k) {
+    if (m.proto.graph().node(k).name().find("/layers.0/") == std::string::npos) continue;
+    if (first < 0) first = k;
+    end = k + 1;
+  }
+  ASSERT_GE(first, 0);
+  const std::map<std::string, value> feeds = {
+      {"input_ids", value::ints({2, 6}, {3, 17, 42, 5, 9, 60, 1, 33, 8, 8, 2, 63})}};
+  const std::vector<std::string> weights = matmul_weights(m, first, end);
+  ASSERT_EQ(weights.size(), 7u);
+  std::map<std::string, value> by_threads[2];
+  for (const std::size_t threads : {1, 2}) {
+    const stretch_gradient sg(m, first, end, threads);
+    const auto inputs = stretch_inputs(m, sg, first, feeds);
+    stretch_gradient::pass p = sg.forward(pointers(inputs), {}, weights);
+    const executor ex(m, threads);
+    executor::session s = ex.start(feeds);
+    ex.advance(s, end);
+    for (const std::string& name : sg.outputs()) {
+      const value* want = s.find(name);
+      ASSERT_NE(want, nullptr) << name;
+      EXPECT_TRUE(sg.output(p, name).f == want->f && sg.output(p, name).i == want->i) << name;
+    }
+    by_threads[threads - 1] = sg.backward(p, random_output_grads(sg, p, 5));
+  }
+  for (const std::string& w : weights) {
+    const value& g1 = by_threads[0].at(w);
+    EXPECT_TRUE(g1.f == by_threads[1].at(w).f) << w;
+    double mx = 0;
+    for (const float x : g1.f) {
+      EXPECT_TRUE(std::isfinite(x)) << w;
+      mx = std::max(mx, std::fabs(double(x)));
+    }
+    EXPECT_GT(mx, 0.0) << w;
+  }
+}
+
+}  // namespace
