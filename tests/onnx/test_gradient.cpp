@@ -987,3 +987,70 @@ TEST(GradientLayers, LlamaFp16LayerThroughCasts) {
 }
 
 }  // namespace
+
+namespace {
+
+// ---- More operators
+// ---------------------------------------------------------------------------------
+
+TEST(GradientOps, MoreUnary) {
+  unary_case("Abs", -1, 1, true);
+  unary_case("Log", 0.5f, 2);
+  unary_case("Sin", -3, 3);
+  unary_case("Cos", -3, 3);
+  unary_case("Softplus", -3, 3);
+  {
+    test_model t;
+    t.in("X", {3, 5});
+    for (float& x : t.feeds["X"].f) x = x < 0 ? x - 0.1f : x + 0.1f;
+    set_attr(t.node("LeakyRelu", {"X"}, {"Y"}), "alpha", 0.2f);
+    t.out("Y");
+    check_model(t);
+  }
+  {
+    test_model t;  // Clip to [-0.5, 0.5]: no sample within the step of a bound
+    t.in("X", {4, 5});
+    for (float& x : t.feeds["X"].f)
+      if (std::fabs(std::fabs(x) - 0.5f) < 0.05f) x *= 0.8f;
+    t.b.initializer("lo", onnx_float, {}, {-0.5f});
+    t.b.initializer("hi", onnx_float, {}, {0.5f});
+    t.node("Clip", {"X", "lo", "hi"}, {"Y"});
+    t.out("Y");
+    check_model(t);
+  }
+  {
+    test_model t;  // inference Dropout: the identity
+    t.in("X", {3, 4});
+    t.node("Dropout", {"X"}, {"D"});
+    t.node("Mul", {"D", "D"}, {"Y"});
+    t.out("Y");
+    check_model(t);
+  }
+}
+
+TEST(GradientOps, LogSoftmax) {
+  for (const std::int64_t axis : {-1, 1}) {
+    test_model t;
+    t.in("X", {2, 3, 4}, -2, 2);
+    set_attr(t.node("LogSoftmax", {"X"}, {"Y"}), "axis", axis);
+    t.out("Y");
+    SCOPED_TRACE(axis);
+    check_model(t);
+  }
+}
+
+TEST(GradientOps, SumAndMean) {
+  for (const char* op : {"Sum", "Mean"}) {
+    test_model t;
+    t.in("A", {2, 3, 4});
+    t.in("B", {4});
+    t.weight("C", {3, 1});
+    t.node(op, {"A", "B", "C"}, {"S"});
+    t.node("Mul", {"S", "S"}, {"Y"});
+    t.out("Y");
+    SCOPED_TRACE(op);
+    check_model(t);
+  }
+}
+
+}  // namespace

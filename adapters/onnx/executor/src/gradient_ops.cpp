@@ -4,6 +4,7 @@
 // order (per item, then the items in order), so results do not depend on the thread count.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -698,6 +699,68 @@ void vjp_gemm(const vjp_args& a, gin_t& gin) {
 /// Cast: float to float passes g through; anything else has no float output on the path.
 void vjp_cast(const vjp_args& a, gin_t& gin) { vjp_same_data(a, gin); }
 
+/// LogSoftmax: dX = g - exp(Y) sum_axis(g) (exp(Y) the softmax).
+void vjp_log_softmax(const vjp_args& a, gin_t& gin) {
+  if (!a.need[0]) return;
+  const value& y = *a.out[0];
+  const value& g = grad0(a);
+  const softmax_layout l = softmax_layout_of(a.c, a.m, y.shape);
+  value r = new_float_value(y.shape);
+  parallel_ranges(l.outer, rows_per_item(l.len * l.inner), [&](std::size_t p0, std::size_t p1) {
+    for (std::size_t p = p0; p < p1; ++p) {
+      for (std::size_t q = 0; q < l.inner; ++q) {
+        const std::size_t o = p * l.len * l.inner + q;
+        double sum = 0;
+        for (std::size_t k = 0; k < l.len; ++k) sum += g.f[o + k * l.inner];
+        for (std::size_t k = 0; k < l.len; ++k) {
+          const std::size_t e = o + k * l.inner;
+          r.f[e] = static_cast<float>(g.f[e] - std::exp(double(y.f[e])) * sum);
+        }
+      }
+    }
+  });
+  gin[0] = std::move(r);
+}
+
+/// Clip: g where min <= x <= max, 0 where clipped (bounds as the forward reads them: inputs 1
+/// and 2 from opset 11, the attributes before).
+void vjp_clip(const vjp_args& a, gin_t& gin) {
+  if (a.need.size() > 1 && (a.need[1] || (a.need.size() > 2 && a.need[2])))
+    a.c.fail("cannot differentiate through Clip with respect to its bounds");
+  if (!a.need[0]) return;
+  double lo = -INFINITY, hi = INFINITY;
+  if (default_opset(a.m) < 11) {
+    lo = attr_float(a.c.node, "min", -std::numeric_limits<float>::max());
+    hi = attr_float(a.c.node, "max", std::numeric_limits<float>::max());
+  } else {
+    auto bound = [](const value* v) {
+      return v->type == value_type::float32 ? double(v->f.at(0)) : double(v->i.at(0));
+    };
+    if (const value* v = optional_input(a.in, 1)) lo = bound(v);
+    if (const value* v = optional_input(a.in, 2)) hi = bound(v);
+  }
+  gin[0] = chain(grad0(a), *a.in[0], nullptr, [lo, hi](float x, float) {
+    return double(x) >= lo && double(x) <= hi ? 1.0f : 0.0f;
+  });
+}
+
+/// Dropout in inference (Y = X): g. Training-mode dropout is refused.
+void vjp_dropout(const vjp_args& a, gin_t& gin) {
+  if (!a.out[0] || a.out[0]->f != a.in[0]->f)
+    a.c.fail("cannot differentiate through a training-mode Dropout");
+  vjp_same_data(a, gin);
+}
+
+/// Sum and Mean of broadcast inputs: each input's gradient is g (/ count) summed to its shape.
+vjp_fn variadic_vjp(bool mean) {
+  return [mean](const vjp_args& a, gin_t& gin) {
+    const value& g = grad0(a);
+    const value scaled_g = mean ? scaled(g, 1.0f / static_cast<float>(a.in.size())) : value();
+    for (std::size_t q = 0; q < a.in.size(); ++q)
+      if (a.need[q]) gin[q] = sum_to_shape(mean ? scaled_g : g, a.in[q]->shape);
+  };
+}
+
 double gelu_erf_grad(double x) {
   // d/dx x Phi(x) = Phi(x) + x phi(x).
   return 0.5 * (1.0 + std::erf(x / std::sqrt(2.0))) +
@@ -766,6 +829,20 @@ std::unordered_map<std::string, vjp_fn> make_vjps() {
     const double s = 1.0 / (1.0 + std::exp(-alpha * x));
     return s + alpha * x * s * (1.0 - s);
   });
+  v["LogSoftmax"] = vjp_log_softmax;
+  v["Clip"] = vjp_clip;
+  v["Dropout"] = vjp_dropout;
+  v["Sum"] = variadic_vjp(false);
+  v["Mean"] = variadic_vjp(true);
+  v["Abs"] = unary_vjp([](float x, float) { return x > 0 ? 1.0f : (x < 0 ? -1.0f : 0.0f); });
+  v["Log"] = unary_vjp([](float x, float) { return 1.0f / x; });
+  v["Sin"] = unary_vjp([](float x, float) { return std::cos(x); });
+  v["Cos"] = unary_vjp([](float x, float) { return -std::sin(x); });
+  v["Softplus"] = unary_vjp([](float x, float) { return 1.0f / (1.0f + std::exp(-x)); });
+  v["LeakyRelu"] = [](const vjp_args& a, gin_t& gin) {
+    const float alpha = attr_float(a.c.node, "alpha", 0.01f);
+    unary_vjp([alpha](float x, float) { return x > 0 ? 1.0f : alpha; })(a, gin);
+  };
   add_attention_vjps(v);
   return v;
 }

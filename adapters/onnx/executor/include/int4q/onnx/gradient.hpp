@@ -24,6 +24,9 @@
 //     g xh, dbias = sum_rows g, dX = r (gs - mean(gs) - xh mean(gs xh)) with gs = g scale.
 //   Erf: g 2/sqrt(pi) exp(-x^2).  Sqrt: g / (2 Y).  Reciprocal: -g Y^2.  Pow(x, p constant):
 //   g p x^(p-1).  Exp: g Y.  Sigmoid: g Y (1 - Y).  Tanh: g (1 - Y^2).  Relu: g [x > 0].  Neg.
+//   Abs: g sign(x).  Log: g / x.  Sin: g cos(x).  Cos: -g sin(x).  Softplus: g sigmoid(x).
+//   LeakyRelu: g (x > 0 ? 1 : alpha).  Clip: g where min <= x <= max.  Dropout (inference): g.
+//   LogSoftmax: dX = g - exp(Y) sum_axis(g).  Sum / Mean: g (/ count) to each input.
 //   ReduceMean / ReduceSum: g spread back over the reduced axes (/ count for the mean).
 //   Cast (float to float), Identity: g unchanged (a cast to fp16/bf16 is passed straight
 //   through: its rounding has no useful derivative).
