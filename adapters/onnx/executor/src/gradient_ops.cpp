@@ -17,7 +17,11 @@ namespace onnx {
 namespace exec {
 
 value sum_to_shape(const value& g, const shape_t& target) {
-  if (g.shape == target) return g;
+  if (g.shape == target) {  // a copy, into a buffer of the pass's pool
+    value r = new_float_value(g.shape);
+    std::copy(g.f.begin(), g.f.end(), r.f.begin());
+    return r;
+  }
   const std::size_t n = numel(target);
   // A bias's common case: target is g's trailing dimensions (leading 1s aside), so g is `rows`
   // rows of it. Partial sums per fixed item of rows, then the items in order.
@@ -305,7 +309,7 @@ void vjp_concat(const vjp_args& a, gin_t& gin) {
 /// Unsqueeze, Identity, Cast between float types): g with the input's shape.
 void vjp_same_data(const vjp_args& a, gin_t& gin) {
   if (!a.need[0]) return;
-  value r = grad0(a);
+  value r = sum_to_shape(grad0(a), grad0(a).shape);  // a copy in a pooled buffer
   r.shape = a.in[0]->shape;
   gin[0] = std::move(r);
 }
@@ -622,8 +626,14 @@ void vjp_matmul(const vjp_args& a, gin_t& gin) {
       for (std::size_t e = 0; e < nb; ++e) one(e);
     }
   };
+  // An operand not broadcast gets each of its matrices from one product (written with beta 0,
+  // into a pooled buffer); a broadcast one sums several (zeros first, beta 1, in batch order).
+  auto result = [&](const value& like, bool full) {
+    return full && !empty ? new_float_value(like.shape)
+                          : value::floats(like.shape, std::vector<float>(like.size(), 0.0f));
+  };
   if (a.need[0]) {
-    value r = value::floats(A.shape, std::vector<float>(A.size(), 0.0f));
+    value r = result(A, a_full);
     if (!empty) {
       if (numel(bb) == 1 && a_full) {  // a weight under every batch: one GEMM over all rows
         gemm(false, true, nb * M, K, N, 1.0f, pg, N, pb, N, 0.0f, r.f.data(), K);
@@ -631,22 +641,23 @@ void vjp_matmul(const vjp_args& a, gin_t& gin) {
         const auto ia = broadcast_index(ba, batch), ib = broadcast_index(bb, batch);
         per_entry(a_full, [&](std::size_t e) {
           int4q::detail::blas::gemm(false, true, M, K, N, 1.0f, pg + e * mn, N, pb + ib[e] * kn, N,
-                                    1.0f, r.f.data() + ia[e] * mk, K);
+                                    a_full ? 0.0f : 1.0f, r.f.data() + ia[e] * mk, K);
         });
       }
     }
     gin[0] = std::move(r);
   }
   if (a.need[1]) {
-    value r = value::floats(B.shape, std::vector<float>(B.size(), 0.0f));
+    const bool one_gemm = numel(bb) == 1 && a_full;
+    value r = result(B, b_full || one_gemm);
     if (!empty) {
-      if (numel(bb) == 1 && a_full) {  // dW = A^T g over all rows: one GEMM
+      if (one_gemm) {  // dW = A^T g over all rows: one GEMM
         gemm(true, false, K, N, nb * M, 1.0f, pa, K, pg, N, 0.0f, r.f.data(), N);
       } else {
         const auto ia = broadcast_index(ba, batch), ib = broadcast_index(bb, batch);
         per_entry(b_full, [&](std::size_t e) {
           int4q::detail::blas::gemm(true, false, K, N, M, 1.0f, pa + ia[e] * mk, K, pg + e * mn, N,
-                                    1.0f, r.f.data() + ib[e] * kn, N);
+                                    b_full ? 0.0f : 1.0f, r.f.data() + ib[e] * kn, N);
         });
       }
     }
@@ -667,8 +678,12 @@ void vjp_gemm(const vjp_args& a, gin_t& gin) {
   const auto M = static_cast<std::size_t>(G.shape[0]), N = static_cast<std::size_t>(G.shape[1]);
   const auto K = static_cast<std::size_t>(ta ? A.shape[0] : A.shape[1]);
   const auto lda = static_cast<std::size_t>(A.shape[1]), ldb = static_cast<std::size_t>(B.shape[1]);
+  auto result = [&](const value& like) {
+    return M && N && K ? new_float_value(like.shape)
+                       : value::floats(like.shape, std::vector<float>(like.size(), 0.0f));
+  };
   if (a.need[0]) {
-    value r = value::floats(A.shape, std::vector<float>(A.size(), 0.0f));
+    value r = result(A);
     if (M && N && K) {
       if (!ta) {
         gemm(false, !tb, M, K, N, alpha, G.f.data(), N, B.f.data(), ldb, 0.0f, r.f.data(), K);
@@ -679,7 +694,7 @@ void vjp_gemm(const vjp_args& a, gin_t& gin) {
     gin[0] = std::move(r);
   }
   if (a.need[1]) {
-    value r = value::floats(B.shape, std::vector<float>(B.size(), 0.0f));
+    value r = result(B);
     if (M && N && K) {
       if (!tb) {
         gemm(!ta, false, K, N, M, alpha, A.f.data(), lda, G.f.data(), N, 0.0f, r.f.data(), N);
