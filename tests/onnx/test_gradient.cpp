@@ -338,14 +338,16 @@ TEST(GradientOps, CastFloatToFloat) {
 // ---- Softmax, LayerNormalization, reductions
 // -----------------------------------------------------
 
-TEST(GradientOps, Softmax) {
-  for (const std::int64_t axis : {-1, 1, 0}) {
-    test_model t;
-    t.in("X", {2, 3, 4}, -2, 2);
-    set_attr(t.node("Softmax", {"X"}, {"Y"}), "axis", axis);
-    t.out("Y");
-    SCOPED_TRACE(axis);
-    check_model(t);
+TEST(GradientOps, SoftmaxAndLogSoftmax) {
+  for (const char* op : {"Softmax", "LogSoftmax"}) {
+    for (const std::int64_t axis : {-1, 1, 0}) {
+      test_model t;
+      t.in("X", {2, 3, 4}, -2, 2);
+      set_attr(t.node(op, {"X"}, {"Y"}), "axis", axis);
+      t.out("Y");
+      SCOPED_TRACE(std::string(op) + " axis " + std::to_string(axis));
+      check_model(t);
+    }
   }
   test_model old(11);  // opset < 13: normalized over the input flattened to 2-D at the axis
   old.in("X", {2, 3, 4}, -2, 2);
@@ -693,7 +695,12 @@ TEST(GradientLayers, DevgptWeightGradientsMatchFiniteDifferences) {
 }
 
 TEST(GradientLayers, DevgptSameGradientsForOneAndTwoThreads) {
-  const devgpt_layer d = load_devgpt_layer();
+  devgpt_layer d = load_devgpt_layer();
+  // 4 x 64 tokens: several fixed items in the row-wise and elementwise loops, and the GEMMs in
+  // more than one block, so that two threads do split the work.
+  std::vector<std::int64_t> ids(4 * 64);
+  for (std::size_t e = 0; e < ids.size(); ++e) ids[e] = std::int64_t((e * 37 + 11) % 256);
+  d.feeds = {{"input_ids", value::ints({4, 64}, ids)}};
   const std::vector<std::string> weights = matmul_weights(d.m, d.first, d.end);
   std::map<std::string, value> by_threads[2];
   for (const std::size_t threads : {1, 2}) {
@@ -833,6 +840,204 @@ TEST(GradientMicrosoft, GeluVariants) {
       ins.push_back("bias");
     }
     t.node(op, ins, {"Y"}, kMs);
+    t.out("Y");
+    SCOPED_TRACE(op);
+    check_model(t);
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// ---- Attention
+// ------------------------------------------------------------------------------------
+
+TEST(GradientAttention, MultiHeadAttention) {
+  for (const int form :
+       {0, 1, 2}) {  // 0: bias, padding mask, attention bias; 1: causal; 2: 4-D K/V
+    test_model t;
+    t.b.set_opset(1, kMs);
+    const std::int64_t B = 2, S = 3, L = form == 1 ? 3 : 4, N = 2, H = 4, Hv = 3;
+    t.in("q", {B, S, N * H});
+    std::vector<std::string> ins{"q"};
+    if (form == 2) {
+      t.in("k", {B, N, L, H});
+      t.in("v", {B, N, L, Hv});
+    } else {
+      t.in("k", {B, L, N * H});
+      t.in("v", {B, L, N * Hv});
+    }
+    ins.insert(ins.end(), {"k", "v"});
+    if (form == 0) {
+      t.weight("bias", {2 * N * H + N * Hv});
+      t.ints("mask", {B, L}, {1, 1, 1, 0, 1, 1, 0, 1});
+      t.weight("attn_bias", {1, N, S, L});
+      ins.insert(ins.end(), {"bias", "mask", "attn_bias"});
+    }
+    auto& n = t.node("MultiHeadAttention", ins, {"Y", "present_k"}, kMs);
+    set_attr(n, "num_heads", N);
+    if (form == 1) set_attr(n, "unidirectional", std::int64_t(1));
+    t.out("Y");
+    t.out("present_k");  // a gradient reaching the present key goes to key (and bias)
+    SCOPED_TRACE(form);
+    check_model(t, 24);
+  }
+}
+
+TEST(GradientAttention, GroupQueryAttention) {
+  for (const int form : {0, 1, 2}) {
+    // 0: attention_bias; 1: do_rotary (rotating all of each head), softcap, local window;
+    // 2: packed QKV, smooth_softmax.
+    test_model t;
+    t.b.set_opset(1, kMs);
+    const std::int64_t B = 2, S = 4, N = 4, Nkv = 2, H = 4;
+    std::vector<std::string> ins;
+    if (form == 2) {
+      t.in("q", {B, S, (N + 2 * Nkv) * H});
+      ins = {"q", "", "", "", ""};
+    } else {
+      t.in("q", {B, S, N * H});
+      t.in("k", {B, S, Nkv * H});
+      t.in("v", {B, S, Nkv * H});
+      ins = {"q", "k", "v", "", ""};
+    }
+    t.ints("seqlens", {B}, {S - 1, S - 1});
+    t.ints("total", {}, {S});
+    ins.insert(ins.end(), {"seqlens", "total"});
+    if (form == 1) {
+      t.weight("cos", {8, H / 2}, -1, 1, false);
+      t.weight("sin", {8, H / 2}, -1, 1, false);
+      ins.insert(ins.end(), {"cos", "sin"});
+    }
+    if (form == 0) {
+      t.weight("attn_bias", {1, N, S, S});
+      ins.insert(ins.end(), {"", "", "", "attn_bias"});
+    }
+    auto& n = t.node("GroupQueryAttention", ins, {"Y"}, kMs);
+    set_attr(n, "num_heads", N);
+    set_attr(n, "kv_num_heads", Nkv);
+    if (form == 1) {
+      set_attr(n, "do_rotary", std::int64_t(1));
+      set_attr(n, "softcap", 1.5f);
+      set_attr(n, "local_window_size", std::int64_t(3));
+    }
+    if (form == 2) set_attr(n, "smooth_softmax", std::int64_t(1));
+    t.out("Y");
+    SCOPED_TRACE(form);
+    check_model(t, 24);
+  }
+}
+
+}  // namespace
+
+namespace {
+
+TEST(GradientLayers, LlamaFp16LayerThroughCasts) {
+  // An fp16 export: activations rounded to fp16 after each op, the norm statistics in fp32
+  // between Casts. The Casts pass gradients straight through (their rounding has no useful
+  // derivative), so finite differences of the rounded forward are not the reference here: the
+  // forward must still equal the executor's bit for bit, and the gradients must reach every
+  // weight, finite, and be the same for 1 and 2 threads.
+  int4q::test::llama_options o;
+  o.layers = 1;
+  o.hidden = 32;
+  o.intermediate = 48;
+  o.heads = 4;
+  o.kv_heads = 2;
+  o.vocab = 64;
+  o.max_positions = 16;
+  o.fp16 = true;
+  model m;
+  m.proto = int4q::test::build_llama_model(o);
+  int first = -1, end = -1;
+  for (int k = 0; k < m.proto.graph().node_size(); ++k) {
+    if (m.proto.graph().node(k).name().find("/layers.0/") == std::string::npos) continue;
+    if (first < 0) first = k;
+    end = k + 1;
+  }
+  ASSERT_GE(first, 0);
+  const std::map<std::string, value> feeds = {
+      {"input_ids", value::ints({2, 6}, {3, 17, 42, 5, 9, 60, 1, 33, 8, 8, 2, 63})}};
+  const std::vector<std::string> weights = matmul_weights(m, first, end);
+  ASSERT_EQ(weights.size(), 7u);
+  std::map<std::string, value> by_threads[2];
+  for (const std::size_t threads : {1, 2}) {
+    const stretch_gradient sg(m, first, end, threads);
+    const auto inputs = stretch_inputs(m, sg, first, feeds);
+    stretch_gradient::pass p = sg.forward(pointers(inputs), {}, weights);
+    const executor ex(m, threads);
+    executor::session s = ex.start(feeds);
+    ex.advance(s, end);
+    for (const std::string& name : sg.outputs()) {
+      const value* want = s.find(name);
+      ASSERT_NE(want, nullptr) << name;
+      EXPECT_TRUE(sg.output(p, name).f == want->f && sg.output(p, name).i == want->i) << name;
+    }
+    by_threads[threads - 1] = sg.backward(p, random_output_grads(sg, p, 5));
+  }
+  for (const std::string& w : weights) {
+    const value& g1 = by_threads[0].at(w);
+    EXPECT_TRUE(g1.f == by_threads[1].at(w).f) << w;
+    double mx = 0;
+    for (const float x : g1.f) {
+      EXPECT_TRUE(std::isfinite(x)) << w;
+      mx = std::max(mx, std::fabs(double(x)));
+    }
+    EXPECT_GT(mx, 0.0) << w;
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// ---- More operators
+// ---------------------------------------------------------------------------------
+
+TEST(GradientOps, MoreUnary) {
+  unary_case("Abs", -1, 1, true);
+  unary_case("Log", 0.5f, 2);
+  unary_case("Sin", -3, 3);
+  unary_case("Cos", -3, 3);
+  unary_case("Softplus", -3, 3);
+  {
+    test_model t;
+    t.in("X", {3, 5});
+    for (float& x : t.feeds["X"].f) x = x < 0 ? x - 0.1f : x + 0.1f;
+    set_attr(t.node("LeakyRelu", {"X"}, {"Y"}), "alpha", 0.2f);
+    t.out("Y");
+    check_model(t);
+  }
+  {
+    test_model t;  // Clip to [-0.5, 0.5]: no sample within the step of a bound
+    t.in("X", {4, 5});
+    for (float& x : t.feeds["X"].f)
+      if (std::fabs(std::fabs(x) - 0.5f) < 0.05f) x *= 0.8f;
+    t.b.initializer("lo", onnx_float, {}, {-0.5f});
+    t.b.initializer("hi", onnx_float, {}, {0.5f});
+    t.node("Clip", {"X", "lo", "hi"}, {"Y"});
+    t.out("Y");
+    check_model(t);
+  }
+  {
+    test_model t;  // inference Dropout: the identity
+    t.in("X", {3, 4});
+    t.node("Dropout", {"X"}, {"D"});
+    t.node("Mul", {"D", "D"}, {"Y"});
+    t.out("Y");
+    check_model(t);
+  }
+}
+
+TEST(GradientOps, SumAndMean) {
+  for (const char* op : {"Sum", "Mean"}) {
+    test_model t;
+    t.in("A", {2, 3, 4});
+    t.in("B", {4});
+    t.weight("C", {3, 1});
+    t.node(op, {"A", "B", "C"}, {"S"});
+    t.node("Mul", {"S", "S"}, {"Y"});
     t.out("Y");
     SCOPED_TRACE(op);
     check_model(t);

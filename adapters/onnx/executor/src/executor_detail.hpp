@@ -601,6 +601,7 @@ inline softmax_layout softmax_layout_of(const node_context& c, const model& m,
                                         const shape_t& shape) {
   const std::int64_t opset = default_opset(m);
   const std::size_t rank = shape.size();
+  if (rank == 0) c.fail("input must have rank >= 1");
   const auto axis = static_cast<std::size_t>(
       normalize_axis(c, attr_int(c.node, "axis", opset >= 13 ? -1 : 1), rank));
   softmax_layout l;

@@ -214,33 +214,11 @@ void op_dropout(const node_context& c, const model& m, const inputs_t& in,
   }
 }
 
-/// outer, len, inner of a softmax-like operator: one axis from opset 13, the input flattened to
-/// 2-D at `axis` before.
-struct axis_split {
-  std::size_t outer = 1, len = 1, inner = 1;
-};
-axis_split split_at_axis(const node_context& c, const model& m, const value& a) {
-  const std::int64_t opset = default_opset(m);
-  const std::size_t rank = a.shape.size();
-  if (rank == 0) c.fail("input must have rank >= 1");
-  const auto axis = static_cast<std::size_t>(
-      normalize_axis(c, attr_int(c.node, "axis", opset >= 13 ? -1 : 1), rank));
-  axis_split s;
-  s.outer = span_of(a.shape, 0, axis);
-  if (opset >= 13) {
-    s.len = static_cast<std::size_t>(a.shape[axis]);
-    s.inner = span_of(a.shape, axis + 1, rank);
-  } else {
-    s.len = span_of(a.shape, axis, rank);
-  }
-  return s;
-}
-
 /// LogSoftmax: y = x - max - log(sum(exp(x - max))) along the axis.
 void op_log_softmax(const node_context& c, const model& m, const inputs_t& in,
                     std::vector<value>& out) {
   value r = need_float(c, in, 0, "input");
-  const axis_split s = split_at_axis(c, m, r);
+  const softmax_layout s = softmax_layout_of(c, m, r.shape);
   for (std::size_t p = 0; p < s.outer; ++p) {
     for (std::size_t q = 0; q < s.inner; ++q) {
       float* x = r.f.data() + p * s.len * s.inner + q;
@@ -260,7 +238,7 @@ void op_log_softmax(const node_context& c, const model& m, const inputs_t& in,
 void op_hardmax(const node_context& c, const model& m, const inputs_t& in,
                 std::vector<value>& out) {
   value r = need_float(c, in, 0, "input");
-  const axis_split s = split_at_axis(c, m, r);
+  const softmax_layout s = softmax_layout_of(c, m, r.shape);
   for (std::size_t p = 0; p < s.outer; ++p) {
     for (std::size_t q = 0; q < s.inner; ++q) {
       float* x = r.f.data() + p * s.len * s.inner + q;

@@ -257,7 +257,9 @@ namespace {
 
 /// acc += v (same shapes).
 void accumulate(value& acc, const value& v) {
-  for (std::size_t e = 0; e < acc.f.size(); ++e) acc.f[e] += v.f[e];
+  parallel_ranges(acc.f.size(), kElementChunk, [&](std::size_t e0, std::size_t e1) {
+    for (std::size_t e = e0; e < e1; ++e) acc.f[e] += v.f[e];
+  });
 }
 
 value zeros(const shape_t& shape) {

@@ -32,6 +32,10 @@ struct vjp_args {
 /// Sets gin[k] (sized like in) to dL/d(input k), of input k's shape, for every k with need[k].
 using vjp_fn = std::function<void(const vjp_args&, std::vector<std::optional<value>>& gin)>;
 
+/// Adds the VJPs of gradient_attention.cpp (com.microsoft MultiHeadAttention,
+/// GroupQueryAttention).
+void add_attention_vjps(std::unordered_map<std::string, vjp_fn>& v);
+
 /// The operators with a VJP, by registry key (op_key).
 const std::unordered_map<std::string, vjp_fn>& vjp_registry();
 

@@ -4,6 +4,7 @@
 // order (per item, then the items in order), so results do not depend on the thread count.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -16,8 +17,36 @@ namespace onnx {
 namespace exec {
 
 value sum_to_shape(const value& g, const shape_t& target) {
-  if (g.shape == target) return g;
-  std::vector<double> acc(numel(target), 0.0);
+  if (g.shape == target) {  // a copy, into a buffer of the pass's pool
+    value r = new_float_value(g.shape);
+    std::copy(g.f.begin(), g.f.end(), r.f.begin());
+    return r;
+  }
+  const std::size_t n = numel(target);
+  // A bias's common case: target is g's trailing dimensions (leading 1s aside), so g is `rows`
+  // rows of it. Partial sums per fixed item of rows, then the items in order.
+  shape_t core = target;
+  while (!core.empty() && core.front() == 1) core.erase(core.begin());
+  if (n > 0 && core.size() <= g.shape.size() &&
+      std::equal(core.rbegin(), core.rend(), g.shape.rbegin())) {
+    const std::size_t rows = g.f.size() / n;
+    const std::size_t per_item = rows_per_item(n);
+    const std::size_t items = (rows + per_item - 1) / per_item;
+    std::vector<double> parts(items * n, 0.0);
+    int4q::detail::parallel_for(items, current_threads(), [&](std::size_t i) {
+      double* acc = parts.data() + i * n;
+      for (std::size_t r = i * per_item; r < std::min(rows, (i + 1) * per_item); ++r)
+        for (std::size_t k = 0; k < n; ++k) acc[k] += g.f[r * n + k];
+    });
+    std::vector<float> out(n);
+    for (std::size_t k = 0; k < n; ++k) {
+      double sum = 0;
+      for (std::size_t i = 0; i < items; ++i) sum += parts[i * n + k];
+      out[k] = static_cast<float>(sum);
+    }
+    return value::floats(target, std::move(out));
+  }
+  std::vector<double> acc(n, 0.0);
   broadcast_walk<1>(g.shape, {&target},
                     [&](std::size_t o, const std::array<std::size_t, 1>& p,
                         const std::array<std::size_t, 1>& d, std::size_t len) {
@@ -280,7 +309,7 @@ void vjp_concat(const vjp_args& a, gin_t& gin) {
 /// Unsqueeze, Identity, Cast between float types): g with the input's shape.
 void vjp_same_data(const vjp_args& a, gin_t& gin) {
   if (!a.need[0]) return;
-  value r = grad0(a);
+  value r = sum_to_shape(grad0(a), grad0(a).shape);  // a copy in a pooled buffer
   r.shape = a.in[0]->shape;
   gin[0] = std::move(r);
 }
@@ -597,8 +626,14 @@ void vjp_matmul(const vjp_args& a, gin_t& gin) {
       for (std::size_t e = 0; e < nb; ++e) one(e);
     }
   };
+  // An operand not broadcast gets each of its matrices from one product (written with beta 0,
+  // into a pooled buffer); a broadcast one sums several (zeros first, beta 1, in batch order).
+  auto result = [&](const value& like, bool full) {
+    return full && !empty ? new_float_value(like.shape)
+                          : value::floats(like.shape, std::vector<float>(like.size(), 0.0f));
+  };
   if (a.need[0]) {
-    value r = value::floats(A.shape, std::vector<float>(A.size(), 0.0f));
+    value r = result(A, a_full);
     if (!empty) {
       if (numel(bb) == 1 && a_full) {  // a weight under every batch: one GEMM over all rows
         gemm(false, true, nb * M, K, N, 1.0f, pg, N, pb, N, 0.0f, r.f.data(), K);
@@ -606,22 +641,23 @@ void vjp_matmul(const vjp_args& a, gin_t& gin) {
         const auto ia = broadcast_index(ba, batch), ib = broadcast_index(bb, batch);
         per_entry(a_full, [&](std::size_t e) {
           int4q::detail::blas::gemm(false, true, M, K, N, 1.0f, pg + e * mn, N, pb + ib[e] * kn, N,
-                                    1.0f, r.f.data() + ia[e] * mk, K);
+                                    a_full ? 0.0f : 1.0f, r.f.data() + ia[e] * mk, K);
         });
       }
     }
     gin[0] = std::move(r);
   }
   if (a.need[1]) {
-    value r = value::floats(B.shape, std::vector<float>(B.size(), 0.0f));
+    const bool one_gemm = numel(bb) == 1 && a_full;
+    value r = result(B, b_full || one_gemm);
     if (!empty) {
-      if (numel(bb) == 1 && a_full) {  // dW = A^T g over all rows: one GEMM
+      if (one_gemm) {  // dW = A^T g over all rows: one GEMM
         gemm(true, false, K, N, nb * M, 1.0f, pa, K, pg, N, 0.0f, r.f.data(), N);
       } else {
         const auto ia = broadcast_index(ba, batch), ib = broadcast_index(bb, batch);
         per_entry(b_full, [&](std::size_t e) {
           int4q::detail::blas::gemm(true, false, K, N, M, 1.0f, pa + ia[e] * mk, K, pg + e * mn, N,
-                                    1.0f, r.f.data() + ib[e] * kn, N);
+                                    b_full ? 0.0f : 1.0f, r.f.data() + ib[e] * kn, N);
         });
       }
     }
@@ -642,8 +678,12 @@ void vjp_gemm(const vjp_args& a, gin_t& gin) {
   const auto M = static_cast<std::size_t>(G.shape[0]), N = static_cast<std::size_t>(G.shape[1]);
   const auto K = static_cast<std::size_t>(ta ? A.shape[0] : A.shape[1]);
   const auto lda = static_cast<std::size_t>(A.shape[1]), ldb = static_cast<std::size_t>(B.shape[1]);
+  auto result = [&](const value& like) {
+    return M && N && K ? new_float_value(like.shape)
+                       : value::floats(like.shape, std::vector<float>(like.size(), 0.0f));
+  };
   if (a.need[0]) {
-    value r = value::floats(A.shape, std::vector<float>(A.size(), 0.0f));
+    value r = result(A);
     if (M && N && K) {
       if (!ta) {
         gemm(false, !tb, M, K, N, alpha, G.f.data(), N, B.f.data(), ldb, 0.0f, r.f.data(), K);
@@ -654,7 +694,7 @@ void vjp_gemm(const vjp_args& a, gin_t& gin) {
     gin[0] = std::move(r);
   }
   if (a.need[1]) {
-    value r = value::floats(B.shape, std::vector<float>(B.size(), 0.0f));
+    value r = result(B);
     if (M && N && K) {
       if (!tb) {
         gemm(!ta, false, K, N, M, alpha, A.f.data(), lda, G.f.data(), N, 0.0f, r.f.data(), N);
@@ -673,6 +713,68 @@ void vjp_gemm(const vjp_args& a, gin_t& gin) {
 
 /// Cast: float to float passes g through; anything else has no float output on the path.
 void vjp_cast(const vjp_args& a, gin_t& gin) { vjp_same_data(a, gin); }
+
+/// LogSoftmax: dX = g - exp(Y) sum_axis(g) (exp(Y) the softmax).
+void vjp_log_softmax(const vjp_args& a, gin_t& gin) {
+  if (!a.need[0]) return;
+  const value& y = *a.out[0];
+  const value& g = grad0(a);
+  const softmax_layout l = softmax_layout_of(a.c, a.m, y.shape);
+  value r = new_float_value(y.shape);
+  parallel_ranges(l.outer, rows_per_item(l.len * l.inner), [&](std::size_t p0, std::size_t p1) {
+    for (std::size_t p = p0; p < p1; ++p) {
+      for (std::size_t q = 0; q < l.inner; ++q) {
+        const std::size_t o = p * l.len * l.inner + q;
+        double sum = 0;
+        for (std::size_t k = 0; k < l.len; ++k) sum += g.f[o + k * l.inner];
+        for (std::size_t k = 0; k < l.len; ++k) {
+          const std::size_t e = o + k * l.inner;
+          r.f[e] = static_cast<float>(g.f[e] - std::exp(double(y.f[e])) * sum);
+        }
+      }
+    }
+  });
+  gin[0] = std::move(r);
+}
+
+/// Clip: g where min <= x <= max, 0 where clipped (bounds as the forward reads them: inputs 1
+/// and 2 from opset 11, the attributes before).
+void vjp_clip(const vjp_args& a, gin_t& gin) {
+  if (a.need.size() > 1 && (a.need[1] || (a.need.size() > 2 && a.need[2])))
+    a.c.fail("cannot differentiate through Clip with respect to its bounds");
+  if (!a.need[0]) return;
+  double lo = -INFINITY, hi = INFINITY;
+  if (default_opset(a.m) < 11) {
+    lo = attr_float(a.c.node, "min", -std::numeric_limits<float>::max());
+    hi = attr_float(a.c.node, "max", std::numeric_limits<float>::max());
+  } else {
+    auto bound = [](const value* v) {
+      return v->type == value_type::float32 ? double(v->f.at(0)) : double(v->i.at(0));
+    };
+    if (const value* v = optional_input(a.in, 1)) lo = bound(v);
+    if (const value* v = optional_input(a.in, 2)) hi = bound(v);
+  }
+  gin[0] = chain(grad0(a), *a.in[0], nullptr, [lo, hi](float x, float) {
+    return double(x) >= lo && double(x) <= hi ? 1.0f : 0.0f;
+  });
+}
+
+/// Dropout in inference (Y = X): g. Training-mode dropout is refused.
+void vjp_dropout(const vjp_args& a, gin_t& gin) {
+  if (!a.out[0] || a.out[0]->f != a.in[0]->f)
+    a.c.fail("cannot differentiate through a training-mode Dropout");
+  vjp_same_data(a, gin);
+}
+
+/// Sum and Mean of broadcast inputs: each input's gradient is g (/ count) summed to its shape.
+vjp_fn variadic_vjp(bool mean) {
+  return [mean](const vjp_args& a, gin_t& gin) {
+    const value& g = grad0(a);
+    const value scaled_g = mean ? scaled(g, 1.0f / static_cast<float>(a.in.size())) : value();
+    for (std::size_t q = 0; q < a.in.size(); ++q)
+      if (a.need[q]) gin[q] = sum_to_shape(mean ? scaled_g : g, a.in[q]->shape);
+  };
+}
 
 double gelu_erf_grad(double x) {
   // d/dx x Phi(x) = Phi(x) + x phi(x).
@@ -742,6 +844,21 @@ std::unordered_map<std::string, vjp_fn> make_vjps() {
     const double s = 1.0 / (1.0 + std::exp(-alpha * x));
     return s + alpha * x * s * (1.0 - s);
   });
+  v["LogSoftmax"] = vjp_log_softmax;
+  v["Clip"] = vjp_clip;
+  v["Dropout"] = vjp_dropout;
+  v["Sum"] = variadic_vjp(false);
+  v["Mean"] = variadic_vjp(true);
+  v["Abs"] = unary_vjp([](float x, float) { return x > 0 ? 1.0f : (x < 0 ? -1.0f : 0.0f); });
+  v["Log"] = unary_vjp([](float x, float) { return 1.0f / x; });
+  v["Sin"] = unary_vjp([](float x, float) { return std::cos(x); });
+  v["Cos"] = unary_vjp([](float x, float) { return -std::sin(x); });
+  v["Softplus"] = unary_vjp([](float x, float) { return 1.0f / (1.0f + std::exp(-x)); });
+  v["LeakyRelu"] = [](const vjp_args& a, gin_t& gin) {
+    const float alpha = attr_float(a.c.node, "alpha", 0.01f);
+    unary_vjp([alpha](float x, float) { return x > 0 ? 1.0f : alpha; })(a, gin);
+  };
+  add_attention_vjps(v);
   return v;
 }
 

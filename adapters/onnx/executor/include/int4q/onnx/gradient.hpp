@@ -24,6 +24,9 @@
 //     g xh, dbias = sum_rows g, dX = r (gs - mean(gs) - xh mean(gs xh)) with gs = g scale.
 //   Erf: g 2/sqrt(pi) exp(-x^2).  Sqrt: g / (2 Y).  Reciprocal: -g Y^2.  Pow(x, p constant):
 //   g p x^(p-1).  Exp: g Y.  Sigmoid: g Y (1 - Y).  Tanh: g (1 - Y^2).  Relu: g [x > 0].  Neg.
+//   Abs: g sign(x).  Log: g / x.  Sin: g cos(x).  Cos: -g sin(x).  Softplus: g sigmoid(x).
+//   LeakyRelu: g (x > 0 ? 1 : alpha).  Clip: g where min <= x <= max.  Dropout (inference): g.
+//   LogSoftmax: dX = g - exp(Y) sum_axis(g).  Sum / Mean: g (/ count) to each input.
 //   ReduceMean / ReduceSum: g spread back over the reduced axes (/ count for the mean).
 //   Cast (float to float), Identity: g unchanged (a cast to fp16/bf16 is passed straight
 //   through: its rounding has no useful derivative).
@@ -39,6 +42,13 @@
 //   as output 3: ds = dnorm + g3), SimplifiedLayerNormalization (RMS: no mean), RotaryEmbedding
 //   (a rotation: dX = the operator applied to g with the sine negated), Gelu, BiasGelu,
 //   FastGelu (tanh form), QuickGelu (x sigmoid(alpha x)); default-domain Gelu (both forms).
+//   com.microsoft MultiHeadAttention and GroupQueryAttention without past key/value (a prompt's
+//   block): per head P = softmax(X), X = cap(scale Q K^T) + bias (+ masks), O = P V:
+//   dV = P^T dO, dX = P (dP - rowsum(dP P)) with dP = dO V^T, dQ = scale (dX cap') K,
+//   dK = scale (dX cap')^T Q; MHA's bias, key_padding_mask, attention_bias, unidirectional;
+//   GQA's packed QKV, do_rotary (undone on dQ, dK), softcap, local window, smooth_softmax /
+//   head_sink (no gradient to the sink), attention_bias; present key/value outputs pass their
+//   gradients to key and value.
 //   The statistics outputs of the norms (mean, inverse std) pass no gradient (a nonzero one is
 //   refused).
 //
