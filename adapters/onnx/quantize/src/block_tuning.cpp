@@ -276,7 +276,8 @@ void tune_blocks(const model& m, const quantize_options& options, std::vector<we
           if (v && v->type == value_type::float32) targets[b].emplace(name, *v);
         }
       }
-      // The block's inputs in the quantized runs, and the rows its stream carries.
+      // The block's inputs in the quantized runs, and the rows its output carries (the stream
+      // point, or the tail's first float output).
       std::vector<std::map<std::string, const value*>> inputs(batches.size());
       std::size_t rows = 0;
       for (std::size_t b = 0; b < batches.size(); ++b) {
@@ -288,9 +289,10 @@ void tune_blocks(const model& m, const quantize_options& options, std::vector<we
                                   "', which the run does not hold at its first node");
           inputs[b][name] = v;
         }
-        const auto it = inputs[b].find(blk.input);
-        if (it != inputs[b].end() && !it->second->shape.empty())
-          rows += it->second->size() / static_cast<std::size_t>(it->second->shape.back());
+        auto it = targets[b].find(blk.output);
+        if (it == targets[b].end()) it = targets[b].begin();
+        if (it != targets[b].end() && !it->second.shape.empty() && it->second.shape.back() > 0)
+          rows += it->second.size() / static_cast<std::size_t>(it->second.shape.back());
       }
       // 2. The tuners, at round to nearest.
       std::vector<tuned_weight> tw;

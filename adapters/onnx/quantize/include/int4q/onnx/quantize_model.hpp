@@ -292,6 +292,7 @@ struct tensor_report {
   double clip_rtn_loss = std::numeric_limits<double>::quiet_NaN();
   /// block: the mean squared error of its block's output against the float model's, on the
   /// batch of the first step (round to nearest) and the lowest seen (the parameters kept).
+  /// (calibration_rows: the rows of the block's output over all batches.)
   double block_loss_start = std::numeric_limits<double>::quiet_NaN();
   double block_loss = std::numeric_limits<double>::quiet_NaN();
   std::size_t bytes_before = 0, bytes_after = 0;
