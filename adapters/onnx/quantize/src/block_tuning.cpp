@@ -258,7 +258,12 @@ void tune_blocks(const model& m, const quantize_options& options, std::vector<we
     done(j, seconds_since(job.started));
   };
 
-  for (std::size_t bi = 0; bi < blocks.size(); ++bi) {
+  // The runs stop after the last block with a weight (a kept lm_head is not run).
+  std::size_t blocks_to_run = 0;
+  for (std::size_t bi = 0; bi < blocks.size(); ++bi)
+    if (!tuned[bi].empty() || !rtn_from[bi].empty() || !rtn_until[bi].empty())
+      blocks_to_run = bi + 1;
+  for (std::size_t bi = 0; bi < blocks_to_run; ++bi) {
     const graph_block& blk = blocks[bi];
     for (const std::size_t j : rtn_from[bi]) finish_rtn(j);
     if (tuned[bi].empty()) {
