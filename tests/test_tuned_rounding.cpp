@@ -13,7 +13,6 @@
 #include <xtensor/xtensor.hpp>
 
 #include <int4q/quant.hpp>
-#include <int4q/tuned_rounding.hpp>
 
 #include "test_util.hpp"
 

@@ -342,6 +342,31 @@ TEST_F(CliQuantize, AutoPlanThreadCountDoesNotChangeTheOutput) {
       << "--auto: the plan (scores) must not depend on the thread count";
 }
 
+TEST_F(CliQuantize, BlockMethodTakesItsStepsAndReportsItsBlockLosses) {
+  require_devgpt();
+  const result r =
+      run({"quantize", devgpt.string(), "-o", "b.onnx", "--method", "block", "--block-iters", "3",
+           "--block-lr", "0.02", "--calib", (devgpt_dir / "devgpt_cal.u8").string(),
+           "--calib-samples", "8", "--report", "-"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const auto report = nlohmann::json::parse(r.out);
+  EXPECT_EQ(report["config"]["method"], "block");
+  EXPECT_EQ(report["config"]["block"]["iterations"], 3);
+  EXPECT_EQ(report["config"]["block"]["learning_rate"], 0.02);
+  std::size_t tuned = 0;
+  for (const auto& t : report["tensors"]) {
+    if (!t["quantized"].get<bool>()) continue;
+    EXPECT_EQ(t["method"], "block");
+    EXPECT_EQ(t["calibration_rows"], 8 * 128);
+    EXPECT_LE(t["block_loss"].get<double>(), t["block_loss_start"].get<double>());
+    ++tuned;
+  }
+  EXPECT_EQ(tuned, 16u);  // the lm_head stays in float by default
+  expect_failure(
+      {"quantize", devgpt.string(), "-o", "b2.onnx", "--method", "block", "--block-iters", "0"}, 2,
+      {"--block-iters"});
+}
+
 TEST_F(CliQuantize, GptqWithCalibrationDataReportsItsLossesAndIgnoresThreads) {
   require_devgpt();
   const std::vector<std::string> base = {"quantize",

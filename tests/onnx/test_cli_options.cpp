@@ -165,6 +165,8 @@ const std::vector<numeric_option>& numeric_options() {
       {"quantize", "--awq-clip-step", "a number in (0, 1]", {"0", "2", "nan", "inf"}},
       {"quantize", "--awq-clip-min", "a number in (0, 1]", {"0", "1.01", "nan", "inf", "NaN"}},
       {"quantize", "--awq-samples", "an integer >= 1", {"0", huge, "nan", "inf"}},
+      {"quantize", "--block-iters", "an integer >= 1", {"0", huge, "nan", "inf", "-200"}},
+      {"quantize", "--block-lr", "a number >= 0", {"-0.01", "1e400", "nan", "inf", "-inf"}},
       {"quantize", "--effective-bits", "a number in (0, 64]", {"0", "65", "nan", "inf", "1e400"}},
       {"quantize", "--accuracy-level", "an integer from 0 to 4", {"-1", "5", "nan", "inf"}},
       {"quantize",
