@@ -4,11 +4,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <list>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -739,6 +741,33 @@ value to_value(const tensor_reader& reader, const TensorProto& t) {
   value v;
   v.type = computed_type(t);
   v.shape.assign(t.dims().begin(), t.dims().end());
+  // The dims must fit the payload before anything is allocated for them (a corrupt or hostile
+  // file may claim 2^62 elements in a few bytes).
+  const std::optional<std::uint64_t> bytes = tensor_payload_bytes(t);
+  if (!bytes)
+    throw model_error(model_error::kind::invalid,
+                      "tensor '" + t.name() + "' has dims " + dims_string(v.shape) +
+                          " that give no element count, or a type without a size");
+  std::uint64_t stored = 0;  // bytes (raw or external) or typed entries the tensor holds
+  bool typed = false;
+  if (is_external(t)) {
+    stored = *bytes;  // checked against the file by the reader, which allocates nothing first
+    for (const auto& e : t.external_data())
+      if (e.key() == "length") stored = std::strtoull(e.value().c_str(), nullptr, 10);
+  } else if (t.has_raw_data()) {
+    stored = t.raw_data().size();
+  } else {
+    typed = true;
+    stored = static_cast<std::uint64_t>(t.float_data_size()) + t.int32_data_size() +
+             t.int64_data_size() + t.double_data_size() + t.uint64_data_size();
+  }
+  // Typed fields hold one element per entry (4-bit types: two per int32 entry).
+  const std::uint64_t elements = *tensor_element_count(t);
+  if (typed ? stored * 2 < elements : stored < *bytes)
+    throw model_error(model_error::kind::invalid,
+                      "tensor '" + t.name() + "' holds " + std::to_string(stored) +
+                          (typed ? " values" : " bytes") + " for " + std::to_string(elements) +
+                          " elements (dims " + dims_string(v.shape) + ")");
   const std::size_t n = v.size();
   if (v.type == value_type::float32) {
     v.f.resize(n);
